@@ -1,0 +1,32 @@
+"""ament_python build of ttt_kd_ros; also a plain pip package (scripts/install.sh)."""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "ttt_kd_ros"
+
+# One line per console command; package.xml is checked against this list in
+# test/test_package.py.
+CONSOLE_SCRIPTS = [
+]
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(exclude=["test", "test.*"]),
+    package_data={PACKAGE: ["checkpoints/*.safetensors", "checkpoints/*.json"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.rviz") + glob("config/*.xml")),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=True,
+    maintainer="ttt_kd_ros maintainers",
+    maintainer_email="maintainers@ttt-kd-ros.invalid",
+    description="Test-time-adaptive 3D semantic segmentation (TTT-KD) for ROS 2",
+    license="Apache-2.0",
+    entry_points={"console_scripts": CONSOLE_SCRIPTS},
+)

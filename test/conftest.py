@@ -1,0 +1,43 @@
+"""Shared fixtures: where the real recordings are, and a quiet, small torch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+REAL_DATA = Path(os.environ.get("TTT_KD_ROS_REAL_DATA", REPO_ROOT.parent / "shared" / "data" / "real"))
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """../shared/data/real, or a skip saying where it was looked for."""
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"real sensor recordings not found at {REAL_DATA} (set TTT_KD_ROS_REAL_DATA)")
+    return REAL_DATA
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Tests share 2 cores with each other's subprocesses; keep torch from oversubscribing.
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip_gpu = pytest.mark.skip(reason="no CUDA device on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)

@@ -1,0 +1,93 @@
+"""Checks a ROS maintainer runs on an ament_python package before release."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT
+
+from ttt_kd_ros import share
+
+
+def _setup_py_console_scripts() -> list[str]:
+    tree = ast.parse((REPO_ROOT / "setup.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "CONSOLE_SCRIPTS" for t in node.targets):
+            return [ast.literal_eval(elt) for elt in node.value.elts]
+    raise AssertionError("setup.py has no CONSOLE_SCRIPTS list")
+
+
+def test_package_xml_is_format3_with_required_dependencies() -> None:
+    root = ET.parse(REPO_ROOT / "package.xml").getroot()
+    assert root.tag == "package" and root.attrib["format"] == "3"
+    assert root.findtext("name") == "ttt_kd_ros"
+    exec_deps = {e.text for e in root.findall("exec_depend")}
+    for dep in ("rclpy", "sensor_msgs", "sensor_msgs_py", "cv_bridge", "message_filters", "std_msgs",
+                "diagnostic_msgs", "python3-numpy", "python3-torch"):
+        assert dep in exec_deps, f"package.xml lacks exec_depend {dep}"
+    assert root.find("export/build_type").text == "ament_python"
+
+
+def test_package_xml_version_matches_setup_py() -> None:
+    root = ET.parse(REPO_ROOT / "package.xml").getroot()
+    import ttt_kd_ros
+
+    assert root.findtext("version") == ttt_kd_ros.__version__
+    assert f'version="{ttt_kd_ros.__version__}"' in (REPO_ROOT / "setup.py").read_text()
+
+
+def test_console_scripts_point_at_importable_callables() -> None:
+    scripts = _setup_py_console_scripts()
+    for spec in scripts:
+        name, target = (s.strip() for s in spec.split("="))
+        module_name, func_name = target.split(":")
+        module = importlib.import_module(module_name)
+        assert callable(getattr(module, func_name)), f"{name}: {target} is not callable"
+
+
+def test_console_scripts_are_documented_in_readme() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    for spec in _setup_py_console_scripts():
+        name = spec.split("=")[0].strip()
+        assert name in readme, f"console script {name} is not mentioned in README.md"
+
+
+def test_resource_marker_exists_for_ament_index() -> None:
+    assert (REPO_ROOT / "resource" / "ttt_kd_ros").is_file()
+
+
+def test_share_file_resolves_from_source_tree(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(share, "_ament_share_dir", lambda: None)
+    monkeypatch.setattr(share, "_prefix_share_dir", lambda: None)
+    assert share.share_dir() == share.SOURCE_ROOT
+    assert share.share_file("package.xml") == share.SOURCE_ROOT / "package.xml"
+
+
+def test_share_file_missing_names_places_tried() -> None:
+    with pytest.raises(FileNotFoundError, match="no_such_file"):
+        share.share_file("config", "no_such_file.yaml")
+
+
+def test_pip_install_put_share_files_under_prefix() -> None:
+    installed = Path(sys.prefix) / "share" / "ttt_kd_ros"
+    if not (installed / "package.xml").is_file():
+        pytest.skip(f"package not installed with `pip install .` under {sys.prefix}")
+    assert (installed / "launch" / "segment.launch.py").is_file()
+    assert (installed / "config" / "segment.yaml").is_file()
+    marker = Path(sys.prefix) / "share" / "ament_index" / "resource_index" / "packages" / "ttt_kd_ros"
+    assert marker.is_file()
+
+
+def test_share_file_resolves_through_ament_index_when_prefix_listed(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("ament_index_python")
+    installed = Path(sys.prefix) / "share" / "ttt_kd_ros"
+    if not (installed / "package.xml").is_file():
+        pytest.skip("package not installed with `pip install .`")
+    monkeypatch.setenv("AMENT_PREFIX_PATH", sys.prefix)
+    assert share._ament_share_dir() == installed
+    assert share.share_file("launch", "segment.launch.py") == installed / "launch" / "segment.launch.py"

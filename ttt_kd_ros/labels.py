@@ -1,0 +1,135 @@
+"""Class sets, their colours, and the maps from data-set ids to training ids.
+
+A label set is named once here and referred to by name everywhere else
+(checkpoints, scans, the rviz colour field), so a checkpoint trained on one
+set can refuse a scan labelled in another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ttt_kd_ros.scan import IGNORE_LABEL
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """Training ids are 0..C-1 in the order of ``class_names``."""
+
+    name: str
+    class_names: tuple[str, ...]
+    colors_rgb: tuple[tuple[int, int, int], ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def palette(self) -> np.ndarray:
+        """(C + 1, 3) uint8; the last row colours IGNORE_LABEL / unknown ids."""
+        return np.array([*self.colors_rgb, (0, 0, 0)], dtype=np.uint8)
+
+    def colorize(self, labels: np.ndarray) -> np.ndarray:
+        """(N,) training ids -> (N, 3) uint8; out-of-range ids are black."""
+        labels = np.asarray(labels)
+        idx = np.where((labels >= 0) & (labels < self.num_classes), labels, self.num_classes)
+        return self.palette()[idx]
+
+
+SYNTHETIC_INDOOR = LabelSet(
+    "synthetic_indoor",
+    ("floor", "wall", "ceiling", "table", "chair", "sofa", "bed", "cabinet", "door", "window", "clutter"),
+    (
+        (152, 223, 138), (174, 199, 232), (220, 220, 200), (255, 152, 150), (188, 189, 34),
+        (140, 86, 75), (255, 187, 120), (31, 119, 180), (214, 39, 40), (197, 176, 213),
+        (82, 84, 163),
+    ),
+)
+
+SCANNET20 = LabelSet(
+    "scannet20",
+    (
+        "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf",
+        "picture", "counter", "desk", "curtain", "refrigerator", "shower curtain", "toilet", "sink",
+        "bathtub", "otherfurniture",
+    ),
+    (
+        (174, 199, 232), (152, 223, 138), (31, 119, 180), (255, 187, 120), (188, 189, 34),
+        (140, 86, 75), (255, 152, 150), (214, 39, 40), (197, 176, 213), (148, 103, 189),
+        (196, 156, 148), (23, 190, 207), (247, 182, 210), (219, 219, 141), (255, 127, 14),
+        (158, 218, 229), (44, 160, 44), (112, 128, 144), (227, 119, 194), (82, 84, 163),
+    ),
+)
+
+SEMANTIC_KITTI19 = LabelSet(
+    "semantic_kitti19",
+    (
+        "car", "bicycle", "motorcycle", "truck", "other-vehicle", "person", "bicyclist",
+        "motorcyclist", "road", "parking", "sidewalk", "other-ground", "building", "fence",
+        "vegetation", "trunk", "terrain", "pole", "traffic-sign",
+    ),
+    (
+        (100, 150, 245), (100, 230, 245), (30, 60, 150), (80, 30, 180), (100, 80, 250),
+        (255, 30, 30), (255, 40, 200), (150, 30, 90), (255, 0, 255), (255, 150, 255),
+        (75, 0, 75), (175, 0, 75), (255, 200, 0), (255, 120, 50), (0, 175, 0),
+        (135, 60, 0), (150, 240, 80), (255, 240, 150), (255, 0, 0),
+    ),
+)
+
+LABEL_SETS: dict[str, LabelSet] = {s.name: s for s in (SYNTHETIC_INDOOR, SCANNET20, SEMANTIC_KITTI19)}
+
+# SemanticKITTI raw class id -> training id (the benchmark's 19-class learning
+# map; moving classes fold into their static class, everything else ignored).
+_SEMANTIC_KITTI_RAW_TO_NAME = {
+    10: "car", 252: "car", 11: "bicycle", 15: "motorcycle", 18: "truck", 258: "truck",
+    13: "other-vehicle", 16: "other-vehicle", 20: "other-vehicle", 256: "other-vehicle",
+    257: "other-vehicle", 259: "other-vehicle", 30: "person", 254: "person",
+    31: "bicyclist", 253: "bicyclist", 32: "motorcyclist", 255: "motorcyclist",
+    40: "road", 60: "road", 44: "parking", 48: "sidewalk", 49: "other-ground",
+    50: "building", 51: "fence", 70: "vegetation", 71: "trunk", 72: "terrain",
+    80: "pole", 81: "traffic-sign",
+}
+
+# ScanNet's NYU40 ids of the 20 benchmark classes, in SCANNET20 order.
+_SCANNET20_NYU40_IDS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 24, 28, 33, 34, 36, 39)
+
+
+def _lookup_table(pairs: dict[int, int], size: int) -> np.ndarray:
+    table = np.full(size, IGNORE_LABEL, dtype=np.int64)
+    for raw, train in pairs.items():
+        table[raw] = train
+    return table
+
+
+SEMANTIC_KITTI_LEARNING_MAP = _lookup_table(
+    {raw: SEMANTIC_KITTI19.class_names.index(name) for raw, name in _SEMANTIC_KITTI_RAW_TO_NAME.items()},
+    260,
+)
+NYU40_TO_SCANNET20 = _lookup_table({nyu: i for i, nyu in enumerate(_SCANNET20_NYU40_IDS)}, 41)
+
+
+def semantic_kitti_to_train(raw_label: np.ndarray) -> np.ndarray:
+    """uint32 .label words (low 16 bits class, high 16 instance) -> training ids."""
+    cls = np.asarray(raw_label).astype(np.uint32) & 0xFFFF
+    out = np.full(cls.shape, IGNORE_LABEL, dtype=np.int64)
+    known = cls < len(SEMANTIC_KITTI_LEARNING_MAP)
+    out[known] = SEMANTIC_KITTI_LEARNING_MAP[cls[known]]
+    return out
+
+
+def nyu40_to_scannet20(nyu40: np.ndarray) -> np.ndarray:
+    """NYU40 ids (0 = unannotated) -> SCANNET20 training ids."""
+    ids = np.asarray(nyu40).astype(np.int64)
+    out = np.full(ids.shape, IGNORE_LABEL, dtype=np.int64)
+    known = (ids >= 0) & (ids < len(NYU40_TO_SCANNET20))
+    out[known] = NYU40_TO_SCANNET20[ids[known]]
+    return out
+
+
+def get_label_set(name: str) -> LabelSet:
+    """The label set called ``name``; a ValueError lists the known ones."""
+    try:
+        return LABEL_SETS[name]
+    except KeyError:
+        raise ValueError(f"label set: expected one of {sorted(LABEL_SETS)}, got {name!r}") from None
