@@ -1,0 +1,186 @@
+"""Voxelisation and sparse convolutions checked against dense torch convolutions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ttt_kd_ros.sparse import available_backends, build_scan_maps, get_backend, known_backends, voxelize
+from ttt_kd_ros.sparse.torch_backend import TorchGeometry
+
+
+def _random_sites(num: int, box: int, seed: int) -> torch.Tensor:
+    """(<=num, 3) unique int64 coordinates in [-box/2, box/2)^3, sorted like voxelize() sorts them."""
+    gen = torch.Generator().manual_seed(seed)
+    pts = torch.randint(-box // 2, box // 2, (num, 3), generator=gen).double() + 0.5
+    return voxelize(pts, 1.0).coords
+
+
+def _densify(coords: torch.Tensor, feats: torch.Tensor, origin: torch.Tensor, shape: list[int]) -> torch.Tensor:
+    """(V, 3) coords, (V, C) feats -> (1, C, X, Y, Z) dense grid, zeros where no voxel."""
+    dense = feats.new_zeros((feats.shape[1], *shape))
+    rel = coords - origin
+    dense[:, rel[:, 0], rel[:, 1], rel[:, 2]] = feats.t()
+    return dense.unsqueeze(0)
+
+
+def _sample(dense: torch.Tensor, coords: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
+    rel = coords - origin
+    return dense[0][:, rel[:, 0], rel[:, 1], rel[:, 2]].t()
+
+
+def _dense_frame(coords: torch.Tensor, levels: int) -> tuple[torch.Tensor, list[int]]:
+    """An origin aligned to 2^(levels-1) (so strided grids agree with floor division) and a grid shape."""
+    top = 2 ** (levels - 1)
+    origin = torch.div(coords.min(dim=0).values, top, rounding_mode="floor") * top
+    extent = coords.max(dim=0).values - origin + 1
+    shape = [int((e + top - 1) // top * top) for e in extent]
+    return origin, shape
+
+
+def test_voxelize_each_point_maps_to_the_voxel_containing_it() -> None:
+    gen = torch.Generator().manual_seed(0)
+    pts = (torch.rand(2000, 3, generator=gen) - 0.5) * 4.0
+    pts = torch.cat([pts, pts[:300]])  # exact duplicates share a voxel
+    vox = voxelize(pts, 0.25)
+    lower = vox.coords[vox.point_to_voxel].double() * 0.25
+    assert bool(((pts.double() >= lower - 1e-9) & (pts.double() < lower + 0.25 + 1e-9)).all())
+    assert len(torch.unique(vox.coords, dim=0)) == vox.num_voxels
+    assert int(vox.points_per_voxel.sum()) == len(pts)
+    assert torch.equal(vox.point_to_voxel[2000:], vox.point_to_voxel[:300])
+
+
+def test_voxelize_order_is_sorted_and_deterministic() -> None:
+    pts = (torch.rand(500, 3) - 0.5) * 3.0
+    a = voxelize(pts, 0.1)
+    b = voxelize(pts[torch.randperm(len(pts))], 0.1)
+    assert torch.equal(a.coords, b.coords)
+    keys = (a.coords[:, 0] * 10000 + a.coords[:, 1]) * 10000 + a.coords[:, 2]
+    assert bool((keys[1:] > keys[:-1]).all())
+
+
+def test_voxelize_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="points_xyz_m"):
+        voxelize(torch.zeros(4, 2), 0.1)
+    with pytest.raises(ValueError, match="voxel_size_m"):
+        voxelize(torch.zeros(4, 3), 0.0)
+    with pytest.raises(ValueError, match="NaN"):
+        voxelize(torch.tensor([[0.0, float("nan"), 0.0]]), 0.1)
+
+
+def test_voxel_mean_averages_points_of_a_voxel() -> None:
+    pts = torch.tensor([[0.01, 0.01, 0.01], [0.02, 0.02, 0.02], [0.5, 0.5, 0.5]])
+    vox = voxelize(pts, 0.1)
+    mean = vox.voxel_mean(torch.tensor([[1.0], [3.0], [5.0]]))
+    assert torch.allclose(mean[vox.point_to_voxel], torch.tensor([[2.0], [2.0], [5.0]]))
+
+
+def test_subm_conv_equals_dense_conv3d_at_active_sites() -> None:
+    coords = _random_sites(300, 10, seed=1)
+    geom = get_backend("torch").build_geometry(coords, 1)
+    x = torch.randn(len(coords), 5, dtype=torch.float64)
+    dense_w = torch.randn(7, 5, 3, 3, 3, dtype=torch.float64)
+    weight = dense_w.permute(2, 3, 4, 1, 0).reshape(27, 5, 7)  # canonical (27, Cin, Cout)
+    out = geom.subm_conv(x, weight, 0)
+    origin, shape = _dense_frame(coords, 1)
+    ref = _sample(F.conv3d(_densify(coords, x, origin, shape), dense_w, padding=1), coords, origin)
+    assert torch.allclose(out, ref, atol=1e-10)
+
+
+def test_down_and_up_conv_equal_dense_strided_and_transposed_conv() -> None:
+    coords = _random_sites(250, 12, seed=2)
+    geom = get_backend("torch").build_geometry(coords, 2)
+    coarse = geom.coords(1)
+    assert torch.equal(coarse, torch.unique(torch.div(coords, 2, rounding_mode="floor"), dim=0))
+    origin, shape = _dense_frame(coords, 2)
+    x = torch.randn(len(coords), 4, dtype=torch.float64)
+    dense_down = torch.randn(6, 4, 2, 2, 2, dtype=torch.float64)
+    down = geom.down_conv(x, dense_down.permute(2, 3, 4, 1, 0).reshape(8, 4, 6), 0)
+    assert down.shape == (geom.num_voxels(1), 6)
+    ref = F.conv3d(_densify(coords, x, origin, shape), dense_down, stride=2)
+    assert torch.allclose(down, _sample(ref, coarse, origin // 2), atol=1e-10)
+
+    y = torch.randn(len(coarse), 6, dtype=torch.float64)
+    dense_up = torch.randn(6, 3, 2, 2, 2, dtype=torch.float64)  # conv_transpose3d: (Cin, Cout, k, k, k)
+    up = geom.up_conv(y, dense_up.permute(2, 3, 4, 0, 1).reshape(8, 6, 3), 0)
+    assert up.shape == (len(coords), 3)
+    ref_up = F.conv_transpose3d(_densify(coarse, y, origin // 2, [s // 2 for s in shape]), dense_up, stride=2)
+    assert torch.allclose(up, _sample(ref_up, coords, origin), atol=1e-10)
+
+
+def test_subm_conv_gradients_equal_dense_gradients() -> None:
+    coords = _random_sites(200, 8, seed=3)
+    geom = get_backend("torch").build_geometry(coords, 1)
+    x = torch.randn(len(coords), 3, dtype=torch.float64, requires_grad=True)
+    dense_w = torch.randn(4, 3, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    weight = dense_w.detach().permute(2, 3, 4, 1, 0).reshape(27, 3, 4).clone().requires_grad_(True)
+    target = torch.randn(len(coords), 4, dtype=torch.float64)
+    (geom.subm_conv(x, weight, 0) * target).sum().backward()
+    origin, shape = _dense_frame(coords, 1)
+    x_ref = x.detach().clone().requires_grad_(True)
+    dense_out = F.conv3d(_densify(coords, x_ref, origin, shape), dense_w, padding=1)
+    (_sample(dense_out, coords, origin) * target).sum().backward()
+    assert torch.allclose(x.grad, x_ref.grad, atol=1e-10)
+    assert torch.allclose(weight.grad, dense_w.grad.permute(2, 3, 4, 1, 0).reshape(27, 3, 4), atol=1e-10)
+
+
+def test_down_up_gradients_pass_gradcheck() -> None:
+    coords = _random_sites(60, 6, seed=4)
+    geom = get_backend("torch").build_geometry(coords, 2)
+    x = torch.randn(len(coords), 2, dtype=torch.float64, requires_grad=True)
+    w_down = torch.randn(8, 2, 3, dtype=torch.float64, requires_grad=True)
+    w_up = torch.randn(8, 3, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b, c: geom.up_conv(geom.down_conv(a, b, 0), c, 0), (x, w_down, w_up))
+
+
+def test_frozen_weight_gets_no_gradient_but_input_does() -> None:
+    coords = _random_sites(100, 6, seed=5)
+    geom = get_backend("torch").build_geometry(coords, 1)
+    x = torch.randn(len(coords), 3, requires_grad=True)
+    weight = torch.randn(27, 3, 3)
+    geom.subm_conv(x, weight, 0).sum().backward()
+    assert weight.grad is None
+    assert x.grad is not None and bool(x.grad.abs().sum() > 0)
+
+
+def test_maps_reused_give_identical_outputs() -> None:
+    coords = _random_sites(150, 8, seed=6)
+    geom = TorchGeometry(build_scan_maps(coords, 3))
+    x = torch.randn(len(coords), 4)
+    w = torch.randn(27, 4, 4)
+    assert torch.equal(geom.subm_conv(x, w, 0), geom.subm_conv(x, w, 0))
+    assert geom.num_levels == 3 and geom.num_voxels(2) <= geom.num_voxels(1) <= geom.num_voxels(0)
+
+
+def test_get_backend_unknown_name_lists_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="torch"):
+        get_backend("cuda_magic")
+    assert "torch" in available_backends()
+    assert set(available_backends()) <= set(known_backends())
+
+
+def test_get_backend_missing_library_says_which_package() -> None:
+    missing = [name for name in known_backends() if name not in available_backends()]
+    if not missing:
+        pytest.skip("every known sparse backend is importable here")
+    with pytest.raises(ValueError, match="not importable"):
+        get_backend(missing[0])
+
+
+@pytest.mark.parametrize("other", ["minkowski", "spconv"])
+def test_backend_parity_same_weights_same_outputs(other: str) -> None:
+    if other not in available_backends():
+        pytest.skip(f"{other} is not importable here; parity with the torch backend is checked where it is")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    coords = _random_sites(400, 16, seed=7).to(device)
+    geoms = [get_backend(name).build_geometry(coords, 3) for name in ("torch", other)]
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(len(coords), 4, generator=gen).to(device)
+    w_subm, w_down, w_up = (torch.randn(*s, generator=gen).to(device) for s in ((27, 4, 4), (8, 4, 6), (8, 6, 4)))
+    outs = []
+    for geom in geoms:
+        y = geom.subm_conv(x, w_subm, 0)
+        z = geom.subm_conv(geom.down_conv(y, w_down, 0), w_subm.new_ones(27, 6, 6) * 0.1, 1)
+        outs.append(geom.up_conv(z, w_up, 0) + y)
+    assert torch.allclose(outs[0], outs[1], atol=1e-4)

@@ -1,0 +1,145 @@
+"""Neighbour ("kernel") maps of one scan, built once and reused by every pass.
+
+Test-time training runs k forward/backward passes over the same geometry, so
+everything that depends only on the voxel coordinates (the voxel pyramid, who
+neighbours whom, which fine voxel belongs to which coarse one) is computed
+here once per scan and the convolutions only gather, multiply and scatter.
+
+Canonical kernel layout (shared by every backend; others convert to theirs):
+- submanifold 3x3x3: weight (27, Cin, Cout); offset k = SUBM_OFFSETS[k] in
+  itertools.product((-1, 0, 1), repeat=3) order (x slowest), i.e. weight[k]
+  is conv3d's weight[:, :, dx+1, dy+1, dz+1].T and out[p] += x[p + o] @ W[k];
+- stride-2 2x2x2: weight (8, Cin, Cout); offset k = DOWN_OFFSETS[k] in
+  product((0, 1), repeat=3) order; out[q] += x[2q + o] @ W[k];
+- its transpose: out[2q + o] += x[q] @ W[k] (same offsets).
+Coordinates at level l are the level-0 integer coordinates floor-divided by 2^l.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+
+from ttt_kd_ros.sparse.voxelize import coords_to_keys
+
+SUBM_OFFSETS = torch.tensor(list(itertools.product((-1, 0, 1), repeat=3)), dtype=torch.int64)  # (27, 3)
+DOWN_OFFSETS = torch.tensor(list(itertools.product((0, 1), repeat=3)), dtype=torch.int64)  # (8, 3)
+SUBM_CENTER = 13  # index of (0, 0, 0) in SUBM_OFFSETS
+
+
+@dataclass
+class KernelMap:
+    """Input/output row pairs of one sparse convolution, grouped by kernel offset.
+
+    in_idx, out_idx: (M,) int64; the pairs of offset k are rows
+    offset_ptr[k]:offset_ptr[k + 1] (Python ints, so slicing never syncs a GPU).
+    identity_offset: the offset whose pairs are (i, i) for every row, kept out
+    of the pair lists because it needs neither gather nor scatter (None if none).
+    """
+
+    in_idx: torch.Tensor
+    out_idx: torch.Tensor
+    offset_ptr: tuple[int, ...]
+    num_in: int
+    num_out: int
+    identity_offset: int | None = None
+
+    @property
+    def kernel_volume(self) -> int:
+        return len(self.offset_ptr) - 1
+
+    def transposed(self) -> KernelMap:
+        """The map of the transposed convolution: same pairs, roles swapped."""
+        return KernelMap(self.out_idx, self.in_idx, self.offset_ptr, self.num_out, self.num_in, self.identity_offset)
+
+    def to(self, device: torch.device | str) -> KernelMap:
+        return KernelMap(
+            self.in_idx.to(device), self.out_idx.to(device), self.offset_ptr,
+            self.num_in, self.num_out, self.identity_offset,
+        )
+
+
+def _ptr_from_counts(counts: torch.Tensor) -> tuple[int, ...]:
+    return (0, *itertools.accumulate(int(c) for c in counts.tolist()))
+
+
+def submanifold_map(coords: torch.Tensor) -> KernelMap:
+    """(V, 3) int64 sorted unique coords -> 3x3x3 submanifold map (outputs at the input sites).
+
+    All 27 neighbour lookups are one searchsorted over the sorted voxel keys;
+    the box is padded by one voxel so key(c + o) = key(c) + key(o) never wraps.
+    """
+    num = int(coords.shape[0])
+    origin = coords.min(dim=0).values - 1
+    extent = coords.max(dim=0).values - origin + 2
+    keys = coords_to_keys(coords, origin, extent)  # sorted, since coords are
+    offsets = SUBM_OFFSETS.to(coords.device)
+    deltas = coords_to_keys(offsets, torch.zeros_like(origin), extent)  # (27,)
+    keep = torch.ones(27, dtype=torch.bool)
+    keep[SUBM_CENTER] = False
+    deltas = deltas[keep.to(coords.device)]
+    query = keys.unsqueeze(0) + deltas.unsqueeze(1)  # (26, V)
+    pos = torch.searchsorted(keys, query).clamp_(max=num - 1)
+    hit = keys[pos] == query
+    k_idx, out_idx = hit.nonzero(as_tuple=True)  # row-major: grouped by offset, outputs ascending
+    in_idx = pos[k_idx, out_idx]
+    counts = torch.zeros(27, dtype=torch.int64)
+    counts[keep] = hit.sum(dim=1).cpu()
+    return KernelMap(in_idx, out_idx, _ptr_from_counts(counts), num, num, identity_offset=SUBM_CENTER)
+
+
+def downsample(coords: torch.Tensor) -> tuple[torch.Tensor, KernelMap]:
+    """(V, 3) coords at level l -> ((V', 3) coords at level l + 1, stride-2 2x2x2 map l -> l + 1).
+
+    Every fine voxel has exactly one parent, so the map has V pairs and its
+    transpose (the upsampling map) gives every fine voxel exactly one input.
+    """
+    parent_coords = torch.div(coords, 2, rounding_mode="floor")
+    origin = parent_coords.min(dim=0).values
+    extent = parent_coords.max(dim=0).values - origin + 1
+    keys = coords_to_keys(parent_coords, origin, extent)
+    unique_keys, parent = torch.unique(keys, sorted=True, return_inverse=True)
+    z = unique_keys % extent[2]
+    xy = unique_keys // extent[2]
+    coarse = torch.stack((xy // extent[1], xy % extent[1], z), dim=1) + origin
+    child = coords - 2 * parent_coords  # (V, 3) in {0, 1}
+    code = child[:, 0] * 4 + child[:, 1] * 2 + child[:, 2]  # index into DOWN_OFFSETS
+    order = torch.argsort(code, stable=True)
+    counts = torch.bincount(code, minlength=8).cpu()
+    kmap = KernelMap(order, parent[order], _ptr_from_counts(counts), int(coords.shape[0]), int(coarse.shape[0]))
+    return coarse, kmap
+
+
+@dataclass
+class ScanMaps:
+    """Everything a sparse U-Net needs about one scan's geometry, for levels 0..L-1.
+
+    coords[l]: (V_l, 3) int64 at level l (level-0 units // 2^l).
+    subm[l]: submanifold map at level l. down[l]: stride-2 map level l -> l + 1 (L - 1 of them).
+    """
+
+    coords: list[torch.Tensor]
+    subm: list[KernelMap]
+    down: list[KernelMap]
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.coords)
+
+
+def build_scan_maps(coords: torch.Tensor, num_levels: int) -> ScanMaps:
+    """(V, 3) int64 sorted unique level-0 coords -> ScanMaps with ``num_levels`` levels."""
+    if num_levels < 1:
+        raise ValueError(f"num_levels: expected >= 1, got {num_levels}")
+    if coords.ndim != 2 or coords.shape[1] != 3 or coords.shape[0] == 0:
+        raise ValueError(f"coords: expected (V>0, 3), got {tuple(coords.shape)}")
+    level_coords = [coords.to(torch.int64)]
+    down: list[KernelMap] = []
+    for _ in range(num_levels - 1):
+        coarse, kmap = downsample(level_coords[-1])
+        level_coords.append(coarse)
+        down.append(kmap)
+    subm = [submanifold_map(c) for c in level_coords]
+    return ScanMaps(level_coords, subm, down)

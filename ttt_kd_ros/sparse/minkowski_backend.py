@@ -1,0 +1,86 @@
+"""MinkowskiEngine backend (the paper's library, common on GPU robots), used only when importable.
+
+Not installable on the development machines, so this module is exercised by
+test_sparse.py's parity test only where MinkowskiEngine is present. Weight
+layout (../shared/ENVIRONMENT.md): ME kernels are (kernel_volume, Cin, Cout)
+like ours, but odd kernels list offsets with x fastest (ours: x slowest), so
+the 3x3x3 weight is re-ordered on every call (a 27-row permutation, cheap);
+2x2x2 kernels share our order. Coordinates are shifted to be non-negative so
+ME's stride rounding equals our floor division (same voxel pyramid).
+"""
+
+from __future__ import annotations
+
+import MinkowskiEngine as ME  # noqa: N817  (the library's own spelling; imported only through get_backend)
+import torch
+
+
+def _subm_weight_to_me(weight: torch.Tensor) -> torch.Tensor:
+    """(27, Cin, Cout) x-slowest -> (27, Cin, Cout) x-fastest."""
+    cin, cout = weight.shape[1:]
+    return weight.reshape(3, 3, 3, cin, cout).permute(2, 1, 0, 3, 4).reshape(27, cin, cout)
+
+
+class MinkowskiGeometry:
+    """A CoordinateManager holding the voxel pyramid; see SparseGeometry."""
+
+    def __init__(self, coords: torch.Tensor, num_levels: int) -> None:
+        top = 2 ** (num_levels - 1)
+        shift = torch.div(coords.min(dim=0).values, top, rounding_mode="floor") * top
+        self._shift = shift
+        self._num_levels = num_levels
+        map_type = ME.CoordinateMapType.CUDA if coords.is_cuda else ME.CoordinateMapType.CPU
+        self._manager = ME.CoordinateManager(D=3, coordinate_map_type=map_type)
+        batched = torch.cat((torch.zeros_like(coords[:, :1]), coords - shift), dim=1).int()
+        key, (unique_map, _) = self._manager.insert_and_map(batched, tensor_stride=1)
+        if unique_map.numel() != coords.shape[0]:
+            raise ValueError(
+                f"coords: expected unique rows, MinkowskiEngine kept {unique_map.numel()} of {len(coords)}"
+            )
+        # Rows of level 0 must stay in Voxelization order: keep ME's order and permute at the edges.
+        self._to_me = unique_map.long().to(coords.device)
+        self._from_me = torch.argsort(self._to_me)
+        self._keys = [key]
+        for _ in range(1, num_levels):
+            self._keys.append(self._manager.stride(self._keys[-1], [2, 2, 2]))
+        self._subm_kernel = ME.KernelGenerator(kernel_size=3, stride=1, dimension=3)
+        self._down_kernel = ME.KernelGenerator(kernel_size=2, stride=2, dimension=3)
+
+    @property
+    def num_levels(self) -> int:
+        return self._num_levels
+
+    def num_voxels(self, level: int) -> int:
+        return int(self._manager.size(self._keys[level]))
+
+    def coords(self, level: int) -> torch.Tensor:
+        raw = self._manager.get_coordinates(self._keys[level])[:, 1:].long()
+        level0 = raw + self._shift.to(raw.device)
+        out = torch.div(level0, 2**level, rounding_mode="floor")
+        return out.index_select(0, self._from_me.to(out.device)) if level == 0 else out
+
+    def _conv(self, fn: type, x: torch.Tensor, weight: torch.Tensor, kernel, in_level: int, out_level: int):
+        if in_level == 0:
+            x = x.index_select(0, self._to_me)
+        out = fn.apply(
+            x, weight, kernel, ME.ConvolutionMode.DEFAULT, self._keys[in_level], self._keys[out_level], self._manager
+        )
+        return out.index_select(0, self._from_me) if out_level == 0 else out
+
+    def subm_conv(self, x: torch.Tensor, weight: torch.Tensor, level: int) -> torch.Tensor:
+        weight = _subm_weight_to_me(weight)
+        return self._conv(ME.MinkowskiConvolutionFunction, x, weight, self._subm_kernel, level, level)
+
+    def down_conv(self, x: torch.Tensor, weight: torch.Tensor, level: int) -> torch.Tensor:
+        return self._conv(ME.MinkowskiConvolutionFunction, x, weight, self._down_kernel, level, level + 1)
+
+    def up_conv(self, x: torch.Tensor, weight: torch.Tensor, level: int) -> torch.Tensor:
+        fn = ME.MinkowskiConvolutionTransposeFunction
+        return self._conv(fn, x, weight, self._down_kernel, level + 1, level)
+
+
+class Backend:
+    name = "minkowski"
+
+    def build_geometry(self, coords: torch.Tensor, num_levels: int) -> MinkowskiGeometry:
+        return MinkowskiGeometry(coords.to(torch.int64), num_levels)
