@@ -1,0 +1,135 @@
+"""The latest-wins hand-off between callbacks and the model thread, and the diagnostics counters (no DDS)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from diagnostic_msgs.msg import DiagnosticStatus
+
+from ttt_kd_ros.ros.diagnostics import NodeStats, snapshot_to_status
+from ttt_kd_ros.ros.worker import LatestSlot, SlotWorker
+
+
+def test_latest_slot_put_take_returns_newest_and_counts_replaced() -> None:
+    slot: LatestSlot[int] = LatestSlot()
+    assert slot.put(1) is False
+    assert slot.put(2) is True
+    assert slot.put(3) is True
+    assert slot.take(timeout_s=0.1) == 3
+    assert slot.dropped == 2
+    assert slot.take(timeout_s=0.01) is None
+
+
+def test_latest_slot_take_after_take_does_not_count_drop() -> None:
+    slot: LatestSlot[str] = LatestSlot()
+    for item in ("a", "b", "c"):
+        assert slot.put(item) is False
+        assert slot.take(timeout_s=0.1) == item
+    assert slot.dropped == 0
+
+
+def test_latest_slot_take_waits_for_put_from_other_thread() -> None:
+    slot: LatestSlot[int] = LatestSlot()
+    timer = threading.Timer(0.05, slot.put, args=(7,))
+    timer.start()
+    t0 = time.monotonic()
+    assert slot.take(timeout_s=2.0) == 7
+    assert time.monotonic() - t0 < 1.5
+    timer.join()
+
+
+def test_latest_slot_close_wakes_waiter_and_keeps_last_item() -> None:
+    slot: LatestSlot[int] = LatestSlot()
+    slot.put(5)
+    slot.close()
+    assert slot.take(timeout_s=1.0) == 5
+    t0 = time.monotonic()
+    assert slot.take(timeout_s=5.0) is None
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_slot_worker_serves_only_latest_while_busy() -> None:
+    slot: LatestSlot[int] = LatestSlot()
+    started, release = threading.Event(), threading.Event()
+    served: list[int] = []
+
+    def process(item: int) -> None:
+        started.set()
+        release.wait(timeout=5.0)
+        served.append(item)
+
+    worker = SlotWorker(slot, process, on_error=lambda item, exc: None)
+    worker.start()
+    slot.put(0)
+    assert started.wait(timeout=2.0)
+    for item in range(1, 6):  # arrive while the worker is busy with 0
+        slot.put(item)
+    release.set()
+    deadline = time.monotonic() + 5.0
+    while len(served) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert worker.stop(timeout_s=5.0)
+    assert served == [0, 5]
+    assert slot.dropped == 4
+
+
+def test_slot_worker_error_is_reported_and_worker_goes_on() -> None:
+    slot: LatestSlot[int] = LatestSlot()
+    errors: list[tuple[int, str]] = []
+    served: list[int] = []
+    done = threading.Event()
+
+    def process(item: int) -> None:
+        if item < 0:
+            raise RuntimeError(f"bad item {item}")
+        served.append(item)
+        done.set()
+
+    worker = SlotWorker(slot, process, on_error=lambda item, exc: errors.append((item, str(exc))))
+    worker.start()
+    slot.put(-1)
+    deadline = time.monotonic() + 5.0
+    while not errors and time.monotonic() < deadline:
+        time.sleep(0.01)
+    slot.put(4)
+    assert done.wait(timeout=5.0)
+    assert worker.stop(timeout_s=5.0)
+    assert errors == [(-1, "bad item -1")]
+    assert served == [4]
+    assert not worker.busy
+
+
+def test_node_stats_snapshot_rate_latency_and_counts() -> None:
+    stats = NodeStats(strategy="ttt_kd")
+    for i in range(5):
+        stats.count_received()
+        stats.record_scan({"model": 0.010 * (i + 1)}, adapted=i % 2 == 0, kd_loss_before=0.9, kd_loss_after=0.5 + i,
+                          now_s=100.0 + 0.5 * i)
+    stats.count_dropped(3)
+    stats.count_skipped("bad_cloud")
+    stats.record_scan({}, adapted=False, kd_loss_before=None, kd_loss_after=None, skip_reason="no_visible_points",
+                      now_s=102.5)
+    snap = stats.snapshot()
+    assert snap.received == 5 and snap.processed == 6 and snap.dropped == 3
+    assert abs(snap.rate_hz - 2.0) < 1e-9  # 6 scans over 2.5 s
+    assert abs(snap.latency_ms["model"] - 30.0) < 1e-9  # median of 10..50 ms
+    assert snap.skipped == {"bad_cloud": 1, "adapt:no_visible_points": 1}
+    assert snap.kd_loss_before == 0.9 and snap.kd_loss_after == 4.5  # the last scan that reported one
+    assert abs(snap.adapted_fraction - 3 / 6) < 1e-9
+
+
+def test_snapshot_to_status_levels_and_keys() -> None:
+    stats = NodeStats(strategy="tent")
+    idle = snapshot_to_status(stats.snapshot(), "seg", "hw")
+    assert idle.level == DiagnosticStatus.WARN
+    stats.record_scan({"model": 0.02}, adapted=True, kd_loss_before=None, kd_loss_after=None)
+    ok = snapshot_to_status(stats.snapshot(), "seg", "hw")
+    values = {kv.key: kv.value for kv in ok.values}
+    assert ok.level == DiagnosticStatus.OK
+    assert values["strategy"] == "tent" and values["processed"] == "1" and values["kd_loss_before"] == "nan"
+    assert float(values["latency_ms.model"]) == 20.0
+    stats.count_error("RuntimeError")
+    failing = snapshot_to_status(stats.snapshot(), "seg", "hw")
+    assert failing.level == DiagnosticStatus.WARN
+    assert {kv.key: kv.value for kv in failing.values}["errors.RuntimeError"] == "1"
