@@ -1,0 +1,541 @@
+"""TTTKDNet: sparse U-Net backbone psi_3D with a segmentation head rho_Y and a distillation head rho_2D.
+
+One network fits LiDAR and RGB-D clouds: it reads a fixed list of named
+per-point inputs and fills the ones a scan lacks with zeros. All geometry work
+(voxels, neighbour maps) happens once per scan in ``prepare``; the passes that
+test-time training repeats only run convolutions on that PreparedScan.
+Normalisation is nn.BatchNorm1d everywhere in the backbone because TENT and
+BN-stats adaptation work on exactly those layers. Checkpoints are safetensors
+with a JSON header (never pickle) so a wrong file fails at start-up, by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from ttt_kd_ros.labels import LABEL_SETS, get_label_set
+from ttt_kd_ros.scan import Scan
+from ttt_kd_ros.sparse import SparseGeometry, Voxelization, get_backend, voxelize
+
+FEATURE_WIDTHS: dict[str, int] = {"ones": 1, "xyz": 3, "height": 1, "intensity": 1, "rgb": 3}
+"""Per-point inputs the net can read. xyz: offset from the voxel centre in voxel units ([-0.5, 0.5));
+height: z in metres in the scan frame; intensity: [0, 1]; rgb: [0, 1]. Missing ones are zeros."""
+
+CHECKPOINT_FORMAT_VERSION = 1
+_METADATA_KEY = "ttt_kd_ros"
+
+
+@dataclass
+class NetConfig:
+    """Everything needed to rebuild a TTTKDNet; stored in every checkpoint.
+
+    encoder_planes[l] is the width at U-Net level l (tensor stride 2^l);
+    decoder_planes[i] the width after upsampling onto level L-2-i. Blocks are
+    residual pairs of 3x3x3 submanifold convs; 0 encoder blocks at level 0
+    means the stem alone, as in MinkUNet.
+    """
+
+    name: str = "ttt_kd_small"
+    input_features: tuple[str, ...] = ("ones", "xyz", "height", "intensity", "rgb")
+    num_classes: int = 11
+    label_set: str = "synthetic_indoor"
+    teacher_dim: int = 384
+    teacher_id: str = ""
+    teacher_resolution: tuple[int, int] = (224, 224)  # (H, W) pixels fed to the teacher
+    voxel_size_m: float = 0.05
+    encoder_planes: tuple[int, ...] = (16, 32, 64, 128)
+    encoder_blocks: tuple[int, ...] = (1, 1, 1, 1)
+    decoder_planes: tuple[int, ...] = (64, 32, 32)
+    decoder_blocks: tuple[int, ...] = (1, 1, 1)
+    kd_hidden: int = 128
+    bn_momentum: float = 0.1
+    backend: str = "torch"
+
+    def __post_init__(self) -> None:
+        for name in ("input_features", "encoder_planes", "encoder_blocks", "decoder_planes", "decoder_blocks",
+                     "teacher_resolution"):
+            setattr(self, name, tuple(getattr(self, name)))
+        unknown = [f for f in self.input_features if f not in FEATURE_WIDTHS]
+        if unknown or not self.input_features:
+            raise ValueError(f"input_features: expected names from {list(FEATURE_WIDTHS)}, got {self.input_features}")
+        levels = len(self.encoder_planes)
+        if levels < 1 or len(self.encoder_blocks) != levels:
+            raise ValueError(
+                f"encoder_blocks: expected {levels} entries (one per encoder_planes), got {self.encoder_blocks}"
+            )
+        if len(self.decoder_planes) != levels - 1 or len(self.decoder_blocks) != levels - 1:
+            raise ValueError(
+                f"decoder_planes/decoder_blocks: expected {levels - 1} entries each, "
+                f"got {self.decoder_planes} / {self.decoder_blocks}"
+            )
+        if self.label_set in LABEL_SETS and get_label_set(self.label_set).num_classes != self.num_classes:
+            raise ValueError(
+                f"num_classes: label set {self.label_set!r} has {get_label_set(self.label_set).num_classes} "
+                f"classes, got {self.num_classes}"
+            )
+        if not self.voxel_size_m > 0:
+            raise ValueError(f"voxel_size_m: expected > 0, got {self.voxel_size_m}")
+        if len(self.teacher_resolution) != 2:
+            raise ValueError(f"teacher_resolution: expected (H, W), got {self.teacher_resolution}")
+
+    @property
+    def in_channels(self) -> int:
+        return sum(FEATURE_WIDTHS[f] for f in self.input_features)
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.encoder_planes)
+
+    @property
+    def out_channels(self) -> int:
+        return self.decoder_planes[-1] if self.decoder_planes else self.encoder_planes[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+@dataclass
+class MinkUNet34Config(NetConfig):
+    """MinkUNet34C widths and depths (about 38 M params): the paper's backbone family, for GPU robots."""
+
+    name: str = "mink_unet34"
+    encoder_planes: tuple[int, ...] = (32, 32, 64, 128, 256)
+    encoder_blocks: tuple[int, ...] = (0, 2, 3, 4, 6)
+    decoder_planes: tuple[int, ...] = (256, 128, 96, 96)
+    decoder_blocks: tuple[int, ...] = (2, 2, 2, 2)
+    kd_hidden: int = 256
+
+
+@dataclass
+class MinkUNet18Config(NetConfig):
+    """MinkUNet18A-like: a middle ground between the small default and MinkUNet34C."""
+
+    name: str = "mink_unet18"
+    encoder_planes: tuple[int, ...] = (32, 32, 64, 128, 256)
+    encoder_blocks: tuple[int, ...] = (0, 2, 2, 2, 2)
+    decoder_planes: tuple[int, ...] = (128, 128, 96, 96)
+    decoder_blocks: tuple[int, ...] = (2, 2, 2, 2)
+
+
+PRESETS: dict[str, type[NetConfig]] = {"ttt_kd_small": NetConfig, "mink_unet18": MinkUNet18Config,
+                                       "mink_unet34": MinkUNet34Config}
+
+
+def net_config(preset: str = "ttt_kd_small", **overrides: Any) -> NetConfig:
+    """A preset's NetConfig with some fields changed (e.g. num_classes, label_set, teacher_dim)."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset: expected one of {sorted(PRESETS)}, got {preset!r}")
+    names = {f.name for f in fields(NetConfig)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"net_config overrides: unknown fields {unknown}; known: {sorted(names)}")
+    return PRESETS[preset](**overrides)
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+class SparseBatchNorm(nn.BatchNorm1d):
+    """BatchNorm1d over (V, C) voxel rows that tolerates a single row in training.
+
+    Tiny scans can shrink to one voxel at the coarsest level, where batch
+    statistics do not exist; that row is then normalised with the running
+    statistics instead of raising.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] <= 1:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return super().forward(x)
+
+
+def _kernel(volume: int, cin: int, cout: int) -> nn.Parameter:
+    """(volume, Cin, Cout) weight, He-initialised for ReLU over volume * Cin inputs."""
+    return nn.Parameter(torch.randn(volume, cin, cout) * (2.0 / (volume * cin)) ** 0.5)
+
+
+class SubmConv3(nn.Module):
+    """3x3x3 submanifold conv at one level (outputs at the input voxels)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.weight = _kernel(27, cin, cout)
+
+    def forward(self, x: torch.Tensor, geometry: SparseGeometry, level: int) -> torch.Tensor:
+        return geometry.subm_conv(x, self.weight, level)
+
+
+class ConvBNReLU(nn.Module):
+    """A conv of one kind ("subm", "down": level -> level+1, "up": level+1 -> level), then BN and ReLU."""
+
+    def __init__(self, kind: str, cin: int, cout: int, momentum: float) -> None:
+        super().__init__()
+        self.kind = kind
+        self.weight = _kernel(27 if kind == "subm" else 8, cin, cout)
+        self.bn = SparseBatchNorm(cout, momentum=momentum)
+
+    def forward(self, x: torch.Tensor, geometry: SparseGeometry, level: int) -> torch.Tensor:
+        conv = {"subm": geometry.subm_conv, "down": geometry.down_conv, "up": geometry.up_conv}[self.kind]
+        return F.relu(self.bn(conv(x, self.weight, level)))
+
+
+class ResBlock(nn.Module):
+    """Basic residual block (two 3x3x3 submanifold convs); a 1x1 projection when widths differ."""
+
+    def __init__(self, cin: int, cout: int, momentum: float) -> None:
+        super().__init__()
+        self.conv1 = SubmConv3(cin, cout)
+        self.bn1 = SparseBatchNorm(cout, momentum=momentum)
+        self.conv2 = SubmConv3(cout, cout)
+        self.bn2 = SparseBatchNorm(cout, momentum=momentum)
+        self.project: nn.Module | None = None
+        self.project_bn: nn.Module | None = None
+        if cin != cout:
+            self.project = nn.Linear(cin, cout, bias=False)
+            self.project_bn = SparseBatchNorm(cout, momentum=momentum)
+
+    def forward(self, x: torch.Tensor, geometry: SparseGeometry, level: int) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x, geometry, level)))
+        out = self.bn2(self.conv2(out, geometry, level))
+        skip = x if self.project is None else self.project_bn(self.project(x))
+        return F.relu(out + skip)
+
+
+class Stage(nn.Module):
+    """The entry conv of a level (stem, stride-2 down, or transposed up) followed by residual blocks."""
+
+    def __init__(self, entry: ConvBNReLU, block_in: int, width: int, blocks: int, momentum: float) -> None:
+        super().__init__()
+        self.entry = entry
+        self.blocks = nn.ModuleList(
+            ResBlock(block_in if i == 0 else width, width, momentum) for i in range(blocks)
+        )
+        self.out_channels = width if blocks else entry.weight.shape[2]
+
+
+class SparseUNet(nn.Module):
+    """psi_3D: (V_0, Cin) voxel inputs -> (V_0, F) voxel features through an L-level sparse U-Net.
+
+    encoder[l] runs at tensor stride 2^l (encoder[0]: stem at stride 1;
+    encoder[l>0]: 2x2x2 stride-2 conv from stride 2^(l-1)); decoder[i]
+    upsamples onto level L-2-i, concatenates that level's encoder output and
+    runs its blocks.
+    """
+
+    def __init__(self, config: NetConfig) -> None:
+        super().__init__()
+        m = config.bn_momentum
+        enc, dec = config.encoder_planes, config.decoder_planes
+        self.encoder = nn.ModuleList()
+        self.encoder.append(Stage(ConvBNReLU("subm", config.in_channels, enc[0], m), enc[0], enc[0],
+                                  config.encoder_blocks[0], m))
+        for level in range(1, config.num_levels):
+            self.encoder.append(Stage(ConvBNReLU("down", enc[level - 1], enc[level], m), enc[level], enc[level],
+                                      config.encoder_blocks[level], m))
+        self.decoder = nn.ModuleList()
+        width = enc[-1]
+        for i, level in enumerate(range(config.num_levels - 2, -1, -1)):
+            self.decoder.append(Stage(ConvBNReLU("up", width, dec[i], m), dec[i] + enc[level], dec[i],
+                                      config.decoder_blocks[i], m))
+            width = dec[i]
+            if config.decoder_blocks[i] == 0:
+                raise ValueError(f"decoder_blocks[{i}]: expected >= 1 (the skip concatenation needs a block), got 0")
+        self.out_channels = width
+
+    def forward(self, x: torch.Tensor, geometry: SparseGeometry) -> torch.Tensor:
+        skips: list[torch.Tensor] = []
+        for level, stage in enumerate(self.encoder):
+            # encoder[0].entry is the stem at stride 1; the others go from stride 2^(level-1) to 2^level.
+            x = stage.entry(x, geometry, level if level == 0 else level - 1)
+            for block in stage.blocks:
+                x = block(x, geometry, level)
+            skips.append(x)
+        levels = len(self.encoder)
+        for i, stage in enumerate(self.decoder):
+            level = levels - 2 - i  # upsample from stride 2^(level+1) onto stride 2^level
+            x = stage.entry(x, geometry, level)
+            x = torch.cat((x, skips[level].to(x.dtype)), dim=1)
+            for block in stage.blocks:
+                x = block(x, geometry, level)
+        return x
+
+
+# ----------------------------------------------------------------------------- network
+
+
+@dataclass
+class PreparedScan:
+    """A scan made ready for any number of passes: inputs, voxels and neighbour maps on one device.
+
+    features: (V, Cin) float32 voxel inputs (mean of the scan's points per voxel).
+    voxels.point_to_voxel: (N,) row of each input point.
+    """
+
+    features: torch.Tensor
+    voxels: Voxelization
+    geometry: SparseGeometry
+    device: torch.device
+
+    @property
+    def num_points(self) -> int:
+        return int(self.voxels.point_to_voxel.shape[0])
+
+    @property
+    def num_voxels(self) -> int:
+        return self.voxels.num_voxels
+
+
+@dataclass
+class NetOutput:
+    """Per input point: logits (N, C), kd (N, D) or None when not asked for, point_features (N, F)."""
+
+    logits: torch.Tensor
+    kd: torch.Tensor | None
+    point_features: torch.Tensor
+
+
+def point_inputs(scan: Scan, config: NetConfig) -> np.ndarray:
+    """(N, Cin) float32 per-point inputs in config.input_features order; missing ones are zeros."""
+    pts = scan.points_xyz_m
+    n = len(pts)
+    columns: list[np.ndarray] = []
+    for name in config.input_features:
+        if name == "ones":
+            columns.append(np.ones((n, 1), np.float32))
+        elif name == "xyz":
+            voxel = pts / config.voxel_size_m
+            columns.append((voxel - np.floor(voxel) - 0.5).astype(np.float32))
+        elif name == "height":
+            columns.append(pts[:, 2:3].astype(np.float32))
+        elif name == "intensity":
+            value = scan.intensity
+            columns.append(np.zeros((n, 1), np.float32) if value is None else np.asarray(value, np.float32)[:, None])
+        elif name == "rgb":
+            columns.append(np.zeros((n, 3), np.float32) if scan.rgb is None else np.asarray(scan.rgb, np.float32))
+    return np.concatenate(columns, axis=1)
+
+
+class TTTKDNet(nn.Module):
+    """backbone (psi_3D) + seg_head (rho_Y, class logits) + kd_head (rho_2D, teacher feature space).
+
+    Heads are per-voxel MLPs without normalisation, so they are applied to the
+    (fewer) voxels and gathered to points; every point of a voxel gets that
+    voxel's outputs.
+    """
+
+    def __init__(self, config: NetConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.sparse_backend = get_backend(config.backend)
+        self.backbone = SparseUNet(config)
+        width = self.backbone.out_channels
+        self.seg_head = nn.Linear(width, config.num_classes)
+        self.kd_head = nn.Sequential(
+            nn.Linear(width, config.kd_hidden), nn.ReLU(inplace=True), nn.Linear(config.kd_hidden, config.teacher_dim)
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def prepare(self, scan: Scan, device: torch.device | str | None = None) -> PreparedScan:
+        """Inputs, voxelisation and all neighbour maps of ``scan``: run once per scan, reuse for every pass."""
+        device = torch.device(device) if device is not None else self.device
+        if scan.num_points == 0:
+            raise ValueError("scan.points_xyz_m: expected at least one point, got 0")
+        points = torch.from_numpy(scan.points_xyz_m).to(device)
+        voxels = voxelize(points, self.config.voxel_size_m)
+        inputs = torch.from_numpy(point_inputs(scan, self.config)).to(device)
+        features = voxels.voxel_mean(inputs)
+        geometry = self.sparse_backend.build_geometry(voxels.coords, self.config.num_levels)
+        return PreparedScan(features, voxels, geometry, device)
+
+    def voxel_features(self, prepared: PreparedScan) -> torch.Tensor:
+        """(V, F) backbone features per voxel."""
+        return self.backbone(prepared.features, prepared.geometry)
+
+    def backbone_features(self, prepared: PreparedScan) -> torch.Tensor:
+        """(N, F) backbone features per input point (its voxel's features)."""
+        return self.voxel_features(prepared).index_select(0, prepared.voxels.point_to_voxel)
+
+    def kd_features(
+        self, prepared: PreparedScan, point_index: torch.Tensor, voxel_features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(M,) point indices -> (M, D) rho_2D outputs at those points only (the TTT loss needs no more).
+
+        Pass ``voxel_features`` from an earlier ``voxel_features()`` call to
+        share one backbone pass between several heads.
+        """
+        if voxel_features is None:
+            voxel_features = self.voxel_features(prepared)
+        rows = prepared.voxels.point_to_voxel.index_select(0, point_index.to(prepared.device))
+        return self.kd_head(voxel_features.index_select(0, rows))
+
+    def forward(self, prepared: PreparedScan, with_kd: bool = True) -> NetOutput:
+        vf = self.voxel_features(prepared)
+        p2v = prepared.voxels.point_to_voxel
+        logits = self.seg_head(vf).index_select(0, p2v)
+        kd = self.kd_head(vf).index_select(0, p2v) if with_kd else None
+        return NetOutput(logits=logits, kd=kd, point_features=vf.index_select(0, p2v))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(model: TTTKDNet, path: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Weights + running statistics as safetensors; config, class names and ``extra`` as JSON metadata.
+
+    Written to a temporary file and renamed, so a crash never leaves half a checkpoint.
+    """
+    path = Path(path)
+    config = model.config
+    meta = {
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "config": config.to_dict(),
+        "class_names": list(get_label_set(config.label_set).class_names) if config.label_set in LABEL_SETS else [],
+        "voxel_size_m": config.voxel_size_m,
+        "teacher_id": config.teacher_id,
+        "teacher_resolution": list(config.teacher_resolution),
+        "extra": extra or {},
+    }
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={_METADATA_KEY: json.dumps(meta)})
+    tmp.replace(path)
+    return path
+
+
+_REQUIRED_META = ("format_version", "config", "class_names", "voxel_size_m", "teacher_id", "teacher_resolution")
+
+
+def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON metadata of a checkpoint, validated; ValueError names the file and the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path}: file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(_METADATA_KEY)
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"checkpoint {path}: not a readable safetensors file ({err})") from err
+    if raw is None:
+        raise ValueError(f"checkpoint {path}: metadata field {_METADATA_KEY!r} missing (not a ttt_kd_ros checkpoint)")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"checkpoint {path}: metadata field {_METADATA_KEY!r} is not valid JSON ({err})") from err
+    for key in _REQUIRED_META:
+        if key not in meta:
+            raise ValueError(f"checkpoint {path}: metadata field {key!r} missing")
+    if meta["format_version"] != CHECKPOINT_FORMAT_VERSION:
+        raise ValueError(
+            f"checkpoint {path}: format_version expected {CHECKPOINT_FORMAT_VERSION}, got {meta['format_version']}"
+        )
+    return meta
+
+
+def _config_from_meta(path: Path, meta: dict[str, Any], backend: str | None) -> NetConfig:
+    stored = dict(meta["config"])
+    names = {f.name for f in fields(NetConfig)}
+    missing = sorted(names - set(stored))
+    unknown = sorted(set(stored) - names)
+    if missing or unknown:
+        raise ValueError(f"checkpoint {path}: config fields missing {missing}, unknown {unknown}")
+    if backend is not None:
+        stored["backend"] = backend
+    try:
+        return NetConfig(**stored)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"checkpoint {path}: config invalid: {err}") from err
+
+
+def _check_expectations(path: Path, meta: dict[str, Any], config: NetConfig, expect: dict[str, Any]) -> None:
+    config_dict = config.to_dict()
+    for key, want in expect.items():
+        if key in config_dict:
+            have = config_dict[key]
+        elif key in meta:
+            have = meta[key]
+        else:
+            raise ValueError(f"checkpoint {path}: expect names an unknown field {key!r}")
+        if isinstance(want, tuple):
+            want = list(want)
+        if have != want:
+            raise ValueError(f"checkpoint {path}: field {key!r} expected {want!r}, got {have!r}")
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    device: torch.device | str = "cpu",
+    expect: dict[str, Any] | None = None,
+    backend: str | None = None,
+) -> TTTKDNet:
+    """Rebuild the TTTKDNet stored at ``path`` (eval mode) on ``device``.
+
+    ``expect`` maps config / metadata fields to required values (e.g.
+    {"teacher_dim": 384, "label_set": "scannet20"}); ``backend`` overrides the
+    stored sparse backend (weights are backend-independent). Every problem is
+    a ValueError naming the file and the field.
+    """
+    path = Path(path)
+    meta = read_checkpoint_metadata(path)
+    config = _config_from_meta(path, meta, backend)
+    if config.label_set in LABEL_SETS:
+        names = list(get_label_set(config.label_set).class_names)
+        if meta["class_names"] != names:
+            raise ValueError(
+                f"checkpoint {path}: class_names for label set {config.label_set!r} expected {names}, "
+                f"got {meta['class_names']}"
+            )
+    _check_expectations(path, meta, config, expect or {})
+    model = TTTKDNet(config)
+    wanted = model.state_dict()
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            stored_keys = set(f.keys())
+            missing = sorted(set(wanted) - stored_keys)
+            unexpected = sorted(stored_keys - set(wanted))
+            if missing or unexpected:
+                raise ValueError(f"checkpoint {path}: tensors missing {missing[:10]}, unexpected {unexpected[:10]}")
+            tensors = {}
+            for key, ref in wanted.items():
+                tensor = f.get_tensor(key)
+                if tensor.shape != ref.shape or tensor.dtype != ref.dtype:
+                    raise ValueError(
+                        f"checkpoint {path}: tensor {key!r} expected {tuple(ref.shape)} {ref.dtype}, "
+                        f"got {tuple(tensor.shape)} {tensor.dtype}"
+                    )
+                tensors[key] = tensor
+    except SafetensorError as err:
+        raise ValueError(f"checkpoint {path}: tensor data unreadable ({err})") from err
+    model.load_state_dict(tensors, strict=True)
+    return model.to(device).eval()
+
+
+__all__ = [
+    "FEATURE_WIDTHS",
+    "PRESETS",
+    "MinkUNet18Config",
+    "MinkUNet34Config",
+    "NetConfig",
+    "NetOutput",
+    "PreparedScan",
+    "TTTKDNet",
+    "load_checkpoint",
+    "net_config",
+    "point_inputs",
+    "read_checkpoint_metadata",
+    "save_checkpoint",
+]
