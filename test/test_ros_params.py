@@ -1,0 +1,218 @@
+"""Node parameters (YAML, -p overrides, checks), the runner's arguments and the launch file's, in one process.
+
+Nodes here are created but never spin: parameters need an rclpy context, not DDS traffic.
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import REPO_ROOT
+
+rclpy = pytest.importorskip("rclpy")
+
+
+from rclpy.context import Context  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+
+from ttt_kd_ros.ros import runner  # noqa: E402
+from ttt_kd_ros.ros.params import (  # noqa: E402
+    NODE_NAME,
+    PARAMETERS,
+    ParameterError,
+    extrinsics_from_numbers,
+    read_parameters,
+)
+
+SHIPPED_YAML = REPO_ROOT / "config" / "segment.yaml"
+LAUNCH_FILE = REPO_ROOT / "launch" / "segment.launch.py"
+
+
+@pytest.fixture(scope="module")
+def context() -> Iterator[Context]:
+    ctx = Context()
+    rclpy.init(context=ctx, args=[])
+    yield ctx
+    ctx.try_shutdown()
+
+
+@pytest.fixture
+def make_node(context: Context) -> Iterator:
+    nodes: list[Node] = []
+
+    def make(*ros_args: str) -> Node:
+        node = Node(NODE_NAME, context=context, cli_args=["--ros-args", *ros_args], start_parameter_services=False)
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        node.destroy_node()
+
+
+def _write_yaml(path: Path, params: dict) -> Path:
+    path.write_text(yaml.safe_dump({NODE_NAME: {"ros__parameters": params}}))
+    return path
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def test_read_parameters_defaults_without_cameras_is_cloud_only(make_node) -> None:
+    params = read_parameters(make_node())
+    assert params.cameras == ()
+    assert params.cloud_only
+    for spec in PARAMETERS:
+        assert params[spec.name] == spec.default
+
+
+def test_read_parameters_shipped_yaml_declares_every_key(make_node) -> None:
+    node = make_node("--params-file", str(SHIPPED_YAML))
+    params = read_parameters(node)
+    shipped = _flatten(yaml.safe_load(SHIPPED_YAML.read_text())[NODE_NAME]["ros__parameters"])
+    for name, value in shipped.items():
+        assert node.has_parameter(name), f"config/segment.yaml: {name} is not a declared parameter"
+        if name not in ("cameras",) and not name.endswith("cam_from_cloud"):
+            assert params.values.get(name, node.get_parameter(name).value) == value, name
+    assert [c.name for c in params.cameras] == shipped["cameras"]
+    np.testing.assert_allclose(params.cameras[0].cam_from_cloud.reshape(-1), shipped["camera.left.cam_from_cloud"])
+    assert not params.cloud_only
+
+
+def test_read_parameters_every_parameter_has_description(make_node) -> None:
+    node = make_node("--params-file", str(SHIPPED_YAML))
+    read_parameters(node)
+    names = [n for n in node.list_parameters([], 0).names if n != "use_sim_time"]  # rclpy's own has none
+    for descriptor in node.describe_parameters(names):
+        assert descriptor.description.strip(), f"parameter {descriptor.name} has no description"
+        assert descriptor.read_only, f"parameter {descriptor.name} is read once and should say so"
+
+
+def test_read_parameters_p_override_beats_yaml(make_node, tmp_path: Path) -> None:
+    path = _write_yaml(tmp_path / "p.yaml", {"cloud_topic": "/from_yaml", "adapt": {"steps": 2, "lr": 0.01}})
+    params = read_parameters(make_node("--params-file", str(path), "-p", "adapt.steps:=7"))
+    assert params["cloud_topic"] == "/from_yaml"
+    assert params["adapt.steps"] == 7
+    assert params["adapt.lr"] == 0.01
+
+
+@pytest.mark.parametrize(("override", "named"), [
+    ("device:=tpu", "device"),
+    ("adapt.steps:=-1", "adapt.steps"),
+    ("adapt.steps:=abc", "adapt.steps"),
+    ("mode:=sometimes", "mode"),
+    ("sync_slop_s:=-0.5", "sync_slop_s"),
+    ("cloud_topic:=''", "cloud_topic"),
+    ("cameras:=[a,a]", "cameras"),
+])
+def test_read_parameters_bad_value_names_parameter(make_node, override: str, named: str) -> None:
+    with pytest.raises(ParameterError, match=rf"parameter {named}\b"):
+        read_parameters(make_node("-p", override))
+
+
+def test_read_parameters_camera_without_extrinsics_or_frame_names_it(make_node) -> None:
+    with pytest.raises(ParameterError, match=r"camera\.front\.cam_from_cloud"):
+        read_parameters(make_node("-p", "cameras:=[front]"))
+
+
+def test_read_parameters_camera_topics_default_from_name(make_node) -> None:
+    params = read_parameters(make_node("-p", "cameras:=[front]", "-p", "camera.front.frame_id:=cam"))
+    cam = params.cameras[0]
+    assert (cam.image_topic, cam.info_topic, cam.frame_id) == ("front/image_raw", "front/camera_info", "cam")
+    assert cam.cam_from_cloud is None
+
+
+def test_extrinsics_from_numbers_quaternion_rotates_and_translates() -> None:
+    half = np.sqrt(0.5)  # 90 degrees about z: x -> y
+    matrix = extrinsics_from_numbers("t", [1.0, 2.0, 3.0, 0.0, 0.0, half, half])
+    np.testing.assert_allclose(matrix @ np.array([1.0, 0.0, 0.0, 1.0]), [1.0, 3.0, 3.0, 1.0], atol=1e-12)
+    np.testing.assert_allclose(matrix[:3, :3] @ matrix[:3, :3].T, np.eye(3), atol=1e-12)
+
+
+@pytest.mark.parametrize(("numbers", "message"), [
+    ([1.0] * 5, "expected 16 numbers"),
+    ([0.0] * 7, "zero norm"),
+    ([1.0] * 16, "last row"),
+    ([float("nan")] * 16, "finite"),
+])
+def test_extrinsics_from_numbers_bad_input_names_parameter(numbers: list[float], message: str) -> None:
+    with pytest.raises(ParameterError, match=f"parameter camera.x.cam_from_cloud: .*{message}"):
+        extrinsics_from_numbers("camera.x.cam_from_cloud", numbers)
+
+
+def test_ros_arguments_default_params_file_and_overrides() -> None:
+    args = runner.build_parser().parse_args(
+        ["--checkpoint", "m.safetensors", "--namespace", "robot1", "-p", "adapt.steps:=1", "--device", "cpu"])
+    ros_args = runner.ros_arguments(args)
+    params_file = Path(ros_args[ros_args.index("--params-file") + 1])
+    assert params_file.name == "segment.yaml" and params_file.is_file()
+    assert ros_args[0] == "--ros-args"
+    pairs = list(itertools.pairwise(ros_args))
+    for expected in (("-r", "__ns:=/robot1"), ("-p", "checkpoint:=m.safetensors"), ("-p", "device:=cpu"),
+                     ("-p", "adapt.steps:=1"), ("-r", f"__node:={NODE_NAME}")):
+        assert expected in pairs
+    # The -p passthrough comes after the named options so it wins, as on the ros2 command line.
+    assert ros_args.index("adapt.steps:=1") > ros_args.index("device:=cpu")
+
+
+def test_ros_arguments_empty_overrides_keep_file_values() -> None:
+    ros_args = runner.ros_arguments(runner.build_parser().parse_args([]))
+    assert not any(a.startswith(("checkpoint:=", "device:=", "__ns:=")) for a in ros_args)
+
+
+@pytest.mark.parametrize("argv", [["-p", "no_separator"], ["-p", ":=x"], ["--params-file", "/no/such/file.yaml"]])
+def test_runner_main_bad_arguments_exit_2_naming_them(argv: list[str], capsys: pytest.CaptureFixture) -> None:
+    assert runner.main(argv) == 2
+    err = capsys.readouterr().err
+    assert argv[1] in err
+
+
+def test_set_fastdds_profile_keeps_users_choice() -> None:
+    env = {runner.FASTDDS_PROFILE_ENV: "/mine.xml"}
+    assert runner.set_fastdds_profile(env) == "/mine.xml"
+    env = {}
+    chosen = Path(runner.set_fastdds_profile(env))
+    assert chosen.name == "fastdds_large_data.xml" and chosen.is_file()
+    assert "<segment_size>33554432</segment_size>" in chosen.read_text()
+
+
+def _launch_module() -> ast.Module:
+    return ast.parse(LAUNCH_FILE.read_text(), filename=str(LAUNCH_FILE))
+
+
+def test_launch_file_arguments_match_runner_options() -> None:
+    tree = _launch_module()
+    arguments = next(
+        ast.literal_eval(node.value) for node in tree.body
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "LAUNCH_ARGUMENTS" for t in node.targets)
+    )
+    assert set(arguments) == {"params_file", "checkpoint", "device", "namespace", "use_rviz"}
+    options = {a.dest for a in runner.build_parser()._actions}
+    for name in ("params_file", "checkpoint", "device", "namespace"):
+        assert name in options, f"ttt_kd_segment lacks --{name.replace('_', '-')}"
+
+
+def test_launch_file_imports_launch_only_inside_generate() -> None:
+    tree = _launch_module()
+    top_level = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)
+                 for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])}
+    assert not top_level & {"launch", "launch_ros", "ament_index_python"}
+    generate = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description")
+    inner = {n.module for n in ast.walk(generate) if isinstance(n, ast.ImportFrom)}
+    assert {"launch", "launch_ros.actions"} <= inner
+    text = LAUNCH_FILE.read_text()
+    assert "fastdds_large_data.xml" in text and runner.FASTDDS_PROFILE_ENV in text
+    assert '"segment_node"' in text and "segment.rviz" in text

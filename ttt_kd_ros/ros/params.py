@@ -1,0 +1,192 @@
+"""The node's parameters: declared once with descriptions, read once, checked once.
+
+Every parameter the node reads is in PARAMETERS (name, default, description,
+allowed values), so `ros2 param describe` and docs/NODE.md show the same
+text and a bad value fails at configure with the parameter's name. Cameras are
+a list of names; each name gets its own ``camera.<name>.*`` parameters,
+declared after the list is read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.exceptions import (
+    InvalidParameterTypeException,
+    InvalidParameterValueException,
+    ParameterUninitializedException,
+)
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+NODE_NAME = "ttt_kd_segmenter"
+
+
+class ParameterError(ValueError):
+    """A parameter has a value the node cannot run with; the message names it."""
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    default: Any
+    description: str
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+
+
+MODES = ("adapt", "cloud_only")
+
+PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec("cloud_topic", "points", "PointCloud2 input (sensor-data QoS)."),
+    ParamSpec("output_topic", "~/labeled_points", "Labeled PointCloud2 output (RELIABLE), same header as the input."),
+    ParamSpec("output_rgb", True, "Add an rgb field coloured by the label set palette (rviz2 Color Transformer RGB8)."),
+    ParamSpec("mode", "adapt", "adapt: pair clouds with the cameras and adapt; cloud_only: ignore cameras, no "
+              "adaptation. With no cameras listed the node runs cloud_only.", choices=MODES),
+    ParamSpec("sync_queue_size", 10, "Messages kept per input by the approximate-time synchroniser.", minimum=1),
+    ParamSpec("sync_slop_s", 0.05, "Largest stamp difference (s) between a cloud and its images.", minimum=0.0),
+    ParamSpec("camera_timeout_s", 2.0, "After this long (s) without a message from a listed camera, clouds are "
+              "segmented alone (no adaptation) until it is back; 0 waits for ever.", minimum=0.0),
+    ParamSpec("max_cloud_age_s", 0.0, "Refuse clouds whose stamp is older than now minus this (s); 0 accepts any.",
+              minimum=0.0),
+    ParamSpec("max_future_s", 0.0, "Refuse clouds stamped more than this (s) after now; 0 accepts any.", minimum=0.0),
+    ParamSpec("diagnostics_period_s", 1.0, "Period (s) of the /diagnostics message.", minimum=0.01),
+    ParamSpec("checkpoint", "", "Model checkpoint (.safetensors with its .json); empty: random tiny model (tests)."),
+    ParamSpec("teacher", "tiny", "2D teacher: 'tiny' (random, tests), a Hugging Face folder, a cached hub id or a "
+              "dinov2_vit*14_pretrain.pth file."),
+    ParamSpec("teacher_resolution", 224, "Shorter image side (px) fed to the teacher.", minimum=14),
+    ParamSpec("device", "auto", "Torch device.", choices=("auto", "cpu", "cuda")),
+    ParamSpec("amp", False, "Mixed precision on CUDA."),
+    ParamSpec("max_points", 150000, "Cap on points segmented per scan (random subset beyond it).", minimum=1),
+    ParamSpec("seed", 0, "Seed for point sampling and the tiny models."),
+    ParamSpec("adapt.strategy", "ttt_kd", "Adaptation per scan.",
+              choices=("none", "ttt_kd", "ttt_kd_online", "tent", "bn_stats")),
+    ParamSpec("adapt.steps", 3, "Gradient steps per scan.", minimum=0),
+    ParamSpec("adapt.optimizer", "sgd", "Optimizer of the test-time steps.", choices=("sgd", "adam", "adamw")),
+    ParamSpec("adapt.lr", 1e-3, "Learning rate of the test-time steps.", minimum=0.0),
+    ParamSpec("adapt.params", "norm_decoder", "Backbone parameters updated at test time."),
+    ParamSpec("adapt.kd_points_per_step", 4096, "Visible points sampled per KD step.", minimum=1),
+    ParamSpec("adapt.loss", "cosine", "KD loss form."),
+    ParamSpec("adapt.time_budget_s", 0.0, "Stop adapting once this much time (s) was spent on a scan; 0: no limit.",
+              minimum=0.0),
+)
+
+CAMERA_PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec("image_topic", "{name}/image_raw", "Image topic (rgb8, bgr8, rgba8, bgra8, mono8)."),
+    ParamSpec("info_topic", "{name}/camera_info", "CameraInfo topic of the same camera."),
+    ParamSpec("frame_id", "", "Camera frame for a tf2 lookup when cam_from_cloud is not given."),
+)
+CAMERA_EXTRINSICS = "cam_from_cloud"
+CAMERA_EXTRINSICS_DESCRIPTION = (
+    "Cloud frame -> camera optical frame: 16 numbers (4x4, row-major, X_cam = T X_cloud) or 7 (x y z qx qy qz qw)."
+)
+
+
+@dataclass(frozen=True)
+class CameraParams:
+    name: str
+    image_topic: str
+    info_topic: str
+    frame_id: str
+    cam_from_cloud: np.ndarray | None  # (4, 4) float64, None: look it up with tf2
+
+
+@dataclass(frozen=True)
+class NodeParams:
+    values: dict[str, Any]
+    cameras: tuple[CameraParams, ...] = field(default_factory=tuple)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+    @property
+    def cloud_only(self) -> bool:
+        return self.values["mode"] == "cloud_only" or not self.cameras
+
+
+def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
+    text = spec.description
+    if spec.choices:
+        text += f" One of {list(spec.choices)}."
+    return ParameterDescriptor(description=text, read_only=True)
+
+
+def _declare(node: Node, name: str, default: Any, descriptor: ParameterDescriptor) -> Any:
+    try:
+        if not node.has_parameter(name):
+            node.declare_parameter(name, default, descriptor)
+        return node.get_parameter(name).value
+    except ParameterUninitializedException:
+        return None
+    except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
+        raise ParameterError(f"parameter {name}: {exc}") from exc
+
+
+def _check(spec: ParamSpec, value: Any) -> Any:
+    if spec.choices and value not in spec.choices:
+        raise ParameterError(f"parameter {spec.name}: expected one of {list(spec.choices)}, got {value!r}")
+    if spec.minimum is not None and value < spec.minimum:
+        raise ParameterError(f"parameter {spec.name}: expected >= {spec.minimum}, got {value!r}")
+    return value
+
+
+def extrinsics_from_numbers(name: str, numbers: list[float] | None) -> np.ndarray | None:
+    """16 numbers (4x4 row-major) or 7 (x y z qx qy qz qw) -> (4, 4); None/empty -> None."""
+    if numbers is None or len(numbers) == 0:
+        return None
+    values = np.asarray(numbers, dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        raise ParameterError(f"parameter {name}: expected finite numbers, got {values.tolist()}")
+    if len(values) == 16:
+        matrix = values.reshape(4, 4)
+        if not np.allclose(matrix[3], (0.0, 0.0, 0.0, 1.0)):
+            raise ParameterError(f"parameter {name}: last row must be 0 0 0 1, got {matrix[3].tolist()}")
+        return matrix
+    if len(values) == 7:
+        quat = values[3:]
+        norm = float(np.linalg.norm(quat))
+        if norm < 1e-9:
+            raise ParameterError(f"parameter {name}: quaternion (qx qy qz qw) has zero norm")
+        x, y, z, w = quat / norm
+        rot = np.array([
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ])
+        matrix = np.eye(4)
+        matrix[:3, :3] = rot
+        matrix[:3, 3] = values[:3]
+        return matrix
+    raise ParameterError(f"parameter {name}: expected 16 numbers (4x4) or 7 (x y z qx qy qz qw), got {len(values)}")
+
+
+def read_parameters(node: Node) -> NodeParams:
+    """Declare (if needed) and read every parameter; ParameterError names the first bad one."""
+    values = {spec.name: _check(spec, _declare(node, spec.name, spec.default, _descriptor(spec)))
+              for spec in PARAMETERS}
+    names = _declare(node, "cameras", Parameter.Type.STRING_ARRAY, ParameterDescriptor(
+        description="Camera names; each has camera.<name>.image_topic/info_topic/frame_id/cam_from_cloud. "
+                    "Leave unset for cloud_only.", read_only=True)) or []
+    if len(set(names)) != len(names) or any(not n or "." in n or "/" in n for n in names):
+        raise ParameterError(f"parameter cameras: expected distinct names without '.' or '/', got {list(names)}")
+    cameras = []
+    for cam in names:
+        got = {spec.name: _declare(node, f"camera.{cam}.{spec.name}", spec.default.format(name=cam),
+                                   _descriptor(spec)) for spec in CAMERA_PARAMETERS}
+        ext_name = f"camera.{cam}.{CAMERA_EXTRINSICS}"
+        numbers = _declare(node, ext_name, Parameter.Type.DOUBLE_ARRAY,
+                           ParameterDescriptor(description=CAMERA_EXTRINSICS_DESCRIPTION, read_only=True))
+        extrinsics = extrinsics_from_numbers(ext_name, numbers)
+        if extrinsics is None and not got["frame_id"]:
+            raise ParameterError(f"parameter {ext_name}: camera {cam} needs cam_from_cloud or camera.{cam}.frame_id")
+        for key in ("image_topic", "info_topic"):
+            if not got[key]:
+                raise ParameterError(f"parameter camera.{cam}.{key}: expected a topic name, got ''")
+        cameras.append(CameraParams(cam, got["image_topic"], got["info_topic"], got["frame_id"], extrinsics))
+    for key in ("cloud_topic", "output_topic"):
+        if not values[key]:
+            raise ParameterError(f"parameter {key}: expected a topic name, got ''")
+    return NodeParams(values=values, cameras=tuple(cameras))
