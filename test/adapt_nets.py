@@ -19,7 +19,7 @@ IN_DIM, WIDTH, NUM_CLASSES, KD_DIM = 4, 16, 5, 8
 @dataclass
 class TinyOutput:
     logits: torch.Tensor  # (N, K)
-    kd: torch.Tensor  # (N, D)
+    kd: torch.Tensor | None  # (N, D)
     point_features: torch.Tensor  # (N, F)
 
 
@@ -50,9 +50,12 @@ class TinyNet(nn.Module):
     def backbone_features(self, prepared: torch.Tensor) -> torch.Tensor:
         return self.backbone(prepared)
 
-    def forward(self, prepared: torch.Tensor) -> TinyOutput:
+    def kd_features(self, prepared: torch.Tensor, point_index: torch.Tensor) -> torch.Tensor:
+        return self.kd_head(self.backbone_features(prepared).index_select(0, point_index))
+
+    def forward(self, prepared: torch.Tensor, with_kd: bool = True) -> TinyOutput:
         feats = self.backbone_features(prepared)
-        return TinyOutput(self.seg_head(feats), self.kd_head(feats), feats)
+        return TinyOutput(self.seg_head(feats), self.kd_head(feats) if with_kd else None, feats)
 
 
 def make_scan(seed: int, n: int = 256, shift: float = 1.5, visible: int = 128) -> tuple[torch.Tensor, TinyTargets]:

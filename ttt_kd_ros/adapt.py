@@ -13,8 +13,9 @@ collect_params, make_optimizer), the losses are pure functions
 by an in-place copy, never by reloading a checkpoint.
 
 The strategies only need this of the network (TTTKDNet has it):
-``backbone`` / ``seg_head`` / ``kd_head`` modules, ``backbone_features(prepared)
--> (N, F)`` and ``model(prepared) -> output`` with ``.logits`` (N, K). The
+``backbone`` / ``seg_head`` modules, ``backbone_features(prepared) -> (N, F)``,
+``kd_features(prepared, point_index (M,)) -> (M, D)`` and
+``model(prepared, with_kd=False) -> output`` with ``.logits`` (N, K). The
 prepared scan is passed through untouched, so the voxelisation and neighbour
 maps built once per scan are reused by every step. Targets need
 ``point_index`` (M,) long rows of the prepared points and ``features`` (M, D).
@@ -253,7 +254,7 @@ class NoAdaptation:
     def predict(self, prepared: Any) -> Any:
         """The model's output with frozen weights and running BN statistics."""
         self.model.eval()
-        return self.model(prepared)
+        return self.model(prepared, with_kd=False)
 
 
 class TTTKD:
@@ -302,11 +303,10 @@ class TTTKD:
         return torch.randint(0, num_visible, (per_step,), generator=self._generator, device=device)
 
     def _loss(self, prepared: Any, targets: Targets) -> torch.Tensor:
-        feats = self.model.backbone_features(prepared)  # (N, F)
-        rows = self._sample(int(targets.point_index.numel()), feats.device)
+        rows = self._sample(int(targets.point_index.numel()), targets.features.device)
         point_index = targets.point_index if rows is None else targets.point_index.index_select(0, rows)
         teacher = targets.features if rows is None else targets.features.index_select(0, rows)
-        pred = self.model.kd_head(feats.index_select(0, point_index))  # (S, D)
+        pred = self.model.kd_features(prepared, point_index)  # (S, D): rho_2D at the sampled points only
         return kd_loss(pred, teacher, self.config.loss)
 
     def _first_loss_rejected(self, loss: float) -> str:
@@ -373,7 +373,7 @@ class TTTKD:
     def predict(self, prepared: Any) -> Any:
         """Forward with the adapted weights, frozen, running BN statistics."""
         self.model.eval()
-        return self.model(prepared)
+        return self.model(prepared, with_kd=False)
 
 
 class TTTKDOnline(TTTKD):
@@ -483,7 +483,7 @@ class Tent:
     def predict(self, prepared: Any) -> Any:
         """Forward with batch statistics in the normalisation layers, as TENT predicts."""
         configure_model(self.model, self.params, bn_train=True)
-        return self.model(prepared)
+        return self.model(prepared, with_kd=False)
 
 
 class BNStats:
@@ -541,7 +541,7 @@ class BNStats:
     @torch.no_grad()
     def predict(self, prepared: Any) -> Any:
         self.model.eval()
-        return self.model(prepared)
+        return self.model(prepared, with_kd=False)
 
 
 Strategy = NoAdaptation | TTTKD | TTTKDOnline | Tent | BNStats
