@@ -16,8 +16,8 @@ VPY="$VENV/bin/python"
 pip_install() { "$VPY" -m pip install --disable-pip-version-check -q "$@"; }
 
 stamp="$VENV/.ttt_kd_ros_install_stamp"
-want=$(cat requirements.txt setup.py setup.cfg package.xml scripts/install.sh \
-       $(git ls-files ttt_kd_ros launch config resource 2>/dev/null || find ttt_kd_ros launch config resource -type f) \
+want=$( { cat requirements.txt setup.py setup.cfg package.xml scripts/install.sh
+         find ttt_kd_ros launch config resource -type f ! -name '*.pyc' -print0 | sort -z | xargs -0 cat; } \
        2>/dev/null | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VPY" -c "import ttt_kd_ros" 2>/dev/null; then
   exit 0
