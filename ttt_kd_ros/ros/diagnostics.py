@@ -37,6 +37,8 @@ class StatsSnapshot:
     strategy: str
     adapted_fraction: float
     mode: str
+    label_set: str
+    steps_run: int  # of the last scan
 
 
 @dataclass
@@ -45,6 +47,7 @@ class NodeStats:
 
     strategy: str = "none"
     mode: str = "adapt"
+    label_set: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _received: int = 0
     _processed: int = 0
@@ -56,6 +59,7 @@ class NodeStats:
     _adapted: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
     _kd_before: float | None = None
     _kd_after: float | None = None
+    _steps_run: int = 0
 
     def count_received(self) -> None:
         with self._lock:
@@ -82,11 +86,13 @@ class NodeStats:
         kd_loss_before: float | None,
         kd_loss_after: float | None,
         skip_reason: str = "",
+        steps_run: int = 0,
         now_s: float | None = None,
     ) -> None:
         """One published scan: per-stage seconds, whether it adapted, the KD losses."""
         with self._lock:
             self._processed += 1
+            self._steps_run = int(steps_run)
             self._done_at.append(time.monotonic() if now_s is None else now_s)
             for stage, seconds in stage_s.items():
                 self._stage_ms.setdefault(stage, deque(maxlen=WINDOW)).append(1000.0 * float(seconds))
@@ -117,6 +123,8 @@ class NodeStats:
                 strategy=self.strategy,
                 adapted_fraction=adapted,
                 mode=self.mode,
+                label_set=self.label_set,
+                steps_run=self._steps_run,
             )
 
 
@@ -135,6 +143,8 @@ def snapshot_to_status(snap: StatsSnapshot, name: str, hardware_id: str) -> Diag
     values = [
         KeyValue(key="strategy", value=snap.strategy),
         KeyValue(key="mode", value=snap.mode),
+        KeyValue(key="label_set", value=snap.label_set),
+        KeyValue(key="steps_run", value=str(snap.steps_run)),
         KeyValue(key="rate_hz", value=f"{snap.rate_hz:.3f}"),
         KeyValue(key="received", value=str(snap.received)),
         KeyValue(key="processed", value=str(snap.processed)),

@@ -22,6 +22,9 @@ from rclpy.exceptions import (
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from ttt_kd_ros.adapt import OPTIMIZERS, PARAM_SETS, STRATEGIES, AdaptConfig
+from ttt_kd_ros.losses import KD_LOSS_KINDS
+
 NODE_NAME = "ttt_kd_segmenter"
 
 
@@ -39,11 +42,13 @@ class ParamSpec:
 
 
 MODES = ("adapt", "cloud_only")
+_ADAPT = AdaptConfig()  # the engine's defaults are the node's defaults: one source of truth
 
 PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("cloud_topic", "points", "PointCloud2 input (sensor-data QoS)."),
     ParamSpec("output_topic", "~/labeled_points", "Labeled PointCloud2 output (RELIABLE), same header as the input."),
-    ParamSpec("output_rgb", True, "Add an rgb field coloured by the label set palette (rviz2 Color Transformer RGB8)."),
+    ParamSpec("output_min_confidence", 0.0, "Points whose confidence is below this get the ignore label (65535, "
+              "black) in the output; 0 keeps every label.", minimum=0.0),
     ParamSpec("mode", "adapt", "adapt: pair clouds with the cameras and adapt; cloud_only: ignore cameras, no "
               "adaptation. With no cameras listed the node runs cloud_only.", choices=MODES),
     ParamSpec("sync_queue_size", 10, "Messages kept per input by the approximate-time synchroniser.", minimum=1),
@@ -62,16 +67,17 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("amp", False, "Mixed precision on CUDA."),
     ParamSpec("max_points", 150000, "Cap on points segmented per scan (random subset beyond it).", minimum=1),
     ParamSpec("seed", 0, "Seed for point sampling and the tiny models."),
-    ParamSpec("adapt.strategy", "ttt_kd", "Adaptation per scan.",
-              choices=("none", "ttt_kd", "ttt_kd_online", "tent", "bn_stats")),
-    ParamSpec("adapt.steps", 3, "Gradient steps per scan.", minimum=0),
-    ParamSpec("adapt.optimizer", "sgd", "Optimizer of the test-time steps.", choices=("sgd", "adam", "adamw")),
-    ParamSpec("adapt.lr", 1e-3, "Learning rate of the test-time steps.", minimum=0.0),
-    ParamSpec("adapt.params", "norm_decoder", "Backbone parameters updated at test time."),
-    ParamSpec("adapt.kd_points_per_step", 4096, "Visible points sampled per KD step.", minimum=1),
-    ParamSpec("adapt.loss", "cosine", "KD loss form."),
-    ParamSpec("adapt.time_budget_s", 0.0, "Stop adapting once this much time (s) was spent on a scan; 0: no limit.",
-              minimum=0.0),
+    ParamSpec("adapt.strategy", _ADAPT.strategy, "Adaptation per scan (TTT-KD resets the weights every scan, "
+              "ttt_kd_online keeps them).", choices=tuple(STRATEGIES)),
+    ParamSpec("adapt.steps", _ADAPT.steps, "Gradient steps per scan.", minimum=0),
+    ParamSpec("adapt.optimizer", _ADAPT.optimizer, "Optimizer of the test-time steps.", choices=OPTIMIZERS),
+    ParamSpec("adapt.lr", _ADAPT.lr, "Learning rate of the test-time steps.", minimum=0.0),
+    ParamSpec("adapt.params", _ADAPT.params, "Backbone parameters updated at test time.", choices=PARAM_SETS),
+    ParamSpec("adapt.kd_points_per_step", _ADAPT.kd_points_per_step, "Visible points sampled per KD step; 0: all.",
+              minimum=0),
+    ParamSpec("adapt.loss", _ADAPT.loss, "KD loss form.", choices=KD_LOSS_KINDS),
+    ParamSpec("adapt.time_budget_s", 0.0, "Stop adapting before a step that would end later than this (s) after "
+              "adaptation started; 0: no limit.", minimum=0.0),
 )
 
 CAMERA_PARAMETERS: tuple[ParamSpec, ...] = (
