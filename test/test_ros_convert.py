@@ -359,3 +359,48 @@ def test_pointcloud2_to_cloud_matches_sensor_msgs_py_when_importable() -> None:
     msg = _cloud_msg(_padded_points(40), PADDED_FIELDS)
     theirs = point_cloud2.read_points_numpy(msg, field_names=["x", "y", "z"], skip_nans=True)
     np.testing.assert_array_equal(convert.pointcloud2_to_cloud(msg).xyz_m, theirs.astype(np.float32))
+
+
+def _first(bag, topic: str):
+    from ttt_kd_ros.data.rosbag import read_bag_messages
+
+    return next(iter(read_bag_messages(bag, [topic]))).msg
+
+
+def test_pointcloud2_to_cloud_ouster_ros1_mcap_layout(real_data) -> None:
+    msg = _first(real_data / "bags" / "ouster_os1_ros1.mcap", "/os1_cloud_node/points")
+    assert (msg.height, msg.width, msg.point_step) == (64, 2048, 48)
+    structured = convert.pointcloud2_to_structured(msg)
+    assert structured.shape == (64, 2048)
+    assert {"ring", "reflectivity", "t", "noise", "range"} <= set(structured.dtype.names)
+    cloud = convert.pointcloud2_to_cloud(msg)
+    flat = structured.reshape(-1)
+    # The driver's own range field (mm) agrees with the decoded xyz for every kept point.
+    range_m = flat["range"][cloud.source_index].astype(np.float64) / 1000.0
+    norm = np.linalg.norm(cloud.xyz_m.astype(np.float64), axis=1)
+    assert np.median(np.abs(range_m - norm)) < 0.05
+    assert np.all(flat["range"][np.setdiff1d(np.arange(flat.size), cloud.source_index)] == 0)
+
+
+def test_pointcloud2_to_cloud_luminar_ros1_bag_layout(real_data) -> None:
+    msg = _first(real_data / "bags" / "luminar_ros1.bag", "/luminar_pointcloud")
+    assert msg.point_step == 32 and [f.offset for f in msg.fields][3] == 16  # 4 padding bytes after z
+    cloud = convert.pointcloud2_to_cloud(msg)
+    assert cloud.num_points == cloud.num_input_points == msg.width
+    assert cloud.intensity is not None and float(cloud.intensity.max()) <= 1.0
+    assert np.isfinite(cloud.xyz_m).all()
+
+
+def test_pointcloud2_to_cloud_and_image_kitti_rosbag2(real_data) -> None:
+    bag = real_data / "bags" / "kitti_object_ros2"
+    cloud = convert.pointcloud2_to_cloud(_first(bag, "/kitti/velo/points"))
+    velodyne = np.fromfile(real_data / "kitti_object" / "velodyne" / "000000.bin", np.float32).reshape(-1, 4)
+    np.testing.assert_array_equal(cloud.xyz_m, velodyne[:, :3])
+    np.testing.assert_allclose(cloud.intensity, velodyne[:, 3])
+    from ttt_kd_ros.data.calib import load_image_rgb
+
+    image = convert.image_to_rgb(_first(bag, "/kitti/camera_color_left/image_raw"))
+    np.testing.assert_array_equal(image, load_image_rgb(real_data / "kitti_object" / "image_2" / "000000.png"))
+    intr = convert.camera_info_to_intrinsics(_first(bag, "/kitti/camera_color_left/camera_info"))
+    assert (intr.width_px, intr.height_px) == image.shape[1::-1]
+    assert intr.projection is not None and intr.rectification is not None

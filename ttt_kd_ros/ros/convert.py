@@ -173,21 +173,25 @@ def _flat_field(cloud: np.ndarray, name: str) -> np.ndarray:
 
 
 def scale_intensity(values: np.ndarray) -> np.ndarray:
-    """Sensor intensity -> float32 in ~[0, 1], chosen by the value range of the scan.
+    """Sensor intensity -> float32 in [0, 1], with a divisor chosen from the scan's value range.
 
-    Drivers disagree: KITTI/Velodyne floats are already 0-1, many drivers send
-    0-255, Ouster sends 16-bit counts. Values up to 1.5 are kept, up to 255 are
-    divided by 255, larger ones by 65535; the result is clipped to [0, 1]. The
-    tiers are fixed (not per-scan min/max) so the same sensor always maps the
-    same way from scan to scan.
+    Drivers disagree: KITTI/Velodyne floats are 0-1 (Luminar's reach 2 on a
+    few returns), many drivers send 0-255, Ouster sends 16-bit counts. The
+    tier is picked from the 99th percentile (robust to a few outliers,
+    estimated on every 16th point): up to 1.5 the values are kept, up to 255
+    they are divided by 255, above by 65535; the result is clipped to [0, 1].
+    The divisors are fixed (not per-scan min/max) so one sensor maps the same
+    way from scan to scan.
     """
     values = np.asarray(values, dtype=np.float32)
     if values.size == 0:
         return values
-    top = float(np.max(values))
-    if top > 255.0:
+    sample = values[:: 16 if values.size >= 1024 else 1]
+    finite = sample[np.isfinite(sample)]
+    level = float(np.percentile(finite, 99)) if finite.size else 0.0
+    if level > 255.0:
         values = values / np.float32(65535.0)
-    elif top > 1.5:
+    elif level > 1.5:
         values = values / np.float32(255.0)
     return np.clip(values, 0.0, 1.0, out=np.empty_like(values))
 

@@ -1,0 +1,146 @@
+"""Extrinsics: quaternions, parameters, chained static transforms, the KITTI bag's /tf_static."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from ttt_kd_ros.ros import compat
+from ttt_kd_ros.ros.transforms import (
+    TransformGraph,
+    cam_from_cloud_from_parameter,
+    invert_transform,
+    make_transform,
+    matrix_to_quaternion,
+    quaternion_to_matrix,
+    transform_stamped_to_matrix,
+)
+
+
+def _random_rotation(rng: np.random.Generator) -> np.ndarray:
+    q = rng.normal(size=4)
+    return quaternion_to_matrix(q / np.linalg.norm(q))
+
+
+def _tf(parent: str, child: str, T: np.ndarray, sec: int = 0) -> SimpleNamespace:
+    """A duck-typed TransformStamped (what rosbags deserialises)."""
+    x, y, z, w = matrix_to_quaternion(T[:3, :3])
+    return SimpleNamespace(
+        header=SimpleNamespace(frame_id=parent, stamp=SimpleNamespace(sec=sec, nanosec=0)),
+        child_frame_id=child,
+        transform=SimpleNamespace(
+            translation=SimpleNamespace(x=T[0, 3], y=T[1, 3], z=T[2, 3]),
+            rotation=SimpleNamespace(x=x, y=y, z=z, w=w),
+        ),
+    )
+
+
+def _random_transform(rng: np.random.Generator) -> np.ndarray:
+    T = np.eye(4)
+    T[:3, :3] = _random_rotation(rng)
+    T[:3, 3] = rng.normal(size=3)
+    return T
+
+
+def test_quaternion_round_trip_many_rotations() -> None:
+    rng = np.random.default_rng(0)
+    special = [np.diag([1.0, -1, -1]), np.diag([-1.0, 1, -1]), np.diag([-1.0, -1, 1]), np.eye(3)]
+    for R in special + [_random_rotation(rng) for _ in range(50)]:
+        q = matrix_to_quaternion(R)
+        assert q[3] >= 0 and np.isclose(np.linalg.norm(q), 1.0)
+        np.testing.assert_allclose(quaternion_to_matrix(q), R, atol=1e-12)
+
+
+def test_quaternion_to_matrix_known_rotation() -> None:
+    half = np.sqrt(0.5)
+    R = quaternion_to_matrix([0, 0, half, half])  # +90 degrees about z
+    np.testing.assert_allclose(R @ [1, 0, 0], [0, 1, 0], atol=1e-12)
+
+
+def test_quaternion_to_matrix_rejects_zero() -> None:
+    with pytest.raises(ValueError, match="non-zero"):
+        quaternion_to_matrix([0, 0, 0, 0])
+
+
+def test_cam_from_cloud_from_parameter_forms() -> None:
+    rng = np.random.default_rng(1)
+    T = _random_transform(rng)
+    np.testing.assert_allclose(cam_from_cloud_from_parameter(T.reshape(-1).tolist()), T)
+    seven = [*T[:3, 3], *matrix_to_quaternion(T[:3, :3])]
+    np.testing.assert_allclose(cam_from_cloud_from_parameter(seven), T, atol=1e-12)
+    np.testing.assert_array_equal(cam_from_cloud_from_parameter([]), np.eye(4))
+    np.testing.assert_array_equal(cam_from_cloud_from_parameter(None), np.eye(4))
+
+
+def test_cam_from_cloud_from_parameter_rejects_bad_values() -> None:
+    with pytest.raises(ValueError, match="got 5"):
+        cam_from_cloud_from_parameter([1, 2, 3, 4, 5], camera="front")
+    scaled = np.eye(4) * 2
+    scaled[3, 3] = 1
+    with pytest.raises(ValueError, match="not a proper rotation"):
+        cam_from_cloud_from_parameter(scaled.reshape(-1))
+    bad_row = np.eye(4)
+    bad_row[3, 0] = 1
+    with pytest.raises(ValueError, match="last row"):
+        cam_from_cloud_from_parameter(bad_row.reshape(-1))
+
+
+def test_transform_graph_chain_composition_both_directions() -> None:
+    rng = np.random.default_rng(2)
+    base_from_lidar, base_from_cam, cam_from_optical = (_random_transform(rng) for _ in range(3))
+    graph = TransformGraph([_tf("base", "lidar", base_from_lidar), _tf("base", "cam", base_from_cam),
+                            _tf("cam", "cam_optical", cam_from_optical)])
+    expected = invert_transform(base_from_cam @ cam_from_optical) @ base_from_lidar
+    np.testing.assert_allclose(graph.lookup("cam_optical", "lidar"), expected, atol=1e-9)
+    np.testing.assert_allclose(graph.lookup("lidar", "cam_optical"), invert_transform(expected), atol=1e-9)
+    np.testing.assert_array_equal(graph.lookup("cam", "cam"), np.eye(4))
+
+
+def test_transform_graph_unconnected_raises_lookup_error() -> None:
+    graph = TransformGraph([_tf("a", "b", np.eye(4)), _tf("c", "d", np.eye(4))])
+    assert not graph.can_transform("a", "d")
+    with pytest.raises(LookupError, match="no transform chain from 'd' to 'a'"):
+        graph.lookup("a", "d")
+
+
+def test_transform_graph_uses_value_valid_at_stamp() -> None:
+    first, second = make_transform([1, 0, 0], [0, 0, 0, 1]), make_transform([2, 0, 0], [0, 0, 0, 1])
+    graph = TransformGraph([_tf("lidar", "cam", first, sec=10), _tf("lidar", "cam", second, sec=20)])
+    assert graph.lookup("lidar", "cam", stamp_ns=15 * 10**9)[0, 3] == 1
+    assert graph.lookup("lidar", "cam", stamp_ns=25 * 10**9)[0, 3] == 2
+    assert graph.lookup("lidar", "cam", stamp_ns=5 * 10**9)[0, 3] == 1  # before any: the oldest
+    assert graph.lookup("lidar", "cam")[0, 3] == 2
+
+
+def test_transform_stamped_to_matrix_matches_geometry_msgs_round_trip() -> None:
+    pytest.importorskip("geometry_msgs.msg", reason="geometry_msgs wheels not installed")
+    from ttt_kd_ros.ros.transforms import matrix_to_transform_stamped
+
+    T = _random_transform(np.random.default_rng(3))
+    msg = matrix_to_transform_stamped(T, "base", "cam", stamp_ns=1_500_000_000)
+    assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (1, 500_000_000)
+    np.testing.assert_allclose(transform_stamped_to_matrix(msg), T, atol=1e-12)
+
+
+def test_kitti_bag_tf_static_matches_kitti_calib(real_data) -> None:
+    from ttt_kd_ros.data.calib import read_kitti_calib
+    from ttt_kd_ros.data.rosbag import read_bag_messages
+
+    bag = real_data / "bags" / "kitti_object_ros2"
+    messages = list(read_bag_messages(bag, ["/tf_static"]))
+    assert len(messages) == 3
+    graph = TransformGraph(item.msg for item in messages)  # all three first: lookups must pick by stamp
+    for frame, item in enumerate(messages):
+        stamp = int(item.msg.transforms[0].header.stamp.sec) * 10**9
+        calib = read_kitti_calib(real_data / "kitti_object" / "calib" / f"{frame:06d}.txt")
+        # tf: pose of the (unrectified) camera in velo_link; cam_from_cloud is its inverse = Tr_velo_to_cam.
+        cam_from_velo = graph.lookup("camera_color_left_unrect", "velo_link", stamp_ns=stamp)
+        np.testing.assert_allclose(cam_from_velo, calib.Tr_velo_to_cam, atol=1e-6)
+
+
+def test_make_tf_buffer_none_without_tf2() -> None:
+    if compat.have("tf2_ros"):
+        pytest.skip("tf2_ros is installed: the buffer needs a live node")
+    assert compat.make_tf_buffer(node=None) is None

@@ -1,0 +1,390 @@
+"""Scans from recorded bags: rosbag2 (mcap, sqlite3), ROS 1 ``.bag`` and ROS 1 MCAP files.
+
+Messages are deserialised with the pure-Python ``rosbags`` library (no ROS
+install needed) and decoded with the same duck-typed converters the node uses
+(``ttt_kd_ros.ros.convert``), so a bag replays exactly as the live topics
+would. rosbags' AnyReader does not open MCAP files written with the ROS 1
+profile (the Ouster recording), so single ``.mcap`` files are read with the
+``mcap`` package and deserialised with a rosbags typestore built from the
+file's own schemas.
+
+Pairing streams through the bag in log order with bounded buffers: a cloud
+waits until every camera has an image stamped past ``cloud + slop`` (no closer
+image can still come), then takes, per camera, the image nearest in stamp
+within the slop and the CameraInfo nearest to that image. Extrinsics come from
+``/tf_static`` (and ``/tf``) at the cloud's stamp, or from ``cam_from_cloud``
+parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ttt_kd_ros.ros.convert import (
+    DEPTH_ENCODINGS,
+    camera_info_to_intrinsics,
+    check_image_matches_info,
+    header_stamp_ns,
+    image_to_rgb,
+    pointcloud2_to_cloud,
+)
+from ttt_kd_ros.ros.transforms import TransformGraph, cam_from_cloud_from_parameter
+from ttt_kd_ros.scan import CameraView, Scan
+
+LOG = logging.getLogger(__name__)
+
+POINTCLOUD2 = "sensor_msgs/msg/PointCloud2"
+IMAGE = "sensor_msgs/msg/Image"
+CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
+TF_MESSAGE = "tf2_msgs/msg/TFMessage"
+TF_TOPICS = ("/tf_static", "/tf")
+
+
+@dataclass(frozen=True)
+class BagMessage:
+    topic: str
+    msgtype: str  # ROS 2 style name, e.g. sensor_msgs/msg/PointCloud2
+    log_time_ns: int
+    msg: Any
+
+
+def _normalize_msgtype(name: str) -> str:
+    from rosbags.typesys.msg import normalize_msgtype
+
+    return normalize_msgtype(name)
+
+
+def _is_single_mcap(path: Path) -> bool:
+    return path.is_file() and path.suffix == ".mcap"
+
+
+def bag_topics(path: str | Path) -> dict[str, str]:
+    """Topic -> message type (ROS 2 style) of a bag; FileNotFoundError when the path does not exist."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"bag not found: {path}")
+    if _is_single_mcap(path):
+        from mcap.reader import make_reader
+
+        with path.open("rb") as stream:
+            summary = make_reader(stream).get_summary()
+        if summary is None:
+            raise ValueError(f"{path}: MCAP file has no summary section; re-index it with `mcap recover`")
+        return {
+            ch.topic: _normalize_msgtype(summary.schemas[ch.schema_id].name) for ch in summary.channels.values()
+        }
+    from rosbags.highlevel import AnyReader
+
+    with AnyReader([path]) as reader:
+        return {c.topic: c.msgtype for c in reader.connections}
+
+
+def read_bag_messages(path: str | Path, topics: Sequence[str] | None = None) -> Iterator[BagMessage]:
+    """Deserialised messages of ``topics`` (all when None) in log-time order."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"bag not found: {path}")
+    if _is_single_mcap(path):
+        yield from _read_mcap_file(path, topics)
+        return
+    from rosbags.highlevel import AnyReader
+
+    with AnyReader([path]) as reader:
+        connections = [c for c in reader.connections if topics is None or c.topic in topics]
+        for connection, log_time, raw in reader.messages(connections=connections):
+            msg = reader.deserialize(raw, connection.msgtype)
+            yield BagMessage(connection.topic, connection.msgtype, int(log_time), msg)
+
+
+def _read_mcap_file(path: Path, topics: Sequence[str] | None) -> Iterator[BagMessage]:
+    """A single MCAP file, ROS 1 (``ros1msg``) or ROS 2 (``ros2msg``) schemas, through a rosbags typestore."""
+    from mcap.reader import make_reader
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    typestore = get_typestore(Stores.EMPTY)
+    registered: set[int] = set()
+    with path.open("rb") as stream:
+        reader = make_reader(stream)
+        for schema, channel, message in reader.iter_messages(topics=topics, log_time_order=True):
+            if schema is None:
+                raise ValueError(f"{path}: channel {channel.topic!r} has no schema; cannot deserialise")
+            msgtype = _normalize_msgtype(schema.name)
+            if schema.id not in registered:
+                if schema.encoding not in ("ros1msg", "ros2msg"):
+                    raise ValueError(
+                        f"{path}: channel {channel.topic!r} schema encoding {schema.encoding!r} is not supported "
+                        "(expected ros1msg or ros2msg)"
+                    )
+                typestore.register(get_types_from_msg(schema.data.decode(), msgtype))
+                registered.add(schema.id)
+            if channel.message_encoding == "ros1":
+                msg = typestore.deserialize_ros1(message.data, msgtype)
+            elif channel.message_encoding == "cdr":
+                msg = typestore.deserialize_cdr(message.data, msgtype)
+            else:
+                raise ValueError(
+                    f"{path}: channel {channel.topic!r} message encoding {channel.message_encoding!r} "
+                    "is not supported (expected ros1 or cdr)"
+                )
+            yield BagMessage(channel.topic, msgtype, int(message.log_time), msg)
+
+
+@dataclass(frozen=True)
+class CameraTopics:
+    """One camera of a bag: its Image and CameraInfo topics and, optionally, the tf frame to use."""
+
+    image: str
+    info: str
+    frame_id: str = ""  # "" = the CameraInfo header's frame_id
+
+    @property
+    def name(self) -> str:
+        """The image topic's namespace, e.g. kitti/camera_color_left for /kitti/camera_color_left/image_raw."""
+        return self.image.rsplit("/", 1)[0].strip("/") or self.image.strip("/")
+
+
+def info_topic_for(image_topic: str) -> str:
+    """The CameraInfo topic beside an image topic (image_transport's convention)."""
+    return image_topic.rsplit("/", 1)[0] + "/camera_info"
+
+
+def detect_topics(topics: Mapping[str, str], cloud_topic: str | None = None) -> tuple[str, list[CameraTopics]]:
+    """(cloud topic, cameras) from a topic -> type map.
+
+    The cloud is ``cloud_topic`` or the only PointCloud2 topic; cameras are
+    the Image topics with a CameraInfo topic beside them (Ouster's range /
+    intensity images have none, so they are not mistaken for cameras).
+    """
+    clouds = sorted(t for t, ty in topics.items() if ty == POINTCLOUD2)
+    if cloud_topic is None:
+        if len(clouds) != 1:
+            raise ValueError(f"bag: expected exactly one PointCloud2 topic (pass cloud_topic), found {clouds}")
+        cloud_topic = clouds[0]
+    elif topics.get(cloud_topic) != POINTCLOUD2:
+        raise ValueError(f"cloud_topic {cloud_topic!r}: not a PointCloud2 topic of the bag; found {clouds}")
+    cameras = [
+        CameraTopics(image=t, info=info_topic_for(t))
+        for t in sorted(topics)
+        if topics[t] == IMAGE and topics.get(info_topic_for(t)) == CAMERA_INFO
+    ]
+    return cloud_topic, cameras
+
+
+@dataclass
+class SourceStats:
+    """What the source skipped and why (a bag replay reports these)."""
+
+    scans: int = 0
+    bad_clouds: int = 0
+    camera_misses: dict[str, int] = field(default_factory=dict)  # camera -> scans without it
+
+    def miss(self, camera: str) -> None:
+        self.camera_misses[camera] = self.camera_misses.get(camera, 0) + 1
+
+
+class RosbagScans:
+    """Iterate a bag as Scans: one per cloud, with the cameras that pair with it.
+
+    ``cameras``: None auto-detects (Image topics with a CameraInfo beside
+    them); a list of image topics or CameraTopics selects; [] means clouds
+    only. ``cam_from_cloud`` maps a camera name or image topic to a parameter
+    value (16 or 7 numbers, see transforms.cam_from_cloud_from_parameter) that
+    replaces the tf lookup. ``rectified_image`` is passed to
+    camera_info_to_intrinsics (None: decided from D).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        cloud_topic: str | None = None,
+        cameras: Sequence[str | CameraTopics] | None = None,
+        slop_s: float = 0.05,
+        label_set: str = "",
+        max_range_m: float | None = None,
+        cam_from_cloud: Mapping[str, Sequence[float]] | None = None,
+        rectified_image: bool | None = None,
+        queue_size: int = 10,
+        max_wait_s: float = 1.0,
+        max_scans: int | None = None,
+    ) -> None:
+        self.path = Path(path)
+        topics = bag_topics(self.path)
+        self.cloud_topic, detected = detect_topics(topics, cloud_topic)
+        if cameras is None:
+            self.cameras = detected
+        else:
+            self.cameras = [c if isinstance(c, CameraTopics) else CameraTopics(c, info_topic_for(c)) for c in cameras]
+        for cam in self.cameras:
+            for topic, expected in ((cam.image, IMAGE), (cam.info, CAMERA_INFO)):
+                if topics.get(topic) != expected:
+                    raise ValueError(f"camera {cam.name}: topic {topic!r} is not a {expected} topic of {self.path}")
+        self.tf_topics = [t for t in TF_TOPICS if topics.get(t) == TF_MESSAGE]
+        self.slop_ns = round(slop_s * 1e9)
+        self.max_wait_ns = round(max_wait_s * 1e9)
+        self.label_set = label_set
+        self.max_range_m = max_range_m
+        self.rectified_image = rectified_image
+        self.queue_size = queue_size
+        self.max_scans = max_scans
+        self.fixed_extrinsics: dict[str, np.ndarray] = {}
+        for key, value in (cam_from_cloud or {}).items():
+            self.fixed_extrinsics[key.strip("/")] = cam_from_cloud_from_parameter(value, camera=key)
+        self.stats = SourceStats()
+        self._warned: set[str] = set()
+
+    def __iter__(self) -> Iterator[Scan]:
+        self.stats = SourceStats()
+        graph = TransformGraph()
+        images = {cam.name: deque(maxlen=self.queue_size) for cam in self.cameras}
+        infos = {cam.name: deque(maxlen=self.queue_size) for cam in self.cameras}
+        pending: deque[tuple[int, Any]] = deque()
+        by_topic: dict[str, tuple[str, str]] = {}
+        for cam in self.cameras:
+            by_topic[cam.image] = ("image", cam.name)
+            by_topic[cam.info] = ("info", cam.name)
+        wanted = [self.cloud_topic, *by_topic, *self.tf_topics]
+        emitted = 0
+        for item in read_bag_messages(self.path, wanted):
+            if item.topic in self.tf_topics:
+                graph.add_all([item.msg])
+            elif item.topic == self.cloud_topic:
+                pending.append((header_stamp_ns(item.msg), item.msg))
+            else:
+                kind, name = by_topic[item.topic]
+                (images if kind == "image" else infos)[name].append((header_stamp_ns(item.msg), item.msg))
+            while pending and self._ready(pending, images):
+                stamp, cloud = pending.popleft()
+                scan = self._scan(stamp, cloud, images, infos, graph)
+                if scan is not None:
+                    yield scan
+                    emitted += 1
+                    if self.max_scans is not None and emitted >= self.max_scans:
+                        return
+        while pending:
+            stamp, cloud = pending.popleft()
+            scan = self._scan(stamp, cloud, images, infos, graph)
+            if scan is not None:
+                yield scan
+                emitted += 1
+                if self.max_scans is not None and emitted >= self.max_scans:
+                    return
+
+    def _ready(self, pending: deque[tuple[int, Any]], images: Mapping[str, deque]) -> bool:
+        """Whether the oldest pending cloud can no longer get a closer image (or has waited long enough)."""
+        stamp = pending[0][0]
+        if len(pending) > self.queue_size or pending[-1][0] - stamp > self.max_wait_ns:
+            return True
+        return all(queue and queue[-1][0] > stamp + self.slop_ns for queue in images.values())
+
+    def _scan(self, stamp: int, cloud_msg: Any, images: Mapping[str, deque], infos: Mapping[str, deque],
+              graph: TransformGraph) -> Scan | None:
+        try:
+            cloud = pointcloud2_to_cloud(cloud_msg, max_range_m=self.max_range_m)
+        except ValueError as err:
+            self.stats.bad_clouds += 1
+            LOG.warning("%s: skipping cloud at %d ns: %s", self.path, stamp, err)
+            return None
+        views = []
+        for cam in self.cameras:
+            view = self._camera_view(cam, stamp, cloud.frame_id, images[cam.name], infos[cam.name], graph)
+            if view is None:
+                self.stats.miss(cam.name)
+            else:
+                views.append(view)
+        self.stats.scans += 1
+        return Scan(
+            points_xyz_m=cloud.xyz_m,
+            intensity=cloud.intensity,
+            rgb=cloud.rgb,
+            cameras=views,
+            labels=cloud.labels,
+            stamp_ns=stamp,
+            frame_id=cloud.frame_id,
+            label_set=self.label_set if cloud.labels is not None else "",
+        )
+
+    def _camera_view(self, cam: CameraTopics, stamp: int, cloud_frame: str, images: deque, infos: deque,
+                     graph: TransformGraph) -> CameraView | None:
+        image = _nearest(images, stamp, self.slop_ns)
+        if image is None:
+            return None
+        image_stamp, image_msg = image
+        info = _nearest(infos, image_stamp, self.slop_ns)
+        if info is None:
+            self._warn_once(cam.name + ":info", f"camera {cam.name}: no CameraInfo within the slop of its image")
+            return None
+        info_msg = info[1]
+        try:
+            check_image_matches_info(image_msg, info_msg)
+            intrinsics = camera_info_to_intrinsics(info_msg, rectified_image=self.rectified_image)
+            T = self._extrinsics(cam, info_msg, cloud_frame, stamp, graph)
+            if T is None:
+                return None
+            if str(image_msg.encoding) in DEPTH_ENCODINGS:
+                self._warn_once(cam.name + ":depth", f"camera {cam.name}: {image_msg.encoding} is a depth image")
+                return None
+            rgb = image_to_rgb(image_msg)
+        except ValueError as err:
+            self._warn_once(cam.name + ":bad", f"camera {cam.name}: skipped: {err}")
+            return None
+        return CameraView(image_rgb=rgb, intrinsics=intrinsics, cam_from_cloud=T, stamp_ns=image_stamp,
+                          name=cam.name)
+
+    def _extrinsics(self, cam: CameraTopics, info_msg: Any, cloud_frame: str, stamp: int,
+                    graph: TransformGraph) -> np.ndarray | None:
+        for key in (cam.name, cam.image.strip("/")):
+            if key in self.fixed_extrinsics:
+                return self.fixed_extrinsics[key]
+        camera_frame = cam.frame_id or str(info_msg.header.frame_id).lstrip("/")
+        if camera_frame == cloud_frame.lstrip("/"):
+            return np.eye(4)
+        frame = resolve_camera_frame(graph, camera_frame, cloud_frame)
+        if frame is None:
+            self._warn_once(
+                cam.name + ":tf",
+                f"camera {cam.name}: no transform from {cloud_frame!r} to {camera_frame!r} in {self.tf_topics}; "
+                "pass cam_from_cloud",
+            )
+            return None
+        return graph.lookup(frame, cloud_frame, stamp_ns=stamp)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            LOG.warning("%s: %s", self.path, message)
+
+
+def resolve_camera_frame(graph: TransformGraph, camera_frame: str, cloud_frame: str) -> str | None:
+    """The tf frame to use for a camera whose CameraInfo says ``camera_frame``.
+
+    The frame itself when connected to the cloud; otherwise the single
+    connected frame named ``<camera_frame>_<suffix>``. Bags converted from
+    KITTI name the unrectified camera frame ``<frame>_unrect`` (the frame
+    CameraInfo's R rotates from), while the image header carries the
+    rectified camera's name.
+    """
+    if graph.can_transform(camera_frame, cloud_frame):
+        return camera_frame
+    candidates = sorted(
+        f for f in graph.frames if f.startswith(camera_frame + "_") and graph.can_transform(f, cloud_frame)
+    )
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def _nearest(queue: Sequence[tuple[int, Any]], stamp: int, slop_ns: int) -> tuple[int, Any] | None:
+    best = min(queue, key=lambda item: abs(item[0] - stamp), default=None)
+    if best is None or abs(best[0] - stamp) > slop_ns:
+        return None
+    return best
+
+
+def read_rosbag_scans(path: str | Path, **kwargs: Any) -> Iterator[Scan]:
+    """Scans of a bag; keyword arguments as RosbagScans."""
+    return iter(RosbagScans(path, **kwargs))

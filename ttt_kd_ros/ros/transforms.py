@@ -1,0 +1,246 @@
+"""Camera extrinsics: where each camera sits relative to the cloud, as a 4x4 ``cam_from_cloud``.
+
+Three sources, one convention (X_cam = T @ X_cloud, as ``CameraView`` wants):
+
+- parameters: a row-major 4x4 (16 numbers) or translation + quaternion
+  (x y z qx qy qz qw, 7 numbers) giving cam_from_cloud directly; an empty
+  value means "identity", valid only when the cloud is already in the camera
+  frame (a depth camera's cloud in its optical frame);
+- tf2 (``tf2_ros.Buffer.lookup_transform(camera_frame, cloud_frame, t)``),
+  when tf2_ros is importable (a ROS install);
+- TransformStamped lists from ``/tf_static`` in bags: ``TransformGraph``
+  chains them between any two connected frames.
+
+A TransformStamped with header.frame_id = parent and child_frame_id = child
+is the pose of the child in the parent: X_parent = T @ X_child. So tf's
+``lookup_transform(target, source)`` and ``TransformGraph.lookup(target,
+source)`` both return target_from_source.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+from collections import deque
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ttt_kd_ros.ros.convert import stamp_to_ns
+
+
+def quaternion_to_matrix(xyzw: Sequence[float]) -> np.ndarray:
+    """Unit quaternion (x, y, z, w) -> (3, 3) rotation; normalised first (bags store rounded values)."""
+    q = np.asarray(xyzw, dtype=np.float64).reshape(-1)
+    if q.size != 4:
+        raise ValueError(f"quaternion: expected 4 values (x, y, z, w), got {q.size}")
+    norm = float(np.linalg.norm(q))
+    if not np.isfinite(norm) or norm < 1e-9:
+        raise ValueError(f"quaternion: expected a non-zero finite (x, y, z, w), got {q.tolist()}")
+    x, y, z, w = q / norm
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def matrix_to_quaternion(R: np.ndarray) -> np.ndarray:
+    """(3, 3) rotation -> unit quaternion (x, y, z, w) with w >= 0 (Shepperd's method: stable for every angle)."""
+    R = np.asarray(R, dtype=np.float64).reshape(3, 3)
+    trace = float(np.trace(R))
+    if trace > 0:
+        s = 2.0 * np.sqrt(trace + 1.0)
+        q = [(R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s, 0.25 * s]
+    elif R[0, 0] > R[1, 1] and R[0, 0] > R[2, 2]:
+        s = 2.0 * np.sqrt(1.0 + R[0, 0] - R[1, 1] - R[2, 2])
+        q = [0.25 * s, (R[0, 1] + R[1, 0]) / s, (R[0, 2] + R[2, 0]) / s, (R[2, 1] - R[1, 2]) / s]
+    elif R[1, 1] > R[2, 2]:
+        s = 2.0 * np.sqrt(1.0 + R[1, 1] - R[0, 0] - R[2, 2])
+        q = [(R[0, 1] + R[1, 0]) / s, 0.25 * s, (R[1, 2] + R[2, 1]) / s, (R[0, 2] - R[2, 0]) / s]
+    else:
+        s = 2.0 * np.sqrt(1.0 + R[2, 2] - R[0, 0] - R[1, 1])
+        q = [(R[0, 2] + R[2, 0]) / s, (R[1, 2] + R[2, 1]) / s, 0.25 * s, (R[1, 0] - R[0, 1]) / s]
+    quat = np.asarray(q) / np.linalg.norm(q)
+    return -quat if quat[3] < 0 else quat
+
+
+def make_transform(translation_xyz: Sequence[float], quaternion_xyzw: Sequence[float]) -> np.ndarray:
+    """(4, 4) homogeneous transform from a translation and a rotation quaternion."""
+    t = np.asarray(translation_xyz, dtype=np.float64).reshape(-1)
+    if t.size != 3:
+        raise ValueError(f"translation: expected 3 values, got {t.size}")
+    T = np.eye(4)
+    T[:3, :3] = quaternion_to_matrix(quaternion_xyzw)
+    T[:3, 3] = t
+    return T
+
+
+def invert_transform(T: np.ndarray) -> np.ndarray:
+    """Inverse of a rigid (4, 4) transform, using R^T rather than a general inverse."""
+    T = np.asarray(T, dtype=np.float64)
+    inv = np.eye(4)
+    inv[:3, :3] = T[:3, :3].T
+    inv[:3, 3] = -T[:3, :3].T @ T[:3, 3]
+    return inv
+
+
+def cam_from_cloud_from_parameter(value: Sequence[float] | None, camera: str = "camera") -> np.ndarray:
+    """A node / CLI parameter -> (4, 4) cam_from_cloud.
+
+    16 numbers: row-major 4x4 (last row must be 0 0 0 1); 7 numbers: x y z qx
+    qy qz qw; empty or None: identity (a depth cloud already in the camera's
+    optical frame). The rotation block must be orthonormal within 1e-3, which
+    catches transposed or scaled matrices pasted from other conventions.
+    """
+    values = [] if value is None else [float(v) for v in value]
+    if not values:
+        return np.eye(4)
+    if len(values) == 7:
+        return make_transform(values[:3], values[3:])
+    if len(values) != 16:
+        raise ValueError(
+            f"camera {camera}: cam_from_cloud must have 16 (4x4 row-major) or 7 (x y z qx qy qz qw) values, "
+            f"got {len(values)}"
+        )
+    T = np.asarray(values).reshape(4, 4)
+    if not np.allclose(T[3], [0, 0, 0, 1]):
+        raise ValueError(f"camera {camera}: cam_from_cloud last row must be [0, 0, 0, 1], got {T[3].tolist()}")
+    R = T[:3, :3]
+    if not np.allclose(R @ R.T, np.eye(3), atol=1e-3) or np.linalg.det(R) < 0:
+        raise ValueError(f"camera {camera}: cam_from_cloud rotation is not a proper rotation: {R.tolist()}")
+    return T
+
+
+def transform_stamped_to_matrix(msg: Any) -> np.ndarray:
+    """TransformStamped (rclpy or rosbags) -> (4, 4) parent_from_child (parent = header.frame_id)."""
+    tr = msg.transform
+    t, q = tr.translation, tr.rotation
+    return make_transform((t.x, t.y, t.z), (q.x, q.y, q.z, q.w))
+
+
+def matrix_to_transform_stamped(T: np.ndarray, parent_frame: str, child_frame: str, stamp_ns: int = 0) -> Any:
+    """(4, 4) parent_from_child -> geometry_msgs TransformStamped (for tests and bag writing)."""
+    from geometry_msgs.msg import TransformStamped
+
+    msg = TransformStamped()
+    msg.header.frame_id, msg.child_frame_id = parent_frame, child_frame
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    T = np.asarray(T, dtype=np.float64)
+    msg.transform.translation.x, msg.transform.translation.y, msg.transform.translation.z = (float(v) for v in T[:3, 3])
+    qx, qy, qz, qw = (float(v) for v in matrix_to_quaternion(T[:3, :3]))
+    msg.transform.rotation.x, msg.transform.rotation.y, msg.transform.rotation.z, msg.transform.rotation.w = (
+        qx, qy, qz, qw)
+    return msg
+
+
+class TransformGraph:
+    """Static transforms (e.g. a bag's /tf_static) as a frame graph, looked up along any chain.
+
+    Edges are stored in both directions, so ``lookup`` works whichever way a
+    driver published a link. Each edge keeps its history by stamp: a bag that
+    concatenates recordings (KITTI drives with different calibrations) re-sends
+    /tf_static with new values, and a cloud must use the link valid at its own
+    stamp. ``lookup(..., stamp_ns=None)`` uses the newest value of every edge.
+    """
+
+    def __init__(self, transforms: Iterable[Any] = ()) -> None:
+        # frame -> neighbour -> [(stamp_ns, frame_from_neighbour)] sorted by stamp
+        self._edges: dict[str, dict[str, list[tuple[int, np.ndarray]]]] = {}
+        self.add_all(transforms)
+
+    @property
+    def frames(self) -> set[str]:
+        return set(self._edges)
+
+    def add(self, msg: Any) -> None:
+        """One TransformStamped (its header stamp orders repeated links)."""
+        parent, child = str(msg.header.frame_id).lstrip("/"), str(msg.child_frame_id).lstrip("/")
+        self.add_matrix(parent, child, transform_stamped_to_matrix(msg), stamp_to_ns(msg.header.stamp))
+
+    def add_matrix(self, parent: str, child: str, parent_from_child: np.ndarray, stamp_ns: int = 0) -> None:
+        if parent == child:
+            raise ValueError(f"transform: parent and child frame are both {parent!r}")
+        T = np.asarray(parent_from_child, dtype=np.float64).reshape(4, 4)
+        for a, b, value in ((parent, child, T), (child, parent, invert_transform(T))):
+            history = self._edges.setdefault(a, {}).setdefault(b, [])
+            history[:] = [item for item in history if item[0] != stamp_ns]
+            history.append((int(stamp_ns), value))
+            history.sort(key=lambda item: item[0])
+
+    def add_all(self, transforms: Iterable[Any]) -> None:
+        """TransformStamped messages, or TFMessage-like objects with ``.transforms``."""
+        for item in transforms:
+            for msg in getattr(item, "transforms", [item]):
+                self.add(msg)
+
+    def can_transform(self, target: str, source: str) -> bool:
+        return self._path(target.lstrip("/"), source.lstrip("/")) is not None
+
+    def lookup(self, target: str, source: str, stamp_ns: int | None = None) -> np.ndarray:
+        """(4, 4) target_from_source (X_target = T @ X_source), chained along the shortest path.
+
+        With ``stamp_ns``, each link uses its newest value stamped at or before
+        it (the oldest value when all are later: static links hold backwards).
+        """
+        target, source = target.lstrip("/"), source.lstrip("/")
+        path = self._path(target, source)
+        if path is None:
+            raise LookupError(
+                f"no transform chain from {source!r} to {target!r}; known frames: {sorted(self._edges)}"
+            )
+        T = np.eye(4)
+        for frame, nxt in itertools.pairwise(path):
+            T = T @ _value_at(self._edges[frame][nxt], stamp_ns)  # frame_from_nxt
+        return T
+
+    def _path(self, target: str, source: str) -> list[str] | None:
+        """Frames from target to source (breadth first), or None when they are not connected."""
+        if target == source:
+            return [target]
+        if target not in self._edges or source not in self._edges:
+            return None
+        previous: dict[str, str] = {target: target}
+        queue = deque([target])
+        while queue:
+            frame = queue.popleft()
+            for nxt in self._edges[frame]:
+                if nxt in previous:
+                    continue
+                previous[nxt] = frame
+                if nxt == source:
+                    path = [source]
+                    while path[-1] != target:
+                        path.append(previous[path[-1]])
+                    return path[::-1]
+                queue.append(nxt)
+        return None
+
+
+def _value_at(history: list[tuple[int, np.ndarray]], stamp_ns: int | None) -> np.ndarray:
+    if stamp_ns is None:
+        return history[-1][1]
+    before = [value for stamp, value in history if stamp <= stamp_ns]
+    return before[-1] if before else history[0][1]
+
+
+def cam_from_cloud_from_tf2(buffer: Any, camera_frame: str, cloud_frame: str, stamp: Any = None,
+                            timeout_s: float = 0.0) -> np.ndarray:
+    """(4, 4) cam_from_cloud from a tf2_ros Buffer (latest transform when ``stamp`` is None).
+
+    Raises LookupError (with tf2's own message) when the chain is unknown, so
+    callers catch one exception type for tf2 and for TransformGraph.
+    """
+    from rclpy.duration import Duration
+    from rclpy.time import Time
+
+    when = Time() if stamp is None else Time(nanoseconds=stamp_to_ns(stamp))
+    tf2_ros = importlib.import_module("tf2_ros")
+    try:
+        msg = buffer.lookup_transform(camera_frame, cloud_frame, when, timeout=Duration(seconds=timeout_s))
+    except tf2_ros.TransformException as err:  # Lookup / Connectivity / Extrapolation
+        raise LookupError(f"tf2: no transform from {cloud_frame!r} to {camera_frame!r}: {err}") from err
+    return transform_stamped_to_matrix(msg)
