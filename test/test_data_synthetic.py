@@ -19,8 +19,8 @@ from ttt_kd_ros.data.synthetic import (
     scan_seed,
 )
 from ttt_kd_ros.data.synthetic.scene import CLASS_ID, NUM_ROOM_SURFACES, Scene
+from ttt_kd_ros.geometry import project_points
 from ttt_kd_ros.labels import SYNTHETIC_INDOOR
-from ttt_kd_ros.scan import CameraView
 
 SEED = 7
 
@@ -175,16 +175,6 @@ def test_domains_office_changes_colours_not_sensor() -> None:
     assert {s.num_points for s in home} == {s.num_points for s in office} == {DOMAINS["source"].sensor.max_points}
 
 
-def _project(points: np.ndarray, cam: CameraView) -> tuple[np.ndarray, np.ndarray]:
-    """Pinhole projection -> (N, 2) nearest pixel (-1 behind the camera), (N,) depth."""
-    x = points.astype(np.float64) @ cam.cam_from_cloud[:3, :3].T + cam.cam_from_cloud[:3, 3]
-    z = x[:, 2]
-    front = z > 0.05
-    px = np.full((len(x), 2), -1, dtype=np.int64)
-    px[front] = np.round((x[front] @ cam.intrinsics.K.T)[:, :2] / z[front, None]).astype(np.int64)
-    return px, z
-
-
 def _min_filter3(depth: np.ndarray) -> np.ndarray:
     """Smallest rendered depth in each pixel's 3x3 neighbourhood (rounding to a pixel can cross an edge)."""
     h, w = depth.shape
@@ -196,16 +186,16 @@ def _min_filter3(depth: np.ndarray) -> np.ndarray:
 def test_generate_sample_points_project_onto_matching_depth(name: str) -> None:
     scan = _sample(name, clean=True).scan
     for cam in scan.cameras:
-        px, z = _project(scan.points_xyz_m, cam)
-        inside = (px[:, 0] >= 0) & (px[:, 0] < cam.intrinsics.width_px)
-        inside &= (px[:, 1] >= 0) & (px[:, 1] < cam.intrinsics.height_px)
+        proj = project_points(scan.points_xyz_m, cam, occlusion=False)
+        inside = proj.visible
         assert inside.sum() > 500
-        z_in = z[inside]
-        nearest = _min_filter3(cam.depth_m)[px[inside, 1], px[inside, 0]]
+        px = np.round(proj.uv_px[inside]).astype(np.int64)
+        z_in = proj.depth_m[inside]
+        nearest = _min_filter3(cam.depth_m)[px[:, 1], px[:, 0]]
         # No point floats in front of every surface the camera sees around its pixel ...
         assert np.mean(z_in > nearest - 0.02) > 0.995
         # ... and many points are the very surface rendered at their pixel.
-        rendered = cam.depth_m[px[inside, 1], px[inside, 0]]
+        rendered = cam.depth_m[px[:, 1], px[:, 0]]
         assert np.mean(np.abs(rendered - z_in) < 0.02 + 0.01 * z_in) > 0.3
 
 
