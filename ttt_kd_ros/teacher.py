@@ -131,7 +131,9 @@ class Teacher:
         # no_grad, not inference_mode: the features become loss targets next to tensors that need grad.
         h, w = image.shape[:2]
         w_in, h_in = self.input_size(w, h)
-        pixels = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
+        # torch refuses to wrap read-only buffers (PIL's arrays are read-only) without a warning: copy those.
+        buffer = np.ascontiguousarray(image) if image.flags.writeable else np.array(image, order="C")
+        pixels = torch.from_numpy(buffer).to(self.device)
         pixels = pixels.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
         if (h_in, w_in) != (h, w):
             pixels = F.interpolate(pixels, size=(h_in, w_in), mode="bilinear", align_corners=False, antialias=True)

@@ -33,7 +33,7 @@ from ttt_kd_ros.scan import CameraIntrinsics, CameraView
 
 
 def load_image_rgb(path: str | Path) -> np.ndarray:
-    """Any PIL-readable image -> (H, W, 3) uint8 RGB."""
+    """Any PIL-readable image -> (H, W, 3) uint8 RGB (read-only, as PIL hands it out; copy to modify)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")

@@ -1,0 +1,74 @@
+"""Knowledge-distillation targets: the teacher's feature at the pixel each visible point projects to.
+
+These are the labels of TTT-KD's self-supervised task (L_2D in METHOD.md):
+computed once per scan (the teacher is frozen, its feature maps are cached)
+and reused by every adaptation step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ttt_kd_ros.geometry import project_points
+from ttt_kd_ros.scan import Scan
+from ttt_kd_ros.teacher import Teacher
+
+
+@dataclass
+class DistillTargets:
+    """Teacher features for the points some camera sees.
+
+    point_index: (M,) int64, ascending and unique, rows of scan.points_xyz_m.
+    features: (M, C) float32 on the teacher's device, L2-normalised.
+    visible_per_camera: camera name -> number of points it contributed (diagnostics).
+    """
+
+    point_index: torch.Tensor
+    features: torch.Tensor
+    visible_per_camera: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def num_targets(self) -> int:
+        return int(self.point_index.shape[0])
+
+    def __len__(self) -> int:
+        return self.num_targets
+
+
+def distillation_targets(scan: Scan, teacher: Teacher, occlusion: bool = True) -> DistillTargets:
+    """Project the scan into every camera, keep visible points, sample the teacher there.
+
+    A point seen by several cameras gets the mean of their features,
+    re-normalised (i.e. the normalised sum), so overlapping cameras agree on
+    one target instead of pulling the point two ways. A scan with no cameras,
+    or whose points no camera sees, gives empty targets (M = 0), which the
+    adapters treat as "skip adaptation".
+    """
+    indices: list[torch.Tensor] = []
+    features: list[torch.Tensor] = []
+    counts: dict[str, int] = {}
+    for view in scan.cameras:
+        projection = project_points(scan.points_xyz_m, view, occlusion=occlusion)
+        visible = np.flatnonzero(projection.visible)
+        counts[view.name] = len(visible)
+        if len(visible) == 0:
+            continue  # no forward for an image nothing projects into
+        fmap = teacher.feature_map(view.image_rgb)
+        features.append(teacher.sample(fmap, projection.uv_px[visible]))
+        indices.append(torch.from_numpy(visible).to(teacher.device))
+    if not indices:
+        return DistillTargets(
+            point_index=torch.zeros(0, dtype=torch.long, device=teacher.device),
+            features=torch.zeros((0, teacher.feature_dim), dtype=torch.float32, device=teacher.device),
+            visible_per_camera=counts,
+        )
+    if len(indices) == 1:
+        return DistillTargets(point_index=indices[0], features=features[0], visible_per_camera=counts)
+    unique, inverse = torch.unique(torch.cat(indices), sorted=True, return_inverse=True)
+    summed = torch.zeros((len(unique), teacher.feature_dim), dtype=torch.float32, device=teacher.device)
+    summed.index_add_(0, inverse, torch.cat(features))
+    return DistillTargets(point_index=unique, features=F.normalize(summed, dim=1), visible_per_camera=counts)
