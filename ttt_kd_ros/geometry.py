@@ -76,7 +76,7 @@ def project_points(
     if T.shape != (4, 4) or not np.isfinite(T).all():
         raise ValueError(f"camera {view.name}: cam_from_cloud must be a finite (4, 4) matrix, got shape {T.shape}")
     with np.errstate(invalid="ignore", over="ignore"):
-        xyz_cam = points @ T[:3, :3].T + T[:3, 3]
+        xyz_cam = _affine(points, T[:3, :3], T[:3, 3])
     uv, depth, valid = pixels_from_camera(xyz_cam, view.intrinsics, min_depth_m=min_depth_m)
     intr = view.intrinsics
     visible = valid & inside_image(uv, intr.width_px, intr.height_px)
@@ -103,7 +103,8 @@ def pixels_from_camera(
     if intrinsics.projection is not None:
         R = np.eye(3) if intrinsics.rectification is None else intrinsics.rectification
         P = intrinsics.projection
-        homog = (xyz_cam @ R.T) @ P[:, :3].T + P[:, 3]
+        with np.errstate(invalid="ignore", over="ignore"):
+            homog = _affine(xyz_cam, P[:, :3] @ R, P[:, 3])
         depth = homog[:, 2]
         valid = np.isfinite(homog).all(axis=1) & (depth > min_depth_m)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -228,6 +229,20 @@ def _check_points(points_xyz_m: np.ndarray) -> np.ndarray:
     if not np.issubdtype(points.dtype, np.number):
         raise ValueError(f"points_xyz_m: expected a numeric array, got dtype {points.dtype}")
     return points.astype(np.float64, copy=False)
+
+
+def _affine(points: np.ndarray, A: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, 3) points -> (N, k) A @ p + b, without BLAS.
+
+    A (N, 3) x (3, 3) matmul goes through multithreaded BLAS, whose threads
+    spin against other processes on a busy 2-core robot computer: measured
+    185-375 ms instead of 30 ms for 115k points. Three broadcast
+    multiply-adds are as fast and never wait.
+    """
+    out = points[:, 0:1] * A[:, 0] + points[:, 1:2] * A[:, 1]
+    out += points[:, 2:3] * A[:, 2]
+    out += b
+    return out
 
 
 def _radial_factor(r2: np.ndarray, k1: float, k2: float, k3: float, k4: float, k5: float, k6: float) -> np.ndarray:
