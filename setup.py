@@ -9,6 +9,7 @@ PACKAGE = "ttt_kd_ros"
 # One line per console command; package.xml is checked against this list in
 # test/test_package.py.
 CONSOLE_SCRIPTS = [
+    "ttt_kd_benchmark_convert = ttt_kd_ros.tools.benchmark_convert:main",
 ]
 
 setup(

@@ -404,3 +404,13 @@ def test_pointcloud2_to_cloud_and_image_kitti_rosbag2(real_data) -> None:
     intr = convert.camera_info_to_intrinsics(_first(bag, "/kitti/camera_color_left/camera_info"))
     assert (intr.width_px, intr.height_px) == image.shape[1::-1]
     assert intr.projection is not None and intr.rectification is not None
+
+
+def test_benchmark_convert_main_small_run(capsys: pytest.CaptureFixture[str]) -> None:
+    from ttt_kd_ros.tools import benchmark_convert
+
+    argv = ["--points", "2000", "--reps", "2", "--cameras", "2", "--image-size", "64", "48"]
+    assert benchmark_convert.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "PointCloud2 decode (2000 pts" in out and "sync, per message (5 inputs" in out
+    assert "median total" in out

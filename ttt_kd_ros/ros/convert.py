@@ -14,6 +14,7 @@ imports (and the decoders run) where no ROS message package is installed.
 from __future__ import annotations
 
 import sys
+from array import array as ByteArray
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -225,6 +226,24 @@ def _channel_rgb(cloud: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return np.clip(rgb, 0.0, 1.0)
 
 
+def _packed_xyz_view(msg: Any, cloud: np.ndarray) -> np.ndarray | None:
+    """(H*W, 3) float32 view straight over the buffer when x, y, z are adjacent native float32 (the usual layout).
+
+    Saves building an intermediate copy of the three columns; None for any
+    other layout (the caller then copies column by column).
+    """
+    fields = cloud.dtype.fields
+    x, y, z = fields["x"], fields["y"], fields["z"]
+    native = np.dtype(np.float32)
+    if not (x[0] == y[0] == z[0] == native and y[1] == x[1] + 4 and z[1] == x[1] + 8):
+        return None
+    height, width = cloud.shape
+    if height * width == 0 or int(msg.row_step) != width * int(msg.point_step):
+        return None
+    return np.ndarray(shape=(height * width, 3), dtype=native, buffer=_buffer_of(msg.data), offset=x[1],
+                      strides=(int(msg.point_step), 4))
+
+
 def pointcloud2_to_cloud(msg: Any, max_range_m: float | None = None, min_range_m: float = 0.0) -> CloudArrays:
     """Decode a PointCloud2 into the points the core can use.
 
@@ -240,17 +259,18 @@ def pointcloud2_to_cloud(msg: Any, max_range_m: float | None = None, min_range_m
         raise ValueError(f"PointCloud2: missing coordinate field(s) {missing}; fields are {sorted(names)}")
     cloud = pointcloud2_to_structured(msg)
     num_input = cloud.size
-    xyz = np.empty((num_input, 3), dtype=np.float32)
-    for column, axis in enumerate(("x", "y", "z")):
-        xyz[:, column] = _flat_field(cloud, axis)
+    xyz = _packed_xyz_view(msg, cloud)
+    if xyz is None:
+        xyz = np.empty((num_input, 3), dtype=np.float32)
+        for column, axis in enumerate(("x", "y", "z")):
+            xyz[:, column] = _flat_field(cloud, axis)
     range_sq = np.einsum("ij,ij->i", xyz, xyz)
     keep = np.isfinite(range_sq)
     keep &= range_sq > np.float32(min_range_m) ** 2
     if max_range_m is not None:
         keep &= range_sq <= np.float32(max_range_m) ** 2
     index = np.flatnonzero(keep)
-    all_kept = len(index) == num_input
-    xyz_kept = xyz if all_kept else xyz[index]
+    xyz_kept = np.ascontiguousarray(xyz, dtype=np.float32) if len(index) == num_input else xyz[index]
 
     intensity = None
     if "intensity" in names:
@@ -283,20 +303,42 @@ def pointcloud2_to_cloud(msg: Any, max_range_m: float | None = None, min_range_m
 
 
 def pack_rgb_float(colors_rgb: np.ndarray) -> np.ndarray:
-    """(N, 3) uint8 -> (N,) float32 whose bits are 0x00RRGGBB, the layout rviz2's RGB8 colour mode reads."""
-    colors = np.asarray(colors_rgb, dtype=np.uint32)
+    """(N, 3) uint8 -> (N,) float32 whose bits are 0x00RRGGBB, the layout rviz2's RGB8 colour mode reads.
+
+    Built bytewise in native order (B, G, R, 0 on little-endian machines) and
+    reinterpreted, which avoids widening every channel to uint32.
+    """
+    colors = np.asarray(colors_rgb)
     if colors.ndim != 2 or colors.shape[1] != 3:
         raise ValueError(f"colors_rgb: expected (N, 3), got {colors.shape}")
-    return ((colors[:, 0] << 16) | (colors[:, 1] << 8) | colors[:, 2]).astype(np.uint32).view(np.float32)
+    if colors.dtype != np.uint8:
+        colors = np.clip(colors, 0, 255).astype(np.uint8)
+    packed = np.zeros((len(colors), 4), dtype=np.uint8)
+    if sys.byteorder == "little":
+        packed[:, 2::-1] = colors
+    else:
+        packed[:, 1:] = colors
+    return packed.view(np.float32).reshape(-1)
 
 
-def _new_pointcloud2(header: Any, array: np.ndarray, is_dense: bool) -> Any:
-    """PointCloud2 (height 1) whose fields mirror the structured ``array``'s dtype."""
+def _point_buffer(num_points: int, dtype: np.dtype) -> tuple[ByteArray, np.ndarray]:
+    """A zeroed byte array for the message and a writable structured (N,) view of it.
+
+    Filling the fields in place and assigning the array.array to msg.data
+    skips two full copies (tobytes, then the setter's array('B', bytes)): the
+    setter keeps an array.array as is.
+    """
+    data = ByteArray("B", b"\0") * (num_points * dtype.itemsize)
+    return data, np.frombuffer(data, dtype=dtype, count=num_points)
+
+
+def _new_pointcloud2(header: Any, dtype: np.dtype, num_points: int, data: ByteArray, is_dense: bool) -> Any:
+    """PointCloud2 (height 1) whose fields mirror the structured ``dtype``, holding ``data``."""
     from sensor_msgs.msg import PointCloud2, PointField
 
     fields = []
-    for name in array.dtype.names:
-        sub, offset = array.dtype.fields[name][:2]
+    for name in dtype.names:
+        sub, offset = dtype.fields[name][:2]
         base = sub.base if sub.shape else sub
         count = int(np.prod(sub.shape)) if sub.shape else 1
         datatype = _NUMPY_TO_POINTFIELD[base.str[1:]]
@@ -305,13 +347,13 @@ def _new_pointcloud2(header: Any, array: np.ndarray, is_dense: bool) -> Any:
     if header is not None:
         msg.header = header
     msg.height = 1
-    msg.width = len(array)
+    msg.width = num_points
     msg.fields = fields
     msg.is_bigendian = sys.byteorder == "big"
-    msg.point_step = array.dtype.itemsize
-    msg.row_step = array.dtype.itemsize * len(array)
+    msg.point_step = dtype.itemsize
+    msg.row_step = dtype.itemsize * num_points
     msg.is_dense = is_dense
-    msg.data = array.tobytes()  # bytes assignment is the fast path (a memoryview is ~100x slower)
+    msg.data = data  # an array('B') is stored as is (bytes are copied, a memoryview is ~100x slower)
     return msg
 
 
@@ -346,13 +388,13 @@ def labeled_cloud_to_pointcloud2(
     n = len(xyz)
     for name, values in (("labels", labels), ("confidence", confidence), ("colors_rgb", colors_rgb)):
         _check_rows(name, values, n)
-    out = np.empty(n, dtype=LABELED_CLOUD_DTYPE)
+    data, out = _point_buffer(n, LABELED_CLOUD_DTYPE)
     out["x"], out["y"], out["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
     out["rgb"] = pack_rgb_float(colors_rgb)
     out["confidence"] = np.asarray(confidence, dtype=np.float32)
     label_values = np.asarray(labels, dtype=np.int64)
     out["label"] = np.where((label_values < 0) | (label_values > 65535), 65535, label_values)
-    return _new_pointcloud2(header, out, is_dense=True)
+    return _new_pointcloud2(header, LABELED_CLOUD_DTYPE, n, data, is_dense=True)
 
 
 def cloud_to_pointcloud2(
@@ -377,7 +419,8 @@ def cloud_to_pointcloud2(
         if values is not None:
             names.append(name)
             formats.append("=u2" if name == "label" else "=f4")
-    out = np.empty(n, dtype=np.dtype({"names": names, "formats": formats}, align=True))  # point_step % 4 == 0
+    dtype = np.dtype({"names": names, "formats": formats}, align=True)  # point_step % 4 == 0
+    data, out = _point_buffer(n, dtype)
     out["x"], out["y"], out["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
     if intensity is not None:
         out["intensity"] = np.asarray(intensity, dtype=np.float32)
@@ -388,7 +431,7 @@ def cloud_to_pointcloud2(
         out["rgb"] = pack_rgb_float(colors)
     if labels is not None:
         out["label"] = np.asarray(labels).astype(np.uint16)
-    return _new_pointcloud2(header, out, is_dense=bool(np.isfinite(xyz).all()))
+    return _new_pointcloud2(header, dtype, n, data, is_dense=bool(np.isfinite(xyz).all()))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
