@@ -16,6 +16,7 @@ from ttt_kd_ros.ros.transforms import (
     matrix_to_quaternion,
     quaternion_to_matrix,
     transform_stamped_to_matrix,
+    transform_to_matrix,
 )
 
 
@@ -122,6 +123,7 @@ def test_transform_stamped_to_matrix_matches_geometry_msgs_round_trip() -> None:
     msg = matrix_to_transform_stamped(T, "base", "cam", stamp_ns=1_500_000_000)
     assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (1, 500_000_000)
     np.testing.assert_allclose(transform_stamped_to_matrix(msg), T, atol=1e-12)
+    np.testing.assert_allclose(transform_to_matrix(msg.transform), T, atol=1e-12)
 
 
 def test_kitti_bag_tf_static_matches_kitti_calib(real_data) -> None:

@@ -115,11 +115,15 @@ def cam_from_cloud_from_parameter(value: Sequence[float] | None, camera: str = "
     return T
 
 
+def transform_to_matrix(transform: Any) -> np.ndarray:
+    """geometry_msgs Transform (translation + rotation; rclpy or rosbags) -> (4, 4)."""
+    t, q = transform.translation, transform.rotation
+    return make_transform((t.x, t.y, t.z), (q.x, q.y, q.z, q.w))
+
+
 def transform_stamped_to_matrix(msg: Any) -> np.ndarray:
     """TransformStamped (rclpy or rosbags) -> (4, 4) parent_from_child (parent = header.frame_id)."""
-    tr = msg.transform
-    t, q = tr.translation, tr.rotation
-    return make_transform((t.x, t.y, t.z), (q.x, q.y, q.z, q.w))
+    return transform_to_matrix(msg.transform)
 
 
 def matrix_to_transform_stamped(T: np.ndarray, parent_frame: str, child_frame: str, stamp_ns: int = 0) -> Any:
