@@ -10,6 +10,7 @@ PACKAGE = "ttt_kd_ros"
 # test/test_package.py.
 CONSOLE_SCRIPTS = [
     "ttt_kd_benchmark_convert = ttt_kd_ros.tools.benchmark_convert:main",
+    "ttt_kd_render = ttt_kd_ros.tools.render:main",
 ]
 
 setup(
