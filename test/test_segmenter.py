@@ -1,0 +1,208 @@
+"""Segmenter: one label per input point whatever the scan, adaptation when possible, clear errors otherwise."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ttt_kd_ros.adapt import AdaptConfig, build_strategy
+from ttt_kd_ros.model import TTTKDNet, net_config, save_checkpoint
+from ttt_kd_ros.scan import IGNORE_LABEL, CameraIntrinsics, CameraView, Scan
+from ttt_kd_ros.segmenter import Segmenter, SegmenterConfig, nearest_voxel_rows, resolve_device
+from ttt_kd_ros.teacher import Teacher, tiny_teacher
+
+TEACHER_DIM = 32  # tiny_teacher's default hidden size
+TINY_NET = {"encoder_planes": (8, 16), "encoder_blocks": (1, 1), "decoder_planes": (8,), "decoder_blocks": (1,),
+            "kd_hidden": 16, "teacher_dim": TEACHER_DIM, "voxel_size_m": 0.1}
+
+
+@functools.cache
+def _teacher() -> Teacher:
+    """One tiny teacher for the module (frozen, so sharing it between tests changes nothing)."""
+    return tiny_teacher(resolution=56)
+
+
+def _camera(yaw_away: bool = False) -> CameraView:
+    """64 x 48 random image; identity extrinsic (camera looks along +z), or turned 180 degrees."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    intrinsics = CameraIntrinsics(K=np.array([[40.0, 0, 32], [0, 40.0, 24], [0, 0, 1]]), width_px=64, height_px=48)
+    pose = np.eye(4)
+    if yaw_away:
+        pose[0, 0] = pose[2, 2] = -1.0
+    return CameraView(image, intrinsics, pose, name="front")
+
+
+def _scan(n: int = 300, cameras: bool = True, seed: int = 0) -> Scan:
+    """A wall at z = 3 m and a box in front of it, in the camera's view."""
+    rng = np.random.default_rng(seed)
+    wall = np.c_[rng.uniform(-1, 1, (n // 2, 2)), np.full(n // 2, 3.0)]
+    box = np.c_[rng.uniform(-0.3, 0.3, (n - n // 2, 2)), rng.uniform(2.0, 2.3, n - n // 2)]
+    return Scan(np.concatenate([wall, box]).astype(np.float32), cameras=[_camera()] if cameras else [])
+
+
+def _segmenter(strategy: str = "ttt_kd", steps: int = 2, max_points: int = 0, **adapt: object) -> Segmenter:
+    torch.manual_seed(0)
+    model = TTTKDNet(net_config("ttt_kd_small", **TINY_NET))
+    config = AdaptConfig(strategy=strategy, steps=steps, lr=1e-2, kd_points_per_step=128, **adapt)
+    return Segmenter(model, _teacher(), build_strategy(model, config), max_points=max_points)
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_segment_adapts_labels_every_point_and_restores() -> None:
+    seg = _segmenter()
+    source = _state(seg.model)
+    scan = _scan()
+    pred = seg.segment(scan)
+    assert pred.labels.shape == (scan.num_points,) and pred.confidence.shape == (scan.num_points,)
+    assert pred.labels.dtype == np.int64 and pred.confidence.dtype == np.float32
+    assert ((pred.labels >= 0) & (pred.labels < seg.num_classes)).all()
+    assert ((pred.confidence > 0) & (pred.confidence <= 1)).all()
+    assert pred.adapted and pred.steps_run == 2 and pred.skip_reason == "" and pred.strategy == "ttt_kd"
+    assert pred.kd_loss_before is not None and pred.kd_loss_after is not None
+    for stage in ("validate", "prepare", "teacher", "targets", "ttt_step", "forward", "restore", "upsample"):
+        assert stage in pred.timings_s and pred.timings_s[stage] >= 0
+    assert _same(_state(seg.model), source)
+
+
+def test_segment_without_camera_predicts_unadapted() -> None:
+    seg = _segmenter()
+    scan = _scan(cameras=False)
+    unadapted = _segmenter(strategy="none").segment(scan)
+    pred = seg.segment(scan)
+    assert not pred.adapted and pred.skip_reason == "no camera" and pred.steps_run == 0
+    np.testing.assert_array_equal(pred.labels, unadapted.labels)
+
+
+def test_segment_camera_seeing_nothing_skips_with_reason() -> None:
+    seg = _segmenter()
+    scan = _scan()
+    scan.cameras = [_camera(yaw_away=True)]
+    pred = seg.segment(scan)
+    assert not pred.adapted and pred.skip_reason == "no visible point"
+    assert len(pred.labels) == scan.num_points and (pred.labels >= 0).all()
+
+
+def test_segment_nan_points_get_ignore_label_and_zero_confidence() -> None:
+    scan = _scan()
+    scan.points_xyz_m[[3, 10, 200]] = [np.nan, 0.0, np.inf]
+    pred = _segmenter().segment(scan)
+    assert len(pred.labels) == scan.num_points
+    assert (pred.labels[[3, 10, 200]] == IGNORE_LABEL).all() and (pred.confidence[[3, 10, 200]] == 0).all()
+    others = np.setdiff1d(np.arange(scan.num_points), [3, 10, 200])
+    assert (pred.labels[others] >= 0).all() and pred.adapted
+
+
+def test_segment_empty_and_all_nan_scans_return_empty_or_ignored() -> None:
+    seg = _segmenter()
+    empty = seg.segment(Scan(np.zeros((0, 3), np.float32)))
+    assert empty.labels.shape == (0,) and empty.skip_reason == "empty scan"
+    all_nan = seg.segment(Scan(np.full((5, 3), np.nan, np.float32)))
+    assert (all_nan.labels == IGNORE_LABEL).all() and all_nan.skip_reason == "no finite points"
+
+
+def test_segment_rejects_wrong_point_shape_naming_field() -> None:
+    scan = _scan()
+    scan.points_xyz_m = np.zeros((10, 2), np.float32)
+    with pytest.raises(ValueError, match=r"scan.points_xyz_m: expected \(N, 3\)"):
+        _segmenter().segment(scan)
+
+
+def test_segment_max_points_subsamples_but_labels_every_point() -> None:
+    seg = _segmenter(max_points=150)
+    scan = _scan(n=600)
+    pred = seg.segment(scan)
+    assert len(pred.labels) == 600 and (pred.labels >= 0).all() and (pred.confidence > 0).all()
+    assert pred.adapted
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_segment_adapts_inside_no_grad_caller(context: type) -> None:
+    seg = _segmenter()
+    with context():
+        pred = seg.segment(_scan())
+    assert pred.adapted and pred.steps_run == 2
+
+
+def test_segment_nan_loss_falls_back_to_unadapted_prediction() -> None:
+    seg = _segmenter()
+    with torch.no_grad():
+        seg.model.kd_head[-1].weight.fill_(float("nan"))
+    source = _state(seg.model)
+    pred = seg.segment(_scan())
+    assert not pred.adapted and "non-finite" in pred.skip_reason
+    assert len(pred.labels) == 300 and (pred.labels >= 0).all()
+    assert all(torch.equal(source[k], v) or torch.isnan(source[k]).any() for k, v in _state(seg.model).items())
+
+
+def test_segment_out_of_memory_falls_back_and_restores(monkeypatch: pytest.MonkeyPatch) -> None:
+    seg = _segmenter()
+    source = _state(seg.model)
+    strategy = seg.strategy
+    real_adapt = strategy.adapt
+
+    def adapt_then_oom(prepared: object, targets: object = None, time_budget_s: object = None) -> None:
+        real_adapt(prepared, targets)  # weights move ...
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")  # ... then memory runs out
+
+    monkeypatch.setattr(strategy, "adapt", adapt_then_oom)
+    pred = seg.segment(_scan())
+    assert not pred.adapted and pred.skip_reason.startswith("out of memory")
+    assert _same(_state(seg.model), source)
+
+
+@pytest.mark.parametrize("strategy", ["tent", "bn_stats", "ttt_kd_online"])
+def test_segment_runs_every_strategy(strategy: str) -> None:
+    pred = _segmenter(strategy=strategy, steps=1).segment(_scan())
+    assert pred.adapted and pred.strategy == strategy and len(pred.labels) == 300
+
+
+def test_from_config_without_checkpoint_builds_untrained_net_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    config = SegmenterConfig(checkpoint=None, teacher="tiny", teacher_resolution=56, device="cpu",
+                             adapt=AdaptConfig(strategy="ttt_kd", steps=1))
+    with caplog.at_level(logging.WARNING, logger="ttt_kd_ros.segmenter"):
+        seg = Segmenter.from_config(config)
+    assert "UNTRAINED" in caplog.text
+    assert seg.model.config.teacher_dim == seg.teacher.feature_dim
+    assert seg.strategy.name == "ttt_kd"
+
+
+def test_from_config_rejects_teacher_dim_mismatch_naming_both(tmp_path: Path) -> None:
+    model = TTTKDNet(net_config("ttt_kd_small", **{**TINY_NET, "teacher_dim": 12}))
+    path = save_checkpoint(model, tmp_path / "net.safetensors")
+    config = SegmenterConfig(checkpoint=str(path), teacher="tiny", teacher_resolution=56, device="cpu")
+    with pytest.raises(ValueError, match=r"teacher_dim = 12.*32-dim") as err:
+        Segmenter.from_config(config)
+    assert "net.safetensors" in str(err.value)
+
+
+def test_resolve_device_auto_and_bad_names() -> None:
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match=r"SegmenterConfig\.device"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            resolve_device("cuda:0")
+
+
+def test_nearest_voxel_rows_own_voxel_then_coarser_cell() -> None:
+    coords = np.array([[0, 0, 0], [10, 10, 10], [-5, -5, -5]], dtype=np.int64)
+    points = np.array([[0.05, 0.05, 0.05],  # inside voxel 0 (size 0.1)
+                       [1.02, 1.07, 1.01],  # inside voxel 1
+                       [-0.45, -0.48, -0.41],  # inside voxel 2 (negative coordinates)
+                       [1.15, 1.15, 1.15],  # empty voxel (11, 11, 11): shares the 2x cell of voxel 1? no: 4x cell
+                       [-0.62, -0.62, -0.62]])  # empty voxel (-7, -7, -7): 4x cell (-2) holds voxel 2
+    rows = nearest_voxel_rows(points, coords, 0.1)
+    np.testing.assert_array_equal(rows, [0, 1, 2, 1, 2])

@@ -1,0 +1,352 @@
+"""Segmenter: Scan -> Prediction, the single entry point every edge (node, replay, evaluate, demo) calls.
+
+It owns the device, the per-stage timings and the failure policy of the hot
+path (DESIGN.md): a scan without a camera or without a visible point, a NaN
+loss or an out-of-memory during adaptation never raises; the scan is labelled
+with the unadapted network and ``skip_reason`` says why. Bad *configuration*
+(a checkpoint whose distillation head does not fit the teacher, an unknown
+device) fails at construction with a ValueError naming the field.
+
+Points that are NaN/inf carry no geometry: they are dropped before the network
+and get IGNORE_LABEL with confidence 0, so a consumer can tell "no label" from
+a real class (the label of a nearest point would be invented). Every other
+input point gets a label, also when ``max_points`` subsampled the cloud: it
+takes the label of its own voxel, or of a voxel in the smallest coarser cell
+(2x, 4x, ... the voxel size) that holds one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ttt_kd_ros.adapt import AdaptConfig, AdaptResult, Strategy, build_strategy
+from ttt_kd_ros.losses import kd_loss
+from ttt_kd_ros.model import PreparedScan, TTTKDNet, load_checkpoint, net_config
+from ttt_kd_ros.scan import IGNORE_LABEL, Prediction, Scan
+from ttt_kd_ros.targets import DistillTargets, distillation_targets
+from ttt_kd_ros.teacher import Teacher, load_teacher, tiny_teacher
+
+LOG = logging.getLogger(__name__)
+
+RANDOM_TEACHERS: dict[str, dict[str, int]] = {
+    "tiny": {},  # tiny_teacher's defaults: 32-dim, 2 layers, for tests and the demo
+    "random-vits14": {"hidden_size": 384, "num_layers": 12, "num_heads": 6},  # DINOv2 ViT-S/14's cost, no weights
+}
+"""Teacher specs that build a random-weight DINOv2 (no files needed); anything else goes to load_teacher."""
+
+
+@dataclass
+class SegmenterConfig:
+    """Everything needed to build a Segmenter; the node and the tools fill it from their parameters.
+
+    teacher: a RANDOM_TEACHERS name or a load_teacher spec (HF folder, cached
+    hub id, official .pth). teacher_resolution: short side in pixels or
+    (H, W); None takes the checkpoint's. max_points: random subsample cap
+    before the network (0 = none); every input point is still labelled.
+    """
+
+    checkpoint: str | None = None
+    teacher: str = "tiny"
+    teacher_resolution: int | tuple[int, int] | None = None
+    device: str = "auto"
+    amp: bool = False  # bfloat16 autocast for adaptation and the final forward, CUDA only
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    max_points: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_points < 0:
+            raise ValueError(f"SegmenterConfig.max_points: expected >= 0 (0 = no cap), got {self.max_points}")
+        if isinstance(self.adapt, dict):
+            self.adapt = AdaptConfig(**self.adapt)
+
+
+def resolve_device(spec: str) -> torch.device:
+    """"auto" -> cuda when available else cpu; "cpu"; "cuda" / "cuda:i" (must exist)."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ValueError(f"SegmenterConfig.device: {spec!r} asked for but torch sees no CUDA device")
+        index = int(spec[5:]) if ":" in spec else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"SegmenterConfig.device: {spec!r} but only {torch.cuda.device_count()} CUDA devices")
+        return torch.device(spec)
+    raise ValueError(f"SegmenterConfig.device: expected 'auto', 'cpu', 'cuda' or 'cuda:<i>', got {spec!r}")
+
+
+def build_teacher(spec: str, resolution: int | tuple[int, int], device: torch.device, seed: int = 0) -> Teacher:
+    """A RANDOM_TEACHERS entry (random weights, seeded) or whatever load_teacher reads from disk."""
+    if spec in RANDOM_TEACHERS:
+        return tiny_teacher(seed=seed, resolution=resolution, device=device, **RANDOM_TEACHERS[spec])
+    return load_teacher(spec, resolution=resolution, device=device)
+
+
+def nearest_voxel_rows(points_xyz_m: np.ndarray, coords: np.ndarray, voxel_size_m: float) -> np.ndarray:
+    """(N, 3) points -> (N,) rows of ``coords`` (V, 3) int64: the point's own voxel, else a close one.
+
+    Looks the point's cell up at the voxel size, then at 2x, 4x, ... until the
+    cell holds a voxel (a sorted-key search per level, no per-point loop); the
+    few points no cell catches fall back to the nearest voxel centre.
+    """
+    rows = np.full(len(points_xyz_m), -1, dtype=np.int64)
+    grid = np.floor(points_xyz_m.astype(np.float64) / voxel_size_m).astype(np.int64)
+    pending = np.arange(len(points_xyz_m))
+    for level in range(24):
+        if pending.size == 0:
+            break
+        vc = coords >> level  # floor division by 2^level, also for negative coordinates
+        pc = grid[pending] >> level
+        lo = np.minimum(vc.min(axis=0), pc.min(axis=0))
+        ext = np.maximum(vc.max(axis=0), pc.max(axis=0)) - lo + 1
+        if float(np.prod(ext.astype(np.float64))) >= 2.0**62:
+            continue  # too fine a grid for 64-bit keys at this spread; a coarser level fits
+        vkeys = ((vc[:, 0] - lo[0]) * ext[1] + (vc[:, 1] - lo[1])) * ext[2] + (vc[:, 2] - lo[2])
+        pkeys = ((pc[:, 0] - lo[0]) * ext[1] + (pc[:, 1] - lo[1])) * ext[2] + (pc[:, 2] - lo[2])
+        order = np.argsort(vkeys, kind="stable")
+        sorted_keys = vkeys[order]
+        pos = np.minimum(np.searchsorted(sorted_keys, pkeys), len(sorted_keys) - 1)
+        hit = sorted_keys[pos] == pkeys
+        rows[pending[hit]] = order[pos[hit]]
+        pending = pending[~hit]
+    if pending.size:
+        centres = (coords.astype(np.float64) + 0.5) * voxel_size_m
+        for i in pending:
+            rows[i] = int(np.argmin(((centres - points_xyz_m[i]) ** 2).sum(axis=1)))
+    return rows
+
+
+class Segmenter:
+    """model (TTTKDNet) + teacher + adaptation strategy on one device.
+
+    Not thread-safe: one worker calls segment() at a time (the node's worker
+    thread does). segment() works inside a caller's no_grad or inference_mode.
+    """
+
+    def __init__(
+        self,
+        model: TTTKDNet,
+        teacher: Teacher | None,
+        strategy: Strategy,
+        device: torch.device | str = "cpu",
+        amp: bool = False,
+        max_points: int = 0,
+        seed: int = 0,
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.teacher = teacher
+        self.strategy = strategy
+        if strategy.needs_targets and teacher is None:
+            raise ValueError(f"Segmenter: strategy {strategy.name!r} distils from a teacher, but teacher is None")
+        if teacher is not None and teacher.feature_dim != model.config.teacher_dim:
+            raise ValueError(f"Segmenter: teacher {teacher.teacher_id} gives {teacher.feature_dim}-dim features but "
+                             f"the model's kd head outputs NetConfig.teacher_dim = {model.config.teacher_dim}")
+        self.amp = bool(amp) and self.device.type == "cuda"
+        if amp and not self.amp:
+            LOG.info("amp asked for on %s: mixed precision is used on CUDA only, running float32", self.device)
+        self.max_points = int(max_points)
+        self._rng = np.random.default_rng(seed)
+        self._warned: set[str] = set()
+
+    @classmethod
+    def from_config(cls, config: SegmenterConfig) -> Segmenter:
+        """Load the checkpoint (or build an untrained default net), the teacher and the strategy.
+
+        ValueError (naming the file / field) when the checkpoint's distillation
+        head does not fit the teacher's feature dimension.
+        """
+        device = resolve_device(config.device)
+        model: TTTKDNet | None = None
+        if config.checkpoint:
+            model = load_checkpoint(config.checkpoint, device)
+        resolution = config.teacher_resolution
+        if resolution is None:
+            resolution = tuple(model.config.teacher_resolution) if model is not None else 224
+        teacher = build_teacher(config.teacher, resolution, device, seed=config.seed)
+        if model is None:
+            LOG.warning("no checkpoint given: building an UNTRAINED default network (ttt_kd_small, teacher_dim=%d); "
+                        "its labels are meaningless until a trained checkpoint is configured", teacher.feature_dim)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed)
+                model = TTTKDNet(net_config("ttt_kd_small", teacher_dim=teacher.feature_dim,
+                                            teacher_id=teacher.teacher_id))
+            model = model.to(device)
+        elif teacher.feature_dim != model.config.teacher_dim:
+            raise ValueError(f"checkpoint {config.checkpoint}: kd head outputs teacher_dim = "
+                             f"{model.config.teacher_dim} but teacher {config.teacher!r} ({teacher.teacher_id}) gives "
+                             f"{teacher.feature_dim}-dim features")
+        elif model.config.teacher_id and model.config.teacher_id != teacher.teacher_id:
+            LOG.warning("checkpoint %s was trained against teacher %s but %s is loaded; distillation targets may "
+                        "not be the feature space its kd head learnt", config.checkpoint, model.config.teacher_id,
+                        teacher.teacher_id)
+        strategy = build_strategy(model, config.adapt)
+        return cls(model, teacher, strategy, device, amp=config.amp, max_points=config.max_points, seed=config.seed)
+
+    @property
+    def label_set(self) -> str:
+        return self.model.config.label_set
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.config.num_classes
+
+    def reset(self) -> None:
+        """Source weights back (e.g. between sequences in online mode)."""
+        self.strategy.reset()
+
+    # ------------------------------------------------------------------------------------------------ hot path
+
+    def segment(self, scan: Scan) -> Prediction:
+        """Labels and confidences for every point of ``scan``, adapting first when the strategy does.
+
+        timings_s stages: validate, prepare (voxels + neighbour maps), teacher
+        (feature maps), targets (projection + sampling), ttt_step (sum of the
+        steps; their count is steps_run), forward, restore, upsample.
+        """
+        with torch.inference_mode(False):
+            return self._segment(scan)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _segment(self, scan: Scan) -> Prediction:
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        points = _checked_points(scan)
+        n = len(points)
+        labels = np.full(n, IGNORE_LABEL, dtype=np.int64)
+        confidence = np.zeros(n, dtype=np.float32)
+        pred = Prediction(labels, confidence, timings, strategy=self.strategy.name)
+        keep = np.flatnonzero(np.isfinite(points).all(axis=1))
+        if keep.size == 0:
+            pred.skip_reason = "empty scan" if n == 0 else "no finite points"
+            timings["validate"] = time.perf_counter() - t
+            return pred
+        work_index = keep
+        if self.max_points and keep.size > self.max_points:
+            work_index = np.sort(self._rng.choice(keep, self.max_points, replace=False))
+        work = scan if work_index.size == n else scan.select(work_index)
+        timings["validate"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        try:
+            prepared = self.model.prepare(work, self.device)
+        except ValueError as err:  # e.g. coordinates so far apart that the voxel grid overflows
+            pred.skip_reason = self._once(f"cannot voxelise the scan: {err}")
+            return pred
+        self._sync()
+        timings["prepare"] = time.perf_counter() - t
+
+        targets, skip = self._targets(work, timings) if self.strategy.needs_targets else (None, "")
+        result = AdaptResult()
+        if self.strategy.name != "none" and not skip:
+            result, skip = self._adapt(prepared, targets)
+        timings["ttt_step"] = float(sum(result.step_times_s))
+        pred.steps_run = result.steps_run
+        pred.adapted = result.steps_run > 0 and not result.restored
+        pred.kd_loss_before = result.loss_before if self.strategy.needs_targets else None
+        if not pred.adapted:
+            pred.skip_reason = skip or result.reason
+
+        t = time.perf_counter()
+        with self._autocast():
+            output = self.strategy.predict(prepared)
+        with torch.no_grad():
+            probs = torch.softmax(output.logits.float(), dim=1)
+            conf_t, label_t = probs.max(dim=1)
+            if targets is not None and targets.point_index.numel() > 0:
+                kd = self.model.kd_head(output.point_features.index_select(0, targets.point_index))
+                pred.kd_loss_after = float(kd_loss(kd, targets.features, self.strategy.config.loss))
+        work_labels = label_t.cpu().numpy()
+        work_conf = conf_t.cpu().numpy().astype(np.float32)
+        timings["forward"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        if self.strategy.episodic:
+            self.strategy.reset()
+            self._sync()
+        timings["restore"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        if work_index.size == keep.size:
+            labels[keep], confidence[keep] = work_labels, work_conf
+        else:
+            labels[keep], confidence[keep] = self._upsample(points[keep], prepared, work_labels, work_conf)
+        timings["upsample"] = time.perf_counter() - t
+        return pred
+
+    def _targets(self, work: Scan, timings: dict[str, float]) -> tuple[DistillTargets | None, str]:
+        """Teacher feature maps (cached per image), then projection + sampling; a reason instead when unusable."""
+        if not work.cameras:
+            return None, "no camera"
+        try:
+            t = time.perf_counter()
+            for camera in work.cameras:
+                self.teacher.feature_map(camera.image_rgb)
+            self._sync()
+            timings["teacher"] = time.perf_counter() - t
+            t = time.perf_counter()
+            targets = distillation_targets(work, self.teacher)
+            self._sync()
+            timings["targets"] = time.perf_counter() - t
+        except ValueError as err:
+            return None, self._once(f"bad camera data: {err}")
+        if targets.point_index.numel() == 0:
+            return targets, "no visible point"
+        return targets, ""
+
+    def _adapt(self, prepared: PreparedScan, targets: DistillTargets | None) -> tuple[AdaptResult, str]:
+        try:
+            with self._autocast():
+                result = self.strategy.adapt(prepared, targets)
+        except torch.OutOfMemoryError as err:
+            self.strategy.reset()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            return AdaptResult(restored=True), self._once(f"out of memory during adaptation: {err}".split("\n")[0])
+        if result.restored:
+            self._once(result.reason)
+        return result, ""
+
+    def _upsample(self, points: np.ndarray, prepared: PreparedScan, work_labels: np.ndarray,
+                  work_conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-voxel results of the subsample -> every finite input point."""
+        voxels = prepared.voxels
+        p2v = voxels.point_to_voxel.cpu().numpy()
+        voxel_labels = np.empty(voxels.num_voxels, dtype=np.int64)
+        voxel_conf = np.empty(voxels.num_voxels, dtype=np.float32)
+        voxel_labels[p2v], voxel_conf[p2v] = work_labels, work_conf  # all points of a voxel share its outputs
+        rows = nearest_voxel_rows(points, voxels.coords.cpu().numpy(), voxels.voxel_size_m)
+        return voxel_labels[rows], voxel_conf[rows]
+
+    def _once(self, reason: str) -> str:
+        """Log a reason at warning level the first time, at debug afterwards (no log flood at 10 Hz)."""
+        level = logging.DEBUG if reason in self._warned else logging.WARNING
+        self._warned.add(reason)
+        LOG.log(level, "scan predicted without adaptation: %s", reason)
+        return reason
+
+
+def _checked_points(scan: Scan) -> np.ndarray:
+    """(N, 3) float points of the scan; ValueError naming the field when the shape or type is wrong."""
+    points = np.asarray(scan.points_xyz_m)
+    if points.ndim != 2 or points.shape[1] != 3:
+        raise ValueError(f"scan.points_xyz_m: expected (N, 3), got {points.shape}")
+    if not np.issubdtype(points.dtype, np.floating):
+        raise ValueError(f"scan.points_xyz_m: expected float32, got {points.dtype}")
+    return points
