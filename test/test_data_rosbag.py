@@ -132,3 +132,63 @@ def test_rosbag_scans_luminar_ros1_bag_clouds_only(real_data) -> None:
 def test_read_bag_messages_filters_topics(real_data) -> None:
     items = list(read_bag_messages(real_data / "bags" / "kitti_object_ros2", ["/kitti/camera_color_left/camera_info"]))
     assert len(items) == 3 and {i.msgtype for i in items} == {"sensor_msgs/msg/CameraInfo"}
+
+
+def _write_sqlite3_bag(path, messages) -> None:
+    """A rosbag2 (sqlite3) of rclpy messages: [(topic, type, msg)], log time = header stamp."""
+    rclpy_serialization = pytest.importorskip("rclpy.serialization")
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    from ttt_kd_ros.ros.convert import header_stamp_ns
+
+    typestore = get_typestore(Stores.ROS2_JAZZY)
+    with Writer(path, version=8, storage_plugin=StoragePlugin.SQLITE3) as writer:
+        connections = {}
+        for topic, msgtype, msg in messages:
+            if topic not in connections:
+                connections[topic] = writer.add_connection(topic, msgtype, typestore=typestore)
+            writer.write(connections[topic], header_stamp_ns(msg), rclpy_serialization.serialize_message(msg))
+
+
+def test_rosbag_scans_sqlite3_pairs_by_stamp_and_counts_missing_camera(tmp_path) -> None:
+    std_msgs = pytest.importorskip("std_msgs.msg")
+    from ttt_kd_ros.ros import convert
+    from ttt_kd_ros.scan import CameraIntrinsics
+
+    def header(frame: str, stamp_ns: int):
+        h = std_msgs.Header(frame_id=frame)
+        h.stamp.sec, h.stamp.nanosec = divmod(stamp_ns, 10**9)
+        return h
+
+    intr = CameraIntrinsics(K=np.array([[50.0, 0, 16], [0, 50, 12], [0, 0, 1]]), width_px=32, height_px=24)
+    image = np.zeros((24, 32, 3), np.uint8)
+    xyz = np.array([[0.0, 0.0, 5.0], [1.0, 0.0, 5.0], [np.nan, 0.0, 1.0]], np.float32)
+    ms = 1_000_000
+    messages = []
+    for k, t in enumerate([1000 * ms, 1100 * ms, 1200 * ms]):
+        messages.append(("/lidar/points", "sensor_msgs/msg/PointCloud2",
+                         convert.cloud_to_pointcloud2(header("lidar", t), xyz, labels=np.array([1, 2, 3]))))
+        for topic_ns, frame in (("/front", "front_optical"),) + ((("/back", "lidar"),) if k == 0 else ()):
+            stamp = t + 10 * ms
+            image[:] = k
+            messages.append((f"{topic_ns}/image_raw", "sensor_msgs/msg/Image",
+                             convert.rgb_to_image(image, "bgr8", header(frame, stamp))))
+            messages.append((f"{topic_ns}/camera_info", "sensor_msgs/msg/CameraInfo",
+                             convert.intrinsics_to_camera_info(intr, header(frame, stamp))))
+    bag = tmp_path / "bag"
+    _write_sqlite3_bag(bag, messages)
+
+    source = RosbagScans(bag, slop_s=0.05, label_set="synthetic_indoor",
+                         cam_from_cloud={"front": [0, 0, 0, 0, 0, 0, 1]})
+    scans = list(source)
+    assert [s.stamp_ns for s in scans] == [1000 * ms, 1100 * ms, 1200 * ms]
+    assert [[c.name for c in s.cameras] for s in scans] == [["back", "front"], ["front"], ["front"]]
+    assert source.stats.camera_misses == {"back": 2}
+    for k, scan in enumerate(scans):
+        assert scan.num_points == 2 and scan.labels.tolist() == [1, 2] and scan.label_set == "synthetic_indoor"
+        front = scan.cameras[-1]
+        assert front.stamp_ns == scan.stamp_ns + 10 * ms
+        assert int(front.image_rgb.max()) == k  # the image of this scan, not a neighbour's
+        np.testing.assert_array_equal(front.cam_from_cloud, np.eye(4))
+    np.testing.assert_array_equal(scans[0].cameras[0].cam_from_cloud, np.eye(4))  # same frame as the cloud
