@@ -82,7 +82,7 @@ def test_read_parameters_defaults_without_cameras_is_cloud_only(make_node) -> No
 def test_read_parameters_shipped_yaml_declares_every_key(make_node) -> None:
     node = make_node("--params-file", str(SHIPPED_YAML))
     params = read_parameters(node)
-    shipped = _flatten(yaml.safe_load(SHIPPED_YAML.read_text())[NODE_NAME]["ros__parameters"])
+    shipped = _flatten(yaml.safe_load(SHIPPED_YAML.read_text())[f"/**/{NODE_NAME}"]["ros__parameters"])
     for name, value in shipped.items():
         assert node.has_parameter(name), f"config/segment.yaml: {name} is not a declared parameter"
         if name not in ("cameras",) and not name.endswith("cam_from_cloud"):
@@ -90,6 +90,12 @@ def test_read_parameters_shipped_yaml_declares_every_key(make_node) -> None:
     assert [c.name for c in params.cameras] == shipped["cameras"]
     np.testing.assert_allclose(params.cameras[0].cam_from_cloud.reshape(-1), shipped["camera.left.cam_from_cloud"])
     assert not params.cloud_only
+
+
+def test_read_parameters_shipped_yaml_applies_in_a_namespace(make_node) -> None:
+    params = read_parameters(make_node("-r", "__ns:=/robot7", "--params-file", str(SHIPPED_YAML)))
+    assert params["cloud_topic"] == "/kitti/velo/points"
+    assert [c.name for c in params.cameras] == ["left"]
 
 
 def test_read_parameters_every_parameter_has_description(make_node) -> None:

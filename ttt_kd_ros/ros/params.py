@@ -196,3 +196,35 @@ def read_parameters(node: Node) -> NodeParams:
         if not values[key]:
             raise ParameterError(f"parameter {key}: expected a topic name, got ''")
     return NodeParams(values=values, cameras=tuple(cameras))
+
+
+def segmenter_config(params: NodeParams) -> Any:
+    """The engine's SegmenterConfig from the node parameters; its ValueErrors are renamed to the parameter."""
+    from ttt_kd_ros.segmenter import SegmenterConfig
+
+    budget = params["adapt.time_budget_s"]
+    try:
+        adapt = AdaptConfig(
+            strategy=params["adapt.strategy"],
+            steps=params["adapt.steps"],
+            optimizer=params["adapt.optimizer"],
+            lr=params["adapt.lr"],
+            params=params["adapt.params"],
+            kd_points_per_step=params["adapt.kd_points_per_step"],
+            loss=params["adapt.loss"],
+            time_budget_s=budget if budget > 0 else None,
+            seed=params["seed"],
+        )
+        return SegmenterConfig(
+            checkpoint=params["checkpoint"],
+            teacher=params["teacher"],
+            teacher_resolution=params["teacher_resolution"],
+            device=params["device"],
+            amp=params["amp"],
+            adapt=adapt,
+            max_points=params["max_points"],
+            seed=params["seed"],
+        )
+    except ValueError as exc:
+        text = str(exc).replace("AdaptConfig.", "adapt.").replace("SegmenterConfig.", "")
+        raise ParameterError(f"parameters: {text}") from exc

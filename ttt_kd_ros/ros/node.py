@@ -1,0 +1,417 @@
+"""segment_node: the ROS 2 lifecycle node that segments every incoming cloud with TTT-KD.
+
+Callbacks stay thin: subscriptions feed the approximate-time synchroniser, the
+matched set is converted to a Scan (cheap numpy views) and put into a
+latest-wins slot; one worker thread runs ``Segmenter.segment`` and publishes.
+A slow model therefore drops stale scans (counted) instead of queueing them.
+Configure reads the parameters and loads the model (a failure returns FAILURE
+with a log line naming the parameter or file); activate subscribes and starts
+the worker. With ``autostart`` (default) main() drives both transitions, so
+the node runs without a lifecycle manager.
+
+Bad input never stops the node: an unparsable cloud is skipped, a bad image
+leaves its camera out of that scan (no adaptation rather than no labels), a
+camera that stays silent longer than ``camera_timeout_s`` lets clouds through
+alone; every case is counted on /diagnostics by reason.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException
+from rclpy.lifecycle import Node as LifecycleNode
+from rclpy.lifecycle import State, TransitionCallbackReturn
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.time import Time
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+from ttt_kd_ros.labels import LABEL_SETS, LabelSet
+from ttt_kd_ros.ros.compat import make_synchronizer, make_tf_buffer
+from ttt_kd_ros.ros.convert import (
+    CloudArrays,
+    camera_info_to_intrinsics,
+    check_image_matches_info,
+    header_stamp_ns,
+    image_to_rgb,
+    labeled_cloud_to_pointcloud2,
+    pointcloud2_to_cloud,
+)
+from ttt_kd_ros.ros.diagnostics import NodeStats, diagnostic_array
+from ttt_kd_ros.ros.params import (
+    NODE_NAME,
+    CameraParams,
+    NodeParams,
+    ParameterError,
+    read_parameters,
+    segmenter_config,
+)
+from ttt_kd_ros.ros.worker import LatestSlot, SlotWorker
+from ttt_kd_ros.scan import IGNORE_LABEL, CameraView, Scan
+
+OUTPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+"""RELIABLE: a best-effort publisher never reaches a reliable subscriber such as rviz2's default."""
+LOG_THROTTLE_S = 5.0
+
+
+@dataclass
+class Job:
+    """One scan waiting for the worker, with what is needed to answer it."""
+
+    scan: Scan
+    header: Any  # std_msgs/Header of the input cloud, copied to the output
+    received_s: float  # time.monotonic() when the cloud reached the node
+    convert_s: float
+
+
+def fallback_label_set(num_classes: int) -> LabelSet:
+    """Distinct colours for a checkpoint whose label set this package does not know."""
+    golden = (np.arange(num_classes) * 0.618034) % 1.0
+    colors = tuple(tuple(int(255 * c) for c in (h, 1.0 - h, 0.5 + 0.5 * np.cos(6.283 * h))) for h in golden)
+    return LabelSet("unknown", tuple(f"class_{i}" for i in range(num_classes)), colors)
+
+
+def cap_cloud(cloud: CloudArrays, max_points: int, rng: np.random.Generator) -> CloudArrays:
+    """A random subset of ``max_points`` points (input order kept) when the cloud is larger."""
+    n = len(cloud.xyz_m)
+    if n <= max_points:
+        return cloud
+    keep = np.sort(rng.choice(n, size=max_points, replace=False))
+    return CloudArrays(
+        xyz_m=cloud.xyz_m[keep],
+        intensity=None if cloud.intensity is None else cloud.intensity[keep],
+        rgb=None if cloud.rgb is None else cloud.rgb[keep],
+        labels=None if cloud.labels is None else cloud.labels[keep],
+        source_index=cloud.source_index[keep],
+        num_input_points=cloud.num_input_points,
+        frame_id=cloud.frame_id,
+        stamp_ns=cloud.stamp_ns,
+    )
+
+
+def apply_min_confidence(labels: np.ndarray, confidence: np.ndarray, threshold: float) -> np.ndarray:
+    """(N,) labels with IGNORE_LABEL where confidence < threshold (a copy only when something changes)."""
+    if threshold <= 0:
+        return labels
+    low = confidence < threshold
+    if not low.any():
+        return labels
+    return np.where(low, IGNORE_LABEL, labels)
+
+
+class SegmenterNode(LifecycleNode):
+    """Cloud (+ N cameras) in, labeled cloud and diagnostics out; see the module docstring."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        self.autostart = self.declare_parameter("autostart", True, ParameterDescriptor(
+            description="Configure and activate at start-up (no lifecycle manager needed).", read_only=True)).value
+        self.stats = NodeStats()
+        self.params: NodeParams | None = None
+        self.segmenter: Any = None
+        self.label_set: LabelSet | None = None
+        self._rng = np.random.default_rng(0)
+        self._slot: LatestSlot[Job] = LatestSlot()
+        self._worker: SlotWorker[Job] | None = None
+        self._output_pub = None
+        self._diag_pub = None
+        self._diag_timer = None
+        self._subscriptions: list[Any] = []
+        self._sync = None
+        self._tf = None
+        self._camera_seen_s: dict[str, float] = {}
+        self._active_since_s = 0.0
+        self._cloud_alone_logged = False
+
+    # ---- lifecycle -------------------------------------------------------------------------------------------
+
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        from ttt_kd_ros.segmenter import Segmenter
+
+        try:
+            params = read_parameters(self)
+            config = segmenter_config(params)
+        except ParameterError as exc:
+            self.get_logger().error(f"configure failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        try:
+            segmenter = Segmenter.from_config(config)
+        except (ValueError, OSError, RuntimeError, KeyError) as exc:
+            self.get_logger().error(f"configure failed loading the model (checkpoint {params['checkpoint']!r}, "
+                                    f"teacher {params['teacher']!r}): {type(exc).__name__}: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        needs_tf = [cam.name for cam in params.cameras if cam.cam_from_cloud is None]
+        if needs_tf and not params.cloud_only:
+            self._tf = make_tf_buffer(self)
+            if self._tf is None:
+                self.get_logger().error(f"configure failed: parameter camera.{needs_tf[0]}.cam_from_cloud is unset "
+                                        "and tf2_ros is not importable here; give the extrinsics as parameters")
+                return TransitionCallbackReturn.FAILURE
+        self.params = params
+        self.segmenter = segmenter
+        self.label_set = self._label_set_of(segmenter)
+        self._rng = np.random.default_rng(params["seed"])
+        self.stats.strategy = params["adapt.strategy"]
+        self.stats.mode = "cloud_only" if params.cloud_only else "adapt"
+        self.stats.label_set = self.label_set.name
+        self._output_pub = self.create_publisher(PointCloud2, params["output_topic"], OUTPUT_QOS)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.get_logger().info(
+            f"configured: mode={self.stats.mode} strategy={self.stats.strategy} cameras="
+            f"{[c.name for c in params.cameras]} cloud={params['cloud_topic']} output={params['output_topic']} "
+            f"label_set={self.label_set.name}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        params = self.params
+        self._slot = LatestSlot()
+        self._worker = SlotWorker(self._slot, self._process, self._on_worker_error)
+        self._worker.start()
+        self._active_since_s = time.monotonic()
+        self._camera_seen_s = {}
+        self._subscriptions = [self.create_subscription(
+            PointCloud2, params["cloud_topic"], self._on_cloud, qos_profile_sensor_data)]
+        if not params.cloud_only:
+            names = ["cloud"]
+            for cam in params.cameras:
+                names += [f"{cam.name}/image", f"{cam.name}/camera_info"]
+            self._sync = make_synchronizer(names, params["sync_queue_size"], params["sync_slop_s"], self._on_matched)
+            for i, cam in enumerate(params.cameras):
+                self._subscriptions.append(self.create_subscription(
+                    Image, cam.image_topic, self._camera_feed(cam.name, 1 + 2 * i), qos_profile_sensor_data))
+                self._subscriptions.append(self.create_subscription(
+                    CameraInfo, cam.info_topic, self._camera_feed(cam.name, 2 + 2 * i), qos_profile_sensor_data))
+        self._diag_timer = self.create_timer(params["diagnostics_period_s"], self._publish_diagnostics)
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        self._stop_inputs()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        self._stop_inputs()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_inputs(self) -> None:
+        for sub in self._subscriptions:
+            self.destroy_subscription(sub)
+        self._subscriptions = []
+        self._sync = None
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = None
+        if self._worker is not None:
+            if not self._worker.stop(timeout_s=10.0):
+                self.get_logger().warning("worker did not finish its scan within 10 s")
+            self._worker = None
+
+    def _release(self) -> None:
+        for pub in (self._output_pub, self._diag_pub):
+            if pub is not None:
+                self.destroy_publisher(pub)
+        self._output_pub = self._diag_pub = None
+        self.segmenter = None
+
+    # ---- callbacks (subscription threads: keep them cheap) ---------------------------------------------------
+
+    def _camera_feed(self, camera: str, index: int) -> Callable[[Any], None]:
+        def feed(msg: Any) -> None:
+            self._camera_seen_s[camera] = time.monotonic()
+            self._sync.add(index, msg)
+
+        return feed
+
+    def _silent_cameras(self) -> list[str]:
+        timeout = self.params["camera_timeout_s"]
+        if timeout <= 0:
+            return []
+        now = time.monotonic()
+        return [c.name for c in self.params.cameras
+                if now - self._camera_seen_s.get(c.name, self._active_since_s) > timeout]
+
+    def _on_cloud(self, msg: PointCloud2) -> None:
+        self.stats.count_received()
+        if self.params.cloud_only:
+            self._submit(msg, [])
+            return
+        silent = self._silent_cameras()
+        if silent:
+            self.stats.count_skipped("camera_timeout")
+            if not self._cloud_alone_logged:
+                self._cloud_alone_logged = True
+                self.get_logger().warning(
+                    f"no message from camera(s) {silent} for {self.params['camera_timeout_s']} s: "
+                    "segmenting clouds alone (no adaptation) until they are back")
+            self._submit(msg, [])
+            return
+        if self._cloud_alone_logged:
+            self._cloud_alone_logged = False
+            self.get_logger().info("all cameras are back: pairing clouds with images again")
+        self._sync.add(0, msg)
+
+    def _on_matched(self, cloud: PointCloud2, *camera_msgs: Any) -> None:
+        pairs = list(zip(camera_msgs[0::2], camera_msgs[1::2], strict=True))
+        self._submit(cloud, pairs)
+
+    def _stamp_refusal(self, stamp_ns: int) -> str:
+        now_ns = self.get_clock().now().nanoseconds
+        max_age, max_future = self.params["max_cloud_age_s"], self.params["max_future_s"]
+        if max_age > 0 and now_ns - stamp_ns > max_age * 1e9:
+            return "stamp_too_old"
+        if max_future > 0 and stamp_ns - now_ns > max_future * 1e9:
+            return "stamp_in_future"
+        return ""
+
+    def _submit(self, msg: PointCloud2, pairs: list[tuple[Image, CameraInfo]]) -> None:
+        """Convert one cloud (+ its camera pairs) to a Scan and hand it to the worker."""
+        received_s = time.monotonic()
+        t0 = time.perf_counter()
+        refusal = self._stamp_refusal(header_stamp_ns(msg))
+        if refusal:
+            self.stats.count_skipped(refusal)
+            self.get_logger().warning(f"cloud refused: {refusal}", throttle_duration_sec=LOG_THROTTLE_S)
+            return
+        try:
+            cloud = pointcloud2_to_cloud(msg)
+        except ValueError as exc:
+            self.stats.count_skipped("bad_cloud")
+            self.get_logger().warning(f"cloud skipped: {exc}", throttle_duration_sec=LOG_THROTTLE_S)
+            return
+        cloud = cap_cloud(cloud, self.params["max_points"], self._rng)
+        views = [view for view in (self._camera_view(msg, cam, img, info)
+                                   for cam, (img, info) in zip(self.params.cameras, pairs, strict=False))
+                 if view is not None]
+        scan = Scan(
+            points_xyz_m=cloud.xyz_m,
+            intensity=cloud.intensity,
+            rgb=cloud.rgb,
+            cameras=views,
+            stamp_ns=header_stamp_ns(msg),
+            frame_id=msg.header.frame_id,
+            label_set=self.label_set.name,
+        )
+        job = Job(scan=scan, header=msg.header, received_s=received_s, convert_s=time.perf_counter() - t0)
+        if self._slot.put(job):
+            self.stats.count_dropped()
+
+    def _camera_view(self, cloud_msg: PointCloud2, cam: CameraParams, image: Image, info: CameraInfo
+                     ) -> CameraView | None:
+        """The camera as a CameraView, or None (counted, logged) when its messages cannot be used."""
+        try:
+            check_image_matches_info(image, info)
+            intrinsics = camera_info_to_intrinsics(info)
+            rgb = image_to_rgb(image)
+            cam_from_cloud = cam.cam_from_cloud
+            if cam_from_cloud is None:
+                cam_from_cloud = self._lookup_extrinsics(cam, cloud_msg)
+            return CameraView(image_rgb=rgb, intrinsics=intrinsics, cam_from_cloud=cam_from_cloud,
+                              stamp_ns=header_stamp_ns(image), name=cam.name)
+        except (ValueError, LookupError) as exc:
+            self.stats.count_skipped(f"bad_camera.{cam.name}")
+            self.get_logger().warning(f"camera {cam.name} left out of this scan: {exc}",
+                                      throttle_duration_sec=LOG_THROTTLE_S)
+            return None
+
+    def _lookup_extrinsics(self, cam: CameraParams, cloud_msg: PointCloud2) -> np.ndarray:
+        from ttt_kd_ros.ros.transforms import transform_to_matrix
+
+        buffer = self._tf[0]
+        try:
+            stamped = buffer.lookup_transform(cam.frame_id, cloud_msg.header.frame_id, Time())
+        except Exception as exc:  # tf2 raises its own exception family; reported as a lookup failure
+            raise LookupError(f"tf2 {cloud_msg.header.frame_id} -> {cam.frame_id}: {exc}") from exc
+        return transform_to_matrix(stamped.transform)
+
+    # ---- worker thread ---------------------------------------------------------------------------------------
+
+    def _process(self, job: Job) -> None:
+        start = time.monotonic()
+        scan = job.scan
+        if scan.num_points == 0:
+            labels = np.zeros(0, dtype=np.int64)
+            confidence = np.zeros(0, dtype=np.float32)
+            adapted, kd_before, kd_after, skip, timings, steps = False, None, None, "no_valid_points", {}, 0
+        else:
+            prediction = self.segmenter.segment(scan)
+            labels, confidence = prediction.labels, prediction.confidence
+            adapted, skip, timings = prediction.adapted, prediction.skip_reason, dict(prediction.timings_s)
+            kd_before, kd_after = prediction.kd_loss_before, prediction.kd_loss_after
+            steps = prediction.steps_run
+        t_encode = time.perf_counter()
+        labels = apply_min_confidence(labels, confidence, self.params["output_min_confidence"])
+        colors = self.label_set.colorize(labels)
+        out = labeled_cloud_to_pointcloud2(job.header, scan.points_xyz_m, labels, confidence, colors)
+        t_publish = time.perf_counter()
+        self._output_pub.publish(out)
+        done = time.perf_counter()
+        timings.update({
+            "convert": job.convert_s,
+            "wait": start - job.received_s - job.convert_s,
+            "encode": t_publish - t_encode,
+            "publish": done - t_publish,
+        })
+        timings["total"] = time.monotonic() - job.received_s
+        self.stats.record_scan(timings, adapted, kd_before, kd_after, skip_reason=skip, steps_run=steps)
+
+    def _on_worker_error(self, job: Job, exc: Exception) -> None:
+        self.stats.count_error(type(exc).__name__)
+        self.get_logger().error(f"scan at {job.scan.stamp_ns} ns failed: {type(exc).__name__}: {exc}",
+                                throttle_duration_sec=LOG_THROTTLE_S)
+
+    def _publish_diagnostics(self) -> None:
+        snap = self.stats.snapshot()
+        msg = diagnostic_array(snap, f"{self.get_name()}: segmenter", self.get_fully_qualified_name(),
+                               self.get_clock().now().to_msg())
+        self._diag_pub.publish(msg)
+
+    @staticmethod
+    def _label_set_of(segmenter: Any) -> LabelSet:
+        name = getattr(segmenter, "label_set", "")
+        if isinstance(name, LabelSet):
+            return name
+        if name in LABEL_SETS:
+            return LABEL_SETS[name]
+        return fallback_label_set(int(getattr(segmenter, "num_classes", 20)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the node until Ctrl-C or ROS shutdown; 1 when configure or activate fails."""
+    rclpy.init(args=sys.argv if argv is None else argv)
+    node: SegmenterNode | None = None
+    code = 0
+    try:
+        node = SegmenterNode()
+        if node.autostart:
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                return 1
+            if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+                return 1
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except ParameterError as exc:
+        print(f"segment_node: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        if node is not None:
+            node._stop_inputs()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
