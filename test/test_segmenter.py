@@ -49,7 +49,7 @@ def _scan(n: int = 300, cameras: bool = True, seed: int = 0) -> Scan:
 def _segmenter(strategy: str = "ttt_kd", steps: int = 2, max_points: int = 0, **adapt: object) -> Segmenter:
     torch.manual_seed(0)
     model = TTTKDNet(net_config("ttt_kd_small", **TINY_NET))
-    config = AdaptConfig(strategy=strategy, steps=steps, lr=1e-2, kd_points_per_step=128, **adapt)
+    config = AdaptConfig(**{"strategy": strategy, "steps": steps, "lr": 1e-2, "kd_points_per_step": 128, **adapt})
     return Segmenter(model, _teacher(), build_strategy(model, config), max_points=max_points)
 
 
@@ -206,3 +206,10 @@ def test_nearest_voxel_rows_own_voxel_then_coarser_cell() -> None:
                        [-0.62, -0.62, -0.62]])  # empty voxel (-7, -7, -7): 4x cell (-2) holds voxel 2
     rows = nearest_voxel_rows(points, coords, 0.1)
     np.testing.assert_array_equal(rows, [0, 1, 2, 1, 2])
+
+
+def test_segment_ttt_steps_lower_kd_loss_of_real_net() -> None:
+    seg = _segmenter(steps=4, kd_points_per_step=0)  # all visible points: before and after measure the same set
+    pred = seg.segment(_scan())
+    assert pred.steps_run == 4
+    assert pred.kd_loss_after < pred.kd_loss_before
