@@ -51,11 +51,13 @@ from ttt_kd_ros.ros.params import (
     CameraParams,
     NodeParams,
     ParameterError,
+    engine_error_text,
     read_parameters,
     segmenter_config,
 )
 from ttt_kd_ros.ros.worker import LatestSlot, SlotWorker
 from ttt_kd_ros.scan import IGNORE_LABEL, CameraView, Scan
+from ttt_kd_ros.segmenter import Segmenter
 
 OUTPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 """RELIABLE: a best-effort publisher never reaches a reliable subscriber such as rviz2's default."""
@@ -134,8 +136,6 @@ class SegmenterNode(LifecycleNode):
     # ---- lifecycle -------------------------------------------------------------------------------------------
 
     def on_configure(self, state: State) -> TransitionCallbackReturn:
-        from ttt_kd_ros.segmenter import Segmenter
-
         try:
             params = read_parameters(self)
             config = segmenter_config(params)
@@ -146,7 +146,7 @@ class SegmenterNode(LifecycleNode):
             segmenter = Segmenter.from_config(config)
         except (ValueError, OSError, RuntimeError, KeyError) as exc:
             self.get_logger().error(f"configure failed loading the model (checkpoint {params['checkpoint']!r}, "
-                                    f"teacher {params['teacher']!r}): {type(exc).__name__}: {exc}")
+                                    f"teacher {params['teacher']!r}): {type(exc).__name__}: {engine_error_text(exc)}")
             return TransitionCallbackReturn.FAILURE
         needs_tf = [cam.name for cam in params.cameras if cam.cam_from_cloud is None]
         if needs_tf and not params.cloud_only:
@@ -290,7 +290,8 @@ class SegmenterNode(LifecycleNode):
             self.stats.count_skipped("bad_cloud")
             self.get_logger().warning(f"cloud skipped: {exc}", throttle_duration_sec=LOG_THROTTLE_S)
             return
-        cloud = cap_cloud(cloud, self.params["max_points"], self._rng)
+        if self.params["max_input_points"]:
+            cloud = cap_cloud(cloud, self.params["max_input_points"], self._rng)
         views = [view for view in (self._camera_view(msg, cam, img, info)
                                    for cam, (img, info) in zip(self.params.cameras, pairs, strict=False))
                  if view is not None]

@@ -9,6 +9,7 @@ declared after the list is read.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ from rclpy.parameter import Parameter
 
 from ttt_kd_ros.adapt import OPTIMIZERS, PARAM_SETS, STRATEGIES, AdaptConfig
 from ttt_kd_ros.losses import KD_LOSS_KINDS
+from ttt_kd_ros.segmenter import SegmenterConfig
 
 NODE_NAME = "ttt_kd_segmenter"
 
@@ -39,6 +41,7 @@ class ParamSpec:
     description: str
     choices: tuple[str, ...] = ()
     minimum: float | None = None
+    pattern: str = ""  # full-match regular expression for strings
 
 
 MODES = ("adapt", "cloud_only")
@@ -62,10 +65,16 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("checkpoint", "", "Model checkpoint (.safetensors with its .json); empty: random tiny model (tests)."),
     ParamSpec("teacher", "tiny", "2D teacher: 'tiny' (random, tests), a Hugging Face folder, a cached hub id or a "
               "dinov2_vit*14_pretrain.pth file."),
-    ParamSpec("teacher_resolution", 224, "Shorter image side (px) fed to the teacher.", minimum=14),
-    ParamSpec("device", "auto", "Torch device.", choices=("auto", "cpu", "cuda")),
+    ParamSpec("teacher_resolution", 0, "Shorter image side (px) fed to the teacher; 0: the checkpoint's.",
+              minimum=0),
+    ParamSpec("device", "auto", "Torch device: auto (cuda when available), cpu, cuda or cuda:<index>.",
+              pattern=r"auto|cpu|cuda(:\d+)?"),
     ParamSpec("amp", False, "Mixed precision on CUDA."),
-    ParamSpec("max_points", 150000, "Cap on points segmented per scan (random subset beyond it).", minimum=1),
+    ParamSpec("max_points", 150000, "Points the network sees per scan (a random subset beyond it); every input "
+              "point is still labelled from its voxel. 0: no cap.", minimum=0),
+    ParamSpec("max_input_points", 1000000, "Clouds larger than this are randomly thinned on arrival (memory, "
+              "latency and output size stay bounded); the output then has this many points. 0: no cap.",
+              minimum=0),
     ParamSpec("seed", 0, "Seed for point sampling and the tiny models."),
     ParamSpec("adapt.strategy", _ADAPT.strategy, "Adaptation per scan (TTT-KD resets the weights every scan, "
               "ttt_kd_online keeps them).", choices=tuple(STRATEGIES)),
@@ -134,6 +143,8 @@ def _declare(node: Node, name: str, default: Any, descriptor: ParameterDescripto
 def _check(spec: ParamSpec, value: Any) -> Any:
     if spec.choices and value not in spec.choices:
         raise ParameterError(f"parameter {spec.name}: expected one of {list(spec.choices)}, got {value!r}")
+    if spec.pattern and not re.fullmatch(spec.pattern, str(value)):
+        raise ParameterError(f"parameter {spec.name}: expected {spec.pattern!r}, got {value!r}")
     if spec.minimum is not None and value < spec.minimum:
         raise ParameterError(f"parameter {spec.name}: expected >= {spec.minimum}, got {value!r}")
     return value
@@ -198,10 +209,13 @@ def read_parameters(node: Node) -> NodeParams:
     return NodeParams(values=values, cameras=tuple(cameras))
 
 
-def segmenter_config(params: NodeParams) -> Any:
-    """The engine's SegmenterConfig from the node parameters; its ValueErrors are renamed to the parameter."""
-    from ttt_kd_ros.segmenter import SegmenterConfig
+def engine_error_text(exc: Exception) -> str:
+    """An engine ValueError in the node's parameter names (AdaptConfig.lr -> adapt.lr)."""
+    return str(exc).replace("AdaptConfig.", "parameter adapt.").replace("SegmenterConfig.", "parameter ")
 
+
+def segmenter_config(params: NodeParams) -> SegmenterConfig:
+    """The engine's SegmenterConfig from the node parameters; its ValueErrors are renamed to the parameter."""
     budget = params["adapt.time_budget_s"]
     try:
         adapt = AdaptConfig(
@@ -216,9 +230,9 @@ def segmenter_config(params: NodeParams) -> Any:
             seed=params["seed"],
         )
         return SegmenterConfig(
-            checkpoint=params["checkpoint"],
+            checkpoint=params["checkpoint"] or None,
             teacher=params["teacher"],
-            teacher_resolution=params["teacher_resolution"],
+            teacher_resolution=params["teacher_resolution"] or None,
             device=params["device"],
             amp=params["amp"],
             adapt=adapt,
@@ -226,5 +240,4 @@ def segmenter_config(params: NodeParams) -> Any:
             seed=params["seed"],
         )
     except ValueError as exc:
-        text = str(exc).replace("AdaptConfig.", "adapt.").replace("SegmenterConfig.", "")
-        raise ParameterError(f"parameters: {text}") from exc
+        raise ParameterError(engine_error_text(exc)) from exc

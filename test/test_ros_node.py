@@ -1,0 +1,361 @@
+"""The node between real processes over DDS: sensors (test/ros_publisher.py) -> node -> this test.
+
+Two node processes start once for the module (one with a camera, one
+cloud_only in a namespace) and serve every case in sequence, so the suite
+pays for few start-ups. Each module run gets its own ROS_DOMAIN_ID and stays
+on localhost.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import REPO_ROOT
+
+rclpy = pytest.importorskip("rclpy")
+
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rclpy.context import Context  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import PointCloud2  # noqa: E402
+
+from ttt_kd_ros.labels import LABEL_SETS  # noqa: E402
+from ttt_kd_ros.ros.convert import header_stamp_ns, pointcloud2_to_structured  # noqa: E402
+from ttt_kd_ros.ros.params import NODE_NAME  # noqa: E402
+
+pytestmark = pytest.mark.ros
+
+PY = sys.executable
+PREFIX = "/ttt_test"
+LABELED_TOPIC = f"{PREFIX}/labeled"  # set by -p, over the YAML's value
+CLOUD_ONLY_NS = "cloud_only"
+CLOUD_ONLY_TOPIC = f"/{CLOUD_ONLY_NS}/{NODE_NAME}/labeled_points"  # the default ~/labeled_points
+MAX_POINTS = 3000  # what the network sees
+MAX_INPUT_POINTS = 100_000  # what the node keeps of a larger cloud
+CAMERA_TIMEOUT_S = 1.5
+WAIT_S = 30.0
+
+
+def _tiny_config(cameras: bool) -> dict:
+    params = {
+        "cloud_topic": f"{PREFIX}/points",
+        "output_topic": f"{PREFIX}/from_yaml",
+        "camera_timeout_s": CAMERA_TIMEOUT_S,
+        "max_cloud_age_s": 60.0,
+        "max_future_s": 60.0,
+        "diagnostics_period_s": 0.3,
+        "teacher": "tiny",
+        "checkpoint": "",
+        "device": "cpu",
+        "max_points": MAX_POINTS,
+        "max_input_points": MAX_INPUT_POINTS,
+        "adapt": {"strategy": "ttt_kd", "steps": 1, "kd_points_per_step": 256, "optimizer": "sgd", "lr": 0.001},
+    }
+    if cameras:
+        params["cameras"] = ["front"]
+        params["camera"] = {"front": {
+            "image_topic": f"{PREFIX}/front/image",
+            "info_topic": f"{PREFIX}/front/camera_info",
+            "cam_from_cloud": [float(v) for v in np.eye(4).reshape(-1)],
+        }}
+    else:
+        params.pop("output_topic")
+    return {f"/**/{NODE_NAME}": {"ros__parameters": params}}  # matches the namespaced node too
+
+
+class Listener:
+    """Collects the node outputs and /diagnostics in this process (own context, own spinning thread)."""
+
+    def __init__(self, domain_id: int) -> None:
+        self.context = Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        self.node = Node("ttt_kd_test_listener", context=self.context)
+        self.lock = threading.Lock()
+        self.clouds: dict[str, dict[int, PointCloud2]] = {LABELED_TOPIC: {}, CLOUD_ONLY_TOPIC: {}}
+        self.diagnostics: dict[str, dict[str, str]] = {}
+        qos = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
+        for topic in self.clouds:
+            self.node.create_subscription(PointCloud2, topic, self._cloud_callback(topic), qos)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 20)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self) -> None:
+        while self.context.ok():
+            try:
+                self.executor.spin_once(timeout_sec=0.05)
+            except Exception:  # the context shut down under us
+                return
+
+    def _cloud_callback(self, topic: str) -> Callable[[PointCloud2], None]:
+        def store(msg: PointCloud2) -> None:
+            with self.lock:
+                self.clouds[topic][header_stamp_ns(msg)] = msg
+
+        return store
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        with self.lock:
+            for status in msg.status:
+                self.diagnostics[status.hardware_id] = {kv.key: kv.value for kv in status.values}
+
+    def wait_for(self, predicate: Callable[[], object], timeout_s: float = WAIT_S) -> object:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self.lock:
+                value = predicate()
+            if value:
+                return value
+            time.sleep(0.02)
+        return None
+
+    def output(self, stamp_ns: int, topic: str = LABELED_TOPIC, timeout_s: float = WAIT_S) -> PointCloud2 | None:
+        return self.wait_for(lambda: self.clouds[topic].get(stamp_ns), timeout_s)
+
+    def diag(self, node_fqn: str, predicate: Callable[[dict[str, str]], bool]) -> dict[str, str] | None:
+        return self.wait_for(lambda: (d := self.diagnostics.get(node_fqn)) is not None and predicate(d) and d)
+
+    def wait_for_publishers(self, timeout_s: float = WAIT_S) -> bool:
+        """Output topics discovered: a RELIABLE, volatile output published before matching is lost."""
+        return bool(self.wait_for(lambda: all(self.node.count_publishers(t) > 0 for t in self.clouds), timeout_s))
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=1.0)
+        self.node.destroy_node()
+        self.context.try_shutdown()
+        self.thread.join(timeout=2.0)
+
+
+class Sensors:
+    """The publisher process, driven one JSON line at a time."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [PY, str(REPO_ROOT / "test" / "ros_publisher.py"), "--cloud-topic", f"{PREFIX}/points",
+             "--camera", f"front:{PREFIX}/front/image:{PREFIX}/front/camera_info", "--wait-s", str(WAIT_S * 2),
+             "--cloud-subscribers", "2"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.ready = json.loads(self.proc.stdout.readline() or "{}").get("ready", False)
+
+    def send(self, case: str, stamp_ns: int = 0, points: int = 1500) -> dict:
+        self.proc.stdin.write(json.dumps({"case": case, "stamp_ns": stamp_ns, "points": points}) + "\n")
+        self.proc.stdin.flush()
+        reply = json.loads(self.proc.stdout.readline())
+        assert reply.get("sent") == case, reply
+        return reply
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=5.0)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def _start_node(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen([PY, "-m", "ttt_kd_ros.ros.runner", *args], env=env, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT)
+
+
+def _ros_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["ROS_DOMAIN_ID"] = str(100 + os.getpid() % 100)
+    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    env.pop("FASTRTPS_DEFAULT_PROFILES_FILE", None)  # the runner must set the shipped one
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
+    return env
+
+
+class System:
+    def __init__(self, listener: Listener, sensors: Sensors, logs: list[Path]) -> None:
+        self.listener, self.sensors, self.logs = listener, sensors, logs
+
+    def logs_text(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in self.logs if p.exists())
+
+    def good(self, points: int = 1500) -> tuple[dict, PointCloud2]:
+        sent = self.sensors.send("good", points=points)
+        out = self.listener.output(sent["stamp_ns"])
+        assert out is not None, f"no output for a good scan\n{self.logs_text()}"
+        return sent, out
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    tmp = tmp_path_factory.mktemp("ros_node")
+    env = _ros_env()
+    config, cloud_only_config = tmp / "tiny.yaml", tmp / "tiny_cloud_only.yaml"
+    config.write_text(yaml.safe_dump(_tiny_config(cameras=True)))
+    cloud_only_config.write_text(yaml.safe_dump(_tiny_config(cameras=False)))
+    logs = [tmp / "node.log", tmp / "node_cloud_only.log"]
+    nodes = [
+        _start_node(["--params-file", str(config), "-p", f"output_topic:={LABELED_TOPIC}"], env, logs[0]),
+        _start_node(["--params-file", str(cloud_only_config), "--namespace", CLOUD_ONLY_NS], env, logs[1]),
+    ]
+    os.environ["FASTRTPS_DEFAULT_PROFILES_FILE"] = str(REPO_ROOT / "config" / "fastdds_large_data.xml")
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    listener = Listener(int(env["ROS_DOMAIN_ID"]))
+    sensors = Sensors({**env, "FASTRTPS_DEFAULT_PROFILES_FILE": os.environ["FASTRTPS_DEFAULT_PROFILES_FILE"]})
+    system = System(listener, sensors, logs)
+    try:
+        assert sensors.ready, f"the nodes never subscribed to the sensor topics\n{system.logs_text()}"
+        assert listener.wait_for_publishers(), f"the nodes never advertised their outputs\n{system.logs_text()}"
+        yield system
+    finally:
+        sensors.close()
+        for proc in nodes:
+            proc.terminate()
+        for proc in nodes:
+            try:
+                proc.wait(timeout=10.0)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        listener.close()
+
+
+def _node_fqn(namespace: str = "") -> str:
+    return f"/{namespace}/{NODE_NAME}" if namespace else f"/{NODE_NAME}"
+
+
+def _points(msg: PointCloud2) -> np.ndarray:
+    return pointcloud2_to_structured(msg).reshape(-1)
+
+
+def test_node_good_scan_keeps_count_stamp_frame_and_labels_in_range(system: System) -> None:
+    sent, out = system.good(points=1500)
+    assert out.width * out.height == sent["valid_points"] == 1500
+    assert header_stamp_ns(out) == sent["stamp_ns"]
+    assert out.header.frame_id == "test_lidar"
+    assert {f.name for f in out.fields} >= {"x", "y", "z", "label", "confidence", "rgb"}
+    diag = system.listener.diag(_node_fqn(), lambda d: int(d["processed"]) >= 1)
+    assert diag is not None, system.logs_text()
+    label_set = LABEL_SETS[diag["label_set"]]
+    points = _points(out)
+    assert points["label"].max() < label_set.num_classes
+    assert np.all((points["confidence"] >= 0) & (points["confidence"] <= 1))
+    colours = points["rgb"].view(np.uint32)
+    expected = label_set.colorize(points["label"].astype(np.int64)).astype(np.uint32)
+    np.testing.assert_array_equal(colours, (expected[:, 0] << 16) | (expected[:, 1] << 8) | expected[:, 2])
+
+
+def test_node_diagnostics_report_rate_latency_losses_and_yaml_values(system: System) -> None:
+    for _ in range(2):
+        system.good()
+    diag = system.listener.diag(_node_fqn(), lambda d: int(d["processed"]) >= 3 and float(d["rate_hz"]) > 0)
+    assert diag is not None, system.logs_text()
+    assert diag["strategy"] == "ttt_kd" and diag["mode"] == "adapt"
+    assert diag["steps_run"] == "1"  # adapt.steps from the YAML
+    assert float(diag["latency_ms.total"]) > 0 and "latency_ms.encode" in diag
+    assert math.isfinite(float(diag["kd_loss_before"])) and math.isfinite(float(diag["kd_loss_after"]))
+    assert float(diag["adapted_fraction"]) > 0
+
+
+def test_node_nan_points_are_dropped_from_output(system: System) -> None:
+    sent = system.sensors.send("some_nan", points=1500)
+    out = system.listener.output(sent["stamp_ns"])
+    assert out is not None, system.logs_text()
+    assert out.width == sent["valid_points"] == 1000
+    assert np.isfinite(np.stack([_points(out)[a] for a in "xyz"])).all()
+
+
+@pytest.mark.parametrize("case", ["empty", "all_nan"])
+def test_node_cloud_without_valid_points_gets_empty_output_then_serves(system: System, case: str) -> None:
+    sent = system.sensors.send(case)
+    out = system.listener.output(sent["stamp_ns"])
+    assert out is not None and out.width == 0, system.logs_text()
+    system.good()
+
+
+def test_node_unparsable_clouds_are_skipped_then_serves(system: System) -> None:
+    bad = [system.sensors.send(case)["stamp_ns"] for case in ("missing_xyz", "wrong_length")]
+    system.good()
+    with system.listener.lock:
+        assert not set(bad) & set(system.listener.clouds[LABELED_TOPIC])
+    diag = system.listener.diag(_node_fqn(), lambda d: int(d.get("skipped.bad_cloud", 0)) >= 2)
+    assert diag is not None, system.logs_text()
+
+
+def test_node_bad_camera_messages_leave_camera_out_then_serves(system: System) -> None:
+    for case in ("bad_encoding", "size_mismatch", "zero_k"):
+        sent = system.sensors.send(case)
+        out = system.listener.output(sent["stamp_ns"])
+        assert out is not None and out.width == sent["valid_points"], f"{case}\n{system.logs_text()}"
+        system.good()
+    diag = system.listener.diag(_node_fqn(), lambda d: int(d.get("skipped.bad_camera.front", 0)) >= 3)
+    assert diag is not None, system.logs_text()
+
+
+def test_node_refuses_clouds_from_future_and_past_then_serves(system: System) -> None:
+    now = time.time_ns()
+    bad = [system.sensors.send("good", stamp_ns=now + sign * 3600 * 10**9)["stamp_ns"] for sign in (1, -1)]
+    system.good()
+    with system.listener.lock:
+        assert not set(bad) & set(system.listener.clouds[LABELED_TOPIC])
+    diag = system.listener.diag(_node_fqn(), lambda d: int(d.get("skipped.stamp_in_future", 0)) >= 1
+                                and int(d.get("skipped.stamp_too_old", 0)) >= 1)
+    assert diag is not None, system.logs_text()
+
+
+def test_node_caps_two_million_points_at_max_input_points(system: System) -> None:
+    sent = system.sensors.send("big", points=2_000_000)
+    out = system.listener.output(sent["stamp_ns"])
+    assert out is not None, system.logs_text()
+    assert out.width == MAX_INPUT_POINTS
+    labels = _points(out)["label"]
+    assert labels.max() < 65535  # every kept point labelled, though the network saw MAX_POINTS of them
+    system.good()
+
+
+def test_node_cloud_only_namespace_segments_without_adaptation(system: System) -> None:
+    sent, _ = system.good()
+    out = system.listener.output(sent["stamp_ns"], topic=CLOUD_ONLY_TOPIC)
+    assert out is not None and out.width == sent["valid_points"], system.logs_text()
+    diag = system.listener.diag(_node_fqn(CLOUD_ONLY_NS), lambda d: int(d["processed"]) >= 1)
+    assert diag is not None, system.logs_text()
+    assert diag["mode"] == "cloud_only" and float(diag["adapted_fraction"]) == 0.0
+
+
+def test_node_camera_never_arriving_lets_clouds_through_alone(system: System) -> None:
+    served = None
+    deadline = time.monotonic() + CAMERA_TIMEOUT_S + 10.0
+    while served is None and time.monotonic() < deadline:
+        sent = system.sensors.send("cloud_only")
+        served = system.listener.output(sent["stamp_ns"], timeout_s=0.5)
+    assert served is not None, system.logs_text()
+    diag = system.listener.diag(_node_fqn(), lambda d: int(d.get("skipped.camera_timeout", 0)) >= 1)
+    assert diag is not None, system.logs_text()
+    assert "segmenting clouds alone" in system.logs_text()
+
+
+def test_runner_bad_configuration_exits_naming_parameter_and_file(tmp_path: Path) -> None:
+    env = _ros_env()
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(_tiny_config(cameras=True)))
+    missing = tmp_path / "no_such_model.safetensors"
+    runs = {
+        "adapt.steps": ["--params-file", str(config), "-p", "adapt.steps:=-3"],
+        str(missing): ["--params-file", str(config), "--checkpoint", str(missing)],
+    }
+    procs = {named: subprocess.Popen([PY, "-m", "ttt_kd_ros.ros.runner", *args], env=env, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for named, args in runs.items()}
+    for named, proc in procs.items():
+        output, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 1, output
+        assert named in output, output
