@@ -25,8 +25,13 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-def _apply_map(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
-    """out[o] = sum over pairs (i, o) of offset k of x[i] @ weight[k]: (num_in, Cin) -> (num_out, Cout)."""
+def _apply_map(
+    x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, gathered: torch.Tensor | None = None
+) -> torch.Tensor:
+    """out[o] = sum over pairs (i, o) of offset k of x[i] @ weight[k]: (num_in, Cin) -> (num_out, Cout).
+
+    ``gathered`` (M, Cin) = x.index_select(0, kmap.in_idx) when the caller already has it.
+    """
     cout = weight.shape[2]
     if kmap.identity_offset is not None:
         out = torch.mm(x, weight[kmap.identity_offset])
@@ -34,7 +39,8 @@ def _apply_map(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.
         out = x.new_zeros((kmap.num_out, cout))
     if kmap.in_idx.numel() == 0:
         return out
-    gathered = x.index_select(0, kmap.in_idx)
+    if gathered is None:
+        gathered = x.index_select(0, kmap.in_idx)
     products = x.new_empty((gathered.shape[0], cout))
     ptr = kmap.offset_ptr
     for k in range(kmap.kernel_volume):
@@ -44,15 +50,16 @@ def _apply_map(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.
     return out
 
 
-def _weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kmap: KernelMap, weight_shape: torch.Size) -> torch.Tensor:
-    """d loss / d weight[k] = sum over pairs of offset k of outer(x[i], grad_out[o])."""
+def _weight_grad(
+    x: torch.Tensor, grad_out: torch.Tensor, gathered_g: torch.Tensor, kmap: KernelMap, weight_shape: torch.Size
+) -> torch.Tensor:
+    """d loss / d weight[k] = sum over pairs of offset k of outer(x[i], grad_out[o]); gathered_g = grad_out[out_idx]."""
     grad_w = x.new_zeros(weight_shape)
     if kmap.identity_offset is not None:
         torch.mm(x.t(), grad_out, out=grad_w[kmap.identity_offset])
     if kmap.in_idx.numel() == 0:
         return grad_w
     gathered_x = x.index_select(0, kmap.in_idx)
-    gathered_g = grad_out.index_select(0, kmap.out_idx)
     ptr = kmap.offset_ptr
     for k in range(kmap.kernel_volume):
         if ptr[k + 1] > ptr[k]:
@@ -80,11 +87,12 @@ class _SparseConvFunction(torch.autograd.Function):
         grad_x = grad_w = None
         with torch.autocast(grad_out.device.type, enabled=False):
             g = grad_out.to(wc.dtype).contiguous()
+            gathered_g = g.index_select(0, kmap.out_idx)  # shared by both halves of the backward
             if ctx.needs_input_grad[0]:
                 # The input gradient is the transposed map applied with transposed weights.
-                grad_x = _apply_map(g, wc.transpose(1, 2), kmap.transposed()).to(ctx.input_dtype)
+                grad_x = _apply_map(g, wc.transpose(1, 2), kmap.transposed(), gathered_g).to(ctx.input_dtype)
             if ctx.needs_input_grad[1]:
-                grad_w = _weight_grad(xc, g, kmap, wc.shape).to(ctx.weight_dtype)
+                grad_w = _weight_grad(xc, g, gathered_g, kmap, wc.shape).to(ctx.weight_dtype)
         return grad_x, grad_w, None
 
 
