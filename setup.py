@@ -11,6 +11,7 @@ PACKAGE = "ttt_kd_ros"
 CONSOLE_SCRIPTS = [
     "ttt_kd_segment = ttt_kd_ros.ros.runner:main",
     "segment_node = ttt_kd_ros.ros.node:main",
+    "ttt_kd_benchmark_node = ttt_kd_ros.tools.benchmark_node:main",
     "ttt_kd_benchmark_convert = ttt_kd_ros.tools.benchmark_convert:main",
     "ttt_kd_render = ttt_kd_ros.tools.render:main",
 ]

@@ -149,10 +149,10 @@ def test_extrinsics_from_numbers_quaternion_rotates_and_translates() -> None:
 
 
 @pytest.mark.parametrize(("numbers", "message"), [
-    ([1.0] * 5, "expected 16 numbers"),
-    ([0.0] * 7, "zero norm"),
+    ([1.0] * 5, "16 .* or 7"),
+    ([0.0] * 7, "non-zero"),
     ([1.0] * 16, "last row"),
-    ([float("nan")] * 16, "finite"),
+    ([*[2.0, 0, 0, 0, 0, 2.0, 0, 0, 0, 0, 2.0, 0], 0, 0, 0, 1.0], "not a proper rotation"),
 ])
 def test_extrinsics_from_numbers_bad_input_names_parameter(numbers: list[float], message: str) -> None:
     with pytest.raises(ParameterError, match=f"parameter camera.x.cam_from_cloud: .*{message}"):

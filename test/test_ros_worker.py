@@ -1,14 +1,16 @@
-"""The latest-wins hand-off between callbacks and the model thread, and the diagnostics counters (no DDS)."""
+"""The latest-wins hand-off, the diagnostics counters and the node's pure helpers (no DDS traffic)."""
 
 from __future__ import annotations
 
 import threading
 import time
 
+import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
 
 from ttt_kd_ros.ros.diagnostics import NodeStats, snapshot_to_status
 from ttt_kd_ros.ros.worker import LatestSlot, SlotWorker
+from ttt_kd_ros.scan import IGNORE_LABEL
 
 
 def test_latest_slot_put_take_returns_newest_and_counts_replaced() -> None:
@@ -133,3 +135,34 @@ def test_snapshot_to_status_levels_and_keys() -> None:
     failing = snapshot_to_status(stats.snapshot(), "seg", "hw")
     assert failing.level == DiagnosticStatus.WARN
     assert {kv.key: kv.value for kv in failing.values}["errors.RuntimeError"] == "1"
+
+
+def test_apply_min_confidence_marks_low_points_ignored() -> None:
+    from ttt_kd_ros.ros.node import apply_min_confidence
+
+    labels = np.array([3, 4, 5])
+    confidence = np.array([0.9, 0.2, 0.5], dtype=np.float32)
+    np.testing.assert_array_equal(apply_min_confidence(labels, confidence, 0.5), [3, IGNORE_LABEL, 5])
+    assert apply_min_confidence(labels, confidence, 0.0) is labels
+
+
+def test_cap_cloud_keeps_order_and_source_index() -> None:
+    from ttt_kd_ros.ros.convert import CloudArrays
+    from ttt_kd_ros.ros.node import cap_cloud
+
+    xyz = np.arange(30, dtype=np.float32).reshape(10, 3)
+    cloud = CloudArrays(xyz_m=xyz, intensity=np.arange(10, dtype=np.float32), rgb=None, labels=None,
+                        source_index=np.arange(10) * 2, num_input_points=20)
+    capped = cap_cloud(cloud, 4, np.random.default_rng(0))
+    assert len(capped.xyz_m) == 4 and np.all(np.diff(capped.source_index) > 0)
+    np.testing.assert_array_equal(capped.xyz_m[:, 0] / 3, capped.intensity)  # rows stay together
+    np.testing.assert_array_equal(capped.source_index, capped.intensity.astype(np.int64) * 2)
+    assert cap_cloud(cloud, 10, np.random.default_rng(0)) is cloud
+
+
+def test_benchmark_node_run_times_every_stage() -> None:
+    from ttt_kd_ros.tools.benchmark_node import run
+
+    results = run(points=2000, reps=2, publish=False)
+    assert set(results) == {"decode", "sync", "scan_assembly", "encode", "decode_and_assembly", "total"}
+    assert all(ms > 0 for ms in results.values())

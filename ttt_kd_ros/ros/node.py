@@ -31,7 +31,6 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from ttt_kd_ros.labels import LABEL_SETS, LabelSet
@@ -55,6 +54,7 @@ from ttt_kd_ros.ros.params import (
     read_parameters,
     segmenter_config,
 )
+from ttt_kd_ros.ros.transforms import cam_from_cloud_from_tf2
 from ttt_kd_ros.ros.worker import LatestSlot, SlotWorker
 from ttt_kd_ros.scan import IGNORE_LABEL, CameraView, Scan
 from ttt_kd_ros.segmenter import Segmenter
@@ -107,6 +107,20 @@ def apply_min_confidence(labels: np.ndarray, confidence: np.ndarray, threshold: 
     if not low.any():
         return labels
     return np.where(low, IGNORE_LABEL, labels)
+
+
+def camera_view(name: str, image: Image, info: CameraInfo, cam_from_cloud: np.ndarray) -> CameraView:
+    """One camera's messages as a CameraView; ValueError (naming the problem) when they cannot be used."""
+    check_image_matches_info(image, info)
+    return CameraView(image_rgb=image_to_rgb(image), intrinsics=camera_info_to_intrinsics(info),
+                      cam_from_cloud=cam_from_cloud, stamp_ns=header_stamp_ns(image), name=name)
+
+
+def encode_labeled(header: Any, xyz_m: np.ndarray, labels: np.ndarray, confidence: np.ndarray, label_set: LabelSet,
+                   min_confidence: float = 0.0) -> PointCloud2:
+    """The output message: x, y, z, rgb (the label set's palette), confidence, label (uint16), input header."""
+    labels = apply_min_confidence(labels, confidence, min_confidence)
+    return labeled_cloud_to_pointcloud2(header, xyz_m, labels, confidence, label_set.colorize(labels))
 
 
 class SegmenterNode(LifecycleNode):
@@ -312,29 +326,15 @@ class SegmenterNode(LifecycleNode):
                      ) -> CameraView | None:
         """The camera as a CameraView, or None (counted, logged) when its messages cannot be used."""
         try:
-            check_image_matches_info(image, info)
-            intrinsics = camera_info_to_intrinsics(info)
-            rgb = image_to_rgb(image)
             cam_from_cloud = cam.cam_from_cloud
             if cam_from_cloud is None:
-                cam_from_cloud = self._lookup_extrinsics(cam, cloud_msg)
-            return CameraView(image_rgb=rgb, intrinsics=intrinsics, cam_from_cloud=cam_from_cloud,
-                              stamp_ns=header_stamp_ns(image), name=cam.name)
+                cam_from_cloud = cam_from_cloud_from_tf2(self._tf[0], cam.frame_id, cloud_msg.header.frame_id)
+            return camera_view(cam.name, image, info, cam_from_cloud)
         except (ValueError, LookupError) as exc:
             self.stats.count_skipped(f"bad_camera.{cam.name}")
             self.get_logger().warning(f"camera {cam.name} left out of this scan: {exc}",
                                       throttle_duration_sec=LOG_THROTTLE_S)
             return None
-
-    def _lookup_extrinsics(self, cam: CameraParams, cloud_msg: PointCloud2) -> np.ndarray:
-        from ttt_kd_ros.ros.transforms import transform_to_matrix
-
-        buffer = self._tf[0]
-        try:
-            stamped = buffer.lookup_transform(cam.frame_id, cloud_msg.header.frame_id, Time())
-        except Exception as exc:  # tf2 raises its own exception family; reported as a lookup failure
-            raise LookupError(f"tf2 {cloud_msg.header.frame_id} -> {cam.frame_id}: {exc}") from exc
-        return transform_to_matrix(stamped.transform)
 
     # ---- worker thread ---------------------------------------------------------------------------------------
 
@@ -352,9 +352,8 @@ class SegmenterNode(LifecycleNode):
             kd_before, kd_after = prediction.kd_loss_before, prediction.kd_loss_after
             steps = prediction.steps_run
         t_encode = time.perf_counter()
-        labels = apply_min_confidence(labels, confidence, self.params["output_min_confidence"])
-        colors = self.label_set.colorize(labels)
-        out = labeled_cloud_to_pointcloud2(job.header, scan.points_xyz_m, labels, confidence, colors)
+        out = encode_labeled(job.header, scan.points_xyz_m, labels, confidence, self.label_set,
+                             self.params["output_min_confidence"])
         t_publish = time.perf_counter()
         self._output_pub.publish(out)
         done = time.perf_counter()

@@ -25,6 +25,7 @@ from rclpy.parameter import Parameter
 
 from ttt_kd_ros.adapt import OPTIMIZERS, PARAM_SETS, STRATEGIES, AdaptConfig
 from ttt_kd_ros.losses import KD_LOSS_KINDS
+from ttt_kd_ros.ros.transforms import cam_from_cloud_from_parameter
 from ttt_kd_ros.segmenter import SegmenterConfig
 
 NODE_NAME = "ttt_kd_segmenter"
@@ -151,33 +152,13 @@ def _check(spec: ParamSpec, value: Any) -> Any:
 
 
 def extrinsics_from_numbers(name: str, numbers: list[float] | None) -> np.ndarray | None:
-    """16 numbers (4x4 row-major) or 7 (x y z qx qy qz qw) -> (4, 4); None/empty -> None."""
+    """16 numbers (4x4 row-major) or 7 (x y z qx qy qz qw) -> (4, 4); None/empty -> None (look it up in tf2)."""
     if numbers is None or len(numbers) == 0:
         return None
-    values = np.asarray(numbers, dtype=np.float64)
-    if not np.all(np.isfinite(values)):
-        raise ParameterError(f"parameter {name}: expected finite numbers, got {values.tolist()}")
-    if len(values) == 16:
-        matrix = values.reshape(4, 4)
-        if not np.allclose(matrix[3], (0.0, 0.0, 0.0, 1.0)):
-            raise ParameterError(f"parameter {name}: last row must be 0 0 0 1, got {matrix[3].tolist()}")
-        return matrix
-    if len(values) == 7:
-        quat = values[3:]
-        norm = float(np.linalg.norm(quat))
-        if norm < 1e-9:
-            raise ParameterError(f"parameter {name}: quaternion (qx qy qz qw) has zero norm")
-        x, y, z, w = quat / norm
-        rot = np.array([
-            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-        ])
-        matrix = np.eye(4)
-        matrix[:3, :3] = rot
-        matrix[:3, 3] = values[:3]
-        return matrix
-    raise ParameterError(f"parameter {name}: expected 16 numbers (4x4) or 7 (x y z qx qy qz qw), got {len(values)}")
+    try:
+        return cam_from_cloud_from_parameter(numbers, camera=name)
+    except ValueError as exc:
+        raise ParameterError(f"parameter {name}: {exc}") from exc
 
 
 def read_parameters(node: Node) -> NodeParams:
