@@ -14,6 +14,7 @@ CONSOLE_SCRIPTS = [
     "ttt_kd_benchmark_node = ttt_kd_ros.tools.benchmark_node:main",
     "ttt_kd_benchmark_convert = ttt_kd_ros.tools.benchmark_convert:main",
     "ttt_kd_render = ttt_kd_ros.tools.render:main",
+    "ttt_kd_benchmark_engine = ttt_kd_ros.tools.benchmark_engine:main",
 ]
 
 setup(
