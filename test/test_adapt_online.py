@@ -50,13 +50,12 @@ def test_ttt_kd_online_guard_fires_on_negated_targets_relative_to_running_loss()
     source = state_copy(net)
     strategy = _online(net, guard_factor=2.0, guard_abs_max=10.0)
     _warm_up(strategy)
-    running_before = strategy.running_loss
     prepared, targets = make_scan(seed=51)
     targets.features = -targets.features
     result = strategy.adapt(prepared, targets)
     assert result.restored and "running average" in result.reason
     assert states_equal(state_copy(net), source)
-    assert strategy.running_loss == running_before  # the poisoned loss does not enter the average
+    assert strategy.running_loss is None and strategy.scans_seen == 0  # the guard warms up again on the source
     # A clean scan afterwards trains again from the source weights.
     clean = strategy.adapt(*make_scan(seed=52))
     assert not clean.restored and clean.steps_run == 3
@@ -78,3 +77,15 @@ def test_ttt_kd_online_relative_guard_waits_for_warmup(scans: int) -> None:
     prepared, targets = make_scan(seed=54)
     targets.features = -targets.features
     assert not strategy.adapt(prepared, targets).restored
+
+
+def test_ttt_kd_online_guard_does_not_lock_out_after_restore() -> None:
+    strategy = _online(TinyNet(), guard_factor=1.3, guard_abs_max=10.0, guard_warmup_scans=2)
+    _warm_up(strategy)
+    poisoned, targets = make_scan(seed=60)
+    targets.features = -targets.features
+    assert strategy.adapt(poisoned, targets).restored
+    # The source weights' loss is far above the adapted running average; clean scans must still train.
+    results = [strategy.adapt(*make_scan(seed=61 + i)) for i in range(4)]
+    assert not any(r.restored for r in results)
+    assert strategy.resets == 1

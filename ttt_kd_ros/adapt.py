@@ -384,7 +384,7 @@ class TTTKDOnline(TTTKD):
     ``guard_factor`` x the running average of first losses means either the
     weights have drifted or the scan's targets are bad (a wrong extrinsic, a
     black image). Either way the source weights come back, the scan is not
-    trained on, and ``resets`` counts it.
+    trained on, ``resets`` counts it, and the guard warms up again.
     """
 
     name = "ttt_kd_online"
@@ -393,6 +393,17 @@ class TTTKDOnline(TTTKD):
     def __init__(self, model: nn.Module, config: AdaptConfig, optimizer: torch.optim.Optimizer | None = None) -> None:
         super().__init__(model, config, optimizer)
         self.running_loss: float | None = None
+        self.scans_seen = 0
+
+    def reset(self) -> None:
+        """Source weights back and the guard's statistics restarted (warm-up again).
+
+        The running average describes the adapted weights; kept after a
+        restore, it would make the source weights' own, higher loss look like
+        drift and the guard would fire on every scan from then on.
+        """
+        super().reset()
+        self.running_loss = None
         self.scans_seen = 0
 
     def _first_loss_rejected(self, loss: float) -> str:
