@@ -15,13 +15,16 @@ CONSOLE_SCRIPTS = [
     "ttt_kd_benchmark_convert = ttt_kd_ros.tools.benchmark_convert:main",
     "ttt_kd_render = ttt_kd_ros.tools.render:main",
     "ttt_kd_benchmark_engine = ttt_kd_ros.tools.benchmark_engine:main",
+    "ttt_kd_train = ttt_kd_ros.tools.train:main",
+    "ttt_kd_pretrain_teacher = ttt_kd_ros.tools.pretrain_teacher:main",
 ]
 
 setup(
     name=PACKAGE,
     version="0.1.0",
     packages=find_packages(exclude=["test", "test.*"]),
-    package_data={PACKAGE: ["checkpoints/*.safetensors", "checkpoints/*.json"]},
+    package_data={PACKAGE: ["checkpoints/*.safetensors", "checkpoints/*.json", "checkpoints/*/*.safetensors",
+                            "checkpoints/*/*.json"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

@@ -1,0 +1,186 @@
+"""Joint training: losses go down, checkpoints load and resume, augmentation keeps projections exact."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from ttt_kd_ros.data.synthetic import generate_scan
+from ttt_kd_ros.geometry import project_points
+from ttt_kd_ros.model import NetConfig, TTTKDNet, load_checkpoint, read_checkpoint_metadata
+from ttt_kd_ros.scan import Scan
+from ttt_kd_ros.teacher import tiny_teacher
+from ttt_kd_ros.training import (
+    FINAL_CHECKPOINT,
+    LAST_CHECKPOINT,
+    STATE_FILE,
+    Augmentation,
+    TrainConfig,
+    TrainExample,
+    augmented,
+    build_example,
+    joint_loss,
+    learning_rate,
+    load_train_state,
+    random_similarity,
+    shard_indices,
+    train,
+    transform_scan,
+)
+
+TINY = dict(encoder_planes=(8, 16), encoder_blocks=(1, 1), decoder_planes=(8,), decoder_blocks=(1,), kd_hidden=16,
+            teacher_dim=32, voxel_size_m=0.1)
+
+
+def small_scans(count: int, points: int = 1500) -> list[Scan]:
+    """Synthetic "source" scans thinned to ``points`` points; cameras kept."""
+    out = []
+    for seed in range(count):
+        scan = generate_scan("source", seed)
+        keep = np.sort(np.random.default_rng(seed).choice(scan.num_points, points, replace=False))
+        out.append(scan.select(keep))
+    return out
+
+
+def tiny_model(seed: int = 0) -> TTTKDNet:
+    torch.manual_seed(seed)
+    return TTTKDNet(NetConfig(teacher_id=tiny_teacher().teacher_id, teacher_resolution=(56, 56), **TINY))
+
+
+@pytest.fixture(scope="module")
+def scans() -> list[Scan]:
+    return small_scans(2)
+
+
+def plain_config(epochs: int, **kw) -> TrainConfig:
+    return TrainConfig(epochs=epochs, lr=5e-3, batch_scans=2, kd_points=512, augment=None, **kw)
+
+
+def test_train_lowers_ce_and_kd_and_writes_loadable_checkpoint(scans, tmp_path) -> None:
+    teacher = tiny_teacher()
+    result = train(plain_config(6), tiny_model(), scans, teacher, tmp_path, progress=False,
+                   metadata={"command": "ttt_kd_train --test", "teacher_id": teacher.teacher_id})
+    first, last = result.history[0], result.history[-1]
+    assert last["ce"] < 0.9 * first["ce"]
+    assert last["kd"] < 0.9 * first["kd"]
+    assert first["kd_points"] > 0
+    model = load_checkpoint(tmp_path / FINAL_CHECKPOINT, expect={"teacher_dim": 32})
+    for key, value in result.model.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value.cpu()), key
+    extra = read_checkpoint_metadata(tmp_path / FINAL_CHECKPOINT)["extra"]
+    assert extra["command"] == "ttt_kd_train --test" and extra["mode"] == "joint"
+    assert len(extra["history"]) == 6
+
+
+@pytest.mark.slow
+def test_train_checkpoint_runs_in_segmenter(scans, tmp_path) -> None:
+    segmenter_module = pytest.importorskip("ttt_kd_ros.segmenter")
+    train(plain_config(1), tiny_model(), scans, tiny_teacher(), tmp_path, progress=False)
+    config = segmenter_module.SegmenterConfig(checkpoint=str(tmp_path / FINAL_CHECKPOINT), teacher="tiny",
+                                              device="cpu")
+    prediction = segmenter_module.Segmenter.from_config(config).segment(scans[0])
+    assert prediction.labels.shape == (scans[0].num_points,)
+    assert prediction.steps_run > 0
+
+
+def test_train_source_only_leaves_kd_head_untouched(scans, tmp_path) -> None:
+    model = tiny_model()
+    kd_before = {k: v.clone() for k, v in model.kd_head.state_dict().items()}
+    result = train(plain_config(2, source_only=True), model, scans, None, tmp_path, progress=False)
+    assert result.history[-1]["ce"] < result.history[0]["ce"]
+    assert all(h["kd"] == 0.0 for h in result.history)
+    for key, value in result.model.kd_head.state_dict().items():
+        assert torch.equal(value, kd_before[key])
+
+
+def test_train_joint_without_teacher_raises(scans, tmp_path) -> None:
+    with pytest.raises(ValueError, match="teacher"):
+        train(plain_config(1), tiny_model(), scans, None, tmp_path, progress=False)
+
+
+@pytest.mark.slow
+def test_train_resume_matches_uninterrupted_run(scans, tmp_path) -> None:
+    teacher = tiny_teacher()
+    config = TrainConfig(epochs=3, lr=5e-3, batch_scans=1, kd_points=512,
+                         augment=Augmentation(crop_points=1000))
+    full = train(config, tiny_model(), scans, teacher, tmp_path / "full", progress=False)
+    part = train(config, tiny_model(), scans, teacher, tmp_path / "part", progress=False, stop_after_epoch=1)
+    assert part.final_checkpoint is None and len(part.history) == 2
+    assert load_train_state(tmp_path / "part" / STATE_FILE)["epoch"] == 1
+    assert (tmp_path / "part" / LAST_CHECKPOINT).is_file()
+    resumed = train(config, tiny_model(seed=5), scans, teacher, tmp_path / "part", resume=tmp_path / "part",
+                    progress=False)
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2]
+    for key, value in full.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_transform_scan_keeps_every_pixel(scans) -> None:
+    scan = scans[0]
+    rng = np.random.default_rng(3)
+    A, s = random_similarity(rng, Augmentation(scale=(1.2, 1.3), flip_prob=1.0))
+    assert np.linalg.det(A[:3, :3]) < 0  # the mirror is in
+    moved = transform_scan(scan, A, s)
+    assert not np.allclose(moved.points_xyz_m, scan.points_xyz_m)
+    for before_view, after_view in zip(scan.cameras, moved.cameras, strict=True):
+        before = project_points(scan.points_xyz_m, before_view)
+        after = project_points(moved.points_xyz_m, after_view)
+        np.testing.assert_array_equal(before.visible, after.visible)
+        vis = before.visible
+        assert vis.sum() > 100
+        np.testing.assert_allclose(after.uv_px[vis], before.uv_px[vis], atol=2e-3)
+        np.testing.assert_allclose(after.depth_m[vis], s * before.depth_m[vis], rtol=1e-4)
+
+
+def test_augmented_crop_keeps_targets_on_their_points(scans) -> None:
+    scan = scans[0]
+    index = np.arange(0, scan.num_points, 3)
+    features = torch.from_numpy(scan.points_xyz_m[index]).to(torch.float16)  # a target that names its point
+    example = TrainExample(scan, index, features)
+    aug = Augmentation(rotate_z=False, scale=(1.0, 1.0), flip_prob=0.0, jitter_m=0.0, crop_points=600)
+    out_scan, out_index, out_features = augmented(example, np.random.default_rng(0), aug)
+    assert out_scan.num_points == 600
+    assert 0 < len(out_index) < len(index)
+    np.testing.assert_allclose(out_features.float().numpy(), out_scan.points_xyz_m[out_index], atol=1e-2)
+
+
+def test_build_example_caps_targets(scans) -> None:
+    example = build_example(scans[0], tiny_teacher(), kd_points=100, rng=np.random.default_rng(0))
+    assert example.kd_features.shape == (100, 32) and example.kd_features.dtype == torch.float16
+    assert np.all(np.diff(example.kd_index) > 0)
+
+
+def test_joint_loss_without_targets_is_zero_but_connected() -> None:
+    logits = torch.randn(5, 3, requires_grad=True)
+    kd_pred = torch.randn(5, 4, requires_grad=True)
+    terms = joint_loss(logits, torch.tensor([0, 1, 2, -1, 0]), kd_pred[:0], torch.zeros(0, 4), lambda_kd=1.0)
+    assert float(terms.kd) == 0.0 and terms.kd_points == 0
+    terms.total.backward()
+    assert kd_pred.grad is not None and logits.grad is not None
+
+
+def test_joint_loss_all_ignored_labels_gives_zero_ce() -> None:
+    logits = torch.randn(4, 3, requires_grad=True)
+    terms = joint_loss(logits, torch.full((4,), -1), None, None, lambda_kd=1.0)
+    assert float(terms.ce) == 0.0 and torch.isfinite(terms.total)
+
+
+def test_shard_indices_pads_to_equal_length() -> None:
+    shards = [shard_indices(5, r, 2) for r in range(2)]
+    assert shards == [[0, 2, 4], [1, 3, 0]]
+    assert set(shards[0]) | set(shards[1]) == set(range(5))
+
+
+def test_learning_rate_warms_up_then_decays() -> None:
+    config = TrainConfig(lr=1.0)
+    rates = [learning_rate(config, s, 100) for s in range(100)]
+    assert rates[0] < rates[4] == pytest.approx(1.0)
+    assert rates[-1] < 0.05 and all(a >= b for a, b in itertools.pairwise(rates[5:]))
+
+
+def test_train_config_rejects_unknown_kd_loss() -> None:
+    with pytest.raises(ValueError, match="kd_loss"):
+        TrainConfig(kd_loss="l3")
