@@ -217,7 +217,7 @@ def pretrain(config: PretrainConfig, out_dir: Path, command: str = "") -> dict:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
-        values = {k: float(v) for k, v in losses.items()}
+        values = {k: float(v.detach()) for k, v in losses.items()}
         history.append(values)
         bar.set_postfix(cls=f"{values['class']:.3f}", inv=f"{values['invariance']:.3f}")
     train_s = time.perf_counter() - t1

@@ -1,0 +1,79 @@
+"""Stand-in teacher pre-training: label renders, patch targets, augmentations, and a folder load_teacher reads."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ttt_kd_ros.data.synthetic import generate_sample
+from ttt_kd_ros.data.synthetic.renders import render_labeled_images, scan_label_images
+from ttt_kd_ros.geometry import project_points
+from ttt_kd_ros.labels import SYNTHETIC_INDOOR
+from ttt_kd_ros.teacher import load_teacher
+from ttt_kd_ros.tools.pretrain_teacher import PretrainConfig, patch_class_distribution, photometric, pretrain
+
+
+def test_render_labeled_images_deterministic_and_labelled() -> None:
+    first = render_labeled_images("office_lidar", seed=3, num_views=2)
+    again = render_labeled_images("office_lidar", seed=3, num_views=2)
+    assert len(first) == 2 and first[0].domain == "office_lidar"
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a.image_rgb, b.image_rgb)
+        np.testing.assert_array_equal(a.labels, b.labels)
+    labels = first[0].labels
+    assert labels.shape == first[0].image_rgb.shape[:2] and labels.dtype == np.int64
+    assert labels.min() >= 0 and labels.max() < SYNTHETIC_INDOOR.num_classes
+    assert len(np.unique(labels)) >= 3  # a room view shows more than floor and wall
+
+
+def test_render_labeled_images_rejects_zero_views() -> None:
+    with pytest.raises(ValueError, match="num_views"):
+        render_labeled_images("source", seed=0, num_views=0)
+
+
+def test_scan_label_images_match_point_labels_at_projected_pixels() -> None:
+    sample = generate_sample("source", 5)
+    for view, labels in zip(sample.scan.cameras, scan_label_images(sample), strict=True):
+        proj = project_points(sample.scan.points_xyz_m, view)
+        px = np.round(proj.uv_px[proj.visible]).astype(np.int64)
+        agree = labels[px[:, 1], px[:, 0]] == sample.scan.labels[proj.visible]
+        assert agree.mean() > 0.8  # misses are depth noise and rounding at object edges
+
+
+def test_patch_class_distribution_counts_pixels_per_patch() -> None:
+    labels = torch.zeros(1, 4, 8, dtype=torch.long)
+    labels[0, :, 4:] = 2  # right patch all class 2
+    labels[0, :2, :4] = 1  # left patch half class 1
+    dist = patch_class_distribution(labels, patch=4, num_classes=3)
+    assert dist.shape == (1, 2, 3)
+    torch.testing.assert_close(dist[0], torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]))
+
+
+def test_patch_class_distribution_rejects_ragged_image() -> None:
+    with pytest.raises(ValueError, match="patch size"):
+        patch_class_distribution(torch.zeros(1, 5, 8, dtype=torch.long), patch=4, num_classes=3)
+
+
+def test_photometric_changes_colour_only() -> None:
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    gen = torch.Generator().manual_seed(0)
+    out = photometric(images, gen)
+    assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
+    assert not torch.allclose(out, images.float() / 255, atol=0.05)
+
+
+@pytest.mark.slow
+def test_pretrain_tiny_writes_folder_load_teacher_reads(tmp_path) -> None:
+    config = PretrainConfig(hidden_size=16, num_layers=1, num_heads=2, rooms_per_domain=1, views_per_room=2,
+                            held_out_rooms=1, steps=3, batch_size=4)
+    report = pretrain(config, tmp_path / "teacher", command="test")
+    assert (tmp_path / "teacher" / "config.json").is_file()
+    saved = json.loads((tmp_path / "teacher" / "pretrain_report.json").read_text())
+    assert saved["train_images"] == report["train_images"] == 5 * 2
+    assert set(saved["probe_patch_accuracy_trained"]) == {"source", "office", "lidar", "office_lidar", "noisy"}
+    teacher = load_teacher(tmp_path / "teacher", resolution=tuple(report["teacher_resolution_hw"]))
+    fmap = teacher.feature_map(render_labeled_images("source", 0, 1)[0].image_rgb)
+    assert fmap.features.shape == (16, 120 // 8, 160 // 8)
