@@ -77,15 +77,17 @@ def plot_stages(report: ReplayReport, path: Path) -> Path | None:
         return None
     stages = sorted({stage for s in summaries for stage in s["stage_ms"] if stage != "total"})
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=110)
+    colours = plt.get_cmap("tab20").colors
     bottoms = [0.0] * len(summaries)
-    for stage in stages:
+    for i, stage in enumerate(stages):
         values = [(s["stage_ms"].get(stage) or {}).get("p50") or 0.0 for s in summaries]
-        ax.bar([s["strategy"] for s in summaries], values, bottom=bottoms, label=stage)
+        ax.bar([s["strategy"] for s in summaries], values, bottom=bottoms, label=stage, color=colours[i % 20],
+               width=0.5)
         bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
     ax.set_ylabel("median ms per scan")
     ax.set_title("cost per stage" + (" (node diagnostics)" if report.mode == "node" else ""))
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
