@@ -213,3 +213,9 @@ def test_segment_ttt_steps_lower_kd_loss_of_real_net() -> None:
     pred = seg.segment(_scan())
     assert pred.steps_run == 4
     assert pred.kd_loss_after < pred.kd_loss_before
+
+
+def test_segmenter_rejects_model_on_another_device() -> None:
+    model = TTTKDNet(net_config("ttt_kd_small", **TINY_NET)).to("meta")
+    with pytest.raises(ValueError, match="model is on meta but device is cpu"):
+        Segmenter(model, _teacher(), build_strategy(model, AdaptConfig(strategy="none")), device="cpu")

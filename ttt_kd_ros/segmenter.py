@@ -142,7 +142,13 @@ class Segmenter:
         seed: int = 0,
     ) -> None:
         self.device = torch.device(device)
-        self.model = model.to(self.device)
+        # The strategy holds references to the model's tensors (restore copies, optimizer state), so the model
+        # must already live on the device: moving it here would leave the strategy restoring stale buffers.
+        for what, have in (("model", model.device), ("teacher", teacher.device if teacher is not None else None)):
+            if have is not None and not _same_device(have, self.device):
+                raise ValueError(f"Segmenter: {what} is on {have} but device is {self.device}; move it (and build "
+                                 "the strategy) on the device first, as Segmenter.from_config does")
+        self.model = model
         self.teacher = teacher
         self.strategy = strategy
         if strategy.needs_targets and teacher is None:
@@ -340,6 +346,14 @@ class Segmenter:
         self._warned.add(reason)
         LOG.log(level, "scan predicted without adaptation: %s", reason)
         return reason
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """cuda and cuda:0 are the same device when 0 is the current one."""
+    def index(d: torch.device) -> int:
+        return d.index if d.index is not None else (torch.cuda.current_device() if d.type == "cuda" else 0)
+
+    return a.type == b.type and index(a) == index(b)
 
 
 def _checked_points(scan: Scan) -> np.ndarray:
