@@ -135,7 +135,8 @@ def write_params_file(path: Path, params: dict[str, Any]) -> Path:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     # "/**/" matches the node in any namespace (each replay runs it in its own)
-    path.write_text(yaml.safe_dump({f"/**/{NODE_NAME}": {"ros__parameters": _nest(params)}}, sort_keys=True))
+    path.write_text(yaml.safe_dump({f"/**/{NODE_NAME}": {"ros__parameters": _nest(params)}}, sort_keys=True,
+                                   default_flow_style=None))
     return path
 
 
@@ -428,18 +429,21 @@ def run_node_strategy(bridge: Bridge, plan: BagPlan, strategy: str, options: Nod
     run = StrategyRun(strategy, frames, wall_s=wall, node_diagnostics=diagnostics, node_log=str(node.log_path))
     if code not in (0, None, -signal.SIGINT):
         run.notes.append(f"node exited with code {code}")
-    if score_classes is not None:
-        run.confusion = score_outputs(plan, frames, outputs, score_classes)
+    run.confusion = score_outputs(plan, frames, outputs, score_classes)
     return run
 
 
 def score_outputs(plan: BagPlan, frames: Sequence[FrameRecord], outputs: dict[int, tuple[float, bytes]],
-                  num_classes: int) -> ConfusionMatrix:
-    """Confusion of the node's labels against the bag's, point by point (matched on exact xyz)."""
+                  num_classes: int | None) -> ConfusionMatrix | None:
+    """Fill each frame's point count; with ``num_classes``, the confusion of the node's labels against the bag's.
+
+    Points are matched on exact xyz, so a node that thinned the cloud is
+    still scored on the points it returned.
+    """
     from ttt_kd_ros.ros.convert import pointcloud2_to_cloud, pointcloud2_to_structured
 
     store = _typestore()
-    confusion = ConfusionMatrix(num_classes)
+    confusion = ConfusionMatrix(num_classes) if num_classes is not None else None
     by_stamp = {f.stamp_ns: f for f in frames}
     for msg in read_raw_messages(plan.path, [plan.cloud_topic]):
         stamp = cdr_header_stamp_ns(msg.cdr)
@@ -449,7 +453,7 @@ def score_outputs(plan: BagPlan, frames: Sequence[FrameRecord], outputs: dict[in
         cloud = pointcloud2_to_cloud(store.deserialize_cdr(msg.cdr, msg.msgtype))
         frame.num_points = cloud.num_points
         got = outputs.get(stamp)
-        if got is None or cloud.labels is None:
+        if confusion is None or got is None or cloud.labels is None:
             continue
         out = pointcloud2_to_structured(store.deserialize_cdr(got[1], "sensor_msgs/msg/PointCloud2")).reshape(-1)
         out_xyz = np.stack([out["x"], out["y"], out["z"]], axis=1).astype(np.float32)
@@ -458,7 +462,7 @@ def score_outputs(plan: BagPlan, frames: Sequence[FrameRecord], outputs: dict[in
         found = rows >= 0
         truth = ground_truth(cloud.labels)[rows[found]]
         confusion.update(truth, predicted[found])
-        single = ConfusionMatrix(num_classes)
+        single = ConfusionMatrix(confusion.num_classes)
         single.update(truth, predicted[found])
         frame.miou = single.miou()
     return confusion
