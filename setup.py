@@ -20,6 +20,7 @@ CONSOLE_SCRIPTS = [
     "ttt_kd_make_bag = ttt_kd_ros.tools.make_bag:main",
     "ttt_kd_replay = ttt_kd_ros.tools.replay:main",
     "ttt_kd_demo = ttt_kd_ros.tools.demo:main",
+    "ttt_kd_evaluate = ttt_kd_ros.tools.evaluate:main",
 ]
 
 setup(

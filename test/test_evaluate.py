@@ -1,0 +1,229 @@
+"""ttt_kd_evaluate: end to end on tiny checkpoints, table numbers vs a direct ConfusionMatrix, gains, specs, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ttt_kd_ros.adapt import TTTKD, AdaptConfig
+from ttt_kd_ros.evaluation.report import online_summary, relative_gain, table_rows
+from ttt_kd_ros.evaluation.runner import OnlineStream, SplitResult, curve_strategy, window_miou
+from ttt_kd_ros.evaluation.splits import generate_split, parse_split
+from ttt_kd_ros.metrics import ConfusionMatrix
+from ttt_kd_ros.model import TTTKDNet, load_checkpoint, net_config, save_checkpoint
+from ttt_kd_ros.targets import distillation_targets
+from ttt_kd_ros.teacher import tiny_teacher
+from ttt_kd_ros.tools.evaluate import main
+
+SMALL_CAMERA = "sensor.num_cameras=1,sensor.image_width_px=40,sensor.image_height_px=30"
+ID_SPEC = f"src=source:sensor.num_views=1,{SMALL_CAMERA},sensor.max_points=300"
+OFFICE_SPEC = f"off=office:sensor.num_views=1,{SMALL_CAMERA},sensor.max_points=300"
+LIDAR_SPEC = f"li=lidar:sensor.rings=6,sensor.horizontal_res_deg=4,{SMALL_CAMERA}"
+
+
+def _tiny_net(seed: int) -> TTTKDNet:
+    torch.manual_seed(seed)
+    config = net_config("ttt_kd_small", teacher_dim=32, teacher_resolution=(28, 28), kd_hidden=8,
+                        encoder_planes=(4, 8), encoder_blocks=(0, 1), decoder_planes=(8,), decoder_blocks=(1,),
+                        voxel_size_m=0.1)
+    return TTTKDNet(config)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny matrices on a shared 2-core machine: two torch threads spin-wait 5-10x slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("ckpt")
+    return {"joint": save_checkpoint(_tiny_net(0), folder / "joint.safetensors"),
+            "source": save_checkpoint(_tiny_net(1), folder / "source.safetensors")}
+
+
+def _base_args(checkpoints: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return ["--out", str(out), "--checkpoint", str(checkpoints["joint"]), "--source-only-checkpoint",
+            str(checkpoints["source"]), "--teacher", "tiny", "--scans", "2", "--in-distribution", ID_SPEC, "-q",
+            *extra]
+
+
+@pytest.mark.slow
+def test_main_writes_table_json_and_plots(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    args = _base_args(checkpoints, out, "--shift", OFFICE_SPEC, "--shift", LIDAR_SPEC, "--steps", "2",
+                      "--curve-steps", "0,1,2", "--curve-scans", "1", "--online-scans", "3", "--online-window", "2")
+    assert main(args) == 0
+    table = (out / "table.md").read_text()
+    for label in ("Source-only", "Joint-train", "BN-stats", "TENT", "TTT-KD-O", "TTT-KD (per scan)"):
+        assert label in table
+    assert "random control" in table and "| off | li |" in table
+    results = json.loads((out / "results.json").read_text())
+    assert results["teacher"]["kind"].startswith("random control")
+    assert {(r["strategy"], r["split"]) for r in results["results"]} == {
+        (s, sp) for s in ("source_only", "joint_train", "bn_stats", "tent", "ttt_kd_online", "ttt_kd")
+        for sp in ("src", "off", "li")}
+    record = results["results"][0]
+    assert set(record["per_class_iou"]) == set(results["results"][1]["per_class_iou"])
+    assert len(record["per_class_iou"]) == 11 and len(record["scan_miou"]) == 2
+    ttt = next(r for r in results["results"] if r["strategy"] == "ttt_kd")
+    assert ttt["steps_run"] == [2, 2] and ttt["seconds_per_scan"] > 0
+    curve = json.loads((out / "steps_curve.json").read_text())["curve"]
+    assert set(curve) == {"src", "off", "li", "mean"} and set(curve["mean"]) == {"0", "1", "2"}
+    online = json.loads((out / "online.json").read_text())["online"]
+    assert online["split"] == "off" and online["scans"] == 3 and len(online["window_miou_online"]) == 2
+    for png in ("miou_bars.png", "steps_curve.png", "online.png"):
+        with Image.open(out / png) as image:
+            assert image.size[0] > 200 and image.size[1] > 100
+
+
+def test_table_miou_equals_direct_confusion_matrix(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    args = _base_args(checkpoints, out, "--strategies", "joint_train", "--shift", OFFICE_SPEC, "--curve-scans", "0",
+                      "--seed", "5")
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    model = load_checkpoint(checkpoints["joint"])
+    for split_spec, name in ((ID_SPEC, "src"), (OFFICE_SPEC, "off")):
+        cm = ConfusionMatrix(model.config.num_classes)
+        for scan in generate_split(parse_split(split_spec), 2, base_seed=5).scans:
+            with torch.no_grad():
+                labels = model(model.prepare(scan), with_kd=False).logits.argmax(dim=1).numpy()
+            cm.update(scan.labels, labels)
+        record = next(r for r in results["results"] if r["split"] == name)
+        assert record["miou"] == pytest.approx(cm.miou(), abs=1e-12)
+        assert np.array_equal(np.array(record["confusion"]), cm.counts)
+        row = results["table"][0]
+        shown = row["in_distribution_miou"] if name == "src" else row["shift_miou"][name]
+        assert shown == pytest.approx(cm.miou(), abs=1e-12)
+        assert f"{100 * cm.miou():.1f}" in (out / "table.md").read_text()
+
+
+def _result(strategy: str, split: str, correct: int, wrong: int) -> SplitResult:
+    """Two classes; class 0 always right, ``wrong`` of class 1's points predicted as 0."""
+    cm = ConfusionMatrix(2)
+    cm.update(np.array([0] * 10 + [1] * (correct + wrong)), np.array([0] * 10 + [1] * correct + [0] * wrong))
+    return SplitResult(strategy, split, cm, seconds=[0.5])
+
+
+def test_relative_gain_maths() -> None:
+    assert relative_gain(0.55, 0.5) == pytest.approx(10.0)
+    assert relative_gain(0.45, 0.5) == pytest.approx(-10.0)
+    assert math.isnan(relative_gain(0.5, 0.0)) and math.isnan(relative_gain(float("nan"), 0.5))
+    results = [_result("source_only", "id", 5, 5), _result("source_only", "a", 5, 5),
+               _result("source_only", "b", 2, 8), _result("ttt_kd", "id", 8, 2), _result("ttt_kd", "a", 6, 4),
+               _result("ttt_kd", "b", 4, 6)]
+    rows = table_rows(results, "id", ["a", "b"])
+    src, ttt = rows
+    assert [r["strategy"] for r in rows] == ["source_only", "ttt_kd"]
+    assert src["gain_in_distribution_pct"] == pytest.approx(0.0)
+    expected_id = 100 * (ttt["in_distribution_miou"] - src["in_distribution_miou"]) / src["in_distribution_miou"]
+    assert ttt["gain_in_distribution_pct"] == pytest.approx(expected_id)
+    per_shift = [100 * (ttt["shift_miou"][s] - src["shift_miou"][s]) / src["shift_miou"][s] for s in ("a", "b")]
+    assert ttt["gain_ood_pct"] == pytest.approx(np.mean(per_shift))
+    assert ttt["ood_average_miou"] == pytest.approx(np.mean([ttt["shift_miou"]["a"], ttt["shift_miou"]["b"]]))
+    assert ttt["gain_ood_pct"] > 0 and ttt["seconds_per_scan"] == pytest.approx(0.5)
+
+
+def test_parse_split_overrides_only_named_fields() -> None:
+    split = parse_split("heavy=noisy:sensor.dropout=0.6,sensor.camera_height_m=[1.0,1.1],style.texture_strength=0")
+    base = parse_split("noisy")
+    assert split.name == "heavy" and split.domain.name == "heavy"
+    assert split.domain.sensor.dropout == 0.6 and split.domain.sensor.camera_height_m == (1.0, 1.1)
+    assert split.domain.style.texture_strength == 0.0 and isinstance(split.domain.style.texture_strength, float)
+    assert split.domain.sensor.depth_noise_m == base.domain.sensor.depth_noise_m
+    assert split.domain.sensor.max_points == base.domain.sensor.max_points
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("x=nowhere", "expected one of"),
+    ("x=source:sensor.warp=3", "unknown field 'warp'"),
+    ("x=source:sensor.max_points=abc", "expected a number"),
+    ("x=source:sensor.max_points=1.5", "expected an integer"),
+    ("x=source:lens.f=3", "sensor.<field>"),
+    ("x=source:sensor.kind=sonar", "SensorConfig.kind"),
+    ("bad name=source", "may only hold"),
+])
+def test_parse_split_bad_spec_raises(spec: str, message: str) -> None:
+    with pytest.raises(ValueError) as err:
+        parse_split(spec)
+    assert message in str(err.value)
+
+
+def test_main_selectable_shift_changes_the_data(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    shift = f"sparse=source:sensor.num_views=1,{SMALL_CAMERA},sensor.max_points=120,sensor.dropout=0.5"
+    args = _base_args(checkpoints, out, "--strategies", "joint_train", "--shift", shift, "--curve-scans", "0")
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [s["name"] for s in results["shifts"]] == ["sparse"] and results["shifts"][0]["spec"] == shift
+    points = {s["name"]: s["mean_points"] for s in results["splits"]}
+    assert points["sparse"] <= 120 < points["src"]
+    assert "sparse" in (out / "table.md").read_text()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--strategies", "joint_train,magic"], "unknown ['magic']"),
+    (["--shift", "x=source:sensor.warp=1"], "unknown field 'warp'"),
+    (["--scans", "0"], "--scans: expected >= 1"),
+    (["--curve-steps", "0,a"], "--curve-steps"),
+    (["--curve-splits", "nope"], "unknown split names"),
+    (["--adapt", "tent:lr=-1"], "AdaptConfig.lr"),
+    (["--adapt", "dance:lr=1"], "STRATEGY:FIELD=VALUE"),
+    (["--source-only-checkpoint", "/nonexistent/x.safetensors"], "file not found"),
+])
+def test_main_bad_args_exit_with_clear_error(checkpoints: dict[str, Path], tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str], extra: list[str],
+                                             message: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(_base_args(checkpoints, tmp_path / "eval", *extra))
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "eval" / "results.json").exists()
+
+
+def test_curve_strategy_steps_in_pieces_equal_one_ttt_kd_run() -> None:
+    scan = generate_split(parse_split(ID_SPEC), 1, base_seed=3).scans[0]
+    teacher = tiny_teacher(resolution=(28, 28))
+    targets = distillation_targets(scan, teacher)
+    config = AdaptConfig(strategy="ttt_kd", steps=3, lr=0.01, kd_points_per_step=64)
+    reference = _tiny_net(0)
+    prepared = reference.prepare(scan)
+    direct = TTTKD(reference, config)
+    direct.adapt(prepared, targets)
+    want = direct.predict(prepared).logits
+    model = _tiny_net(0)
+    adapter = curve_strategy(model, config)
+    for piece in (1, 2):
+        adapter.config.steps = piece
+        adapter.adapt(prepared, targets)
+    assert torch.allclose(adapter.predict(prepared).logits, want, atol=1e-6)
+    assert not torch.allclose(want, _tiny_net(0)(prepared, with_kd=False).logits, atol=1e-4)
+
+
+def test_window_miou_sums_consecutive_scans() -> None:
+    perfect = np.diag([5, 5])
+    swapped = np.array([[0, 5], [5, 0]])
+    values = window_miou([perfect, perfect, swapped, swapped], window=2)
+    assert values == pytest.approx([1.0, 0.5 * (5 / 15 + 5 / 15), 0.0])
+    with pytest.raises(ValueError, match="window"):
+        window_miou([perfect], window=0)
+
+
+def test_online_summary_flags_collapse_and_counts_resets() -> None:
+    good, bad = np.diag([5, 5]), np.array([[0, 5], [5, 0]])
+    healthy = OnlineStream("s", [good] * 4, [good] * 4, [0, 0, 1, 1], [0.3] * 4, [0.1] * 4)
+    drifted = OnlineStream("s", [good, good, bad, bad], [good] * 4, [0, 0, 0, 0], [0.3] * 4, [0.1] * 4)
+    ok = online_summary(healthy, window=2)
+    assert not ok["collapsed"] and ok["resets"] == 1 and ok["miou_online"] == pytest.approx(1.0)
+    assert online_summary(drifted, window=2)["collapsed"]

@@ -1,0 +1,279 @@
+"""Runs the evaluation: strategies x splits through the Segmenter, the steps curve, the online stream check.
+
+Every strategy is scored exactly as a robot would run it (``Segmenter.segment``
+on one scan at a time), on scans generated once per split. Models are loaded
+fresh for every (strategy, split) pair, so state carried by online / TENT
+adaptation never leaks from one split into the next. mIoU is over the
+split's accumulated confusion matrix (the data-set mIoU the paper reports),
+not a mean of per-scan mIoUs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ttt_kd_ros.adapt import AdaptConfig, TTTKDOnline, build_strategy
+from ttt_kd_ros.evaluation.splits import SplitData, SplitSpec, split_scan
+from ttt_kd_ros.metrics import ConfusionMatrix
+from ttt_kd_ros.model import TTTKDNet, load_checkpoint
+from ttt_kd_ros.scan import Scan
+from ttt_kd_ros.segmenter import Segmenter
+from ttt_kd_ros.targets import distillation_targets
+from ttt_kd_ros.teacher import Teacher
+
+LOG = logging.getLogger(__name__)
+
+SOURCE_ONLY, JOINT = "source_only", "joint"
+
+
+@dataclass(frozen=True)
+class EvalStrategy:
+    """A table row: which checkpoint it runs and which adaptation strategy (adapt.STRATEGIES) it uses."""
+
+    name: str
+    label: str
+    checkpoint: str  # SOURCE_ONLY or JOINT
+    adapt: str
+
+
+EVAL_STRATEGIES: dict[str, EvalStrategy] = {
+    s.name: s
+    for s in (
+        EvalStrategy("source_only", "Source-only", SOURCE_ONLY, "none"),
+        EvalStrategy("joint_train", "Joint-train", JOINT, "none"),
+        EvalStrategy("bn_stats", "BN-stats (DUA-style)", JOINT, "bn_stats"),
+        EvalStrategy("tent", "TENT", JOINT, "tent"),
+        EvalStrategy("ttt_kd_online", "TTT-KD-O (online)", JOINT, "ttt_kd_online"),
+        EvalStrategy("ttt_kd", "TTT-KD (per scan)", JOINT, "ttt_kd"),
+    )
+}
+"""Rows of the paper-style table; the adapted rows all start from the joint-trained checkpoint, as in the paper."""
+
+
+@dataclass
+class SplitResult:
+    """One strategy on one split: accumulated confusion, per-scan numbers and what adaptation did."""
+
+    strategy: str
+    split: str
+    confusion: ConfusionMatrix
+    scan_miou: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)  # per scan, a cold teacher forward included
+    steps_run: list[int] = field(default_factory=list)
+    skips: Counter = field(default_factory=Counter)
+    resets: int = 0
+    stage_s: dict[str, float] = field(default_factory=dict)  # mean seconds per scan per Segmenter stage
+
+    @property
+    def miou(self) -> float:
+        return self.confusion.miou()
+
+    @property
+    def seconds_per_scan(self) -> float:
+        return float(np.mean(self.seconds)) if self.seconds else float("nan")
+
+
+@dataclass
+class RunSettings:
+    """What the runner needs besides the splits: checkpoints, teacher, adaptation configs, device."""
+
+    checkpoints: dict[str, Path]  # SOURCE_ONLY / JOINT -> file
+    teacher: Teacher | None
+    adapt: dict[str, AdaptConfig]  # adapt.STRATEGIES name -> its config
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+def load_model(settings: RunSettings, role: str) -> TTTKDNet:
+    """A fresh copy of the checkpoint playing ``role``; ValueError when the role has no checkpoint."""
+    path = settings.checkpoints.get(role)
+    if path is None:
+        raise ValueError(f"no checkpoint given for the {role} model (see --checkpoint / --source-only-checkpoint)")
+    return load_checkpoint(path, settings.device)
+
+
+def build_segmenter(settings: RunSettings, row: EvalStrategy) -> Segmenter:
+    """The Segmenter a row runs: its checkpoint, its strategy, the teacher only when the strategy distils."""
+    model = load_model(settings, row.checkpoint)
+    config = settings.adapt.get(row.adapt, AdaptConfig(strategy=row.adapt))
+    if config.strategy != row.adapt:
+        raise ValueError(f"adapt config for row {row.name!r}: expected strategy {row.adapt!r}, got {config.strategy!r}")
+    strategy = build_strategy(model, config)
+    teacher = settings.teacher if strategy.needs_targets else None
+    return Segmenter(model, teacher, strategy, settings.device)
+
+
+def warm_teacher(teacher: Teacher, split: SplitData) -> list[float]:
+    """Compute (and cache) the teacher features of every image of the split; (S,) seconds per scan.
+
+    The cache is made large enough to hold every image, so strategies that
+    distil share one teacher forward per image; the measured cold cost is
+    added back to their per-scan time, because a robot pays it on every scan.
+    """
+    images = sum(len(s.cameras) for s in split.scans)
+    teacher.cache_size = max(teacher.cache_size, images + 8)
+    cost = []
+    for scan in split.scans:
+        start = time.perf_counter()
+        for camera in scan.cameras:
+            teacher.feature_map(camera.image_rgb)
+        cost.append(time.perf_counter() - start)
+    return cost
+
+
+def evaluate_split(segmenter: Segmenter, row: EvalStrategy, split: SplitData, num_classes: int,
+                   teacher_cost_s: Sequence[float] | None = None) -> SplitResult:
+    """Segment every scan of the split in order and score it against the scan's labels."""
+    result = SplitResult(row.name, split.name, ConfusionMatrix(num_classes))
+    stages: Counter = Counter()
+    for i, scan in enumerate(split.scans):
+        if scan.labels is None:
+            raise ValueError(f"split {split.name}: scan {i} has no labels; evaluation needs labelled scans")
+        pred = segmenter.segment(scan)
+        result.confusion.update(scan.labels, pred.labels)
+        one = ConfusionMatrix(num_classes)
+        one.update(scan.labels, pred.labels)
+        result.scan_miou.append(one.miou())
+        seconds = pred.total_s
+        if segmenter.strategy.needs_targets and teacher_cost_s is not None:
+            seconds += teacher_cost_s[i] - pred.timings_s.get("teacher", 0.0)
+        result.seconds.append(seconds)
+        result.steps_run.append(pred.steps_run)
+        if pred.skip_reason:
+            result.skips[pred.skip_reason] += 1
+        stages.update(pred.timings_s)
+    result.resets = int(getattr(segmenter.strategy, "resets", 0))
+    result.stage_s = {k: v / len(split.scans) for k, v in stages.items()}
+    return result
+
+
+def run_table(settings: RunSettings, rows: Sequence[EvalStrategy], splits: Sequence[SplitData],
+              on_result: Callable[[SplitResult], None] | None = None) -> list[SplitResult]:
+    """Every row on every split; ``on_result`` is called after each pair (progress, partial reports)."""
+    results = []
+    teacher_cost: dict[str, list[float]] = {}
+    for split in splits:
+        if settings.teacher is not None and any(r.adapt.startswith("ttt_kd") for r in rows):
+            teacher_cost[split.name] = warm_teacher(settings.teacher, split)
+        for row in rows:
+            segmenter = build_segmenter(settings, row)
+            start = time.perf_counter()
+            result = evaluate_split(segmenter, row, split, segmenter.num_classes, teacher_cost.get(split.name))
+            LOG.info("%s on %s: mIoU %.4f, %.3f s/scan (%.1f s)", row.name, split.name, result.miou,
+                     result.seconds_per_scan, time.perf_counter() - start)
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+    return results
+
+
+# ------------------------------------------------------------------------------------------------ steps curve
+
+
+def curve_strategy(model: TTTKDNet, config: AdaptConfig) -> TTTKDOnline:
+    """An adapter that continues TTT-KD's steps across adapt() calls until reset(), with no drift guard.
+
+    Per-scan TTT-KD re-seeds its point sampler and clears the optimizer on
+    reset(), so k steps taken as 1 + 4 + 5 + ... calls on one scan are the same
+    updates as one k-step call: the curve costs max(steps) steps per scan,
+    not their sum. (test_evaluate checks the equality with the real ttt_kd.)
+    """
+    guardless = dataclasses.replace(config, strategy="ttt_kd_online", guard_abs_max=math.inf, guard_factor=math.inf)
+    return TTTKDOnline(model, guardless)
+
+
+def run_curve(settings: RunSettings, splits: Sequence[SplitData], steps: Sequence[int], max_scans: int) -> dict:
+    """mIoU of TTT-KD (per scan) after each number of steps, per split: {split: {steps: mIoU}} plus "mean"."""
+    if settings.teacher is None:
+        raise ValueError("the steps curve needs a teacher (TTT-KD distils from it)")
+    steps = sorted({int(s) for s in steps})
+    if not steps or steps[0] < 0:
+        raise ValueError(f"curve steps: expected non-negative integers, got {steps}")
+    base = settings.adapt.get("ttt_kd", AdaptConfig(strategy="ttt_kd"))
+    curve: dict[str, dict[int, float]] = {}
+    for split in splits:
+        model = load_model(settings, JOINT)
+        adapter = curve_strategy(model, base)
+        matrices = {k: ConfusionMatrix(model.config.num_classes) for k in steps}
+        for scan in split.scans[:max_scans]:
+            prepared = model.prepare(scan, settings.device)
+            targets = distillation_targets(scan, settings.teacher)
+            adapter.reset()
+            done = 0
+            for k in steps:
+                if k > done:
+                    adapter.config.steps = k - done
+                    adapter.adapt(prepared, targets)
+                    done = k
+                labels = adapter.predict(prepared).logits.argmax(dim=1).cpu().numpy()
+                matrices[k].update(scan.labels, labels)
+            adapter.reset()
+        curve[split.name] = {k: matrices[k].miou() for k in steps}
+        LOG.info("curve on %s: %s", split.name, {k: round(v, 4) for k, v in curve[split.name].items()})
+    curve["mean"] = {k: float(np.nanmean([curve[s.name][k] for s in splits])) for k in steps}
+    return curve
+
+
+# ------------------------------------------------------------------------------------------------ online stream
+
+
+@dataclass
+class OnlineStream:
+    """Per-scan confusion counts of TTT-KD-O and of the unadapted joint model over one long stream."""
+
+    split: str
+    counts_online: list[np.ndarray] = field(default_factory=list)  # (C, C) per scan
+    counts_none: list[np.ndarray] = field(default_factory=list)
+    resets_after_scan: list[int] = field(default_factory=list)  # cumulative drift-guard restores
+    kd_loss_before: list[float | None] = field(default_factory=list)
+    seconds_online: list[float] = field(default_factory=list)
+
+
+def window_miou(counts: Sequence[np.ndarray], window: int) -> list[float]:
+    """mIoU over each run of ``window`` consecutive scans (one value per window end, stride 1)."""
+    if window < 1:
+        raise ValueError(f"online window: expected >= 1 scans, got {window}")
+    if not counts:
+        return []
+    stacked = np.cumsum(np.stack(counts), axis=0)
+    out = []
+    for end in range(min(window, len(counts)) - 1, len(counts)):
+        total = stacked[end] - (stacked[end - window] if end >= window else 0)
+        cm = ConfusionMatrix(total.shape[0])
+        cm.counts = total
+        out.append(cm.miou())
+    return out
+
+
+def run_online(settings: RunSettings, spec: SplitSpec, num_scans: int, base_seed: int, max_points: int,
+               subsample: str, progress_every: int = 50) -> OnlineStream:
+    """TTT-KD-O over ``num_scans`` consecutive scans of one split (generated one at a time, not kept)."""
+    online = build_segmenter(settings, EVAL_STRATEGIES["ttt_kd_online"])
+    frozen = build_segmenter(settings, EVAL_STRATEGIES["joint_train"])
+    num_classes = online.num_classes
+    stream = OnlineStream(spec.name)
+    start = time.perf_counter()
+    for i in range(num_scans):
+        scan: Scan = split_scan(spec, i, base_seed, max_points, subsample)
+        for segmenter, store in ((online, stream.counts_online), (frozen, stream.counts_none)):
+            pred = segmenter.segment(scan)
+            cm = ConfusionMatrix(num_classes)
+            cm.update(scan.labels, pred.labels)
+            store.append(cm.counts)
+            if segmenter is online:
+                stream.kd_loss_before.append(pred.kd_loss_before)
+                stream.seconds_online.append(pred.total_s)
+        stream.resets_after_scan.append(int(online.strategy.resets))
+        if progress_every and (i + 1) % progress_every == 0:
+            LOG.info("online %s: %d/%d scans, %d resets, %.0f s", spec.name, i + 1, num_scans,
+                     online.strategy.resets, time.perf_counter() - start)
+    return stream

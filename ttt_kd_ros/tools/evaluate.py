@@ -1,0 +1,373 @@
+"""ttt_kd_evaluate: the paper-style table (strategies x domain shifts), a steps curve and an online stream check.
+
+Rows: source-only (the source-only checkpoint), joint-train (the joint
+checkpoint, no adaptation), and BN-stats, TENT, TTT-KD-O, TTT-KD, all on the
+joint checkpoint as in the paper. Columns: an in-distribution split and any
+number of shifts, each a synthetic domain spec (``NAME=DOMAIN[:part.field=
+value,...]``, see evaluation/splits.py). Writes into --out:
+
+    table.md          the table, the teacher, the command
+    results.json      everything: settings, per-class IoU, per-scan mIoU and seconds, confusion matrices
+    miou_bars.png     mIoU per split and strategy
+    steps_curve.png/.json   TTT-KD mIoU against steps per scan (--curve-scans 0 skips)
+    online.png/.json        TTT-KD-O over --online-scans consecutive scans (0 skips)
+
+Example (small, a few minutes on 2 CPU cores):
+    ttt_kd_evaluate --out runs/eval --scans 8 --max-points 8000 --shift office --shift lidar \
+        --shift heavy=noisy:sensor.dropout=0.6 --online-scans 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ttt_kd_ros.adapt import STRATEGIES, AdaptConfig
+from ttt_kd_ros.evaluation.report import (
+    markdown_table,
+    online_summary,
+    plot_bars,
+    plot_curve,
+    plot_online,
+    result_record,
+    table_rows,
+    write_json,
+)
+from ttt_kd_ros.evaluation.runner import (
+    EVAL_STRATEGIES,
+    JOINT,
+    SOURCE_ONLY,
+    RunSettings,
+    SplitResult,
+    run_curve,
+    run_online,
+    run_table,
+)
+from ttt_kd_ros.evaluation.splits import (
+    DEFAULT_EVAL_SEED,
+    DEFAULT_SHIFTS,
+    IN_DISTRIBUTION,
+    SUBSAMPLE_MODES,
+    SplitSpec,
+    apply_overrides,
+    generate_split,
+    parse_split,
+)
+from ttt_kd_ros.labels import LABEL_SETS
+from ttt_kd_ros.model import read_checkpoint_metadata
+from ttt_kd_ros.segmenter import RANDOM_TEACHERS, build_teacher, resolve_device
+from ttt_kd_ros.teacher import Teacher
+
+LOG = logging.getLogger("ttt_kd_evaluate")
+
+CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+DEFAULT_JOINT = CHECKPOINT_DIR / "ttt_kd_small_synthetic.safetensors"
+DEFAULT_SOURCE_ONLY = CHECKPOINT_DIR / "ttt_kd_small_synthetic_source_only.safetensors"
+DEFAULT_TEACHER = CHECKPOINT_DIR / "teacher_synthetic_vit"
+DEFAULT_CURVE_STEPS = "0,1,5,10,25,50"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = AdaptConfig()
+    p = argparse.ArgumentParser(prog="ttt_kd_evaluate", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_JOINT, help="joint-trained checkpoint")
+    p.add_argument("--source-only-checkpoint", type=Path, default=DEFAULT_SOURCE_ONLY,
+                   help="source-only checkpoint (the source_only row)")
+    p.add_argument("--teacher", default=None,
+                   help=f"teacher: a folder / hub id / .pth for load_teacher, or a random control "
+                        f"{sorted(RANDOM_TEACHERS)}; default {DEFAULT_TEACHER} when it exists")
+    p.add_argument("--teacher-resolution", type=int, nargs="+", default=None,
+                   help="short side or H W; default: the joint checkpoint's")
+    p.add_argument("--strategies", default=",".join(EVAL_STRATEGIES),
+                   help=f"comma-separated rows from {list(EVAL_STRATEGIES)}")
+    p.add_argument("--in-distribution", default=IN_DISTRIBUTION, help="split spec of the in-distribution column")
+    p.add_argument("--shift", action="append", default=None,
+                   help=f"a shift column, NAME=DOMAIN[:sensor.f=v,style.f=v] or a domain name; repeat for more "
+                        f"(default {' '.join(DEFAULT_SHIFTS)})")
+    p.add_argument("--scans", type=int, default=8, help="scans per split")
+    p.add_argument("--max-points", type=int, default=0, help="cap points per scan (0 = whole scans)")
+    p.add_argument("--subsample", default="random", choices=SUBSAMPLE_MODES, help="how --max-points caps a scan")
+    p.add_argument("--seed", type=int, default=DEFAULT_EVAL_SEED, help="base seed of the evaluation scans")
+    p.add_argument("--steps", type=int, default=d.steps, help="steps per scan of ttt_kd, tent and bn_stats")
+    p.add_argument("--online-steps", type=int, default=1, help="steps per scan of ttt_kd_online")
+    p.add_argument("--lr", type=float, default=d.lr, help="learning rate of ttt_kd, ttt_kd_online and tent")
+    p.add_argument("--adapt", action="append", default=[], metavar="STRATEGY:FIELD=VALUE[,...]",
+                   help=f"override AdaptConfig fields of one strategy from {list(STRATEGIES)}, e.g. "
+                        "tent:lr=0.001,reset_per_scan=false")
+    p.add_argument("--skip-table", action="store_true", help="only the curve / online check")
+    p.add_argument("--curve-steps", default=DEFAULT_CURVE_STEPS, help="steps of the TTT-KD curve")
+    p.add_argument("--curve-scans", type=int, default=4, help="scans per split for the curve (0 = no curve)")
+    p.add_argument("--curve-splits", default="", help="comma-separated split names for the curve (default: all)")
+    p.add_argument("--online-scans", type=int, default=0, help="TTT-KD-O stream length for the collapse check")
+    p.add_argument("--online-split", default="", help="split name or spec of the stream (default: first shift)")
+    p.add_argument("--online-window", type=int, default=25, help="sliding window (scans) of the stream mIoU")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:<i> or auto")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--title", default="", help="title of the plots")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings only")
+    return p
+
+
+def teacher_kind(spec: str, teacher: Teacher) -> str:
+    """What the teacher is, in words every report carries: stand-in, random control or real DINOv2."""
+    if spec in RANDOM_TEACHERS:
+        return f"random control: random-weight DINOv2-architecture ViT ({spec}), no learnt features"
+    path = Path(spec)
+    if path.is_dir() and (path / "pretrain_report.json").is_file():
+        return (f"stand-in: DINOv2-architecture ViT pretrained on synthetic renders ({path.name}); "
+                "NOT real DINOv2 weights")
+    if "dinov2" in spec.lower() or "dinov2" in teacher.teacher_id.lower():
+        return f"real DINOv2 weights ({teacher.teacher_id})"
+    return f"unrecognised teacher ({teacher.teacher_id})"
+
+
+def parse_int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{what}: expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 0:
+        raise ValueError(f"{what}: expected non-negative integers, got {text!r}")
+    return values
+
+
+def adapt_configs(args: argparse.Namespace) -> dict[str, AdaptConfig]:
+    """One AdaptConfig per adapt.STRATEGIES name: the shared flags, then the --adapt overrides."""
+    configs = {
+        "none": AdaptConfig(strategy="none", steps=0),
+        "bn_stats": AdaptConfig(strategy="bn_stats", steps=args.steps),
+        "tent": AdaptConfig(strategy="tent", steps=args.steps, lr=args.lr),
+        "ttt_kd": AdaptConfig(strategy="ttt_kd", steps=args.steps, lr=args.lr),
+        "ttt_kd_online": AdaptConfig(strategy="ttt_kd_online", steps=args.online_steps, lr=args.lr),
+    }
+    for text in args.adapt:
+        name, colon, fields = text.partition(":")
+        if not colon or name not in configs:
+            raise ValueError(f"--adapt {text!r}: expected STRATEGY:FIELD=VALUE[,...] with STRATEGY from "
+                             f"{list(configs)}")
+        updated = apply_overrides(configs[name], fields, f"--adapt {text!r}")
+        if updated.strategy != name:
+            raise ValueError(f"--adapt {text!r}: the strategy field cannot be changed")
+        configs[name] = updated
+    return configs
+
+
+def _strategies(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in EVAL_STRATEGIES]
+    if unknown or not names:
+        raise ValueError(f"--strategies: unknown {unknown or 'empty list'}; "
+                         f"expected names from {list(EVAL_STRATEGIES)}")
+    return names
+
+
+def _check_checkpoint(path: Path, flag: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise ValueError(f"{flag} {path}: file not found (train one with ttt_kd_train, or pass another file)")
+    return read_checkpoint_metadata(path)
+
+
+def _resolution(args: argparse.Namespace, joint_meta: dict[str, Any] | None) -> int | tuple[int, int]:
+    if args.teacher_resolution:
+        if len(args.teacher_resolution) not in (1, 2):
+            raise ValueError(f"--teacher-resolution: expected 1 or 2 integers, got {args.teacher_resolution}")
+        r = args.teacher_resolution
+        return r[0] if len(r) == 1 else (r[0], r[1])
+    if joint_meta is not None:
+        return tuple(joint_meta["teacher_resolution"])
+    return 224
+
+
+def _validate(args: argparse.Namespace) -> None:
+    for flag, value, low in (("--scans", args.scans, 1), ("--max-points", args.max_points, 0),
+                             ("--curve-scans", args.curve_scans, 0), ("--online-scans", args.online_scans, 0),
+                             ("--online-window", args.online_window, 1), ("--steps", args.steps, 0),
+                             ("--online-steps", args.online_steps, 0), ("--threads", args.threads, 0)):
+        if value < low:
+            raise ValueError(f"{flag}: expected >= {low}, got {value}")
+    if not args.lr > 0:
+        raise ValueError(f"--lr: expected > 0, got {args.lr}")
+
+
+class Evaluation:
+    """The state of one ttt_kd_evaluate run and the files it writes; reports are rewritten as results arrive."""
+
+    def __init__(self, args: argparse.Namespace, argv: Sequence[str]) -> None:
+        self.args = args
+        self.out: Path = args.out
+        self.command = "ttt_kd_evaluate " + " ".join(shlex.quote(a) for a in argv)
+        self.rows = _strategies(args.strategies)
+        self.id_split = parse_split(args.in_distribution)
+        self.shifts = [parse_split(s) for s in (args.shift or DEFAULT_SHIFTS)]
+        names = [self.id_split.name] + [s.name for s in self.shifts]
+        if len(set(names)) != len(names):
+            raise ValueError(f"split names must be unique, got {names}")
+        self.curve_steps = parse_int_list(args.curve_steps, "--curve-steps")
+        self.curve_splits = [n.strip() for n in args.curve_splits.split(",") if n.strip()] or names
+        unknown = sorted(set(self.curve_splits) - set(names))
+        if unknown:
+            raise ValueError(f"--curve-splits: unknown split names {unknown}; splits are {names}")
+        self.online_split: SplitSpec | None = None
+        if args.online_scans:
+            known = {s.name: s for s in [self.id_split, *self.shifts]}
+            chosen = args.online_split or (self.shifts[0].name if self.shifts else self.id_split.name)
+            self.online_split = known.get(chosen) or parse_split(chosen)
+        self.adapt = adapt_configs(args)
+        needed_roles = {EVAL_STRATEGIES[n].checkpoint for n in self.rows} if not args.skip_table else set()
+        if args.curve_scans or args.online_scans:
+            needed_roles.add(JOINT)
+        self.meta: dict[str, dict[str, Any]] = {}
+        checkpoints: dict[str, Path] = {}
+        for role, path, flag in ((JOINT, args.checkpoint, "--checkpoint"),
+                                 (SOURCE_ONLY, args.source_only_checkpoint, "--source-only-checkpoint")):
+            if role in needed_roles:
+                self.meta[role] = _check_checkpoint(path, flag)
+                checkpoints[role] = path
+        uses_teacher = (args.curve_scans > 0 or args.online_scans > 0
+                        or any(EVAL_STRATEGIES[n].adapt.startswith("ttt_kd") for n in self.rows))
+        self.teacher_spec = args.teacher or (str(DEFAULT_TEACHER) if DEFAULT_TEACHER.is_dir() else None)
+        self.device = resolve_device(args.device)
+        teacher = None
+        if uses_teacher:
+            if self.teacher_spec is None:
+                raise ValueError(f"--teacher: no teacher given and the default {DEFAULT_TEACHER} does not exist")
+            teacher = build_teacher(self.teacher_spec, _resolution(args, self.meta.get(JOINT)), self.device)
+        self.teacher_description = teacher_kind(self.teacher_spec, teacher) if teacher is not None else "none used"
+        self.teacher_id = teacher.teacher_id if teacher is not None else ""
+        self.settings = RunSettings(checkpoints, teacher, self.adapt, self.device)
+        self.results: list[SplitResult] = []
+        self.splits: list = []
+        self.curve: dict | None = None
+        self.online: dict | None = None
+        self.started = time.time()
+
+    # ------------------------------------------------------------------------------------------ run
+
+    def run(self) -> int:
+        args = self.args
+        self.out.mkdir(parents=True, exist_ok=True)
+        needs_scans = not args.skip_table or args.curve_scans > 0
+        if needs_scans:
+            scans = args.scans if not args.skip_table else max(1, args.curve_scans)
+            for spec in [self.id_split, *self.shifts]:
+                if args.skip_table and spec.name not in self.curve_splits:
+                    continue
+                split = generate_split(spec, scans, args.seed, args.max_points, args.subsample)
+                LOG.info("split %s: %d scans, %.0f points on average, generated in %.1f s", spec.name, scans,
+                         split.notes["mean_points"], split.generation_s)
+                self.splits.append(split)
+        if not args.skip_table:
+            rows = [EVAL_STRATEGIES[n] for n in self.rows]
+            run_table(self.settings, rows, self.splits, on_result=self._on_result)
+            self.write_table()
+        if args.curve_scans > 0:
+            chosen = [s for s in self.splits if s.name in self.curve_splits]
+            self.curve = run_curve(self.settings, chosen, self.curve_steps, args.curve_scans)
+            self.write_curve()
+        if args.online_scans > 0:
+            stream = run_online(self.settings, self.online_split, args.online_scans, args.seed, args.max_points,
+                                args.subsample)
+            self.online = online_summary(stream, args.online_window)
+            self.write_online()
+        LOG.info("done in %.0f s; reports in %s", time.time() - self.started, self.out)
+        return 0
+
+    def _on_result(self, result: SplitResult) -> None:
+        self.results.append(result)
+        self.write_table(plot=False)
+
+    # ------------------------------------------------------------------------------------------ reports
+
+    def header(self) -> dict[str, Any]:
+        args = self.args
+        return {
+            "command": self.command,
+            "teacher": {"spec": self.teacher_spec, "id": self.teacher_id, "kind": self.teacher_description},
+            "checkpoints": {role: str(path) for role, path in self.settings.checkpoints.items()},
+            "checkpoint_teacher_ids": {role: m["config"].get("teacher_id", "") for role, m in self.meta.items()},
+            "in_distribution": {"name": self.id_split.name, "spec": self.id_split.spec},
+            "shifts": [{"name": s.name, "spec": s.spec} for s in self.shifts],
+            "scans_per_split": args.scans,
+            "max_points": args.max_points,
+            "subsample": args.subsample,
+            "seed": args.seed,
+            "adapt": {name: vars(cfg) for name, cfg in self.adapt.items()},
+            "device": str(self.device),
+            "threads": torch.get_num_threads(),
+            "splits": [{"name": s.name, "generation_s": s.generation_s, **s.notes} for s in self.splits],
+            "elapsed_s": time.time() - self.started,
+        }
+
+    def _class_names(self) -> list[str]:
+        meta = self.meta.get(JOINT) or next(iter(self.meta.values()), None)
+        if meta is None:
+            return []
+        label_set = meta["config"].get("label_set", "")
+        return meta["class_names"] or (list(LABEL_SETS[label_set].class_names) if label_set in LABEL_SETS else [])
+
+    def write_table(self, plot: bool = True) -> None:
+        shifts = [s.name for s in self.shifts]
+        rows = table_rows(self.results, self.id_split.name, shifts)
+        names = self._class_names()
+        write_json(self.out / "results.json", {
+            **self.header(), "table": rows, "results": [result_record(r, names) for r in self.results]})
+        text = [f"# Evaluation: {len(self.rows)} strategies x {1 + len(shifts)} splits\n",
+                f"Teacher: {self.teacher_description}\n",
+                f"Splits: in-distribution `{self.id_split.spec}`; shifts "
+                + ", ".join(f"`{s.spec}`" for s in self.shifts)
+                + f"; {self.args.scans} scans each"
+                + (f", capped to {self.args.max_points} points ({self.args.subsample})" if self.args.max_points else "")
+                + f", seed {self.args.seed}.\n",
+                "mIoU in %; gains relative to source-only (OOD: mean of per-shift gains); seconds per scan include "
+                "a cold teacher forward for the distilling strategies.\n",
+                markdown_table(rows, self.id_split.name, shifts),
+                f"\nCommand: `{self.command}`\n"]
+        (self.out / "table.md").write_text("\n".join(text))
+        if plot and self.results:
+            plot_bars(rows, self.id_split.name, shifts, self.out / "miou_bars.png",
+                      self.args.title or f"mIoU per split (teacher: {self.teacher_description.split(':')[0]})")
+
+    def write_curve(self) -> None:
+        write_json(self.out / "steps_curve.json", {**self.header(), "scans_per_split": self.args.curve_scans,
+                                                   "curve": self.curve})
+        plot_curve(self.curve, self.out / "steps_curve.png",
+                   self.args.title or f"TTT-KD steps vs mIoU ({self.args.curve_scans} scans/split, lr "
+                                      f"{self.adapt['ttt_kd'].lr:g}; teacher: "
+                                      f"{self.teacher_description.split(':')[0]})")
+
+    def write_online(self) -> None:
+        write_json(self.out / "online.json", {**self.header(), "online": self.online})
+        cfg = self.adapt["ttt_kd_online"]
+        plot_online(self.online, self.out / "online.png",
+                    self.args.title or f"TTT-KD-O over {self.online['scans']} {self.online['split']} scans "
+                                       f"({cfg.steps} step/scan, lr {cfg.lr:g})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        _validate(args)
+        evaluation = Evaluation(args, argv)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+    return evaluation.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
