@@ -31,6 +31,12 @@ from typing import Any
 import torch
 
 from ttt_kd_ros.adapt import STRATEGIES, AdaptConfig
+from ttt_kd_ros.checkpoints import (
+    default_checkpoint,
+    default_teacher,
+    default_teacher_resolution,
+    source_only_checkpoint,
+)
 from ttt_kd_ros.evaluation.report import (
     markdown_table,
     online_summary,
@@ -68,10 +74,9 @@ from ttt_kd_ros.teacher import Teacher
 
 LOG = logging.getLogger("ttt_kd_evaluate")
 
-CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
-DEFAULT_JOINT = CHECKPOINT_DIR / "ttt_kd_small_synthetic.safetensors"
-DEFAULT_SOURCE_ONLY = CHECKPOINT_DIR / "ttt_kd_small_synthetic_source_only.safetensors"
-DEFAULT_TEACHER = CHECKPOINT_DIR / "teacher_synthetic_vit"
+DEFAULT_JOINT = default_checkpoint()
+DEFAULT_SOURCE_ONLY = source_only_checkpoint()
+DEFAULT_TEACHER = default_teacher()
 DEFAULT_CURVE_STEPS = "0,1,5,10,25,50"
 
 
@@ -185,7 +190,7 @@ def _resolution(args: argparse.Namespace, joint_meta: dict[str, Any] | None) -> 
         return r[0] if len(r) == 1 else (r[0], r[1])
     if joint_meta is not None:
         return tuple(joint_meta["teacher_resolution"])
-    return 224
+    return default_teacher_resolution()
 
 
 def _validate(args: argparse.Namespace) -> None:
