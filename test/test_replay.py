@@ -111,6 +111,7 @@ def test_report_summary_books_balance_and_files(tmp_path: Path) -> None:
     assert "| ttt_kd | 5 | 4 | 1 |" in md_path.read_text()
 
 
+@pytest.mark.slow
 def test_run_replay_inprocess_scores_every_strategy(small_bag: Path, tmp_path: Path) -> None:
     report, files = replay.run_replay(small_bag, mode="inprocess", strategies=["none", "ttt_kd"], out=tmp_path,
                                       overrides={"checkpoint": "", "teacher": "tiny", "adapt.steps": 1,
