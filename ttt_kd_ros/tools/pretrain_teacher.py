@@ -46,10 +46,10 @@ class PretrainConfig:
     num_layers: int = 4
     num_heads: int = 4
     patch_size: int = 8
-    rooms_per_domain: int = 40
+    rooms_per_domain: int = 24
     views_per_room: int = 4
-    steps: int = 300
-    batch_size: int = 16
+    steps: int = 160
+    batch_size: int = 12
     lr: float = 1e-3
     weight_decay: float = 0.05
     invariance_weight: float = 1.0
