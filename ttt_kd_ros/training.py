@@ -306,7 +306,7 @@ class TrainConfig:
     lambda_kd: float = 1.0
     kd_loss: str = "cosine"
     source_only: bool = False
-    batch_scans: int = 4
+    batch_scans: int = 2
     kd_points: int = 4096
     seed: int = 0
     augment: Augmentation | None = field(default_factory=Augmentation)

@@ -1,6 +1,6 @@
 """ttt_kd_train: joint training (CE + lambda * KD) or the source-only baseline on synthetic scans.
 
-Single process:   ttt_kd_train --domain source --scans 96 --epochs 6 --out runs/joint
+Single process:   ttt_kd_train --domain source --scans 64 --epochs 6 --out runs/joint
 Several GPUs/CPUs: torchrun --nproc_per_node 2 -m ttt_kd_ros.tools.train ... (DDP; rank 0 writes)
 
 --teacher: "default" (the shipped stand-in teacher, ttt_kd_ros/checkpoints/teacher_synthetic_vit),
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="run folder: model.safetensors, last.*, history.jsonl")
     p.add_argument("--domain", default=d.domain, choices=sorted(DOMAINS), help="synthetic domain to train on")
-    p.add_argument("--scans", type=int, default=96, help="training scans (SyntheticDataset(domain, scans, seed))")
+    p.add_argument("--scans", type=int, default=64, help="training scans (SyntheticDataset(domain, scans, seed))")
     p.add_argument("--val-scans", type=int, default=8, help="held-out scans for a per-epoch mIoU (0 = none)")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--lr", type=float, default=d.lr)
