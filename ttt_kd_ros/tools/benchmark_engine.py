@@ -119,8 +119,8 @@ def _peak_memory_mib(device: torch.device) -> float:
 
 
 def bench_case(model: TTTKDNet, teacher, scan: Scan, adapt: AdaptConfig, reps: int,
-               device: torch.device) -> dict[str, float]:
-    """Median seconds per stage for one scan (after one warm-up), plus sizes and peak memory."""
+               device: torch.device, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per stage for one scan (after ``warmup`` untimed reps), plus sizes and peak memory."""
     config = model.config
     strategy = TTTKD(model, adapt)
     rebuild = TTTKD(model, dataclasses.replace(adapt, steps=1))
@@ -134,8 +134,8 @@ def bench_case(model: TTTKDNet, teacher, scan: Scan, adapt: AdaptConfig, reps: i
     points = torch.from_numpy(scan.points_xyz_m).to(device)
     inputs = torch.from_numpy(point_inputs(scan, config)).to(device)
     sizes: dict[str, float] = {}
-    for rep in range(reps + 1):
-        keep = rep > 0  # rep 0 warms caches, allocator and lazy initialisation up
+    for rep in range(reps + warmup):
+        keep = rep >= warmup  # warm-up reps fill caches, the allocator and lazy initialisation
         t_vox, voxels = _timed(lambda: voxelize(points, config.voxel_size_m), device)
         t_maps, geometry = _timed(lambda v=voxels: model.sparse_backend.build_geometry(v.coords, config.num_levels),
                                   device)
@@ -198,7 +198,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="ttt_kd_benchmark_engine", description=__doc__.split("\n")[0])
     parser.add_argument("--points", type=int, nargs="+", default=[50_000, 150_000], help="points per scan")
     parser.add_argument("--cameras", type=int, nargs="+", default=[1, 6], help="cameras per scan")
-    parser.add_argument("--reps", type=int, default=3, help="timed repetitions (after one warm-up)")
+    parser.add_argument("--reps", type=int, default=3, help="timed repetitions")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed repetitions first")
     parser.add_argument("--teacher", default="random-vits14", choices=sorted(RANDOM_TEACHERS),
                         help="random-weight teacher (random-vits14: DINOv2 ViT-S/14 cost)")
     parser.add_argument("--teacher-resolution", type=int, default=224, help="teacher input short side, pixels")
@@ -210,8 +211,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:<i>")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args(argv)
-    if args.reps < 1 or args.steps < 1:
-        parser.error(f"--reps and --steps must be >= 1, got {args.reps} and {args.steps}")
+    if args.reps < 1 or args.steps < 1 or args.warmup < 0:
+        parser.error(f"--reps and --steps must be >= 1 and --warmup >= 0, got {args.reps}, {args.steps}, "
+                     f"{args.warmup}")
     return args
 
 
@@ -228,13 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device {device} ({torch.get_num_threads()} CPU threads), net {args.preset} ({n_params / 1e6:.2f} M "
           f"backbone params, voxel {model.config.voxel_size_m} m), teacher {teacher.teacher_id} at short side "
           f"{args.teacher_resolution} px on {IMAGE_WH[0]}x{IMAGE_WH[1]} images, {args.steps} steps x "
-          f"{args.kd_points or 'all'} points, params={args.params}; medians of {args.reps} reps, ms", flush=True)
+          f"{args.kd_points or 'all'} points, params={args.params}; medians of {args.reps} reps after {args.warmup} "
+          "warm-up, ms", flush=True)
     print(HEADER.format(steps=args.steps))
     print("|" + " --- |" * (HEADER.count("|") - 1))
     for num_points in args.points:
         for num_cameras in args.cameras:
             scan = synthetic_scan(num_points, num_cameras)
-            stats = bench_case(model, teacher, scan, adapt, args.reps, device)
+            stats = bench_case(model, teacher, scan, adapt, args.reps, device, args.warmup)
             print(format_row(num_points, num_cameras, stats, summarise(stats, args.steps)), flush=True)
     return 0
 
