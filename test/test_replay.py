@@ -97,7 +97,8 @@ def test_report_summary_books_balance_and_files(tmp_path: Path) -> None:
               for i in range(5)]
     run = StrategyRun("ttt_kd", frames, wall_s=1.0,
                       node_diagnostics={"received": "5", "dropped": "1", "skipped.bad_cloud": "0",
-                                        "skipped.adapt:no camera": "3", "latency_ms.forward": "12.5"})
+                                        "skipped.adapt:no camera": "3", "skipped.camera_timeout": "2",
+                                        "latency_ms.forward": "12.5"})
     report = ReplayReport("b", "node", "rate x1", "/c", ["cam"], 10.0, "", runs=[run])
     summary = report.summaries()[0]
     assert (summary["frames_in"], summary["frames_out"], summary["dropped"]) == (5, 4, 1)
@@ -144,7 +145,7 @@ def _run_cli(args: list[str], timeout_s: float = 400) -> subprocess.CompletedPro
 @pytest.mark.slow
 def test_main_node_mode_as_fast_as_possible_counts_and_labels(small_bag: Path, tmp_path: Path) -> None:
     pytest.importorskip("rclpy")
-    done = _run_cli([str(small_bag), "--mode", "node", "--as-fast-as-possible", "--strategies", "none,ttt_kd",
+    done = _run_cli([str(small_bag), "--mode", "node", "--as-fast-as-possible", "--strategies", "ttt_kd",
                      "--checkpoint", "", "--teacher", "tiny", "--out", str(tmp_path), "--frame-timeout-s", "60",
                      "--no-plots", *FAST])
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-2000:]
@@ -159,27 +160,27 @@ def test_main_node_mode_as_fast_as_possible_counts_and_labels(small_bag: Path, t
         assert 0.0 <= s["miou"] <= 1.0
         assert s["latency_ms"]["p50"] > 0 and "forward" in s["stage_ms"]
         assert all(f["num_points"] == POINTS for f in run["frames"])
-    by_name = {r["summary"]["strategy"]: r["summary"] for r in report["runs"]}
-    assert by_name["ttt_kd"]["adapted_fraction"] == 1.0 and by_name["none"]["adapted_fraction"] == 0.0
-    assert "none" in done.stdout and "ttt_kd" in done.stdout
+    assert [r["summary"]["strategy"] for r in report["runs"]] == ["ttt_kd"]  # none + ttt_kd: test_demo
+    assert report["runs"][0]["summary"]["adapted_fraction"] == 1.0
+    assert "ttt_kd" in done.stdout
 
 
 @pytest.mark.ros
 @pytest.mark.slow
 def test_main_node_mode_fast_rate_drops_are_accounted(tmp_path: Path) -> None:
-    """At 40 Hz a CPU node cannot keep up: the latest-wins slot drops, and the books still balance."""
+    """At 80 Hz (a 40 Hz bag at 2x) a CPU node cannot keep up: scans are dropped, and the books still balance."""
     pytest.importorskip("rclpy")
     bag = tmp_path / "fast"
     assert make_bag.main([str(bag), "--count", "8", "--max-points", "1000", "--rate-hz", "40", "--seed", "2"]) == 0
-    done = _run_cli([str(bag), "--mode", "node", "--rate", "1.0", "--strategies", "ttt_kd", "--checkpoint", "",
-                     "--teacher", "tiny", "--out", str(tmp_path / "out"), "--drain-timeout-s", "15", "--no-plots",
+    done = _run_cli([str(bag), "--mode", "node", "--rate", "2.0", "--strategies", "ttt_kd", "--checkpoint", "",
+                     "--teacher", "tiny", "--out", str(tmp_path / "out"), "--drain-timeout-s", "5", "--no-plots",
                      *FAST])
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-2000:]
     s = json.loads((tmp_path / "out" / "report.json").read_text())["runs"][0]["summary"]
     assert s["frames_in"] == 8
     assert s["frames_in"] == s["frames_out"] + s["dropped"]
-    assert s["dropped"] == s["dropped_by_node"] + s["skipped_by_node"] + s["lost"]
-    assert s["frames_out"] >= 1
+    assert s["dropped"] == s["dropped_by_node"] + s["skipped_by_node"] + s["failed_in_node"] + s["lost"]
+    assert s["frames_out"] >= 1 and s["dropped"] >= 1
 
 
 @pytest.mark.data
@@ -188,7 +189,7 @@ def test_run_replay_kitti_rosbag2_adapts_in_process(real_data: Path, tmp_path: P
     report, _ = replay.run_replay(real_data / "bags" / "kitti_object_ros2", mode="inprocess", strategies=["ttt_kd"],
                                   out=tmp_path, max_frames=1, plots=False,
                                   overrides={"checkpoint": "", "teacher": "tiny", "adapt.steps": 1, "device": "cpu",
-                                             "adapt.kd_points_per_step": 256, "max_points": 20000})
+                                             "adapt.kd_points_per_step": 256, "max_points": 8000})
     assert report.cameras == ["kitti/camera_color_left"] and report.adaptation_possible
     summary = report.summaries()[0]
     assert summary["frames_out"] == 1 and summary["adapted_fraction"] == 1.0

@@ -25,6 +25,7 @@ back ``drain_timeout_s`` after the last one is lost.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -42,7 +43,7 @@ import numpy as np
 from ttt_kd_ros.metrics import ConfusionMatrix
 from ttt_kd_ros.replay.bag_source import BagPlan, RawMessage, cdr_header_stamp_ns, read_raw_messages
 from ttt_kd_ros.replay.inprocess import ground_truth
-from ttt_kd_ros.replay.report import FrameRecord, StrategyRun
+from ttt_kd_ros.replay.report import FrameRecord, StrategyRun, node_books
 
 NODE_NAME = "ttt_kd_segmenter"
 DISCOVERY_ENV = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
@@ -328,7 +329,7 @@ def _wait(predicate: Callable[[], bool], timeout_s: float, poll_s: float = 0.01)
 def _drive(bridge: Bridge, plan: BagPlan, options: NodeReplayOptions, node: NodeProcess,
            bar: Any) -> tuple[list[FrameRecord], float]:
     """Publish the bag; returns one FrameRecord per cloud sent (send times on the run clock) and the clock's start."""
-    messages = read_raw_messages(plan.path, plan.topics)
+    messages = _started(read_raw_messages(plan.path, plan.topics))  # the bag is open: the clock can start
     frames: list[FrameRecord] = []
     start = time.monotonic()
     sent_clouds = 0
@@ -371,12 +372,32 @@ def _drive(bridge: Bridge, plan: BagPlan, options: NodeReplayOptions, node: Node
     return frames, start
 
 
+def _started(messages: Iterator[RawMessage]) -> Iterator[RawMessage]:
+    """The same messages, with the first one already read (opening a bag can take a while)."""
+    first = next(messages, None)
+    if first is None:
+        return iter(())
+    return itertools.chain([first], messages)
+
+
 def _settle_outputs(bridge: Bridge, sent: int, options: NodeReplayOptions, node: NodeProcess) -> None:
-    """Wait until every frame is answered, or no new output came for drain_timeout_s."""
+    """Wait until every frame is accounted for, or no new output came for drain_timeout_s.
+
+    Accounted: answered, or (by a /diagnostics message newer than the last
+    publish) received by the node and dropped, refused or failed there, with
+    every scan the node processed back here.
+    """
     last_count, last_change = -1, time.monotonic()
+    published = time.monotonic()
     while node.alive():
         count = bridge.output_count()
         if count >= sent:
+            return
+        with bridge.lock:
+            fresh = bridge.diagnostics_at > published
+            books = node_books(bridge.diagnostics)
+        if fresh and books["received"] >= sent and count >= books["processed"] and \
+                books["processed"] + books["dropped"] + books["refused"] + books["failed"] >= sent:
             return
         if count != last_count:
             last_count, last_change = count, time.monotonic()

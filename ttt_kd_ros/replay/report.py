@@ -4,8 +4,10 @@ The books must balance: every cloud that went in is either answered or
 counted as dropped, ``frames_in == frames_out + dropped``. In node mode the
 dropped frames are split by where they went: the node's latest-wins slot
 replaced them (``dropped_by_node``), the node refused them
-(``skipped_by_node``), or they never came back before the end-of-run timeout
-(``lost``, which includes anything DDS lost on the way in or out).
+(``skipped_by_node``: bad cloud, stamp checks), its worker failed on them
+(``failed_in_node``), or they never came back before the end-of-run timeout
+(``lost``, which includes anything DDS lost on the way in or out and clouds
+the synchroniser never paired with images).
 """
 
 from __future__ import annotations
@@ -74,14 +76,13 @@ class StrategyRun:
             "wall_s": self.wall_s,
         }
         if self.node_diagnostics:
-            diag = self.node_diagnostics
-            received = _int(diag.get("received"))
-            out["node_received"] = received
-            out["dropped_by_node"] = _int(diag.get("dropped"))
-            out["skipped_by_node"] = sum(_int(v) for k, v in diag.items()
-                                         if k.startswith("skipped.") and not k.startswith("skipped.adapt:"))
-            out["lost"] = out["dropped"] - out["dropped_by_node"] - out["skipped_by_node"]
-            out["not_received_by_node"] = len(self.frames) - received
+            books = node_books(self.node_diagnostics)
+            out["node_received"] = books["received"]
+            out["dropped_by_node"] = books["dropped"]
+            out["skipped_by_node"] = books["refused"]
+            out["failed_in_node"] = books["failed"]
+            out["lost"] = out["dropped"] - books["dropped"] - books["refused"] - books["failed"]
+            out["not_received_by_node"] = len(self.frames) - books["received"]
         adapted = [f.adapted for f in answered if f.adapted is not None]
         if adapted:
             out["adapted_fraction"] = sum(adapted) / len(adapted)
@@ -113,6 +114,22 @@ class StrategyRun:
         prefix = "latency_ms."
         return {key[len(prefix):]: {"p50": _float(value), "p95": None, "max": None}
                 for key, value in self.node_diagnostics.items() if key.startswith(prefix)}
+
+
+NODE_REFUSALS = ("bad_cloud", "stamp_too_old", "stamp_in_future")
+"""The node's ``skipped.<reason>`` counters that mean a cloud got no output (camera_timeout, bad_camera.* and
+adapt:* clouds are still segmented)."""
+
+
+def node_books(diagnostics: dict[str, str]) -> dict[str, int]:
+    """The node's own account of the clouds it got: received, processed, dropped (slot), refused, failed (worker)."""
+    return {
+        "received": _int(diagnostics.get("received")),
+        "processed": _int(diagnostics.get("processed")),
+        "dropped": _int(diagnostics.get("dropped")),
+        "refused": sum(_int(diagnostics.get(f"skipped.{reason}")) for reason in NODE_REFUSALS),
+        "failed": sum(_int(v) for k, v in diagnostics.items() if k.startswith("errors.")),
+    }
 
 
 def _int(value: str | None) -> int:
@@ -231,8 +248,8 @@ class ReplayReport:
             extra = []
             if "dropped_by_node" in summary:
                 extra.append(f"node received {summary['node_received']}, replaced in its latest-wins slot "
-                             f"{summary['dropped_by_node']}, refused {summary['skipped_by_node']}, lost "
-                             f"{summary['lost']}")
+                             f"{summary['dropped_by_node']}, refused {summary['skipped_by_node']}, failed "
+                             f"{summary['failed_in_node']}, lost {summary['lost']}")
             if summary.get("skip_reasons"):
                 extra.append("not adapted because: " + "; ".join(summary["skip_reasons"]))
             if "kd_loss_before" in summary and "kd_loss_after" in summary:
