@@ -14,7 +14,14 @@ import pytest
 from conftest import REPO_ROOT
 
 from ttt_kd_ros.replay.bag_source import RawMessage, cdr_header_stamp_ns, plan_bag
-from ttt_kd_ros.replay.live import frames_of, match_points, node_parameters
+from ttt_kd_ros.replay.live import (
+    flatten_params,
+    frames_of,
+    load_params_file,
+    match_points,
+    node_parameters,
+    write_params_file,
+)
 from ttt_kd_ros.replay.report import FrameRecord, ReplayReport, StrategyRun
 from ttt_kd_ros.tools import make_bag, replay
 
@@ -90,6 +97,23 @@ def test_node_parameters_cameras_extrinsics_and_cloud_only(small_bag: Path) -> N
     plan.cameras = []
     cloud_only = node_parameters(plan, base, {}, sensor_period_s=None, rate=None)
     assert cloud_only["mode"] == "cloud_only" and "cameras" not in cloud_only
+
+
+def test_write_params_file_round_trips_dotted_names(tmp_path: Path) -> None:
+    flat = {"adapt.steps": 2, "camera.front.cam_from_cloud": [1.0, 0.0], "cameras": ["front"], "mode": "adapt"}
+    path = write_params_file(tmp_path / "p.yaml", flat)
+    assert "/**/ttt_kd_segmenter" in path.read_text()  # any namespace
+    assert flatten_params(load_params_file(path)) == flat
+    (tmp_path / "bad.yaml").write_text("other_node:\n  ros__parameters: {a: 1}\n")
+    with pytest.raises(ValueError, match="ros__parameters"):
+        load_params_file(tmp_path / "bad.yaml")
+
+
+def test_parse_overrides_yaml_values() -> None:
+    assert replay.parse_overrides(["adapt.lr:=0.01", "cameras:=[a, b]", "teacher:=tiny"]) == {
+        "adapt.lr": 0.01, "cameras": ["a", "b"], "teacher": "tiny"}
+    with pytest.raises(ValueError, match="NAME:=VALUE"):
+        replay.parse_overrides(["adapt.lr=0.01"])
 
 
 def test_report_summary_books_balance_and_files(tmp_path: Path) -> None:

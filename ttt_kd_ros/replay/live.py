@@ -72,7 +72,7 @@ def pick_domain_id() -> int:
     return random.Random(os.getpid() ^ time.time_ns()).randint(1, 100)
 
 
-def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+def nest_params(flat: dict[str, Any]) -> dict[str, Any]:
     """{"adapt.steps": 3} -> {"adapt": {"steps": 3}}, the form a ros__parameters YAML takes."""
     out: dict[str, Any] = {}
     for name, value in flat.items():
@@ -84,12 +84,12 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_params(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            out.update(_flatten(value, name + "."))
+            out.update(flatten_params(value, name + "."))
         else:
             out[name] = value
     return out
@@ -109,7 +109,7 @@ def node_parameters(plan: BagPlan, base: dict[str, Any], overrides: dict[str, An
     stretched to three (scaled) sensor periods so a slowed-down replay does
     not look like a dead camera.
     """
-    params = {k: v for k, v in _flatten(base).items() if k != "cameras" and not k.startswith("camera.")}
+    params = {k: v for k, v in flatten_params(base).items() if k != "cameras" and not k.startswith("camera.")}
     params.update({"cloud_topic": plan.cloud_topic, "output_topic": "~/labeled_points", "max_cloud_age_s": 0.0,
                    "max_future_s": 0.0, "diagnostics_period_s": 0.5})
     if sensor_period_s is not None and rate:
@@ -136,7 +136,7 @@ def write_params_file(path: Path, params: dict[str, Any]) -> Path:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     # "/**/" matches the node in any namespace (each replay runs it in its own)
-    path.write_text(yaml.safe_dump({f"/**/{NODE_NAME}": {"ros__parameters": _nest(params)}}, sort_keys=True,
+    path.write_text(yaml.safe_dump({f"/**/{NODE_NAME}": {"ros__parameters": nest_params(params)}}, sort_keys=True,
                                    default_flow_style=None))
     return path
 

@@ -101,10 +101,10 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 def base_parameters(params_file: Path | None) -> dict[str, Any]:
     """Flat node parameters of the params file (the shipped segment.yaml by default)."""
-    from ttt_kd_ros.replay.live import _flatten, load_params_file
+    from ttt_kd_ros.replay.live import flatten_params, load_params_file
     from ttt_kd_ros.share import share_file
 
-    return _flatten(load_params_file(params_file or share_file("config", "segment.yaml")))
+    return flatten_params(load_params_file(params_file or share_file("config", "segment.yaml")))
 
 
 def segmenter_config(params: dict[str, Any]) -> Any:
