@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", choices=("node", "inprocess"), default=None,
                         help="default: node, or inprocess for a domain whose cameras move")
     parser.add_argument("--bag", type=Path, default=None, help="replay this bag instead of writing one")
+    parser.add_argument("--checkpoint", default=None, help="model checkpoint (default: the shipped one if present)")
+    parser.add_argument("--teacher", default=None, help="2D teacher spec (default: the shipped one, else 'tiny')")
     return parser
 
 
@@ -59,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         model = replay.default_model()
+        if args.checkpoint is not None or args.teacher is not None:
+            model = replay.ModelChoice(args.checkpoint if args.checkpoint is not None else model.checkpoint,
+                                       args.teacher if args.teacher is not None else model.teacher,
+                                       trained=bool(args.checkpoint or model.trained))
         bag = args.bag
         if bag is None:
             domain = get_domain(args.domain)
