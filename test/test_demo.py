@@ -21,8 +21,8 @@ def test_demo_module_live_node_prints_table_and_writes_report(tmp_path: Path) ->
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH"))
                                                       if p))
     done = subprocess.run([sys.executable, "-m", "ttt_kd_ros.tools.demo", "--out", str(tmp_path), "--frames", "2",
-                           "--points", "1000", "--steps", "1"], env=env, capture_output=True, text=True,
-                          timeout=400, check=False)
+                           "--points", "1000", "--steps", "1", "--accuracy-domain", ""], env=env,
+                          capture_output=True, text=True, timeout=400, check=False)
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-2000:]
     lines = done.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("strategy"))
@@ -42,7 +42,7 @@ def test_demo_module_live_node_prints_table_and_writes_report(tmp_path: Path) ->
 def test_main_moving_camera_domain_replays_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A hand-held RGB-D camera moves every scan; the node takes fixed extrinsics, so the demo goes in-process."""
     code = demo.main(["--out", str(tmp_path), "--domain", "source", "--frames", "1", "--points", "600",
-                      "--strategies", "none", "--steps", "1"])
+                      "--strategies", "none", "--steps", "1", "--accuracy-domain", ""])
     out = capsys.readouterr().out
     assert code == 0
     assert "inprocess replay" in out and "Segmenter in this process" in out

@@ -99,6 +99,17 @@ def test_node_parameters_cameras_extrinsics_and_cloud_only(small_bag: Path) -> N
     assert cloud_only["mode"] == "cloud_only" and "cameras" not in cloud_only
 
 
+def test_plan_bag_finds_moving_cameras(small_bag: Path, tmp_path: Path) -> None:
+    """The robot's cameras are rigid; a hand-held RGB-D camera moves every scan (the node cannot follow it)."""
+    from ttt_kd_ros.data.synthetic import SyntheticDataset
+
+    assert plan_bag(small_bag).moving_cameras == []
+    make_bag.write_bag(tmp_path / "rgbd", SyntheticDataset("source", 2, seed=0), max_points=500)
+    plan = plan_bag(tmp_path / "rgbd")
+    assert plan.moving_cameras == ["sensor/rgbd_0", "sensor/rgbd_1", "sensor/rgbd_2"]
+    assert plan.num_clouds == 2 and plan.label_set == "synthetic_indoor"
+
+
 def test_write_params_file_round_trips_dotted_names(tmp_path: Path) -> None:
     flat = {"adapt.steps": 2, "camera.front.cam_from_cloud": [1.0, 0.0], "cameras": ["front"], "mode": "adapt"}
     path = write_params_file(tmp_path / "p.yaml", flat)

@@ -123,6 +123,7 @@ class BagPlan:
     sensor_rate_hz: float | None
     label_set: str
     notes: list[str] = field(default_factory=list)
+    moving_cameras: list[str] = field(default_factory=list)  # whose tf changes within the bag
 
     @property
     def topics(self) -> list[str]:
@@ -173,6 +174,7 @@ def plan_bag(path: str | Path, cloud_topic: str | None = None, camera_topics: Se
         elif item.topic in info_of:
             info_frames.setdefault(info_of[item.topic], str(item.msg.header.frame_id).lstrip("/"))
     notes: list[str] = []
+    moving: list[str] = []
     extrinsics: dict[str, np.ndarray] = {}
     kept = []
     for cam in cameras:
@@ -187,9 +189,9 @@ def plan_bag(path: str | Path, cloud_topic: str | None = None, camera_topics: Se
             extrinsics[cam.name] = graph.lookup(resolved, cloud_frame, stamp_ns=stamps[0] if stamps else None)
             history = values.get(resolved, [])
             if len(history) > 1 and not all(np.allclose(h, history[0], atol=1e-9) for h in history):
-                notes.append(f"camera {cam.name}: its tf changes within the bag; the live node was given the first "
-                             "value (in-process replay uses each cloud's own)")
+                moving.append(cam.name)
         kept.append(cam)
     rate = (len(stamps) - 1) / ((stamps[-1] - stamps[0]) * 1e-9) if len(stamps) >= 2 and stamps[-1] > stamps[0] \
         else None
-    return BagPlan(path, cloud_topic, kept, extrinsics, cloud_frame, len(stamps), rate, bag_label_set(path), notes)
+    return BagPlan(path, cloud_topic, kept, extrinsics, cloud_frame, len(stamps), rate, bag_label_set(path), notes,
+                   moving)

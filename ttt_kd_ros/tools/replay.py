@@ -164,6 +164,9 @@ def run_replay(bag: Path, mode: str = "node", strategies: Sequence[str] = ("none
     if plan.num_clouds == 0:
         raise ValueError(f"{bag}: no message on {plan.cloud_topic}")
     notes = list(plan.notes)
+    if mode == "node" and plan.moving_cameras:
+        notes.append(f"camera(s) {', '.join(plan.moving_cameras)}: tf changes within the bag, but the live node "
+                     "takes fixed extrinsics here (no tf2): it was given the first value; use --mode inprocess")
     strategies = list(strategies)
     if not plan.cameras and strategies != ["none"]:
         notes.append(f"no camera in the bag: clouds predicted without adaptation (strategy none instead of "
