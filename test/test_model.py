@@ -15,6 +15,7 @@ from ttt_kd_ros.model import (
     NetConfig,
     PreparedScan,
     TTTKDNet,
+    floor_z,
     load_checkpoint,
     net_config,
     point_inputs,
@@ -237,3 +238,47 @@ def _metadata(path: Path) -> str:
     data = path.read_bytes()
     header = json.loads(data[8 : 8 + struct.unpack("<Q", data[:8])[0]])
     return header["__metadata__"]["ttt_kd_ros"]
+
+
+# ----------------------------------------------------------------------------- frame-independent height
+
+
+def test_point_inputs_floor_height_is_the_same_in_a_z_shifted_frame() -> None:
+    config = net_config(**{**TINY, "input_features": ("height", "floor_height")})
+    room = _room_scan()
+    sensor = Scan(room.points_xyz_m - np.array([0.0, 0.0, 0.7], np.float32), rgb=room.rgb, labels=room.labels,
+                  label_set=room.label_set)  # a LiDAR mounted 0.7 m up sees the floor at z = -0.7
+    a, b = point_inputs(room, config), point_inputs(sensor, config)
+    np.testing.assert_allclose(a[:, 0] - b[:, 0], 0.7, atol=1e-6)  # "height" moves with the frame
+    np.testing.assert_allclose(a[:, 1], b[:, 1], atol=1e-5)  # "floor_height" does not
+    assert abs(floor_z(sensor.points_xyz_m) + 0.7) < 1e-5
+    np.testing.assert_allclose(np.median(a[:len(a) // 3, 1]), 0.0, atol=1e-6)  # floor points sit at 0
+
+
+def test_floor_z_ignores_a_few_stray_low_points_and_empty_scans() -> None:
+    pts = _room_scan().points_xyz_m.copy()
+    pts[:5, 2] = -3.0  # reflections below the floor
+    assert abs(floor_z(pts)) < 1e-6
+    assert floor_z(np.zeros((0, 3), np.float32)) == 0.0
+
+
+def test_net_config_defaults_to_floor_height_and_checks_center_width() -> None:
+    assert "floor_height" in NetConfig().input_features and "height" not in NetConfig().input_features
+    assert net_config(**{**TINY, "kd_target_center": [0.1] * 12}).kd_target_center == (0.1,) * 12
+    with pytest.raises(ValueError, match="kd_target_center: expected 12"):
+        net_config(**{**TINY, "kd_target_center": [0.1] * 5})
+
+
+def test_old_checkpoint_without_center_field_loads_and_behaves_as_before(tmp_path: Path) -> None:
+    net = _tiny_net(seed=3, input_features=("ones", "xyz", "height", "intensity", "rgb"))
+    path = save_checkpoint(net, tmp_path / "new.safetensors")
+    meta = json.loads(_metadata(path))
+    del meta["config"]["kd_target_center"]  # what checkpoints written before the field hold
+    old = tmp_path / "old.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(old),
+              metadata={"ttt_kd_ros": json.dumps(meta)})
+    loaded = load_checkpoint(old)
+    assert loaded.config.kd_target_center == () and loaded.config.input_features[2] == "height"
+    scan = _room_scan()
+    with torch.no_grad():
+        assert torch.equal(net.eval()(net.prepare(scan)).logits, loaded(loaded.prepare(scan)).logits)

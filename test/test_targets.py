@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from ttt_kd_ros.data import calib, pointfiles
 from ttt_kd_ros.geometry import project_points
 from ttt_kd_ros.scan import CameraIntrinsics, CameraView, Scan
-from ttt_kd_ros.targets import distillation_targets
+from ttt_kd_ros.targets import center_features, distillation_targets
 from ttt_kd_ros.teacher import Teacher, tiny_teacher
 
 W, H = 80, 60
@@ -141,3 +141,19 @@ def test_distillation_targets_real_nuscenes_overlapping_cameras(real_data: Path,
     assert targets.num_targets < sum(per_camera.values())
     assert targets.num_targets > 0.9 * max(per_camera.values())
     assert torch.all(targets.point_index[1:] > targets.point_index[:-1])
+
+
+def test_distillation_targets_center_subtracts_and_renormalises(teacher: Teacher) -> None:
+    scan = Scan(points_xyz_m=scan_points(), cameras=[camera(seed=1)])
+    raw = distillation_targets(scan, teacher)
+    center = raw.features.mean(dim=0)
+    centred = distillation_targets(scan, teacher, center=center.tolist())
+    torch.testing.assert_close(centred.features, F.normalize(raw.features - center, dim=1))
+    torch.testing.assert_close(centred.features.norm(dim=1), torch.ones(centred.num_targets))
+    assert centred.features.mean(dim=0).norm() < raw.features.mean(dim=0).norm()  # the common part is gone
+    assert torch.equal(distillation_targets(scan, teacher, center=()).features, raw.features)
+
+
+def test_center_features_rejects_a_center_of_the_wrong_width() -> None:
+    with pytest.raises(ValueError, match="kd_target_center: expected 4 values"):
+        center_features(torch.ones(3, 4), [0.0, 1.0])

@@ -12,6 +12,7 @@ from ttt_kd_ros.data.synthetic import generate_scan
 from ttt_kd_ros.geometry import project_points
 from ttt_kd_ros.model import NetConfig, TTTKDNet, load_checkpoint, read_checkpoint_metadata
 from ttt_kd_ros.scan import Scan
+from ttt_kd_ros.targets import distillation_targets
 from ttt_kd_ros.teacher import tiny_teacher
 from ttt_kd_ros.training import (
     FINAL_CHECKPOINT,
@@ -22,6 +23,8 @@ from ttt_kd_ros.training import (
     TrainExample,
     augmented,
     build_example,
+    center_example,
+    estimate_target_center,
     joint_loss,
     learning_rate,
     load_train_state,
@@ -70,7 +73,8 @@ def plain_config(epochs: int, **kw) -> TrainConfig:
 
 def test_train_lowers_ce_and_kd_and_writes_loadable_checkpoint(scans, tmp_path) -> None:
     teacher = tiny_teacher()
-    result = train(plain_config(6), tiny_model(), scans, teacher, tmp_path, progress=False,
+    # Raw targets: the tiny random teacher's centred targets carry too little signal to learn in 6 tiny epochs.
+    result = train(plain_config(6, center_targets=False), tiny_model(), scans, teacher, tmp_path, progress=False,
                    metadata={"command": "ttt_kd_train --test", "teacher_id": teacher.teacher_id})
     first, last = result.history[0], result.history[-1]
     assert last["ce"] < 0.9 * first["ce"]
@@ -191,3 +195,24 @@ def test_learning_rate_warms_up_then_decays() -> None:
 def test_train_config_rejects_unknown_kd_loss() -> None:
     with pytest.raises(ValueError, match="kd_loss"):
         TrainConfig(kd_loss="l3")
+
+
+def test_train_centres_targets_like_test_time_and_records_the_center(scans, tmp_path) -> None:
+    teacher = tiny_teacher()
+    raw = [build_example(s, teacher, 0, np.random.default_rng(0)) for s in scans]
+    center = estimate_target_center(raw, teacher.feature_dim)
+    stacked = torch.cat([e.kd_features.double() for e in raw])
+    np.testing.assert_allclose(center, stacked.mean(dim=0).numpy(), atol=1e-6)
+    # Training's cached (float16) targets equal what the Segmenter computes at test time with the stored center.
+    trained = center_example(raw[0], center)
+    at_test = distillation_targets(scans[0], teacher, center=center)
+    np.testing.assert_array_equal(trained.kd_index, at_test.point_index.numpy())
+    torch.testing.assert_close(trained.kd_features.float(), at_test.features, atol=2e-3, rtol=0)
+    config = TrainConfig(epochs=1, lr=5e-3, batch_scans=2, kd_points=0, augment=None)
+    result = train(config, tiny_model(), scans, teacher, tmp_path, progress=False)
+    stored = read_checkpoint_metadata(result.final_checkpoint)["config"]["kd_target_center"]
+    np.testing.assert_allclose(stored, center, atol=1e-3)  # examples are float16 before the estimate in train()
+    assert load_checkpoint(result.final_checkpoint).config.kd_target_center == tuple(stored)
+    plain = train(plain_config(1, center_targets=False), tiny_model(), scans, teacher, tmp_path / "raw",
+                  progress=False)
+    assert read_checkpoint_metadata(plain.final_checkpoint)["config"]["kd_target_center"] == []

@@ -28,9 +28,15 @@ from ttt_kd_ros.labels import LABEL_SETS, get_label_set
 from ttt_kd_ros.scan import Scan
 from ttt_kd_ros.sparse import SparseGeometry, Voxelization, get_backend, voxelize
 
-FEATURE_WIDTHS: dict[str, int] = {"ones": 1, "xyz": 3, "height": 1, "intensity": 1, "rgb": 3}
+FEATURE_WIDTHS: dict[str, int] = {"ones": 1, "xyz": 3, "height": 1, "floor_height": 1, "intensity": 1, "rgb": 3}
 """Per-point inputs the net can read. xyz: offset from the voxel centre in voxel units ([-0.5, 0.5));
-height: z in metres in the scan frame; intensity: [0, 1]; rgb: [0, 1]. Missing ones are zeros."""
+height: z in metres in the scan frame (frame-dependent: a LiDAR's z = 0 is its mount, an RGB-D room's the floor);
+floor_height: z minus the scan's floor estimate (``floor_z``), the same in any z-shifted frame;
+intensity: [0, 1]; rgb: [0, 1]. Missing ones are zeros."""
+
+FLOOR_PERCENTILE = 2.0
+"""Percentile of z taken as the floor: low enough to sit on the floor when a scan sees any floor, high enough that
+a few stray points below it (noise, reflections) do not move it."""
 
 CHECKPOINT_FORMAT_VERSION = 1
 _METADATA_KEY = "ttt_kd_ros"
@@ -47,7 +53,7 @@ class NetConfig:
     """
 
     name: str = "ttt_kd_small"
-    input_features: tuple[str, ...] = ("ones", "xyz", "height", "intensity", "rgb")
+    input_features: tuple[str, ...] = ("ones", "xyz", "floor_height", "intensity", "rgb")
     num_classes: int = 11
     label_set: str = "synthetic_indoor"
     teacher_dim: int = 384
@@ -61,10 +67,14 @@ class NetConfig:
     kd_hidden: int = 128
     bn_momentum: float = 0.1
     backend: str = "torch"
+    kd_target_center: tuple[float, ...] = ()
+    """Mean teacher feature subtracted from every distillation target before re-normalising
+    (``targets.center_targets``); estimated once over the training targets and stored here so training and test
+    time centre identically. Empty: targets used as the teacher gives them (checkpoints older than the field)."""
 
     def __post_init__(self) -> None:
         for name in ("input_features", "encoder_planes", "encoder_blocks", "decoder_planes", "decoder_blocks",
-                     "teacher_resolution"):
+                     "teacher_resolution", "kd_target_center"):
             setattr(self, name, tuple(getattr(self, name)))
         unknown = [f for f in self.input_features if f not in FEATURE_WIDTHS]
         if unknown or not self.input_features:
@@ -88,6 +98,10 @@ class NetConfig:
             raise ValueError(f"voxel_size_m: expected > 0, got {self.voxel_size_m}")
         if len(self.teacher_resolution) != 2:
             raise ValueError(f"teacher_resolution: expected (H, W), got {self.teacher_resolution}")
+        self.kd_target_center = tuple(float(v) for v in self.kd_target_center)
+        if self.kd_target_center and len(self.kd_target_center) != self.teacher_dim:
+            raise ValueError(f"kd_target_center: expected {self.teacher_dim} values (teacher_dim) or none, got "
+                             f"{len(self.kd_target_center)}")
 
     @property
     def in_channels(self) -> int:
@@ -305,6 +319,17 @@ class NetOutput:
     point_features: torch.Tensor
 
 
+def floor_z(points_xyz_m: np.ndarray) -> float:
+    """The scan's floor height in its own frame: the FLOOR_PERCENTILE-th percentile of z (0.0 for no points).
+
+    Subtracting it makes the height input the same whether the cloud is in a room frame (floor at z = 0) or a
+    sensor frame (floor at minus the mount height), which is the LiDAR-vs-RGB-D shift of the synthetic domains.
+    """
+    if len(points_xyz_m) == 0:
+        return 0.0
+    return float(np.percentile(points_xyz_m[:, 2], FLOOR_PERCENTILE))
+
+
 def point_inputs(scan: Scan, config: NetConfig) -> np.ndarray:
     """(N, Cin) float32 per-point inputs in config.input_features order; missing ones are zeros."""
     pts = scan.points_xyz_m
@@ -318,6 +343,8 @@ def point_inputs(scan: Scan, config: NetConfig) -> np.ndarray:
             columns.append((voxel - np.floor(voxel) - 0.5).astype(np.float32))
         elif name == "height":
             columns.append(pts[:, 2:3].astype(np.float32))
+        elif name == "floor_height":
+            columns.append((pts[:, 2:3].astype(np.float64) - floor_z(pts)).astype(np.float32))
         elif name == "intensity":
             value = scan.intensity
             columns.append(np.zeros((n, 1), np.float32) if value is None else np.asarray(value, np.float32)[:, None])
@@ -417,6 +444,9 @@ def save_checkpoint(model: TTTKDNet, path: str | os.PathLike, extra: dict | None
     return path
 
 
+_OPTIONAL_CONFIG_FIELDS = {"kd_target_center": []}
+"""NetConfig fields added after checkpoints were shipped, with the value that reproduces the older behaviour."""
+
 _REQUIRED_META = ("format_version", "config", "class_names", "voxel_size_m", "teacher_id", "teacher_resolution")
 
 
@@ -447,7 +477,7 @@ def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _config_from_meta(path: Path, meta: dict[str, Any], backend: str | None) -> NetConfig:
-    stored = dict(meta["config"])
+    stored = {**_OPTIONAL_CONFIG_FIELDS, **meta["config"]}
     names = {f.name for f in fields(NetConfig)}
     missing = sorted(names - set(stored))
     unknown = sorted(set(stored) - names)
@@ -533,6 +563,7 @@ __all__ = [
     "NetOutput",
     "PreparedScan",
     "TTTKDNet",
+    "floor_z",
     "load_checkpoint",
     "net_config",
     "point_inputs",

@@ -307,7 +307,7 @@ class Segmenter:
             self._sync()
             timings["teacher"] = time.perf_counter() - t
             t = time.perf_counter()
-            targets = distillation_targets(work, self.teacher)
+            targets = distillation_targets(work, self.teacher, center=self.model.config.kd_target_center)
             self._sync()
             timings["targets"] = time.perf_counter() - t
         except ValueError as err:

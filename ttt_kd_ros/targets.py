@@ -7,6 +7,7 @@ and reused by every adaptation step.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,14 +40,34 @@ class DistillTargets:
         return self.num_targets
 
 
-def distillation_targets(scan: Scan, teacher: Teacher, occlusion: bool = True) -> DistillTargets:
+def center_features(features: torch.Tensor, center: Sequence[float] | torch.Tensor | None) -> torch.Tensor:
+    """(M, D) features minus the (D,) center, L2-normalised again; unchanged when center is None or empty.
+
+    Why: patch features of a ViT share a large common component (the stand-in's mean pairwise cosine is 0.68),
+    so the raw cosine KD loss is near zero for any prediction close to that component and carries little
+    per-point signal. Subtracting a fixed mean (estimated once on training targets, stored in the checkpoint's
+    NetConfig.kd_target_center) leaves what distinguishes points. The same function runs at training and at
+    test time, so the two cannot drift apart.
+    """
+    if center is None or len(center) == 0:
+        return features
+    c = torch.as_tensor(center, dtype=features.dtype, device=features.device)
+    if c.shape != (features.shape[1],):
+        raise ValueError(f"kd_target_center: expected {features.shape[1]} values (the teacher's feature dim), got "
+                         f"{tuple(c.shape)}")
+    return F.normalize(features - c, dim=1)
+
+
+def distillation_targets(scan: Scan, teacher: Teacher, occlusion: bool = True,
+                         center: Sequence[float] | torch.Tensor | None = None) -> DistillTargets:
     """Project the scan into every camera, keep visible points, sample the teacher there.
 
     A point seen by several cameras gets the mean of their features,
     re-normalised (i.e. the normalised sum), so overlapping cameras agree on
     one target instead of pulling the point two ways. A scan with no cameras,
     or whose points no camera sees, gives empty targets (M = 0), which the
-    adapters treat as "skip adaptation".
+    adapters treat as "skip adaptation". center: the checkpoint's
+    NetConfig.kd_target_center, applied last (``center_features``).
     """
     indices: list[torch.Tensor] = []
     features: list[torch.Tensor] = []
@@ -67,8 +88,10 @@ def distillation_targets(scan: Scan, teacher: Teacher, occlusion: bool = True) -
             visible_per_camera=counts,
         )
     if len(indices) == 1:
-        return DistillTargets(point_index=indices[0], features=features[0], visible_per_camera=counts)
+        return DistillTargets(point_index=indices[0], features=center_features(features[0], center),
+                              visible_per_camera=counts)
     unique, inverse = torch.unique(torch.cat(indices), sorted=True, return_inverse=True)
     summed = torch.zeros((len(unique), teacher.feature_dim), dtype=torch.float32, device=teacher.device)
     summed.index_add_(0, inverse, torch.cat(features))
-    return DistillTargets(point_index=unique, features=F.normalize(summed, dim=1), visible_per_camera=counts)
+    return DistillTargets(point_index=unique, features=center_features(F.normalize(summed, dim=1), center),
+                          visible_per_camera=counts)

@@ -38,7 +38,7 @@ from ttt_kd_ros.losses import KD_LOSS_KINDS, kd_loss
 from ttt_kd_ros.metrics import ConfusionMatrix
 from ttt_kd_ros.model import TTTKDNet, load_checkpoint, net_config, save_checkpoint
 from ttt_kd_ros.scan import IGNORE_LABEL, CameraView, Scan
-from ttt_kd_ros.targets import distillation_targets
+from ttt_kd_ros.targets import center_features, distillation_targets
 from ttt_kd_ros.teacher import Teacher
 
 STATE_FILE = "train_state.pt"
@@ -167,6 +167,36 @@ def augmented(example: TrainExample, rng: np.random.Generator, aug: Augmentation
         noise = rng.normal(0.0, aug.jitter_m, scan.points_xyz_m.shape).astype(np.float32)
         scan.points_xyz_m = scan.points_xyz_m + noise
     return scan, index, features
+
+
+def estimate_target_center(examples: Sequence[TrainExample], dim: int,
+                           ctx: DistContext | None = None) -> tuple[float, ...]:
+    """(D,) mean of every cached target over all examples (and all ranks): the common component to remove.
+
+    Estimated once, on the training targets, and then frozen in NetConfig.kd_target_center, so a test-time scan
+    is centred with the training statistics rather than its own (one scan's mean would remove its own signal).
+    """
+    wrong = {e.kd_features.shape[1] for e in examples if e.kd_features.shape[0] > 0} - {dim}
+    if wrong:
+        raise ValueError(f"estimate_target_center: expected {dim}-dim targets, got widths {sorted(wrong)}")
+    sums = torch.zeros(dim + 1, dtype=torch.float64)
+    for e in examples:
+        if e.kd_features.shape[0] > 0:
+            sums[:dim] += e.kd_features.double().sum(dim=0)
+            sums[dim] += e.kd_features.shape[0]
+    if ctx is not None and ctx.distributed:
+        dist.all_reduce(sums)
+    if sums[dim] == 0:
+        raise ValueError("estimate_target_center: no distillation targets in the training scans (no visible point)")
+    return tuple((sums[:dim] / sums[dim]).tolist())
+
+
+def center_example(example: TrainExample, center: Sequence[float]) -> TrainExample:
+    """The example with its targets centred exactly as ``distillation_targets(..., center=...)`` does at test time."""
+    if example.kd_features.shape[0] == 0:
+        return example
+    features = center_features(example.kd_features.float(), center).to(torch.float16)
+    return TrainExample(example.scan, example.kd_index, features)
 
 
 # ----------------------------------------------------------------------------------------------- loss
@@ -309,6 +339,7 @@ class TrainConfig:
     batch_scans: int = 2
     kd_points: int = 4096
     seed: int = 0
+    center_targets: bool = True  # subtract the mean training target (NetConfig.kd_target_center); see targets.py
     augment: Augmentation | None = field(default_factory=Augmentation)
 
     def __post_init__(self) -> None:
@@ -416,6 +447,10 @@ def train(
     for i in tqdm(shard, desc=f"scans + teacher targets (rank {ctx.rank})", disable=not progress, unit="scan"):
         examples.append(build_example(dataset[i], kd_teacher, config.kd_points,
                                       np.random.default_rng([config.seed, i, 1])))
+    if kd_teacher is not None and config.center_targets:
+        center = model.config.kd_target_center or estimate_target_center(examples, model.config.teacher_dim, ctx)
+        model.config.kd_target_center = tuple(float(v) for v in center)
+        examples = [center_example(e, model.config.kd_target_center) for e in examples]
     prepare_s = time.perf_counter() - t0
     steps_per_epoch = math.ceil(len(shard) / config.batch_scans)
     total_steps = steps_per_epoch * config.epochs
@@ -505,7 +540,9 @@ __all__ = [
     "average_buffers",
     "build_example",
     "build_model",
+    "center_example",
     "crop_indices",
+    "estimate_target_center",
     "evaluate_miou",
     "init_distributed",
     "joint_loss",

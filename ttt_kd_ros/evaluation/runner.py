@@ -206,7 +206,7 @@ def run_curve(settings: RunSettings, splits: Sequence[SplitData], steps: Sequenc
         matrices = {k: ConfusionMatrix(model.config.num_classes) for k in steps}
         for scan in split.scans[:max_scans]:
             prepared = model.prepare(scan, settings.device)
-            targets = distillation_targets(scan, settings.teacher)
+            targets = distillation_targets(scan, settings.teacher, center=model.config.kd_target_center)
             adapter.reset()
             done = 0
             for k in steps:
