@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 from ttt_kd_ros.ros import compat
 from ttt_kd_ros.ros.transforms import (
+    TransformBuffer,
     TransformGraph,
     cam_from_cloud_from_parameter,
     invert_transform,
@@ -146,3 +148,134 @@ def test_make_tf_buffer_none_without_tf2() -> None:
     if compat.have("tf2_ros"):
         pytest.skip("tf2_ros is installed: the buffer needs a live node")
     assert compat.make_tf_buffer(node=None) is None
+
+
+def _tf_message(*transforms: SimpleNamespace) -> SimpleNamespace:
+    return SimpleNamespace(transforms=list(transforms))
+
+
+def _translation(x: float) -> np.ndarray:
+    T = np.eye(4)
+    T[0, 3] = x
+    return T
+
+
+def test_transform_buffer_static_chain_both_directions() -> None:
+    rng = np.random.default_rng(3)
+    base_lidar, base_cam = _random_transform(rng), _random_transform(rng)
+    buffer = TransformBuffer()
+    stored = buffer.add_message(_tf_message(_tf("base", "lidar", base_lidar), _tf("base", "cam", base_cam)),
+                                static=True)
+    assert stored == 2
+    cam_from_lidar = buffer.lookup("cam", "lidar", stamp_ns=123)
+    np.testing.assert_allclose(cam_from_lidar, invert_transform(base_cam) @ base_lidar, atol=1e-9)
+    np.testing.assert_allclose(buffer.lookup("lidar", "cam", stamp_ns=None), invert_transform(cam_from_lidar),
+                               atol=1e-9)
+
+
+def test_transform_buffer_dynamic_uses_newest_sample_at_or_before_stamp() -> None:
+    buffer = TransformBuffer(cache_time_s=10.0)
+    for sec in (1, 2, 3):
+        buffer.add_message(_tf_message(_tf("odom", "cam", _translation(float(sec)), sec=sec)), static=False)
+    at = {sec_ns: buffer.lookup("odom", "cam", stamp_ns=sec_ns)[0, 3]
+          for sec_ns in (1_000_000_000, 2_500_000_000, 3_000_000_000, 4_000_000_000)}
+    assert at == {1_000_000_000: 1.0, 2_500_000_000: 2.0, 3_000_000_000: 3.0, 4_000_000_000: 3.0}
+
+
+def test_transform_buffer_dynamic_before_first_or_after_window_is_none() -> None:
+    buffer = TransformBuffer(cache_time_s=2.0)
+    buffer.add_message(_tf("odom", "cam", _translation(1.0), sec=10), static=False)
+    assert buffer.lookup("odom", "cam", stamp_ns=9 * 10**9) is None
+    assert "no sample at or before" in buffer.why_not("odom", "cam", stamp_ns=9 * 10**9)
+    assert buffer.lookup("odom", "cam", stamp_ns=11 * 10**9) is not None
+    assert buffer.lookup("odom", "cam", stamp_ns=13 * 10**9) is None  # publisher stopped 3 s ago, window 2 s
+
+
+def test_transform_buffer_static_link_holds_for_any_stamp() -> None:
+    buffer = TransformBuffer(cache_time_s=1.0)
+    buffer.add_message(_tf("base", "cam", _translation(2.0), sec=100), static=True)
+    for stamp_ns in (0, 100 * 10**9, 10**15):
+        assert buffer.lookup("cam", "base", stamp_ns=stamp_ns)[0, 3] == -2.0
+
+
+def test_transform_buffer_chain_through_moving_and_static_links() -> None:
+    buffer = TransformBuffer()
+    buffer.add_message(_tf("base", "lidar", _translation(1.0)), static=True)
+    buffer.add_message(_tf_message(_tf("base", "pan", _translation(10.0), sec=1),
+                                   _tf("base", "pan", _translation(20.0), sec=2)), static=False)
+    buffer.add_message(_tf("pan", "cam", _translation(0.5)), static=True)
+    # cam_from_lidar = (base_from_pan @ pan_from_cam)^-1 @ base_from_lidar: x = 1 - (pan + 0.5)
+    assert buffer.lookup("cam", "lidar", stamp_ns=1_500_000_000)[0, 3] == pytest.approx(1.0 - 10.5)
+    assert buffer.lookup("cam", "lidar", stamp_ns=2_000_000_000)[0, 3] == pytest.approx(1.0 - 20.5)
+
+
+def test_transform_buffer_missing_link_is_none_and_named() -> None:
+    buffer = TransformBuffer()
+    buffer.add_message(_tf("base", "lidar", _translation(1.0)), static=True)
+    buffer.add_message(_tf("map", "cam", _translation(1.0)), static=True)
+    assert buffer.lookup("cam", "lidar", stamp_ns=0) is None
+    assert buffer.lookup("nowhere", "lidar", stamp_ns=0) is None
+    why = buffer.why_not("cam", "lidar", stamp_ns=0)
+    assert "'lidar'" in why and "'cam'" in why
+    assert buffer.why_not("base", "lidar", stamp_ns=0) == ""
+
+
+def test_transform_buffer_skips_and_counts_bad_transforms() -> None:
+    bad_quaternion = _tf("base", "cam", np.eye(4))
+    bad_quaternion.transform.rotation = SimpleNamespace(x=0.0, y=0.0, z=0.0, w=0.0)
+    buffer = TransformBuffer()
+    stored = buffer.add_message(_tf_message(bad_quaternion, _tf("a", "a", np.eye(4)), _tf("base", "lidar", np.eye(4))),
+                                static=True)
+    assert (stored, buffer.rejected) == (1, 2)
+    assert buffer.frames == {"base", "lidar"}
+
+
+def test_transform_buffer_dynamic_history_is_bounded_by_cache_time() -> None:
+    graph = TransformGraph(dynamic_window_s=1.0)
+    for i in range(500):  # 100 Hz for 5 s
+        graph.add_matrix("odom", "cam", _translation(float(i)), stamp_ns=i * 10_000_000, static=False)
+    history = graph._edges["odom"]["cam"]
+    assert len(history) <= 101 and history[-1][0] == 499 * 10_000_000
+
+
+def test_transform_buffer_concurrent_writers_and_readers() -> None:
+    buffer = TransformBuffer(cache_time_s=1.0)
+    buffer.add_message(_tf("base", "lidar", _translation(1.0)), static=True)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def write() -> None:
+        for i in range(2000):
+            buffer.add_message(_tf("base", "cam", _translation(float(i % 7)), sec=i), static=False)
+        stop.set()
+
+    def read() -> None:
+        try:
+            while not stop.is_set():
+                T = buffer.lookup("cam", "lidar", stamp_ns=None)
+                if T is not None:
+                    assert T[0, 3] in {1.0 - k for k in range(7)}
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write)] + [threading.Thread(target=read) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not errors
+    assert buffer.lookup("cam", "lidar", stamp_ns=1999 * 10**9)[0, 3] == 1.0 - (1999 % 7)
+
+
+def test_tf_qos_static_latched_and_dynamic_volatile() -> None:
+    from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
+
+    static, dynamic = compat.tf_qos(static=True), compat.tf_qos(static=False)
+    assert (static.durability, static.reliability) == (DurabilityPolicy.TRANSIENT_LOCAL, ReliabilityPolicy.RELIABLE)
+    assert dynamic.durability == DurabilityPolicy.VOLATILE
+
+
+def test_make_tf_lookup_none_without_tf2_ros_and_tf2_msgs() -> None:
+    if compat.have("tf2_ros") or compat.have("tf2_msgs"):
+        pytest.skip("a tf source is installed: the lookup needs a live node")
+    assert compat.make_tf_lookup(node=None) is None

@@ -34,7 +34,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from ttt_kd_ros.labels import LABEL_SETS, LabelSet
-from ttt_kd_ros.ros.compat import make_synchronizer, make_tf_buffer
+from ttt_kd_ros.ros.compat import make_synchronizer, make_tf_lookup
 from ttt_kd_ros.ros.convert import (
     CloudArrays,
     camera_info_to_intrinsics,
@@ -54,7 +54,6 @@ from ttt_kd_ros.ros.params import (
     read_parameters,
     segmenter_config,
 )
-from ttt_kd_ros.ros.transforms import cam_from_cloud_from_tf2
 from ttt_kd_ros.ros.worker import LatestSlot, SlotWorker
 from ttt_kd_ros.scan import IGNORE_LABEL, CameraView, Scan
 from ttt_kd_ros.segmenter import Segmenter
@@ -142,7 +141,8 @@ class SegmenterNode(LifecycleNode):
         self._diag_timer = None
         self._subscriptions: list[Any] = []
         self._sync = None
-        self._tf = None
+        self._tf: Any = None  # compat.make_tf_lookup's object: lookup(target, source, stamp_ns) -> (4, 4) | None
+        self._tf_subscriptions: list[Any] = []
         self._camera_seen_s: dict[str, float] = {}
         self._active_since_s = 0.0
         self._cloud_alone_logged = False
@@ -164,11 +164,14 @@ class SegmenterNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         needs_tf = [cam.name for cam in params.cameras if cam.cam_from_cloud is None]
         if needs_tf and not params.cloud_only:
-            self._tf = make_tf_buffer(self)
-            if self._tf is None:
+            made = make_tf_lookup(self)
+            if made is None:
                 self.get_logger().error(f"configure failed: parameter camera.{needs_tf[0]}.cam_from_cloud is unset "
-                                        "and tf2_ros is not importable here; give the extrinsics as parameters")
+                                        "and neither tf2_ros nor tf2_msgs is importable here (no way to follow "
+                                        "/tf); give the extrinsics as parameters")
                 return TransitionCallbackReturn.FAILURE
+            self._tf, self._tf_subscriptions = made
+            self.get_logger().info(f"extrinsics of {needs_tf} from tf ({self._tf.backend})")
         self.params = params
         self.segmenter = segmenter
         self.label_set = self._label_set_of(segmenter)
@@ -237,6 +240,9 @@ class SegmenterNode(LifecycleNode):
             if pub is not None:
                 self.destroy_publisher(pub)
         self._output_pub = self._diag_pub = None
+        for sub in self._tf_subscriptions:
+            self.destroy_subscription(sub)
+        self._tf_subscriptions, self._tf = [], None
         self.segmenter = None
 
     # ---- callbacks (subscription threads: keep them cheap) ---------------------------------------------------
@@ -324,17 +330,32 @@ class SegmenterNode(LifecycleNode):
 
     def _camera_view(self, cloud_msg: PointCloud2, cam: CameraParams, image: Image, info: CameraInfo
                      ) -> CameraView | None:
-        """The camera as a CameraView, or None (counted, logged) when its messages cannot be used."""
-        try:
-            cam_from_cloud = cam.cam_from_cloud
+        """The camera as a CameraView, or None (counted, logged) when its messages or its transform are missing."""
+        cam_from_cloud = cam.cam_from_cloud
+        if cam_from_cloud is None:
+            cam_from_cloud = self._lookup_extrinsics(cloud_msg, cam)
             if cam_from_cloud is None:
-                cam_from_cloud = cam_from_cloud_from_tf2(self._tf[0], cam.frame_id, cloud_msg.header.frame_id)
+                return None
+        try:
             return camera_view(cam.name, image, info, cam_from_cloud)
         except (ValueError, LookupError) as exc:
             self.stats.count_skipped(f"bad_camera.{cam.name}")
             self.get_logger().warning(f"camera {cam.name} left out of this scan: {exc}",
                                       throttle_duration_sec=LOG_THROTTLE_S)
             return None
+
+    def _lookup_extrinsics(self, cloud_msg: PointCloud2, cam: CameraParams) -> np.ndarray | None:
+        """cam_from_cloud from tf (cloud frame -> camera.<name>.frame_id) at the cloud's stamp; None: counted."""
+        camera_frame = cam.frame_id
+        cloud_frame, stamp_ns = cloud_msg.header.frame_id, header_stamp_ns(cloud_msg)
+        cam_from_cloud = self._tf.lookup(camera_frame, cloud_frame, stamp_ns)
+        if cam_from_cloud is None:
+            self.stats.count_skipped(f"no_transform.{cam.name}")
+            why = self._tf.why_not(camera_frame, cloud_frame, stamp_ns)
+            self.get_logger().warning(f"camera {cam.name} left out of this scan: no transform from {cloud_frame!r} "
+                                      f"to {camera_frame!r} at {stamp_ns} ns: {why}",
+                                      throttle_duration_sec=LOG_THROTTLE_S)
+        return cam_from_cloud
 
     # ---- worker thread ---------------------------------------------------------------------------------------
 

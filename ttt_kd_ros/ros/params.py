@@ -93,7 +93,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
 CAMERA_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("image_topic", "{name}/image_raw", "Image topic (rgb8, bgr8, rgba8, bgra8, mono8)."),
     ParamSpec("info_topic", "{name}/camera_info", "CameraInfo topic of the same camera."),
-    ParamSpec("frame_id", "", "Camera frame for a tf2 lookup when cam_from_cloud is not given."),
+    ParamSpec("frame_id", "", "Camera frame looked up in tf (cloud frame -> this frame, at the cloud stamp) when "
+              "cam_from_cloud is not given."),
 )
 CAMERA_EXTRINSICS = "cam_from_cloud"
 CAMERA_EXTRINSICS_DESCRIPTION = (
@@ -107,7 +108,7 @@ class CameraParams:
     image_topic: str
     info_topic: str
     frame_id: str
-    cam_from_cloud: np.ndarray | None  # (4, 4) float64, None: look it up with tf2
+    cam_from_cloud: np.ndarray | None  # (4, 4) float64, None: look frame_id up in tf
 
 
 @dataclass(frozen=True)

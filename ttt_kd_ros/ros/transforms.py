@@ -19,8 +19,10 @@ source)`` both return target_from_source.
 
 from __future__ import annotations
 
+import bisect
 import importlib
 import itertools
+import threading
 from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -151,35 +153,54 @@ class TransformGraph:
     stamp. ``lookup(..., stamp_ns=None)`` uses the newest value of every edge.
     """
 
-    def __init__(self, transforms: Iterable[Any] = ()) -> None:
+    def __init__(self, transforms: Iterable[Any] = (), dynamic_window_s: float = 10.0) -> None:
         # frame -> neighbour -> [(stamp_ns, frame_from_neighbour)] sorted by stamp
         self._edges: dict[str, dict[str, list[tuple[int, np.ndarray]]]] = {}
+        self._dynamic: set[tuple[str, str]] = set()  # (frame, neighbour) links from /tf rather than /tf_static
+        self.dynamic_window_ns = int(dynamic_window_s * 1e9)
         self.add_all(transforms)
 
     @property
     def frames(self) -> set[str]:
         return set(self._edges)
 
-    def add(self, msg: Any) -> None:
+    def add(self, msg: Any, static: bool = True) -> None:
         """One TransformStamped (its header stamp orders repeated links)."""
         parent, child = str(msg.header.frame_id).lstrip("/"), str(msg.child_frame_id).lstrip("/")
-        self.add_matrix(parent, child, transform_stamped_to_matrix(msg), stamp_to_ns(msg.header.stamp))
+        self.add_matrix(parent, child, transform_stamped_to_matrix(msg), stamp_to_ns(msg.header.stamp), static)
 
-    def add_matrix(self, parent: str, child: str, parent_from_child: np.ndarray, stamp_ns: int = 0) -> None:
+    def add_matrix(self, parent: str, child: str, parent_from_child: np.ndarray, stamp_ns: int = 0,
+                   static: bool = True) -> None:
+        """A link; ``static`` False marks a /tf link (bounded history, no value before its first sample)."""
         if parent == child:
             raise ValueError(f"transform: parent and child frame are both {parent!r}")
         T = np.asarray(parent_from_child, dtype=np.float64).reshape(4, 4)
+        stamp_ns = int(stamp_ns)
         for a, b, value in ((parent, child, T), (child, parent, invert_transform(T))):
             history = self._edges.setdefault(a, {}).setdefault(b, [])
-            history[:] = [item for item in history if item[0] != stamp_ns]
-            history.append((int(stamp_ns), value))
-            history.sort(key=lambda item: item[0])
+            if static:
+                self._dynamic.discard((a, b))
+                history[:] = [item for item in history if item[0] != stamp_ns]
+                history.append((stamp_ns, value))
+                history.sort(key=lambda item: item[0])
+                continue
+            if (a, b) not in self._dynamic:  # a link that moves now: its static history no longer applies
+                self._dynamic.add((a, b))
+                history.clear()
+            at = bisect.bisect_left(history, stamp_ns, key=lambda item: item[0])
+            if at < len(history) and history[at][0] == stamp_ns:
+                history[at] = (stamp_ns, value)
+            else:
+                history.insert(at, (stamp_ns, value))
+            oldest_kept = history[-1][0] - self.dynamic_window_ns
+            drop = bisect.bisect_left(history, oldest_kept, key=lambda item: item[0])
+            del history[:drop]
 
-    def add_all(self, transforms: Iterable[Any]) -> None:
+    def add_all(self, transforms: Iterable[Any], static: bool = True) -> None:
         """TransformStamped messages, or TFMessage-like objects with ``.transforms``."""
         for item in transforms:
             for msg in getattr(item, "transforms", [item]):
-                self.add(msg)
+                self.add(msg, static)
 
     def can_transform(self, target: str, source: str) -> bool:
         return self._path(target.lstrip("/"), source.lstrip("/")) is not None
@@ -188,7 +209,10 @@ class TransformGraph:
         """(4, 4) target_from_source (X_target = T @ X_source), chained along the shortest path.
 
         With ``stamp_ns``, each link uses its newest value stamped at or before
-        it (the oldest value when all are later: static links hold backwards).
+        it. A static link uses its oldest value when all are later (static
+        links hold backwards); a dynamic (/tf) link has no value before its
+        first kept sample, nor more than ``dynamic_window_s`` after its last
+        (a publisher that stopped), and the lookup raises LookupError.
         """
         target, source = target.lstrip("/"), source.lstrip("/")
         path = self._path(target, source)
@@ -198,8 +222,26 @@ class TransformGraph:
             )
         T = np.eye(4)
         for frame, nxt in itertools.pairwise(path):
-            T = T @ _value_at(self._edges[frame][nxt], stamp_ns)  # frame_from_nxt
+            history = self._edges[frame][nxt]
+            if (frame, nxt) in self._dynamic:
+                T = T @ self._dynamic_value_at(history, stamp_ns, frame, nxt)
+            else:
+                T = T @ _value_at(history, stamp_ns)  # frame_from_nxt
         return T
+
+    def _dynamic_value_at(self, history: list[tuple[int, np.ndarray]], stamp_ns: int | None, frame: str,
+                          nxt: str) -> np.ndarray:
+        if stamp_ns is None:
+            return history[-1][1]
+        at = bisect.bisect_right(history, stamp_ns, key=lambda item: item[0])
+        if at == 0:
+            raise LookupError(f"/tf link {frame!r} - {nxt!r}: no sample at or before {stamp_ns} ns "
+                              f"(oldest kept: {history[0][0]} ns)")
+        stamp, value = history[at - 1]
+        if stamp_ns - stamp > self.dynamic_window_ns:
+            raise LookupError(f"/tf link {frame!r} - {nxt!r}: newest sample at or before {stamp_ns} ns is "
+                              f"{(stamp_ns - stamp) / 1e9:.3f} s older (window {self.dynamic_window_ns / 1e9} s)")
+        return value
 
     def _path(self, target: str, source: str) -> list[str] | None:
         """Frames from target to source (breadth first), or None when they are not connected."""
@@ -248,3 +290,68 @@ def cam_from_cloud_from_tf2(buffer: Any, camera_frame: str, cloud_frame: str, st
     except tf2_ros.TransformException as err:  # Lookup / Connectivity / Extrapolation
         raise LookupError(f"tf2: no transform from {cloud_frame!r} to {camera_frame!r}: {err}") from err
     return transform_stamped_to_matrix(msg)
+
+
+class TransformBuffer:
+    """A TransformGraph fed from /tf and /tf_static callbacks and read by the worker: the node's own tf buffer.
+
+    Used where tf2_ros is not importable (``compat.make_tf_lookup``); it has
+    the same small interface as the tf2_ros wrapper there: ``lookup(target,
+    source, stamp_ns) -> (4, 4) target_from_source | None``. Policy: each link
+    takes its newest value stamped at or before ``stamp_ns`` (no
+    interpolation); static links hold for any stamp; /tf links hold for
+    ``cache_time_s`` after their last sample and have no value before their
+    first kept one. One lock guards the graph; nothing outside this class runs
+    while it is held.
+    """
+
+    backend = "builtin"
+
+    def __init__(self, cache_time_s: float = 10.0) -> None:
+        self._graph = TransformGraph(dynamic_window_s=cache_time_s)
+        self._lock = threading.Lock()
+        self.rejected = 0  # transforms that could not be used (parent == child, zero quaternion)
+
+    def add_message(self, msg: Any, static: bool) -> int:
+        """A TFMessage (or one TransformStamped); returns how many transforms were stored, bad ones skipped."""
+        parsed = []
+        for item in getattr(msg, "transforms", [msg]):
+            try:
+                parent, child = str(item.header.frame_id).lstrip("/"), str(item.child_frame_id).lstrip("/")
+                parsed.append((parent, child, transform_stamped_to_matrix(item), stamp_to_ns(item.header.stamp)))
+            except (ValueError, AttributeError):
+                parsed.append(None)
+        stored = 0
+        with self._lock:
+            for entry in parsed:
+                if entry is None:
+                    self.rejected += 1
+                    continue
+                try:
+                    self._graph.add_matrix(*entry, static=static)
+                    stored += 1
+                except ValueError:
+                    self.rejected += 1
+        return stored
+
+    def lookup(self, target: str, source: str, stamp_ns: int | None = None) -> np.ndarray | None:
+        """(4, 4) target_from_source at ``stamp_ns`` (None: newest), or None when no chain or no valid sample."""
+        with self._lock:
+            try:
+                return self._graph.lookup(target, source, stamp_ns)
+            except LookupError:
+                return None
+
+    def why_not(self, target: str, source: str, stamp_ns: int | None = None) -> str:
+        """Why ``lookup`` returns None (for a log line); empty when it does not."""
+        with self._lock:
+            try:
+                self._graph.lookup(target, source, stamp_ns)
+            except LookupError as exc:
+                return str(exc)
+        return ""
+
+    @property
+    def frames(self) -> set[str]:
+        with self._lock:
+            return self._graph.frames
