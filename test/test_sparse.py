@@ -184,3 +184,34 @@ def test_backend_parity_same_weights_same_outputs(other: str) -> None:
         z = geom.subm_conv(geom.down_conv(y, w_down, 0), w_subm.new_ones(27, 6, 6) * 0.1, 1)
         outs.append(geom.up_conv(z, w_up, 0) + y)
     assert torch.allclose(outs[0], outs[1], atol=1e-4)
+
+
+@pytest.mark.parametrize("other", ["minkowski", "spconv"])
+def test_checkpoint_on_other_backend_gives_the_same_labels(other: str, tmp_path) -> None:
+    """A whole network saved once runs on any backend: same weights, same logits (forward, eval mode)."""
+    if other not in available_backends():
+        pytest.skip(f"{other} is not importable here; network parity is checked where it is")
+    import numpy as np
+
+    from ttt_kd_ros.model import TTTKDNet, load_checkpoint, net_config, save_checkpoint
+    from ttt_kd_ros.scan import Scan
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    points = np.concatenate([
+        np.c_[rng.uniform(-2, 2, (800, 2)), np.zeros(800)],  # floor
+        np.c_[rng.uniform(-2, 2, 400), np.full(400, 2.0), rng.uniform(0, 2.5, 400)],  # wall
+        rng.uniform([-0.5, -0.5, 0.0], [0.5, 0.5, 0.8], (300, 3)),  # box
+    ]).astype(np.float32)
+    scan = Scan(points_xyz_m=points, rgb=rng.uniform(0, 1, (len(points), 3)).astype(np.float32))
+    net = TTTKDNet(net_config("ttt_kd_small", num_classes=11, teacher_dim=8, encoder_planes=(8, 16, 16, 32),
+                              decoder_planes=(16, 16, 8))).eval()
+    path = save_checkpoint(net, tmp_path / "net.safetensors")
+    outputs = []
+    for backend in ("torch", other):
+        model = load_checkpoint(path, backend=backend)
+        with torch.no_grad():
+            outputs.append(model(model.prepare(scan), with_kd=True))
+    assert torch.allclose(outputs[0].logits, outputs[1].logits, atol=1e-4)
+    assert torch.allclose(outputs[0].kd, outputs[1].kd, atol=1e-4)
+    assert torch.equal(outputs[0].logits.argmax(1), outputs[1].logits.argmax(1))
