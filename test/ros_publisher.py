@@ -9,7 +9,8 @@ Cases (see CASES) are the good scan and every bad input the node must survive.
 Before the first command it waits until the node subscribes to every topic
 and prints {"ready": true}, so no message is lost to discovery.
 
-    python test/ros_publisher.py --cloud-topic /t/points --camera front:/t/image:/t/info
+    python test/ros_publisher.py --cloud-topic /t/points --camera front:/t/image:/t/info \
+        --tf-static test_lidar:test_side:0.1:0:0
 """
 
 from __future__ import annotations
@@ -26,15 +27,18 @@ from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 
+from ttt_kd_ros.ros import compat
+
 FRAME_ID = "test_lidar"
+UNKNOWN_FRAME_ID = "test_lidar_not_in_tf"  # the foreign_frame case: no tf chain to any camera frame
 IMAGE_W, IMAGE_H = 64, 48
 FOCAL_PX = 40.0
 CAMERA_LEAD_S = 0.02  # images go out this long before their cloud, as a camera driver usually is ahead
 
 
 def make_cloud(stamp_ns: int, xyz: np.ndarray, layout: tuple[str, ...] = ("x", "y", "z", "intensity"),
-               declared: tuple[str, ...] | None = None) -> PointCloud2:
-    """(N, 3) float32 points as a dense PointCloud2 in FRAME_ID; intensity 0.5 when in ``layout``.
+               declared: tuple[str, ...] | None = None, frame_id: str = FRAME_ID) -> PointCloud2:
+    """(N, 3) float32 points as a dense PointCloud2 in ``frame_id``; intensity 0.5 when in ``layout``.
 
     ``layout``: float32 columns of each point; ``declared``: the fields the message lists (default: all of
     them), so a field can be left out while its bytes stay (the missing-field case).
@@ -46,7 +50,7 @@ def make_cloud(stamp_ns: int, xyz: np.ndarray, layout: tuple[str, ...] = ("x", "
     declared = layout if declared is None else declared
     msg = PointCloud2()
     msg.header.stamp = Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
-    msg.header.frame_id = FRAME_ID
+    msg.header.frame_id = frame_id
     msg.height, msg.width = 1, n
     msg.fields = [PointField(name=name, offset=4 * i, datatype=PointField.FLOAT32, count=1)
                   for i, name in enumerate(layout) if name in declared]
@@ -87,8 +91,15 @@ def make_info(stamp: Time, width: int = IMAGE_W, height: int = IMAGE_H, focal_px
 
 
 class SensorPublisher(Node):
-    def __init__(self, cloud_topic: str, cameras: list[tuple[str, str, str]]) -> None:
+    def __init__(self, cloud_topic: str, cameras: list[tuple[str, str, str]],
+                 tf_static: list[tuple[str, str, np.ndarray]] = ()) -> None:
         super().__init__("ttt_kd_test_sensors")
+        self.tf_static_pub = None
+        if tf_static:  # latched (TRANSIENT_LOCAL), so a node that subscribes later still gets it
+            message_type, raw = compat.tf_message_type()
+            self.tf_static_pub = self.create_publisher(message_type, compat.TF_STATIC_TOPIC, compat.tf_qos(True))
+            payload = compat.tf_message_to_cdr([(parent, child, T, 0) for parent, child, T in tf_static])
+            self.tf_static_pub.publish(payload if raw else compat.tf_message_from_cdr(payload))
         self.cloud_pub = self.create_publisher(PointCloud2, cloud_topic, qos_profile_sensor_data)
         self.camera_pubs = [
             (self.create_publisher(Image, image, qos_profile_sensor_data),
@@ -123,7 +134,8 @@ class SensorPublisher(Node):
             declared = ("x", "y", "intensity")
         elif case == "big":
             layout = ("x", "y", "z")  # 12 bytes a point: 2M points fit the 32 MB shared-memory segment
-        cloud = make_cloud(stamp_ns, xyz, layout, declared)
+        cloud = make_cloud(stamp_ns, xyz, layout, declared,
+                           frame_id=UNKNOWN_FRAME_ID if case == "foreign_frame" else FRAME_ID)
         if case == "wrong_length":
             cloud.data = cloud.data[: len(cloud.data) // 2]
         if case != "cloud_only":
@@ -141,8 +153,8 @@ class SensorPublisher(Node):
         return int(np.isfinite(xyz).all(axis=1).sum()) if case not in ("missing_xyz", "wrong_length") else 0
 
 
-CASES = ("good", "big", "cloud_only", "empty", "all_nan", "some_nan", "missing_xyz", "wrong_length", "bad_encoding",
-         "size_mismatch", "zero_k")
+CASES = ("good", "foreign_frame", "big", "cloud_only", "empty", "all_nan", "some_nan", "missing_xyz", "wrong_length",
+         "bad_encoding", "size_mismatch", "zero_k")
 
 
 def main() -> int:
@@ -151,10 +163,18 @@ def main() -> int:
     parser.add_argument("--camera", action="append", default=[], metavar="NAME:IMAGE_TOPIC:INFO_TOPIC")
     parser.add_argument("--wait-s", type=float, default=30.0)
     parser.add_argument("--cloud-subscribers", type=int, default=1, help="readers to wait for on the cloud topic")
+    parser.add_argument("--tf-static", action="append", default=[], metavar="PARENT:CHILD:X:Y:Z",
+                        help="a latched /tf_static link (translation only), repeatable")
     args = parser.parse_args()
     cameras = [tuple(spec.split(":")) for spec in args.camera]
+    links = []
+    for spec in args.tf_static:
+        parent, child, *xyz = spec.split(":")
+        T = np.eye(4)
+        T[:3, 3] = [float(v) for v in xyz]
+        links.append((parent, child, T))
     rclpy.init()
-    node = SensorPublisher(args.cloud_topic, cameras)
+    node = SensorPublisher(args.cloud_topic, cameras, links)
     try:
         ready = node.wait_for_subscribers(args.wait_s, args.cloud_subscribers)
         print(json.dumps({"ready": ready}), flush=True)

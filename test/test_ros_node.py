@@ -1,7 +1,8 @@
 """The node between real processes over DDS: sensors (test/ros_publisher.py) -> node -> this test.
 
-Two node processes start once for the module (one with a camera, one
-cloud_only in a namespace) and serve every case in sequence, so the suite
+Two node processes start once for the module (one with two cameras, front
+with cam_from_cloud parameters and side with a frame_id resolved from the
+publisher's latched /tf_static; one cloud_only in a namespace) and serve every case in sequence, so the suite
 pays for few start-ups. Each module run gets its own ROS_DOMAIN_ID and stays
 on localhost.
 """
@@ -47,6 +48,7 @@ MAX_POINTS = 3000  # what the network sees
 MAX_INPUT_POINTS = 100_000  # what the node keeps of a larger cloud
 CAMERA_TIMEOUT_S = 1.5
 WAIT_S = 30.0
+SIDE, SIDE_FRAME = "side", "test_side"  # a camera configured by frame_id only: cam_from_cloud comes from /tf_static
 
 
 def _tiny_config(cameras: bool) -> dict:
@@ -65,12 +67,19 @@ def _tiny_config(cameras: bool) -> dict:
         "adapt": {"strategy": "ttt_kd", "steps": 1, "kd_points_per_step": 256, "optimizer": "sgd", "lr": 0.001},
     }
     if cameras:
-        params["cameras"] = ["front"]
-        params["camera"] = {"front": {
-            "image_topic": f"{PREFIX}/front/image",
-            "info_topic": f"{PREFIX}/front/camera_info",
-            "cam_from_cloud": [float(v) for v in np.eye(4).reshape(-1)],
-        }}
+        params["cameras"] = ["front", SIDE]
+        params["camera"] = {
+            "front": {
+                "image_topic": f"{PREFIX}/front/image",
+                "info_topic": f"{PREFIX}/front/camera_info",
+                "cam_from_cloud": [float(v) for v in np.eye(4).reshape(-1)],
+            },
+            SIDE: {  # extrinsics from the publisher's latched /tf_static only
+                "image_topic": f"{PREFIX}/{SIDE}/image",
+                "info_topic": f"{PREFIX}/{SIDE}/camera_info",
+                "frame_id": SIDE_FRAME,
+            },
+        }
     else:
         params.pop("output_topic")
     return {f"/**/{NODE_NAME}": {"ros__parameters": params}}  # matches the namespaced node too
@@ -147,7 +156,9 @@ class Sensors:
     def __init__(self, env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(
             [PY, str(REPO_ROOT / "test" / "ros_publisher.py"), "--cloud-topic", f"{PREFIX}/points",
-             "--camera", f"front:{PREFIX}/front/image:{PREFIX}/front/camera_info", "--wait-s", str(WAIT_S * 2),
+             "--camera", f"front:{PREFIX}/front/image:{PREFIX}/front/camera_info",
+             "--camera", f"{SIDE}:{PREFIX}/{SIDE}/image:{PREFIX}/{SIDE}/camera_info",
+             "--tf-static", f"test_lidar:{SIDE_FRAME}:0.1:0:0", "--wait-s", str(WAIT_S * 2),
              "--cloud-subscribers", "2"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.ready = json.loads(self.proc.stdout.readline() or "{}").get("ready", False)
@@ -280,6 +291,32 @@ def test_node_diagnostics_report_rate_latency_losses_and_yaml_values(system: Sys
     assert float(diag["latency_ms.total"]) > 0 and "latency_ms.encode" in diag
     assert math.isfinite(float(diag["kd_loss_before"])) and math.isfinite(float(diag["kd_loss_after"]))
     assert float(diag["adapted_fraction"]) > 0
+
+
+def _camera_views(system: System, camera: str) -> int:
+    with system.listener.lock:
+        return int(system.listener.diagnostics.get(_node_fqn(), {}).get(f"camera_views.{camera}", 0))
+
+
+def test_node_camera_by_frame_id_uses_latched_tf_static(system: System) -> None:
+    before = _camera_views(system, SIDE)
+    for _ in range(2):
+        system.good()
+    diag = system.listener.diag(_node_fqn(), lambda d: int(d.get(f"camera_views.{SIDE}", 0)) >= before + 2)
+    assert diag is not None, f"{system.listener.diagnostics.get(_node_fqn())}\n{system.logs_text()}"
+    assert float(diag["adapted_fraction"]) > 0
+    assert "extrinsics of ['side'] from tf (builtin)" in system.logs_text() or "(tf2_ros)" in system.logs_text()
+
+
+def test_node_missing_transform_leaves_camera_out_counted_and_serves(system: System) -> None:
+    sent = system.sensors.send("foreign_frame")
+    out = system.listener.output(sent["stamp_ns"])
+    assert out is not None and out.width == sent["valid_points"], system.logs_text()
+    assert out.header.frame_id == "test_lidar_not_in_tf"
+    diag = system.listener.diag(_node_fqn(), lambda d: int(d.get(f"skipped.no_transform.{SIDE}", 0)) >= 1)
+    assert diag is not None, system.logs_text()
+    assert "no transform from 'test_lidar_not_in_tf' to 'test_side'" in system.logs_text()
+    system.good()
 
 
 def test_node_nan_points_are_dropped_from_output(system: System) -> None:

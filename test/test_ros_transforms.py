@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ttt_kd_ros.ros import compat
+from ttt_kd_ros.ros.convert import stamp_to_ns
 from ttt_kd_ros.ros.transforms import (
     TransformBuffer,
     TransformGraph,
@@ -275,7 +276,45 @@ def test_tf_qos_static_latched_and_dynamic_volatile() -> None:
     assert dynamic.durability == DurabilityPolicy.VOLATILE
 
 
-def test_make_tf_lookup_none_without_tf2_ros_and_tf2_msgs() -> None:
-    if compat.have("tf2_ros") or compat.have("tf2_msgs"):
-        pytest.skip("a tf source is installed: the lookup needs a live node")
-    assert compat.make_tf_lookup(node=None) is None
+def test_tf_message_cdr_round_trip_keeps_frames_stamps_and_pose() -> None:
+    rng = np.random.default_rng(5)
+    links = [("base", "cam", _random_transform(rng), 1_500_000_007), ("base", "lidar", np.eye(4), 0)]
+    msg = compat.tf_message_from_cdr(compat.tf_message_to_cdr(links))
+    assert [(t.header.frame_id, t.child_frame_id, stamp_to_ns(t.header.stamp)) for t in msg.transforms] == [
+        (parent, child, stamp) for parent, child, _, stamp in links]
+    np.testing.assert_allclose(transform_stamped_to_matrix(msg.transforms[0]), links[0][2], atol=1e-12)
+
+
+def test_make_tf_lookup_follows_latched_tf_static_between_nodes() -> None:
+    """The node's own subscription path: a TRANSIENT_LOCAL /tf_static published before anyone listens."""
+    rclpy = pytest.importorskip("rclpy")
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+
+    context = Context()
+    rclpy.init(context=context, domain_id=200 % 232)
+    try:
+        talker = rclpy.create_node("tf_talker", context=context)
+        listener = rclpy.create_node("tf_listener", context=context)
+        message_type, raw = compat.tf_message_type()
+        assert message_type is not None
+        publisher = talker.create_publisher(message_type, compat.TF_STATIC_TOPIC, compat.tf_qos(static=True))
+        payload = compat.tf_message_to_cdr([("test_lidar", "test_cam", _translation(0.25), 0)])
+        publisher.publish(payload if raw else compat.tf_message_from_cdr(payload))
+        lookup, subscriptions = compat.make_tf_lookup(listener)
+        assert len(subscriptions) == (0 if compat.have("tf2_ros") else 2)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(talker)
+        executor.add_node(listener)
+        found = None
+        for _ in range(100):
+            executor.spin_once(timeout_sec=0.05)
+            found = lookup.lookup("test_cam", "test_lidar", stamp_ns=10**18)
+            if found is not None:
+                break
+        assert found is not None
+        np.testing.assert_allclose(found, _translation(-0.25), atol=1e-12)
+        assert lookup.lookup("test_cam", "elsewhere", stamp_ns=0) is None
+        executor.shutdown()
+    finally:
+        context.try_shutdown()

@@ -18,14 +18,16 @@ alone; every case is counted on /diagnostics by reason.
 from __future__ import annotations
 
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import Node as LifecycleNode
@@ -139,10 +141,12 @@ class SegmenterNode(LifecycleNode):
         self._output_pub = None
         self._diag_pub = None
         self._diag_timer = None
-        self._subscriptions: list[Any] = []
+        self._input_subscriptions: list[Any] = []  # not `_subscriptions`: that is rclpy Node's own list
         self._sync = None
         self._tf: Any = None  # compat.make_tf_lookup's object: lookup(target, source, stamp_ns) -> (4, 4) | None
         self._tf_subscriptions: list[Any] = []
+        self._views_lock = threading.Lock()
+        self._views_by_camera: Counter[str] = Counter()  # scans that carried each camera's view
         self._camera_seen_s: dict[str, float] = {}
         self._active_since_s = 0.0
         self._cloud_alone_logged = False
@@ -194,7 +198,7 @@ class SegmenterNode(LifecycleNode):
         self._worker.start()
         self._active_since_s = time.monotonic()
         self._camera_seen_s = {}
-        self._subscriptions = [self.create_subscription(
+        self._input_subscriptions = [self.create_subscription(
             PointCloud2, params["cloud_topic"], self._on_cloud, qos_profile_sensor_data)]
         if not params.cloud_only:
             names = ["cloud"]
@@ -202,9 +206,9 @@ class SegmenterNode(LifecycleNode):
                 names += [f"{cam.name}/image", f"{cam.name}/camera_info"]
             self._sync = make_synchronizer(names, params["sync_queue_size"], params["sync_slop_s"], self._on_matched)
             for i, cam in enumerate(params.cameras):
-                self._subscriptions.append(self.create_subscription(
+                self._input_subscriptions.append(self.create_subscription(
                     Image, cam.image_topic, self._camera_feed(cam.name, 1 + 2 * i), qos_profile_sensor_data))
-                self._subscriptions.append(self.create_subscription(
+                self._input_subscriptions.append(self.create_subscription(
                     CameraInfo, cam.info_topic, self._camera_feed(cam.name, 2 + 2 * i), qos_profile_sensor_data))
         self._diag_timer = self.create_timer(params["diagnostics_period_s"], self._publish_diagnostics)
         return super().on_activate(state)
@@ -223,9 +227,9 @@ class SegmenterNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _stop_inputs(self) -> None:
-        for sub in self._subscriptions:
+        for sub in self._input_subscriptions:
             self.destroy_subscription(sub)
-        self._subscriptions = []
+        self._input_subscriptions = []
         self._sync = None
         if self._diag_timer is not None:
             self.destroy_timer(self._diag_timer)
@@ -315,6 +319,8 @@ class SegmenterNode(LifecycleNode):
         views = [view for view in (self._camera_view(msg, cam, img, info)
                                    for cam, (img, info) in zip(self.params.cameras, pairs, strict=False))
                  if view is not None]
+        with self._views_lock:
+            self._views_by_camera.update(view.name for view in views)
         scan = Scan(
             points_xyz_m=cloud.xyz_m,
             intensity=cloud.intensity,
@@ -396,6 +402,9 @@ class SegmenterNode(LifecycleNode):
         snap = self.stats.snapshot()
         msg = diagnostic_array(snap, f"{self.get_name()}: segmenter", self.get_fully_qualified_name(),
                                self.get_clock().now().to_msg())
+        with self._views_lock:
+            views = sorted(self._views_by_camera.items())
+        msg.status[0].values += [KeyValue(key=f"camera_views.{name}", value=str(n)) for name, n in views]
         self._diag_pub.publish(msg)
 
     @staticmethod
