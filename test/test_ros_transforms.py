@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from types import SimpleNamespace
 
@@ -292,7 +293,7 @@ def test_make_tf_lookup_follows_latched_tf_static_between_nodes() -> None:
     from rclpy.executors import SingleThreadedExecutor
 
     context = Context()
-    rclpy.init(context=context, domain_id=200 % 232)
+    rclpy.init(context=context, domain_id=50 + os.getpid() % 50)  # test_ros_node uses 100-199
     try:
         talker = rclpy.create_node("tf_talker", context=context)
         listener = rclpy.create_node("tf_listener", context=context)
