@@ -40,13 +40,40 @@ RANDOM_TEACHERS: dict[str, dict[str, int]] = {
 }
 """Teacher specs that build a random-weight DINOv2 (no files needed); anything else goes to load_teacher."""
 
+BUILTIN = "builtin"
+"""Checkpoint / teacher spec naming the weights shipped in ttt_kd_ros/checkpoints (the node's default)."""
+
+
+def resolve_builtin(checkpoint: str | None, teacher: str) -> tuple[str | None, str]:
+    """(checkpoint, teacher) with BUILTIN replaced by the shipped files' paths.
+
+    One place decides what "the package's own model" means, so the node, the
+    tools and the docs cannot disagree. A missing shipped file is a
+    ValueError naming it (a source tree whose checkpoints were not trained).
+    """
+    from ttt_kd_ros.checkpoints import default_checkpoint, default_teacher
+
+    if checkpoint == BUILTIN:
+        path = default_checkpoint()
+        if not path.is_file():
+            raise ValueError(f"checkpoint {BUILTIN!r}: the shipped file {path} is missing")
+        checkpoint = str(path)
+    if teacher == BUILTIN:
+        folder = default_teacher()
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"teacher {BUILTIN!r}: the shipped teacher folder {folder} is missing")
+        teacher = str(folder)
+    return checkpoint, teacher
+
 
 @dataclass
 class SegmenterConfig:
     """Everything needed to build a Segmenter; the node and the tools fill it from their parameters.
 
-    teacher: a RANDOM_TEACHERS name or a load_teacher spec (HF folder, cached
-    hub id, official .pth). teacher_resolution: short side in pixels or
+    checkpoint: a .safetensors path, BUILTIN (the shipped model) or None (an
+    untrained net, for plumbing tests). teacher: BUILTIN (the shipped stand-in),
+    a RANDOM_TEACHERS name or a load_teacher spec (HF folder, cached hub id,
+    official .pth). teacher_resolution: short side in pixels or
     (H, W); None takes the checkpoint's. max_points: random subsample cap
     before the network (0 = none); every input point is still labelled.
     """
@@ -171,13 +198,14 @@ class Segmenter:
         head does not fit the teacher's feature dimension.
         """
         device = resolve_device(config.device)
+        checkpoint, teacher_spec = resolve_builtin(config.checkpoint, config.teacher)
         model: TTTKDNet | None = None
-        if config.checkpoint:
-            model = load_checkpoint(config.checkpoint, device)
+        if checkpoint:
+            model = load_checkpoint(checkpoint, device)
         resolution = config.teacher_resolution
         if resolution is None:
             resolution = tuple(model.config.teacher_resolution) if model is not None else 224
-        teacher = build_teacher(config.teacher, resolution, device, seed=config.seed)
+        teacher = build_teacher(teacher_spec, resolution, device, seed=config.seed)
         if model is None:
             LOG.warning("no checkpoint given: building an UNTRAINED default network (ttt_kd_small, teacher_dim=%d); "
                         "its labels are meaningless until a trained checkpoint is configured", teacher.feature_dim)
@@ -187,12 +215,12 @@ class Segmenter:
                                             teacher_id=teacher.teacher_id))
             model = model.to(device)
         elif teacher.feature_dim != model.config.teacher_dim:
-            raise ValueError(f"checkpoint {config.checkpoint}: kd head outputs teacher_dim = "
+            raise ValueError(f"checkpoint {checkpoint}: kd head outputs teacher_dim = "
                              f"{model.config.teacher_dim} but teacher {config.teacher!r} ({teacher.teacher_id}) gives "
                              f"{teacher.feature_dim}-dim features")
         elif model.config.teacher_id and model.config.teacher_id != teacher.teacher_id:
             LOG.warning("checkpoint %s was trained against teacher %s but %s is loaded; distillation targets may "
-                        "not be the feature space its kd head learnt", config.checkpoint, model.config.teacher_id,
+                        "not be the feature space its kd head learnt", checkpoint, model.config.teacher_id,
                         teacher.teacher_id)
         strategy = build_strategy(model, config.adapt)
         return cls(model, teacher, strategy, device, amp=config.amp, max_points=config.max_points, seed=config.seed)

@@ -63,9 +63,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               minimum=0.0),
     ParamSpec("max_future_s", 0.0, "Refuse clouds stamped more than this (s) after now; 0 accepts any.", minimum=0.0),
     ParamSpec("diagnostics_period_s", 1.0, "Period (s) of the /diagnostics message.", minimum=0.01),
-    ParamSpec("checkpoint", "", "Model checkpoint (.safetensors with its .json); empty: random tiny model (tests)."),
-    ParamSpec("teacher", "tiny", "2D teacher: 'tiny' (random, tests), a Hugging Face folder, a cached hub id or a "
-              "dinov2_vit*14_pretrain.pth file."),
+    ParamSpec("checkpoint", "builtin", "Model checkpoint (.safetensors); 'builtin': the model shipped with the "
+              "package; empty: an untrained network (plumbing tests only)."),
+    ParamSpec("teacher", "builtin", "2D teacher: 'builtin' (the shipped stand-in the builtin model was trained "
+              "with), a Hugging Face DINOv2 folder, a cached hub id, a dinov2_vit*14_pretrain.pth file, or 'tiny' "
+              "(random weights, tests)."),
     ParamSpec("teacher_resolution", 0, "Shorter image side (px) fed to the teacher; 0: the checkpoint's.",
               minimum=0),
     ParamSpec("device", "auto", "Torch device: auto (cuda when available), cpu, cuda or cuda:<index>.",

@@ -1,0 +1,49 @@
+"""The shipped model: what `checkpoint: builtin` / `teacher: builtin` (the node's defaults) load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ttt_kd_ros.adapt import AdaptConfig
+from ttt_kd_ros.checkpoints import default_checkpoint, default_teacher
+from ttt_kd_ros.data.synthetic import generate_scan
+from ttt_kd_ros.ros.params import PARAMETERS
+from ttt_kd_ros.segmenter import BUILTIN, Segmenter, SegmenterConfig, resolve_builtin
+
+
+def test_resolve_builtin_names_the_shipped_files() -> None:
+    checkpoint, teacher = resolve_builtin(BUILTIN, BUILTIN)
+    assert Path(checkpoint) == default_checkpoint() and Path(checkpoint).is_file()
+    assert Path(teacher) == default_teacher() and (Path(teacher) / "config.json").is_file()
+    assert resolve_builtin("/some/model.safetensors", "tiny") == ("/some/model.safetensors", "tiny")
+
+
+def test_resolve_builtin_missing_file_names_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import ttt_kd_ros.checkpoints as shipped
+
+    monkeypatch.setattr(shipped, "default_checkpoint", lambda: tmp_path / "absent.safetensors")
+    with pytest.raises(ValueError, match=r"absent\.safetensors"):
+        resolve_builtin(BUILTIN, "tiny")
+
+
+def test_node_defaults_are_the_builtin_model() -> None:
+    defaults = {spec.name: spec.default for spec in PARAMETERS}
+    assert defaults["checkpoint"] == BUILTIN and defaults["teacher"] == BUILTIN
+
+
+@pytest.mark.slow
+def test_builtin_model_segments_an_unseen_room_well_above_chance() -> None:
+    segmenter = Segmenter.from_config(SegmenterConfig(
+        checkpoint=BUILTIN, teacher=BUILTIN, device="cpu", adapt=AdaptConfig(strategy="ttt_kd", steps=1)))
+    scan = generate_scan("source", seed=424242)
+    keep = np.random.default_rng(0).choice(scan.num_points, size=min(8000, scan.num_points), replace=False)
+    scan = scan.select(np.sort(keep))
+    prediction = segmenter.segment(scan)
+    assert len(prediction.labels) == scan.num_points
+    assert prediction.adapted and prediction.steps_run == 1
+    labelled = scan.labels >= 0
+    accuracy = float((prediction.labels[labelled] == scan.labels[labelled]).mean())
+    assert accuracy > 0.4, f"shipped model accuracy {accuracy:.2f} on a source-domain room (chance ~0.09)"
