@@ -222,3 +222,17 @@ def test_launch_file_imports_launch_only_inside_generate() -> None:
     text = LAUNCH_FILE.read_text()
     assert "fastdds_large_data.xml" in text and runner.FASTDDS_PROFILE_ENV in text
     assert '"segment_node"' in text and "segment.rviz" in text
+
+
+def test_shipped_yaml_adaptation_defaults_agree_with_adapt_config() -> None:
+    """AdaptConfig's defaults are the validated choice (docs/EVALUATION.md); the node and its YAML must not differ."""
+    from ttt_kd_ros.adapt import AdaptConfig
+
+    engine = AdaptConfig()
+    shipped = _flatten(yaml.safe_load(SHIPPED_YAML.read_text())[f"/**/{NODE_NAME}"]["ros__parameters"])
+    adapt_specs = [s for s in PARAMETERS if s.name.startswith("adapt.") and s.name != "adapt.time_budget_s"]
+    assert len(adapt_specs) >= 6
+    for spec in adapt_specs:
+        field = spec.name.split(".", 1)[1]
+        assert spec.default == getattr(engine, field), f"node default {spec.name}"
+        assert shipped[spec.name] == getattr(engine, field), f"config/segment.yaml {spec.name}"
