@@ -14,7 +14,8 @@ import pytest
 from conftest import REPO_ROOT
 
 from ttt_kd_ros.replay.bag_source import RawMessage, cdr_header_stamp_ns, plan_bag
-from ttt_kd_ros.replay.live import (
+from ttt_kd_ros.replay.report import FrameRecord, ReplayReport, StrategyRun
+from ttt_kd_ros.ros.replay_live import (
     flatten_params,
     frames_of,
     load_params_file,
@@ -22,7 +23,6 @@ from ttt_kd_ros.replay.live import (
     node_parameters,
     write_params_file,
 )
-from ttt_kd_ros.replay.report import FrameRecord, ReplayReport, StrategyRun
 from ttt_kd_ros.tools import make_bag, replay
 
 COUNT = 3

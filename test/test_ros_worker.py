@@ -161,7 +161,7 @@ def test_cap_cloud_keeps_order_and_source_index() -> None:
 
 
 def test_benchmark_node_run_times_every_stage() -> None:
-    from ttt_kd_ros.tools.benchmark_node import run
+    from ttt_kd_ros.ros.benchmark_node import run
 
     results = run(points=2000, reps=2, publish=False)
     assert set(results) == {"decode", "sync", "scan_assembly", "encode", "decode_and_assembly", "total"}

@@ -101,7 +101,7 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 def base_parameters(params_file: Path | None) -> dict[str, Any]:
     """Flat node parameters of the params file (the shipped segment.yaml by default)."""
-    from ttt_kd_ros.replay.live import flatten_params, load_params_file
+    from ttt_kd_ros.ros.replay_live import flatten_params, load_params_file
     from ttt_kd_ros.share import share_file
 
     return flatten_params(load_params_file(params_file or share_file("config", "segment.yaml")))
@@ -192,8 +192,8 @@ def run_replay(bag: Path, mode: str = "node", strategies: Sequence[str] = ("none
         report.runs, report.label_set = run_inprocess(plan, strategies, config, max_frames, bar)
     else:
         from ttt_kd_ros.replay.inprocess import scoring_label_set
-        from ttt_kd_ros.replay.live import NodeReplayOptions, run_node
         from ttt_kd_ros.replay.report import num_classes_of
+        from ttt_kd_ros.ros.replay_live import NodeReplayOptions, run_node
 
         model_label_set, model_classes = _model_label_set(config)
         label_set, note = scoring_label_set(plan.label_set, model_label_set)
