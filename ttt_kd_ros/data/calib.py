@@ -22,6 +22,7 @@ decides the image size (PJLab's file states 1080 rows for 1200-row images).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,21 @@ def mmdet3d_info_views(info_path: str | Path, index: int = 0, image_dir: str | P
     return readers[dataset](info_path, index=index, image_dir=image_dir)
 
 
+def _imaged_cameras(images: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(name, entry) of the info's cameras that have an image (other keys are calibration, not cameras)."""
+    for cam_name, cam in images.items():
+        if isinstance(cam, dict) and "img_path" in cam:
+            yield cam_name, cam
+
+
+def _pinhole_view(image: np.ndarray, K: np.ndarray, cam_from_cloud: np.ndarray, name: str,
+                  stamp_ns: int = 0) -> CameraView:
+    """An undistorted camera whose size is the image's own (info files do not state it)."""
+    h, w = image.shape[:2]
+    return CameraView(image_rgb=image, intrinsics=CameraIntrinsics(K=K, width_px=w, height_px=h),
+                      cam_from_cloud=cam_from_cloud, stamp_ns=stamp_ns, name=name)
+
+
 def kitti_info_views(info_path: str | Path, index: int = 0, image_dir: str | Path | None = None) -> list[CameraView]:
     """KITTI info: cameras that list an ``img_path``, as P (cam2img) @ R0_rect @ Tr_velo_to_cam."""
     _, frame = read_info(info_path, index)
@@ -174,9 +190,7 @@ def kitti_info_views(info_path: str | Path, index: int = 0, image_dir: str | Pat
     velo = _matrix(_field(_field(frame, "lidar_points", info_path), "Tr_velo_to_cam", info_path), info_path,
                    "lidar_points.Tr_velo_to_cam")
     views = []
-    for cam_name, cam in images.items():
-        if not isinstance(cam, dict) or "img_path" not in cam:
-            continue
+    for cam_name, cam in _imaged_cameras(images):
         P = _matrix(_field(cam, "cam2img", info_path), info_path, f"images.{cam_name}.cam2img")
         image = load_image_rgb(_image_path(info_path, cam["img_path"], image_dir))
         views.append(rectified_camera_view(image, P[:3], R0, velo, name=cam_name))
@@ -189,16 +203,12 @@ def nuscenes_info_views(
     """nuScenes info: six pinhole cameras (images are undistorted) seeing the LIDAR_TOP frame."""
     _, frame = read_info(info_path, index)
     views = []
-    for cam_name, cam in _field(frame, "images", info_path).items():
-        if not isinstance(cam, dict) or "img_path" not in cam:
-            continue
+    for cam_name, cam in _imaged_cameras(_field(frame, "images", info_path)):
         K = _matrix(_field(cam, "cam2img", info_path), info_path, f"images.{cam_name}.cam2img")[:3, :3]
         T = _matrix(_field(cam, "lidar2cam", info_path), info_path, f"images.{cam_name}.lidar2cam")
         image = load_image_rgb(_image_path(info_path, cam["img_path"], image_dir))
-        h, w = image.shape[:2]
         stamp_ns = round(float(cam.get("timestamp", 0.0)) * 1e9)
-        views.append(CameraView(image_rgb=image, intrinsics=CameraIntrinsics(K=K, width_px=w, height_px=h),
-                                cam_from_cloud=T, stamp_ns=stamp_ns, name=cam_name))
+        views.append(_pinhole_view(image, K, T, cam_name, stamp_ns))
     return views
 
 
@@ -208,9 +218,7 @@ def sunrgbd_info_views(
     """SUN RGB-D info: the RGB camera seeing the upright depth frame through ``depth2img`` = K @ R."""
     _, frame = read_info(info_path, index)
     views = []
-    for cam_name, cam in _field(frame, "images", info_path).items():
-        if not isinstance(cam, dict) or "img_path" not in cam:
-            continue
+    for cam_name, cam in _imaged_cameras(_field(frame, "images", info_path)):
         M = np.asarray(_field(cam, "depth2img", info_path), dtype=np.float64)
         if M.shape != (3, 3):
             raise ValueError(f"{info_path}: images.{cam_name}.depth2img: expected 3x3, got {M.shape}")
@@ -218,9 +226,7 @@ def sunrgbd_info_views(
         T = np.eye(4)
         T[:3, :3] = R
         image = load_image_rgb(_image_path(info_path, cam["img_path"], image_dir))
-        h, w = image.shape[:2]
-        views.append(CameraView(image_rgb=image, intrinsics=CameraIntrinsics(K=K, width_px=w, height_px=h),
-                                cam_from_cloud=T, name=cam_name))
+        views.append(_pinhole_view(image, K, T, cam_name))
     return views
 
 

@@ -22,6 +22,7 @@ import logging
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +242,11 @@ class RosbagScans:
 
     def __iter__(self) -> Iterator[Scan]:
         self.stats = SourceStats()
+        scans = self._paired_scans()
+        return scans if self.max_scans is None else islice(scans, self.max_scans)
+
+    def _paired_scans(self) -> Iterator[Scan]:
+        """Every cloud of the bag as a Scan, once no closer image can still arrive for it."""
         graph = TransformGraph()
         images = {cam.name: deque(maxlen=self.queue_size) for cam in self.cameras}
         infos = {cam.name: deque(maxlen=self.queue_size) for cam in self.cameras}
@@ -250,7 +256,6 @@ class RosbagScans:
             by_topic[cam.image] = ("image", cam.name)
             by_topic[cam.info] = ("info", cam.name)
         wanted = [self.cloud_topic, *by_topic, *self.tf_topics]
-        emitted = 0
         for item in read_bag_messages(self.path, wanted):
             if item.topic in self.tf_topics:
                 graph.add_all([item.msg])
@@ -260,21 +265,17 @@ class RosbagScans:
                 kind, name = by_topic[item.topic]
                 (images if kind == "image" else infos)[name].append((header_stamp_ns(item.msg), item.msg))
             while pending and self._ready(pending, images):
-                stamp, cloud = pending.popleft()
-                scan = self._scan(stamp, cloud, images, infos, graph)
-                if scan is not None:
-                    yield scan
-                    emitted += 1
-                    if self.max_scans is not None and emitted >= self.max_scans:
-                        return
+                yield from self._drain_one(pending, images, infos, graph)
         while pending:
-            stamp, cloud = pending.popleft()
-            scan = self._scan(stamp, cloud, images, infos, graph)
-            if scan is not None:
-                yield scan
-                emitted += 1
-                if self.max_scans is not None and emitted >= self.max_scans:
-                    return
+            yield from self._drain_one(pending, images, infos, graph)
+
+    def _drain_one(self, pending: deque[tuple[int, Any]], images: Mapping[str, deque],
+                   infos: Mapping[str, deque], graph: TransformGraph) -> Iterator[Scan]:
+        """The oldest pending cloud as a Scan (nothing when it cannot be decoded)."""
+        stamp, cloud = pending.popleft()
+        scan = self._scan(stamp, cloud, images, infos, graph)
+        if scan is not None:
+            yield scan
 
     def _ready(self, pending: deque[tuple[int, Any]], images: Mapping[str, deque]) -> bool:
         """Whether the oldest pending cloud can no longer get a closer image (or has waited long enough)."""
