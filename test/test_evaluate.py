@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +34,6 @@ def _tiny_net(seed: int) -> TTTKDNet:
                         voxel_size_m=0.1)
     return TTTKDNet(config)
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny matrices on a shared 2-core machine: two torch threads spin-wait 5-10x slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,6 @@ from ttt_kd_ros.teacher import Teacher, tiny_teacher
 W, H = 80, 60
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_torch_thread():
-    """Tiny models: with 2 OpenMP threads on a loaded 2-core machine each op waits ~10 ms on the barrier."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def teacher() -> Teacher:

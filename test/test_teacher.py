@@ -9,15 +9,6 @@ import torch
 from ttt_kd_ros.teacher import FeatureMap, Teacher, load_official_dinov2, load_teacher, tiny_teacher
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_torch_thread():
-    """Tiny models: with 2 OpenMP threads on a loaded 2-core machine each op waits ~10 ms on the barrier."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def random_image(h: int = 60, w: int = 100, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
 

@@ -53,14 +53,6 @@ def tiny_model(seed: int = 0) -> TTTKDNet:
     return TTTKDNet(NetConfig(teacher_id=tiny_teacher().teacher_id, teacher_resolution=(56, 56), **TINY))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices gain nothing from threads, and two spinning threads on busy cores cost 10-50x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def scans() -> list[Scan]:
