@@ -188,9 +188,15 @@ def plot_bars(rows: Sequence[dict[str, Any]], id_split: str, shifts: Sequence[st
                width, label=row["label"])
     ax.set_xticks(x, groups)
     ax.set_ylabel("mIoU (%)")
+    return _finish(plt, fig, ax, path, title, legend_columns=2, grid_axis="y")
+
+
+def _finish(plt: Any, fig: Any, ax: Any, path: Path, title: str, legend_columns: int = 1,
+            grid_axis: str = "both") -> Path:
+    """The same title, legend, grid and file handling for every figure, so the reports look alike."""
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=legend_columns)
+    ax.grid(axis=grid_axis, alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -209,14 +215,7 @@ def plot_curve(curve: dict[str, dict[int, float]], path: Path, title: str) -> Pa
     ax.set_xscale("symlog", linthresh=1)
     ax.set_xlabel("TTT-KD steps per scan")
     ax.set_ylabel("mIoU (%)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, ax, path, title)
 
 
 def plot_online(summary: dict[str, Any], path: Path, title: str) -> Path:
@@ -234,11 +233,4 @@ def plot_online(summary: dict[str, Any], path: Path, title: str) -> Path:
         ax.axvline(m, color="red", alpha=0.3, lw=0.8)
     ax.set_xlabel(f"scans seen (window of {window}); red: drift-guard restores ({len(marks)})")
     ax.set_ylabel("window mIoU (%)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, ax, path, title)
