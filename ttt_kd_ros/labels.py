@@ -91,6 +91,15 @@ _SEMANTIC_KITTI_RAW_TO_NAME = {
     80: "pole", 81: "traffic-sign",
 }
 
+# nuScenes-lidarseg class index -> SEMANTIC_KITTI19 name (approximate: man-made structure, poles and signs of
+# nuScenes have no one-to-one class there; unlisted indices are ignored).
+_LIDARSEG_RAW_TO_NAME = {
+    2: "person", 3: "person", 4: "person", 6: "person", 9: "fence", 14: "bicycle", 15: "other-vehicle",
+    16: "other-vehicle", 17: "car", 18: "other-vehicle", 19: "car", 20: "car", 21: "motorcycle",
+    22: "other-vehicle", 23: "truck", 24: "road", 25: "other-ground", 26: "sidewalk", 27: "terrain",
+    28: "building", 30: "vegetation",
+}
+
 # ScanNet's NYU40 ids of the 20 benchmark classes, in SCANNET20 order.
 _SCANNET20_NYU40_IDS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 24, 28, 33, 34, 36, 39)
 
@@ -107,24 +116,33 @@ SEMANTIC_KITTI_LEARNING_MAP = _lookup_table(
     260,
 )
 NYU40_TO_SCANNET20 = _lookup_table({nyu: i for i, nyu in enumerate(_SCANNET20_NYU40_IDS)}, 41)
+LIDARSEG_TO_SEMANTIC_KITTI = _lookup_table(
+    {raw: SEMANTIC_KITTI19.class_names.index(name) for raw, name in _LIDARSEG_RAW_TO_NAME.items()}, 32
+)
+
+
+def _map_ids(table: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """Raw ids through a lookup table; ids outside it become IGNORE_LABEL."""
+    ids = np.asarray(raw).astype(np.int64)
+    out = np.full(ids.shape, IGNORE_LABEL, dtype=np.int64)
+    known = (ids >= 0) & (ids < len(table))
+    out[known] = table[ids[known]]
+    return out
 
 
 def semantic_kitti_to_train(raw_label: np.ndarray) -> np.ndarray:
     """uint32 .label words (low 16 bits class, high 16 instance) -> training ids."""
-    cls = np.asarray(raw_label).astype(np.uint32) & 0xFFFF
-    out = np.full(cls.shape, IGNORE_LABEL, dtype=np.int64)
-    known = cls < len(SEMANTIC_KITTI_LEARNING_MAP)
-    out[known] = SEMANTIC_KITTI_LEARNING_MAP[cls[known]]
-    return out
+    return _map_ids(SEMANTIC_KITTI_LEARNING_MAP, np.asarray(raw_label).astype(np.uint32) & 0xFFFF)
 
 
 def nyu40_to_scannet20(nyu40: np.ndarray) -> np.ndarray:
     """NYU40 ids (0 = unannotated) -> SCANNET20 training ids."""
-    ids = np.asarray(nyu40).astype(np.int64)
-    out = np.full(ids.shape, IGNORE_LABEL, dtype=np.int64)
-    known = (ids >= 0) & (ids < len(NYU40_TO_SCANNET20))
-    out[known] = NYU40_TO_SCANNET20[ids[known]]
-    return out
+    return _map_ids(NYU40_TO_SCANNET20, nyu40)
+
+
+def lidarseg_to_semantic_kitti(raw: np.ndarray) -> np.ndarray:
+    """nuScenes-lidarseg class indices (0..31) -> SEMANTIC_KITTI19 training ids."""
+    return _map_ids(LIDARSEG_TO_SEMANTIC_KITTI, raw)
 
 
 def get_label_set(name: str) -> LabelSet:

@@ -4,7 +4,7 @@ The info JSON (``data_list[i]``: ``lidar_points.lidar_path``, per camera
 ``img_path``, ``cam2img`` K and ``lidar2cam``) is read by data.calib; the
 cloud stays in the LIDAR_TOP frame. nuScenes-lidarseg labels (one uint8 per
 point, the 32 lidarseg class indices) are read when a ``_lidarseg.bin`` file
-is given and mapped onto SEMANTIC_KITTI19 by ``LIDARSEG_TO_SEMANTIC_KITTI``,
+is given and mapped onto SEMANTIC_KITTI19 by ``labels.LIDARSEG_TO_SEMANTIC_KITTI``,
 a cross-data-set map: classes without a counterpart (noise, animals, debris,
 cones, ego vehicle, static.other) are ignored, and static.manmade (buildings,
 but also poles and signs) becomes "building".
@@ -18,27 +18,11 @@ import numpy as np
 
 from ttt_kd_ros.data.calib import info_lidar_path, nuscenes_info_views, read_info
 from ttt_kd_ros.data.pointfiles import read_nuscenes_bin
-from ttt_kd_ros.labels import SEMANTIC_KITTI19
-from ttt_kd_ros.scan import IGNORE_LABEL, Scan
+from ttt_kd_ros.labels import SEMANTIC_KITTI19, lidarseg_to_semantic_kitti
+from ttt_kd_ros.scan import Scan
 
-_LIDARSEG_NAMES = {
-    2: "person", 3: "person", 4: "person", 6: "person", 9: "fence", 14: "bicycle", 15: "other-vehicle",
-    16: "other-vehicle", 17: "car", 18: "other-vehicle", 19: "car", 20: "car", 21: "motorcycle",
-    22: "other-vehicle", 23: "truck", 24: "road", 25: "other-ground", 26: "sidewalk", 27: "terrain",
-    28: "building", 30: "vegetation",
-}
-LIDARSEG_TO_SEMANTIC_KITTI = np.full(32, IGNORE_LABEL, dtype=np.int64)
-for _index, _name in _LIDARSEG_NAMES.items():
-    LIDARSEG_TO_SEMANTIC_KITTI[_index] = SEMANTIC_KITTI19.class_names.index(_name)
-
-
-def lidarseg_to_train(raw: np.ndarray) -> np.ndarray:
-    """nuScenes-lidarseg class indices (0..31) -> SEMANTIC_KITTI19 training ids."""
-    raw = np.asarray(raw).astype(np.int64)
-    out = np.full(raw.shape, IGNORE_LABEL, dtype=np.int64)
-    known = (raw >= 0) & (raw < len(LIDARSEG_TO_SEMANTIC_KITTI))
-    out[known] = LIDARSEG_TO_SEMANTIC_KITTI[raw[known]]
-    return out
+lidarseg_to_train = lidarseg_to_semantic_kitti
+"""nuScenes-lidarseg class indices -> SEMANTIC_KITTI19 training ids (the map lives in labels.py)."""
 
 
 def load_nuscenes_sample(info_path: str | Path, index: int = 0, lidarseg_path: str | Path | None = None,
