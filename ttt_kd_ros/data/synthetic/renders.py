@@ -16,8 +16,8 @@ import numpy as np
 
 from ttt_kd_ros.data.synthetic.domains import Domain, get_domain
 from ttt_kd_ros.data.synthetic.raycast import cast_rays
-from ttt_kd_ros.data.synthetic.scene import NUM_ROOM_SURFACES, Scene, generate_scene
-from ttt_kd_ros.data.synthetic.sensors import intrinsics_for, look_pose, render_view
+from ttt_kd_ros.data.synthetic.scene import Scene, generate_scene
+from ttt_kd_ros.data.synthetic.sensors import free_position, intrinsics_for, look_pose, render_view
 from ttt_kd_ros.data.synthetic.world import SyntheticSample
 from ttt_kd_ros.scan import CameraIntrinsics
 
@@ -56,24 +56,10 @@ def scan_label_images(sample: SyntheticSample) -> list[np.ndarray]:
     return out
 
 
-def _inside_furniture(scene: Scene, xy: np.ndarray, margin_m: float) -> bool:
-    rows = slice(NUM_ROOM_SURFACES, None)
-    rel = xy - scene.center_m[rows, :2]
-    c, s = np.cos(scene.yaw_rad[rows]), np.sin(scene.yaw_rad[rows])
-    local_x, local_y = c * rel[:, 0] + s * rel[:, 1], -s * rel[:, 0] + c * rel[:, 1]
-    half = scene.half_size_m[rows]
-    return bool(np.any((np.abs(local_x) < half[:, 0] + margin_m) & (np.abs(local_y) < half[:, 1] + margin_m)))
-
-
 def _camera_pose(scene: Scene, domain: Domain, rng: np.random.Generator) -> np.ndarray:
     """world_from_cam where this domain's sensor would carry a camera: hand-held (rgbd) or robot-mounted (lidar)."""
     sensor = domain.sensor
-    half_room = scene.room_size_m[:2] / 2 - 0.5
-    xy = rng.uniform(-half_room, half_room)
-    for _ in range(30):
-        if not _inside_furniture(scene, xy, 0.15):
-            break
-        xy = rng.uniform(-half_room, half_room)
+    xy = free_position(scene, rng, margin=0.5, tries=31)
     if sensor.kind == "lidar":
         height = rng.uniform(*sensor.mount_height_m) + 0.1
         pitch = np.deg2rad(-10.0)

@@ -136,7 +136,8 @@ def render_view(scene: Scene, intr: CameraIntrinsics, world_from_cam: np.ndarray
                         world_from_cam)
 
 
-def _inside_furniture(scene: Scene, xy: np.ndarray, margin: float) -> bool:
+def inside_furniture(scene: Scene, xy: np.ndarray, margin: float) -> bool:
+    """Whether (x, y) lies within ``margin`` of a furniture footprint (rotated boxes)."""
     rows = slice(NUM_ROOM_SURFACES, None)
     rel = xy - scene.center_m[rows, :2]
     c, s = np.cos(scene.yaw_rad[rows]), np.sin(scene.yaw_rad[rows])
@@ -145,13 +146,13 @@ def _inside_furniture(scene: Scene, xy: np.ndarray, margin: float) -> bool:
     return bool(np.any((np.abs(lx) < half[:, 0] + margin) & (np.abs(ly) < half[:, 1] + margin)))
 
 
-def _free_position(scene: Scene, rng: np.random.Generator, margin: float) -> np.ndarray:
-    """An (x, y) not inside any furniture footprint (falls back to the last try)."""
+def free_position(scene: Scene, rng: np.random.Generator, margin: float, tries: int = 50) -> np.ndarray:
+    """An (x, y) at least ``margin`` inside the walls and not on furniture (falls back to the last try)."""
     half_room = scene.room_size_m[:2] / 2 - margin
     xy = np.zeros(2)
-    for _ in range(50):
+    for _ in range(tries):
         xy = rng.uniform(-half_room, half_room)
-        if not _inside_furniture(scene, xy, 0.15):
+        if not inside_furniture(scene, xy, 0.15):
             break
     return xy
 
@@ -168,7 +169,7 @@ def sense_rgbd(scene: Scene, sensor: SensorConfig, rng: np.random.Generator) -> 
     intr = intrinsics_for(sensor)
     points, prims, colours, views = [], [], [], []
     for _ in range(sensor.num_views):
-        xy = _free_position(scene, rng, 0.4)
+        xy = free_position(scene, rng, 0.4)
         height = min(rng.uniform(*sensor.camera_height_m), scene.room_size_m[2] - 0.2)
         to_centre = np.arctan2(-xy[1], -xy[0])
         yaw = to_centre + rng.uniform(-1.2, 1.2)
@@ -209,7 +210,7 @@ def _thin(xyz: np.ndarray, sensor: SensorConfig, rng: np.random.Generator) -> np
 
 def sense_lidar(scene: Scene, sensor: SensorConfig, rng: np.random.Generator) -> SensedCloud:
     """One LiDAR sweep in the sensor frame (x forward, z up) and the robot's cameras."""
-    xy = _free_position(scene, rng, 0.6)
+    xy = free_position(scene, rng, 0.6)
     height = rng.uniform(*sensor.mount_height_m)
     yaw = rng.uniform(-np.pi, np.pi)
     world_from_lidar = np.eye(4)
