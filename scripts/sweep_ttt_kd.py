@@ -30,20 +30,23 @@ from ttt_kd_ros.checkpoints import (
 )
 from ttt_kd_ros.evaluation.runner import JOINT, SOURCE_ONLY, RunSettings, run_curve
 from ttt_kd_ros.evaluation.splits import DEFAULT_SHIFTS, IN_DISTRIBUTION, generate_split, parse_split
-from ttt_kd_ros.segmenter import build_teacher
+from ttt_kd_ros.oracle_teacher import build_offline_teacher
 
 VALIDATION_SEED = 777  # not the table's 20261121, nor training's 0 / 7919
 
 
 def parse_grid(text: str) -> list[dict]:
-    """"opt:lr,lr:params,params:bn[,bn];..." -> AdaptConfig field dicts (the cartesian product per block)."""
+    """"opt:lr,lr:params,params:bn[,bn][:kd_points,...];..." -> AdaptConfig field dicts (product per block)."""
     configs = []
     for block in text.split(";"):
-        opt, lrs, params, bns = block.strip().split(":")
+        opt, lrs, params, bns, *rest = block.strip().split(":")
+        points = rest[0].split(",") if rest else [None]
         for lr in lrs.split(","):
             for p in params.split(","):
                 for bn in bns.split(","):
-                    configs.append({"optimizer": opt, "lr": float(lr), "params": p, "bn_train": bn == "1"})
+                    for kd in points:
+                        fields = {"optimizer": opt, "lr": float(lr), "params": p, "bn_train": bn == "1"}
+                        configs.append(fields if kd is None else {**fields, "kd_points_per_step": int(kd)})
     return configs
 
 
@@ -58,6 +61,9 @@ def main() -> None:
     p.add_argument("--max-points", type=int, default=16000)
     p.add_argument("--seed", type=int, default=VALIDATION_SEED)
     p.add_argument("--kd-points", type=int, default=8192)
+    p.add_argument("--teacher", default="default",
+                   help="'default' (the shipped stand-in), 'oracle[:corrupt=..]', 'tiny' or a load_teacher spec")
+    p.add_argument("--shift", action="append", default=None, help="shift split specs (default: the table's)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -65,29 +71,32 @@ def main() -> None:
     steps = [int(s) for s in args.steps.split(",")]
     t0 = time.perf_counter()
     splits = [generate_split(parse_split(s), args.scans, args.seed, args.max_points, "crop")
-              for s in (IN_DISTRIBUTION, *DEFAULT_SHIFTS)]
-    teacher = build_teacher(str(default_teacher()), default_teacher_resolution(), torch.device("cpu"))
+              for s in (IN_DISTRIBUTION, *(args.shift or DEFAULT_SHIFTS))]
+    spec = str(default_teacher()) if args.teacher == "default" else args.teacher
+    teacher = build_offline_teacher(spec, default_teacher_resolution(), torch.device("cpu"))
     teacher.cache_size = sum(len(s.cameras) for sp in splits for s in sp.scans) + 8
     print(f"splits + teacher: {time.perf_counter() - t0:.0f} s", flush=True)
     rows = []
     for role, path in ((SOURCE_ONLY, args.source_only_checkpoint), (JOINT, args.checkpoint)):
         settings = RunSettings({JOINT: path}, teacher, {})
         curve = run_curve(settings, splits, [0], args.scans)
-        rows.append({"row": role, "checkpoint": str(path), "curve": {k: v[0] for k, v in curve.items()}})
+        rows.append({"row": role, "checkpoint": str(path), "curve": {k: v[0] for k, v in curve.miou.items()},
+                     "kd_loss": {k: v[0] for k, v in curve.kd_loss.items()}})
         print(json.dumps(rows[-1]), flush=True)
     for fields in parse_grid(args.grid):
         t = time.perf_counter()
-        config = AdaptConfig(strategy="ttt_kd", kd_points_per_step=args.kd_points, **fields)
+        config = AdaptConfig(strategy="ttt_kd", **{"kd_points_per_step": args.kd_points, **fields})
         settings = RunSettings({JOINT: args.checkpoint}, teacher, {"ttt_kd": config})
         curve = run_curve(settings, splits, steps, args.scans)
-        rows.append({"row": "ttt_kd", **fields, "kd_points_per_step": args.kd_points,
+        rows.append({"row": "ttt_kd", "kd_points_per_step": args.kd_points, **fields,
                      "checkpoint": str(args.checkpoint),
-                     "curve": {split: {str(k): v for k, v in c.items()} for split, c in curve.items()},
+                     "curve": {split: {str(k): v for k, v in c.items()} for split, c in curve.miou.items()},
+                     "kd_loss": {split: {str(k): v for k, v in c.items()} for split, c in curve.kd_loss.items()},
                      "seconds": time.perf_counter() - t})
         print(json.dumps(rows[-1]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"seed": args.seed, "scans": args.scans, "max_points": args.max_points,
-                                    "rows": rows}, indent=1))
+                                    "teacher": teacher.teacher_id, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from ttt_kd_ros.adapt import TTTKD, AdaptConfig
+from ttt_kd_ros.adapt import AdaptConfig, build_strategy
 from ttt_kd_ros.evaluation.report import online_summary, relative_gain, table_rows
-from ttt_kd_ros.evaluation.runner import OnlineStream, SplitResult, curve_strategy, window_miou
+from ttt_kd_ros.evaluation.runner import OnlineStream, SplitResult, window_miou
 from ttt_kd_ros.evaluation.splits import generate_split, parse_split
 from ttt_kd_ros.metrics import ConfusionMatrix
 from ttt_kd_ros.model import TTTKDNet, load_checkpoint, net_config, save_checkpoint
-from ttt_kd_ros.targets import distillation_targets
+from ttt_kd_ros.segmenter import Segmenter
 from ttt_kd_ros.teacher import tiny_teacher
 from ttt_kd_ros.tools.evaluate import main
 
@@ -34,6 +34,9 @@ def _tiny_net(seed: int) -> TTTKDNet:
                         voxel_size_m=0.1)
     return TTTKDNet(config)
 
+
+def _segmenter(model: TTTKDNet, config: AdaptConfig) -> Segmenter:
+    return Segmenter(model, tiny_teacher(resolution=(28, 28)), build_strategy(model, config))
 
 
 @pytest.fixture(scope="module")
@@ -183,23 +186,82 @@ def test_main_bad_args_exit_with_clear_error(checkpoints: dict[str, Path], tmp_p
     assert not (tmp_path / "eval" / "results.json").exists()
 
 
-def test_curve_strategy_steps_in_pieces_equal_one_ttt_kd_run() -> None:
+def test_segment_steps_in_pieces_equal_one_ttt_kd_run() -> None:
     scan = generate_split(parse_split(ID_SPEC), 1, base_seed=3).scans[0]
-    teacher = tiny_teacher(resolution=(28, 28))
-    targets = distillation_targets(scan, teacher)
     config = AdaptConfig(strategy="ttt_kd", steps=3, lr=0.01, kd_points_per_step=64)
-    reference = _tiny_net(0)
-    prepared = reference.prepare(scan)
-    direct = TTTKD(reference, config)
-    direct.adapt(prepared, targets)
-    want = direct.predict(prepared).logits
-    model = _tiny_net(0)
-    adapter = curve_strategy(model, config)
-    for piece in (1, 2):
-        adapter.config.steps = piece
-        adapter.adapt(prepared, targets)
-    assert torch.allclose(adapter.predict(prepared).logits, want, atol=1e-6)
-    assert not torch.allclose(want, _tiny_net(0)(prepared, with_kd=False).logits, atol=1e-4)
+    direct = _segmenter(_tiny_net(0), config)
+    want = direct.segment(scan)
+    pieces = _segmenter(_tiny_net(0), config).segment_steps(scan, [0, 1, 3])
+    assert [p.steps_run for p in pieces] == [0, 1, 3]
+    assert np.array_equal(pieces[-1].labels, want.labels)
+    assert pieces[-1].kd_loss_after == pytest.approx(want.kd_loss_after, abs=1e-6)
+    assert pieces[0].kd_loss_after > pieces[-1].kd_loss_after
+    unadapted = _segmenter(_tiny_net(0), AdaptConfig(strategy="none")).segment(scan)
+    assert np.array_equal(pieces[0].labels, unadapted.labels)
+
+
+def test_main_named_rows_run_with_their_own_settings(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "rows"
+    assert main(_base_args(checkpoints, out, "--strategies", "joint_train,ttt_kd", "--steps", "2",
+                           "--row", "kd_only=ttt_kd:bn_train=false", "--row", "one_step=ttt_kd:steps=1,lr=1e-8",
+                           "--curve-scans", "0")) == 0
+    results = json.loads((out / "results.json").read_text())
+    steps = {r["strategy"]: r["steps_run"] for r in results["results"] if r["split"] == "src"}
+    assert steps == {"joint_train": [0, 0], "ttt_kd": [2, 2], "kd_only": [2, 2], "one_step": [1, 1]}
+    rows = {r["name"]: r for r in results["rows"]}
+    assert rows["kd_only"]["adapt"]["bn_train"] is False and rows["kd_only"]["adapt"]["steps"] == 2
+    assert rows["one_step"]["adapt"]["lr"] == 1e-8 and rows["ttt_kd"]["adapt"] is None
+    table = (out / "table.md").read_text()
+    assert "kd_only (ttt_kd: bn_train=false)" in table and "gain of OOD avg" in table
+
+
+@pytest.mark.parametrize("text, message", [("nameonly", "NAME=STRATEGY"), ("x=dance", "NAME=STRATEGY"),
+                                           ("ttt_kd=ttt_kd", "already used"), ("y=ttt_kd:lr=-1", "lr")])
+def test_main_named_row_errors_are_clear(checkpoints: dict[str, Path], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str], text: str, message: str) -> None:
+    with pytest.raises(SystemExit):
+        main(_base_args(checkpoints, tmp_path / "bad", "--row", text))
+    assert message in capsys.readouterr().err
+
+
+def test_main_oracle_teacher_runs_table_and_curve(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "oracle"
+    args = _base_args(checkpoints, out, "--strategies", "joint_train,ttt_kd", "--steps", "1", "--curve-steps",
+                      "0,1", "--curve-scans", "1")
+    args[args.index("tiny")] = "oracle:dim=32"
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["teacher"]["kind"].startswith("oracle control")
+    assert results["teacher"]["id"].startswith("oracle:dim=32")
+    curve = json.loads((out / "steps_curve.json").read_text())
+    assert set(curve["kd_loss"]["src"]) == {"0", "1"} and curve["kd_loss_ratio_unadapted"]["src"] == 1.0
+
+
+def test_pool_adds_confusions_of_runs_on_other_seeds(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    runs = []
+    for seed in ("11", "12"):
+        runs.append(tmp_path / f"seed{seed}")
+        assert main(_base_args(checkpoints, runs[-1], "--strategies", "source_only,joint_train", "--seed", seed,
+                               "--curve-scans", "0")) == 0
+    assert main(["--out", str(tmp_path / "pooled"), "--pool", *map(str, runs)]) == 0
+    pooled = json.loads((tmp_path / "pooled" / "results.json").read_text())
+    single = [json.loads((r / "results.json").read_text()) for r in runs]
+    for record in pooled["results"]:
+        parts = [next(x for x in s["results"] if (x["strategy"], x["split"]) == (record["strategy"], record["split"]))
+                 for s in single]
+        assert np.array_equal(np.array(record["confusion"]), sum(np.array(p["confusion"]) for p in parts))
+        assert len(record["scan_miou"]) == 4
+    assert pooled["scans_per_split"] == 4 and "seeds 11, 12" in (tmp_path / "pooled" / "table.md").read_text()
+
+
+def test_pool_refuses_runs_of_other_rows(checkpoints: dict[str, Path], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(_base_args(checkpoints, a, "--strategies", "joint_train", "--curve-scans", "0")) == 0
+    assert main(_base_args(checkpoints, b, "--strategies", "source_only", "--curve-scans", "0")) == 0
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "p"), "--pool", str(a), str(b)])
+    assert "differs" in capsys.readouterr().err
 
 
 def test_window_miou_sums_consecutive_scans() -> None:

@@ -7,13 +7,21 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from ttt_kd_ros.data.synthetic import generate_sample
 from ttt_kd_ros.data.synthetic.renders import render_labeled_images, scan_label_images
 from ttt_kd_ros.geometry import project_points
 from ttt_kd_ros.labels import SYNTHETIC_INDOOR
 from ttt_kd_ros.teacher import load_teacher
-from ttt_kd_ros.tools.pretrain_teacher import PretrainConfig, patch_class_distribution, photometric, pretrain
+from ttt_kd_ros.tools import pretrain_teacher
+from ttt_kd_ros.tools.pretrain_teacher import (
+    PretrainConfig,
+    PrototypeHead,
+    patch_class_distribution,
+    photometric,
+    pretrain,
+)
 
 
 def test_render_labeled_images_deterministic_and_labelled() -> None:
@@ -65,15 +73,84 @@ def test_photometric_changes_colour_only() -> None:
     assert not torch.allclose(out, images.float() / 255, atol=0.05)
 
 
+def _tiny_config(**changes: object) -> PretrainConfig:
+    base = dict(hidden_size=16, num_layers=1, num_heads=2, rooms_per_domain=1, randomised_rooms=1, views_per_room=2,
+                held_out_rooms=1, steps=3, batch_size=4)
+    return PretrainConfig(**{**base, **changes})
+
+
 @pytest.mark.slow
 def test_pretrain_tiny_writes_folder_load_teacher_reads(tmp_path) -> None:
-    config = PretrainConfig(hidden_size=16, num_layers=1, num_heads=2, rooms_per_domain=1, views_per_room=2,
-                            held_out_rooms=1, steps=3, batch_size=4)
-    report = pretrain(config, tmp_path / "teacher", command="test")
+    report = pretrain(_tiny_config(), tmp_path / "teacher", command="test", progress=False)
     assert (tmp_path / "teacher" / "config.json").is_file()
     saved = json.loads((tmp_path / "teacher" / "pretrain_report.json").read_text())
-    assert saved["train_images"] == report["train_images"] == 5 * 2
-    assert set(saved["probe_patch_accuracy_trained"]) == {"source", "office", "lidar", "office_lidar", "noisy"}
+    assert saved["train_images"] == report["train_images"] == (5 + 1) * 2
+    assert set(saved["probe_patch_miou_trained"]) == {"source", "office", "lidar", "office_lidar", "noisy",
+                                                      "randomised", "beyond_training"}
+    assert not (tmp_path / "teacher" / "train_state.pt").exists()
     teacher = load_teacher(tmp_path / "teacher", resolution=tuple(report["teacher_resolution_hw"]))
     fmap = teacher.feature_map(render_labeled_images("source", 0, 1)[0].image_rgb)
     assert fmap.features.shape == (16, 120 // 8, 160 // 8)
+
+
+@pytest.mark.slow
+def test_pretrain_interrupted_then_resumed_equals_one_run(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = _tiny_config(steps=4, checkpoint_every=2)
+    pretrain(config, tmp_path / "whole", progress=False)
+    calls = {"n": 0}
+    real = pretrain_teacher.pretrain_losses
+
+    def dies_at_step_three(*args: object, **kwargs: object) -> dict:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # the session ends mid-run
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pretrain_teacher, "pretrain_losses", dies_at_step_three)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(config, tmp_path / "split", progress=False)
+    assert (tmp_path / "split" / "train_state.pt").is_file() and (tmp_path / "split" / "renders").is_dir()
+    monkeypatch.setattr(pretrain_teacher, "pretrain_losses", real)
+    pretrain(config, tmp_path / "split", progress=False)
+    whole = load_file(str(tmp_path / "whole" / "model.safetensors"))
+    split = load_file(str(tmp_path / "split" / "model.safetensors"))
+    assert whole.keys() == split.keys()
+    for key in whole:
+        torch.testing.assert_close(split[key], whole[key], rtol=0, atol=0)
+
+
+def test_pretrain_refuses_a_state_saved_for_another_config(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "t"
+    monkeypatch.setattr(pretrain_teacher, "pretrain_losses", _raise_at_third_call(pretrain_teacher.pretrain_losses))
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(_tiny_config(steps=4, checkpoint_every=2), out, progress=False)
+    with pytest.raises(ValueError, match="another configuration"):
+        pretrain(_tiny_config(steps=4, checkpoint_every=2, lr=1e-2), out, progress=False)
+
+
+def _raise_at_third_call(real):
+    calls = {"n": 0}
+
+    def wrapped(*args: object, **kwargs: object) -> dict:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    return wrapped
+
+
+def test_prototype_head_logits_are_scaled_cosines() -> None:
+    head = PrototypeHead(dim=2, num_classes=2, temperature=0.5)
+    with torch.no_grad():
+        head.prototypes.copy_(torch.tensor([[3.0, 0.0], [0.0, 2.0]]))
+    logits = head(torch.tensor([[5.0, 0.0], [1.0, 1.0]]))
+    torch.testing.assert_close(logits, torch.tensor([[2.0, 0.0], [2**-0.5 * 2, 2**-0.5 * 2]]))
+
+
+def test_photometric_blur_and_exposure_keep_geometry() -> None:
+    images = torch.zeros(8, 3, 16, 16, dtype=torch.uint8)
+    images[:, :, :, 8:] = 255  # left half dark, right half bright, in every channel
+    out = photometric(images, torch.Generator().manual_seed(1))
+    grey = out.mean(dim=1)
+    assert (grey[:, :, 12:].mean(dim=(1, 2)) > grey[:, :, :4].mean(dim=(1, 2))).all()

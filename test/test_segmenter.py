@@ -153,7 +153,8 @@ def test_segment_out_of_memory_falls_back_and_restores(monkeypatch: pytest.Monke
     strategy = seg.strategy
     real_adapt = strategy.adapt
 
-    def adapt_then_oom(prepared: object, targets: object = None, time_budget_s: object = None) -> None:
+    def adapt_then_oom(prepared: object, targets: object = None, time_budget_s: object = None,
+                       **options: object) -> None:
         real_adapt(prepared, targets)  # weights move ...
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")  # ... then memory runs out
 

@@ -11,6 +11,7 @@ import torch
 from ttt_kd_ros.data.synthetic import generate_scan
 from ttt_kd_ros.geometry import project_points
 from ttt_kd_ros.model import NetConfig, TTTKDNet, load_checkpoint, read_checkpoint_metadata
+from ttt_kd_ros.oracle_teacher import build_offline_teacher
 from ttt_kd_ros.scan import Scan
 from ttt_kd_ros.targets import distillation_targets
 from ttt_kd_ros.teacher import tiny_teacher
@@ -78,6 +79,15 @@ def test_train_lowers_ce_and_kd_and_writes_loadable_checkpoint(scans, tmp_path) 
     extra = read_checkpoint_metadata(tmp_path / FINAL_CHECKPOINT)["extra"]
     assert extra["command"] == "ttt_kd_train --test" and extra["mode"] == "joint"
     assert len(extra["history"]) == 6
+
+
+def test_train_with_the_oracle_teacher_learns_its_class_vectors(scans, tmp_path) -> None:
+    teacher = build_offline_teacher("oracle:dim=32", (56, 56), torch.device("cpu"))
+    result = train(plain_config(6, center_targets=False), tiny_model(), scans, teacher, tmp_path, progress=False,
+                   metadata={"teacher_id": teacher.teacher_id})
+    first, last = result.history[0], result.history[-1]
+    assert first["kd_points"] > 0 and last["kd"] < 0.9 * first["kd"]
+    assert read_checkpoint_metadata(tmp_path / FINAL_CHECKPOINT)["extra"]["teacher_id"].startswith("oracle:dim=32")
 
 
 def test_train_checkpoint_runs_in_segmenter(scans, tmp_path) -> None:

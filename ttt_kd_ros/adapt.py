@@ -252,7 +252,8 @@ class NoAdaptation:
     def reset(self) -> None:
         """Nothing to restore: the weights never change."""
 
-    def adapt(self, prepared: Any, targets: Targets | None = None, time_budget_s: float | None = None) -> AdaptResult:
+    def adapt(self, prepared: Any, targets: Targets | None = None, time_budget_s: float | None = None,
+              steps: int | None = None, resume: bool = False) -> AdaptResult:
         return AdaptResult(reason="strategy none")
 
     @torch.no_grad()
@@ -262,7 +263,127 @@ class NoAdaptation:
         return self.model(prepared, with_kd=False)
 
 
-class TTTKD:
+class GradientStrategy:
+    """What every strategy that moves weights shares: the step loop, the source state and the one reset.
+
+    Like TENT's ``forward_and_adapt``, one loop takes every update: the
+    subclass says which parameters move (``param_set``), whether the
+    normalisation layers see the scan's batch statistics (``bn_train``), the
+    loss of one step (``loss``) and when a scan's first loss means its data
+    must not be trained on (``first_loss_rejected``). The optimizer is built
+    by ``build_strategy`` over exactly those parameters and passed in.
+    """
+
+    name = "gradient"
+    loss_name = "loss"  # in restore reasons
+    needs_targets = False
+    episodic = True
+
+    def __init__(self, model: nn.Module, config: AdaptConfig, optimizer: torch.optim.Optimizer | None = None) -> None:
+        self.model = model
+        self.config = config
+        self.params, self.param_names = collect_params(model, self.param_set(config))
+        configure_model(model, self.params, self.bn_train(config))
+        self.optimizer = optimizer if optimizer is not None else make_optimizer(self.params, config)
+        self._source = SourceState(model, self.params)
+        self._generator: torch.Generator | None = None
+        self._dirty = False
+        self.resets = 0  # restores forced by a bad loss (NaN/inf, drift)
+
+    @staticmethod
+    def param_set(config: AdaptConfig) -> str:
+        """Which backbone parameters the strategy updates (collect_params' ``which``)."""
+        return config.params
+
+    @staticmethod
+    def bn_train(config: AdaptConfig) -> bool:
+        """Whether normalisation layers use the scan's batch statistics during the steps."""
+        return config.bn_train
+
+    def loss(self, prepared: Any, targets: Targets | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def first_loss_rejected(self, loss: float) -> str:
+        """Why the scan's first loss means its data must not be trained on ("" = train)."""
+        return "" if math.isfinite(loss) else f"non-finite {self.loss_name} ({loss})"
+
+    def usable(self, targets: Targets | None) -> str:
+        """Why this scan cannot be adapted on at all ("" = it can)."""
+        return ""
+
+    def scan_done(self, result: AdaptResult) -> None:
+        """Bookkeeping after a scan's steps (the online guard's running average)."""
+
+    def reset(self) -> None:
+        """Source weights, BN buffers, optimizer moments and sampler back to their start, in place."""
+        self._source.restore()
+        self.optimizer.state.clear()
+        if self._generator is not None:
+            self._generator.manual_seed(self.config.seed)
+        self._dirty = False
+
+    def _restore_after_bad_loss(self, result: AdaptResult, reason: str) -> AdaptResult:
+        self.reset()
+        self.resets += 1
+        result.restored = True
+        result.stopped_early = True
+        result.reason = f"{reason}; source weights restored"
+        return result
+
+    def adapt(self, prepared: Any, targets: Targets | None = None, time_budget_s: float | None = None,
+              steps: int | None = None, resume: bool = False) -> AdaptResult:
+        """Up to ``steps`` (default: the config's) updates on this scan; works inside no_grad or inference_mode.
+
+        time_budget_s (default: the config's) counts from this call; a step is
+        not started when the last step's duration says it would end past it.
+        A NaN/inf loss restores the source weights instead of stepping.
+        ``resume`` continues the previous call's updates on the same scan (no
+        per-scan reset, no first-loss check): the steps curve's k steps in pieces.
+        """
+        result = AdaptResult()
+        unusable = self.usable(targets)
+        if unusable:
+            result.reason = unusable
+            return result
+        if self.episodic and self._dirty and not resume:
+            self.reset()
+        budget = self.config.time_budget_s if time_budget_s is None else time_budget_s
+        start = time.perf_counter()
+        configure_model(self.model, self.params, self.bn_train(self.config))
+        with torch.inference_mode(False), torch.enable_grad():
+            for step in range(self.config.steps if steps is None else steps):
+                if _next_step_overruns(budget, start, result):
+                    break
+                t0 = time.perf_counter()
+                loss = self.loss(prepared, targets)
+                value = float(loss.detach())
+                if step == 0 and not resume:
+                    result.loss_before = value
+                    rejected = self.first_loss_rejected(value)
+                    if rejected:
+                        return self._restore_after_bad_loss(result, rejected)
+                elif not math.isfinite(value):
+                    return self._restore_after_bad_loss(result, f"non-finite {self.loss_name} ({value}) at step {step}")
+                result.loss_after = value
+                self.optimizer.zero_grad(set_to_none=False)
+                loss.backward()
+                self.optimizer.step()
+                self._dirty = True
+                _sync(next(iter(self.params)).device)
+                result.steps_run += 1
+                result.step_times_s.append(time.perf_counter() - t0)
+        if not resume:
+            self.scan_done(result)
+        return result
+
+    @torch.no_grad()
+    def predict(self, prepared: Any) -> Any:
+        """Forward with the adapted weights, frozen, running BN statistics."""
+        self.model.eval()
+        return self.model(prepared, with_kd=False)
+
+
+class TTTKD(GradientStrategy):
     """TTT-KD (per scan): k KD steps on the visible points update psi_3D; reset() restores it.
 
     The heads are frozen but the gradient flows through rho_2D into the
@@ -272,30 +393,17 @@ class TTTKD:
     """
 
     name = "ttt_kd"
+    loss_name = "KD loss"
     needs_targets = True
     episodic = True
 
-    def __init__(self, model: nn.Module, config: AdaptConfig, optimizer: torch.optim.Optimizer | None = None) -> None:
-        self.model = model
-        self.config = config
-        self.params, self.param_names = collect_params(model, self._param_set())
-        configure_model(model, self.params, config.bn_train)
-        self.optimizer = optimizer if optimizer is not None else make_optimizer(self.params, config)
-        self._source = SourceState(model, self.params)
-        self._generator: torch.Generator | None = None
-        self._dirty = False
-        self.resets = 0  # restores forced by a bad loss (NaN/inf, drift)
-
-    def _param_set(self) -> str:
-        return self.config.params
-
-    def reset(self) -> None:
-        """Source weights, BN buffers, optimizer moments and sampler back to their start, in place."""
-        self._source.restore()
-        self.optimizer.state.clear()
-        if self._generator is not None:
-            self._generator.manual_seed(self.config.seed)
-        self._dirty = False
+    def usable(self, targets: Targets | None) -> str:
+        if targets is None or targets.point_index.numel() == 0:
+            return "no visible points"
+        if targets.features.shape[0] != targets.point_index.shape[0]:
+            raise ValueError(f"targets: {targets.point_index.shape[0]} point indices but {targets.features.shape[0]} "
+                             "feature rows")
+        return ""
 
     def _sample(self, num_visible: int, device: torch.device) -> torch.Tensor | None:
         """(S,) rows of the targets to use this step, or None for all of them."""
@@ -307,78 +415,23 @@ class TTTKD:
             self._generator.manual_seed(self.config.seed)
         return torch.randint(0, num_visible, (per_step,), generator=self._generator, device=device)
 
-    def _loss(self, prepared: Any, targets: Targets) -> torch.Tensor:
+    def loss(self, prepared: Any, targets: Targets | None) -> torch.Tensor:
+        assert targets is not None  # usable() returned "" only with targets
         rows = self._sample(int(targets.point_index.numel()), targets.features.device)
         point_index = targets.point_index if rows is None else targets.point_index.index_select(0, rows)
         teacher = targets.features if rows is None else targets.features.index_select(0, rows)
         pred = self.model.kd_features(prepared, point_index)  # (S, D): rho_2D at the sampled points only
         return kd_loss(pred, teacher, self.config.loss)
 
-    def _first_loss_rejected(self, loss: float) -> str:
-        """Why the scan's first loss means its data must not be trained on ("" = train)."""
-        return "" if math.isfinite(loss) else f"non-finite KD loss ({loss})"
-
-    def _scan_done(self, result: AdaptResult) -> None:
-        """Hook for bookkeeping after a scan's steps (the online guard's running average)."""
-
-    def _restore_after_bad_loss(self, result: AdaptResult, reason: str) -> AdaptResult:
-        self.reset()
-        self.resets += 1
-        result.restored = True
-        result.stopped_early = True
-        result.reason = f"{reason}; source weights restored"
-        return result
-
-    def adapt(self, prepared: Any, targets: Targets | None = None, time_budget_s: float | None = None) -> AdaptResult:
-        """Up to ``steps`` KD updates on this scan; works inside a caller's no_grad or inference_mode.
-
-        time_budget_s (default: the config's) counts from this call; a step is
-        not started when the last step's duration says it would end past it.
-        A NaN/inf loss restores the source weights instead of stepping.
-        """
-        result = AdaptResult()
-        if targets is None or targets.point_index.numel() == 0:
-            result.reason = "no visible points"
-            return result
-        if targets.features.shape[0] != targets.point_index.shape[0]:
-            raise ValueError(f"targets: {targets.point_index.shape[0]} point indices but {targets.features.shape[0]} "
-                             "feature rows")
-        if self.episodic and self._dirty:
-            self.reset()
-        budget = self.config.time_budget_s if time_budget_s is None else time_budget_s
-        device = targets.features.device
-        start = time.perf_counter()
-        configure_model(self.model, self.params, self.config.bn_train)
-        with torch.inference_mode(False), torch.enable_grad():
-            for step in range(self.config.steps):
-                if _next_step_overruns(budget, start, result):
-                    break
-                t0 = time.perf_counter()
-                loss = self._loss(prepared, targets)
-                value = float(loss.detach())
-                if step == 0:
-                    result.loss_before = value
-                    rejected = self._first_loss_rejected(value)
-                    if rejected:
-                        return self._restore_after_bad_loss(result, rejected)
-                elif not math.isfinite(value):
-                    return self._restore_after_bad_loss(result, f"non-finite KD loss ({value}) at step {step}")
-                result.loss_after = value
-                self.optimizer.zero_grad(set_to_none=False)
-                loss.backward()
-                self.optimizer.step()
-                self._dirty = True
-                _sync(device)
-                result.steps_run += 1
-                result.step_times_s.append(time.perf_counter() - t0)
-        self._scan_done(result)
-        return result
-
     @torch.no_grad()
-    def predict(self, prepared: Any) -> Any:
-        """Forward with the adapted weights, frozen, running BN statistics."""
-        self.model.eval()
-        return self.model(prepared, with_kd=False)
+    def kd_loss_of(self, output: Any, targets: Targets) -> float:
+        """The KD loss of a predict() output over every visible point: the scan's distillation error now.
+
+        The strategy reports it (not the caller) because it knows its loss form; predict()'s point features
+        are reused, so it costs the kd head on the visible points, not another forward.
+        """
+        features = self.model.kd_head(output.point_features.index_select(0, targets.point_index))
+        return float(kd_loss(features, targets.features, self.config.loss))
 
 
 class TTTKDOnline(TTTKD):
@@ -411,7 +464,7 @@ class TTTKDOnline(TTTKD):
         self.running_loss = None
         self.scans_seen = 0
 
-    def _first_loss_rejected(self, loss: float) -> str:
+    def first_loss_rejected(self, loss: float) -> str:
         cfg = self.config
         if not math.isfinite(loss):
             return f"drift guard: non-finite KD loss ({loss})"
@@ -423,7 +476,7 @@ class TTTKDOnline(TTTKD):
                     f"{self.running_loss:.4f}")
         return ""
 
-    def _scan_done(self, result: AdaptResult) -> None:
+    def scan_done(self, result: AdaptResult) -> None:
         if result.loss_before is None or result.restored:
             return
         ema = self.config.guard_ema
@@ -432,7 +485,7 @@ class TTTKDOnline(TTTKD):
         self.scans_seen += 1
 
 
-class Tent:
+class Tent(GradientStrategy):
     """TENT: entropy minimisation of the predictions on the normalisation affine parameters.
 
     The normalisation layers run in train mode (the scan's batch statistics),
@@ -442,58 +495,24 @@ class Tent:
     """
 
     name = "tent"
+    loss_name = "entropy"
     needs_targets = False
 
     def __init__(self, model: nn.Module, config: AdaptConfig, optimizer: torch.optim.Optimizer | None = None) -> None:
-        self.model = model
-        self.config = config
+        super().__init__(model, config, optimizer)
         self.episodic = config.reset_per_scan
-        self.params, self.param_names = collect_params(model, "norm")
-        configure_model(model, self.params, bn_train=True)
-        self.optimizer = optimizer if optimizer is not None else make_optimizer(self.params, config)
-        self._source = SourceState(model, self.params)
-        self._dirty = False
-        self.resets = 0
 
-    def reset(self) -> None:
-        self._source.restore()
-        self.optimizer.state.clear()
-        self._dirty = False
+    @staticmethod
+    def param_set(config: AdaptConfig) -> str:
+        return "norm"
 
-    def _entropy(self, prepared: Any) -> torch.Tensor:
+    @staticmethod
+    def bn_train(config: AdaptConfig) -> bool:
+        return True
+
+    def loss(self, prepared: Any, targets: Targets | None) -> torch.Tensor:
+        """Entropy of the predictions; targets are not used (TENT needs no teacher)."""
         return entropy_loss(self.model.seg_head(self.model.backbone_features(prepared)))
-
-    def adapt(self, prepared: Any, targets: Targets | None = None, time_budget_s: float | None = None) -> AdaptResult:
-        """Up to ``steps`` entropy updates; targets are not used (TENT needs no teacher)."""
-        if self.episodic and self._dirty:
-            self.reset()
-        result = AdaptResult()
-        budget = self.config.time_budget_s if time_budget_s is None else time_budget_s
-        start = time.perf_counter()
-        configure_model(self.model, self.params, bn_train=True)
-        with torch.inference_mode(False), torch.enable_grad():
-            for step in range(self.config.steps):
-                if _next_step_overruns(budget, start, result):
-                    break
-                t0 = time.perf_counter()
-                loss = self._entropy(prepared)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    self.reset()
-                    self.resets += 1
-                    result.restored, result.stopped_early = True, True
-                    result.reason = f"non-finite entropy ({value}) at step {step}; source weights restored"
-                    return result
-                if step == 0:
-                    result.loss_before = value
-                result.loss_after = value
-                self.optimizer.zero_grad(set_to_none=False)
-                loss.backward()
-                self.optimizer.step()
-                self._dirty = True
-                result.steps_run += 1
-                result.step_times_s.append(time.perf_counter() - t0)
-        return result
 
     @torch.no_grad()
     def predict(self, prepared: Any) -> Any:
@@ -529,8 +548,9 @@ class BNStats:
         self._dirty = False
 
     @torch.no_grad()
-    def adapt(self, prepared: Any, targets: Targets | None = None, time_budget_s: float | None = None) -> AdaptResult:
-        if self.episodic and self._dirty:
+    def adapt(self, prepared: Any, targets: Targets | None = None, time_budget_s: float | None = None,
+              steps: int | None = None, resume: bool = False) -> AdaptResult:
+        if self.episodic and self._dirty and not resume:
             self.reset()
         result = AdaptResult()
         if not self._bn:
@@ -542,7 +562,7 @@ class BNStats:
             m.momentum = self.config.bn_momentum
             m.train()
         try:
-            for _ in range(self.config.steps):
+            for _ in range(self.config.steps if steps is None else steps):
                 t0 = time.perf_counter()
                 self.model.backbone_features(prepared)
                 self._dirty = True
@@ -560,7 +580,7 @@ class BNStats:
         return self.model(prepared, with_kd=False)
 
 
-Strategy = NoAdaptation | TTTKD | TTTKDOnline | Tent | BNStats
+Strategy = NoAdaptation | GradientStrategy | BNStats
 
 STRATEGIES: dict[str, type[Strategy]] = {
     "none": NoAdaptation,
@@ -573,5 +593,13 @@ STRATEGIES: dict[str, type[Strategy]] = {
 
 
 def build_strategy(model: nn.Module, config: AdaptConfig) -> Strategy:
-    """The strategy the config names, bound to ``model`` (which it configures)."""
-    return STRATEGIES[config.strategy](model, config)
+    """The strategy the config names, bound to ``model`` (which it configures), its optimizer built here.
+
+    The builder, not the strategy, makes the optimizer (TENT's composition): over exactly the parameters the
+    strategy updates, so a caller wanting another optimizer builds the strategy with its own instead.
+    """
+    cls = STRATEGIES[config.strategy]
+    if not issubclass(cls, GradientStrategy):
+        return cls(model, config)
+    params, _ = collect_params(model, cls.param_set(config))
+    return cls(model, config, make_optimizer(params, config))

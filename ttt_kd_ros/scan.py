@@ -64,6 +64,7 @@ class CameraView:
     stamp_ns: int = 0
     name: str = "camera"
     depth_m: np.ndarray | None = None  # (H, W) float32, when the sensor gives it
+    pixel_labels: np.ndarray | None = None  # (H, W) int64 class per pixel: rendered (synthetic) scans only
 
     def __post_init__(self) -> None:
         self.cam_from_cloud = np.asarray(self.cam_from_cloud, dtype=np.float64).reshape(4, 4)

@@ -20,13 +20,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ttt_kd_ros.adapt import AdaptConfig, AdaptResult, Strategy, build_strategy
-from ttt_kd_ros.losses import kd_loss
 from ttt_kd_ros.model import PreparedScan, TTTKDNet, load_checkpoint, net_config
 from ttt_kd_ros.scan import IGNORE_LABEL, Prediction, Scan
 from ttt_kd_ros.targets import DistillTargets, distillation_targets
@@ -111,7 +111,14 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def build_teacher(spec: str, resolution: int | tuple[int, int], device: torch.device, seed: int = 0) -> Teacher:
-    """A RANDOM_TEACHERS entry (random weights, seeded) or whatever load_teacher reads from disk."""
+    """A RANDOM_TEACHERS entry (random weights, seeded) or whatever load_teacher reads from disk.
+
+    The oracle control (oracle_teacher.py) is refused here: it reads rendered class images, which a robot
+    never has, so the node and everything built from a SegmenterConfig cannot be pointed at it.
+    """
+    if spec == "oracle" or spec.startswith("oracle:"):
+        raise ValueError(f"teacher {spec!r}: the oracle is an offline control for synthetic scans "
+                         "(ttt_kd_train / ttt_kd_evaluate --teacher oracle), not a teacher a robot can run")
     if spec in RANDOM_TEACHERS:
         return tiny_teacher(seed=seed, resolution=resolution, device=device, **RANDOM_TEACHERS[spec])
     return load_teacher(spec, resolution=resolution, device=device)
@@ -247,7 +254,21 @@ class Segmenter:
         steps; their count is steps_run), forward, restore, upsample.
         """
         with torch.inference_mode(False):
-            return self._segment(scan)
+            return self._segment(scan, None)[0]
+
+    def segment_steps(self, scan: Scan, steps: Sequence[int]) -> list[Prediction]:
+        """One Prediction after each cumulative step count in ``steps`` (ascending) on one scan, same hot path.
+
+        k steps taken as 1 + 4 + 5 + ... continued adapt() calls are the same updates as one k-step call (the
+        optimizer moments and the point sampler carry on; test_segmenter checks it), so a steps curve costs
+        max(steps) steps per scan, not their sum. The source state is restored once at the end, as segment()
+        does after its steps.
+        """
+        schedule = sorted({int(k) for k in steps})
+        if not schedule or schedule[0] < 0:
+            raise ValueError(f"segment_steps: expected non-negative step counts, got {list(steps)}")
+        with torch.inference_mode(False):
+            return self._segment(scan, schedule)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.amp:
@@ -258,19 +279,17 @@ class Segmenter:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _segment(self, scan: Scan) -> Prediction:
+    def _segment(self, scan: Scan, schedule: list[int] | None) -> list[Prediction]:
+        """segment() when ``schedule`` is None (the configured steps), else one Prediction per step count."""
         timings: dict[str, float] = {}
         t = time.perf_counter()
         points = _checked_points(scan)
         n = len(points)
-        labels = np.full(n, IGNORE_LABEL, dtype=np.int64)
-        confidence = np.zeros(n, dtype=np.float32)
-        pred = Prediction(labels, confidence, timings, strategy=self.strategy.name)
         keep = np.flatnonzero(np.isfinite(points).all(axis=1))
         if keep.size == 0:
-            pred.skip_reason = "empty scan" if n == 0 else "no finite points"
             timings["validate"] = time.perf_counter() - t
-            return pred
+            reason = "empty scan" if n == 0 else "no finite points"
+            return [self._unlabelled(n, timings, reason) for _ in (schedule or [None])]
         work_index = keep
         if self.max_points and keep.size > self.max_points:
             work_index = np.sort(self._rng.choice(keep, self.max_points, replace=False))
@@ -281,48 +300,73 @@ class Segmenter:
         try:
             prepared = self.model.prepare(work, self.device)
         except ValueError as err:  # e.g. coordinates so far apart that the voxel grid overflows
-            pred.skip_reason = self._once(f"cannot voxelise the scan: {err}")
-            return pred
+            reason = self._once(f"cannot voxelise the scan: {err}")
+            return [self._unlabelled(n, timings, reason) for _ in (schedule or [None])]
         self._sync()
         timings["prepare"] = time.perf_counter() - t
 
         targets, skip = self._targets(work, timings) if self.strategy.needs_targets else (None, "")
-        result = AdaptResult()
-        if self.strategy.name != "none" and not skip:
-            result, skip = self._adapt(prepared, targets)
-        timings["ttt_step"] = float(sum(result.step_times_s))
-        pred.steps_run = result.steps_run
-        pred.adapted = result.steps_run > 0 and not result.restored
-        pred.kd_loss_before = result.loss_before if self.strategy.needs_targets else None
+        predictions = []
+        done = 0
+        for k in schedule if schedule is not None else [None]:
+            step_timings = dict(timings)
+            result = AdaptResult()
+            if self.strategy.name != "none" and not skip:
+                more = None if k is None else k - done
+                result, skip = self._adapt(prepared, targets, more, resume=k is not None and done > 0)
+                done = done if k is None else k
+            pred = Prediction(np.full(n, IGNORE_LABEL, dtype=np.int64), np.zeros(n, dtype=np.float32), step_timings,
+                              strategy=self.strategy.name)
+            self._record_adaptation(pred, result, skip, predictions[-1] if predictions else None)
+            self._predict(pred, prepared, targets, points, keep, work_index)
+            predictions.append(pred)
+        t = time.perf_counter()
+        if self.strategy.episodic:
+            self.strategy.reset()
+            self._sync()
+        predictions[-1].timings_s["restore"] = time.perf_counter() - t
+        if schedule is None:  # segment()'s stage order: restore before upsample
+            last = predictions[-1].timings_s
+            last["upsample"] = last.pop("upsample")
+        return predictions
+
+    def _unlabelled(self, n: int, timings: dict[str, float], reason: str) -> Prediction:
+        """Every point IGNORE_LABEL, confidence 0: the scan could not be labelled at all."""
+        return Prediction(np.full(n, IGNORE_LABEL, dtype=np.int64), np.zeros(n, dtype=np.float32), dict(timings),
+                          strategy=self.strategy.name, skip_reason=reason)
+
+    def _record_adaptation(self, pred: Prediction, result: AdaptResult, skip: str,
+                           previous: Prediction | None) -> None:
+        """steps_run, adapted, kd_loss_before and skip_reason of one prediction (cumulative along a schedule)."""
+        pred.timings_s["ttt_step"] = float(sum(result.step_times_s))
+        pred.steps_run = result.steps_run + (previous.steps_run if previous is not None else 0)
+        pred.adapted = pred.steps_run > 0 and not result.restored
+        loss_before = previous.kd_loss_before if previous is not None else result.loss_before
+        pred.kd_loss_before = loss_before if self.strategy.needs_targets else None
         if not pred.adapted:
             pred.skip_reason = skip or result.reason
 
+    def _predict(self, pred: Prediction, prepared: PreparedScan, targets: DistillTargets | None, points: np.ndarray,
+                 keep: np.ndarray, work_index: np.ndarray) -> None:
+        """The final forward with the current weights, the post-adaptation KD loss, labels for every point."""
         t = time.perf_counter()
         with self._autocast():
             output = self.strategy.predict(prepared)
         with torch.no_grad():
             probs = torch.softmax(output.logits.float(), dim=1)
             conf_t, label_t = probs.max(dim=1)
-            if targets is not None and targets.point_index.numel() > 0:
-                kd = self.model.kd_head(output.point_features.index_select(0, targets.point_index))
-                pred.kd_loss_after = float(kd_loss(kd, targets.features, self.strategy.config.loss))
+        if targets is not None and targets.point_index.numel() > 0:
+            pred.kd_loss_after = self.strategy.kd_loss_of(output, targets)
         work_labels = label_t.cpu().numpy()
         work_conf = conf_t.cpu().numpy().astype(np.float32)
-        timings["forward"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        if self.strategy.episodic:
-            self.strategy.reset()
-            self._sync()
-        timings["restore"] = time.perf_counter() - t
+        pred.timings_s["forward"] = time.perf_counter() - t
 
         t = time.perf_counter()
         if work_index.size == keep.size:
-            labels[keep], confidence[keep] = work_labels, work_conf
+            pred.labels[keep], pred.confidence[keep] = work_labels, work_conf
         else:
-            labels[keep], confidence[keep] = self._upsample(points[keep], prepared, work_labels, work_conf)
-        timings["upsample"] = time.perf_counter() - t
-        return pred
+            pred.labels[keep], pred.confidence[keep] = self._upsample(points[keep], prepared, work_labels, work_conf)
+        pred.timings_s["upsample"] = time.perf_counter() - t
 
     def _targets(self, work: Scan, timings: dict[str, float]) -> tuple[DistillTargets | None, str]:
         """Teacher feature maps (cached per image), then projection + sampling; a reason instead when unusable."""
@@ -331,7 +375,7 @@ class Segmenter:
         try:
             t = time.perf_counter()
             for camera in work.cameras:
-                self.teacher.feature_map(camera.image_rgb)
+                self.teacher.view_feature_map(camera)
             self._sync()
             timings["teacher"] = time.perf_counter() - t
             t = time.perf_counter()
@@ -344,10 +388,11 @@ class Segmenter:
             return targets, "no visible point"
         return targets, ""
 
-    def _adapt(self, prepared: PreparedScan, targets: DistillTargets | None) -> tuple[AdaptResult, str]:
+    def _adapt(self, prepared: PreparedScan, targets: DistillTargets | None, steps: int | None = None,
+               resume: bool = False) -> tuple[AdaptResult, str]:
         try:
             with self._autocast():
-                result = self.strategy.adapt(prepared, targets)
+                result = self.strategy.adapt(prepared, targets, steps=steps, resume=resume)
         except torch.OutOfMemoryError as err:
             self.strategy.reset()
             if self.device.type == "cuda":

@@ -78,7 +78,7 @@ def distillation_targets(scan: Scan, teacher: Teacher, occlusion: bool = True,
         counts[view.name] = len(visible)
         if len(visible) == 0:
             continue  # no forward for an image nothing projects into
-        fmap = teacher.feature_map(view.image_rgb)
+        fmap = teacher.view_feature_map(view)
         features.append(teacher.sample(fmap, projection.uv_px[visible]))
         indices.append(torch.from_numpy(visible).to(teacher.device))
     if not indices:

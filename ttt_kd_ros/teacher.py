@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ttt_kd_ros.scan import CameraView
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_RESOLUTION = 224  # short side; ~0.27 s for a KITTI image with ViT-S/14 on 2 CPU threads
@@ -100,27 +102,38 @@ class Teacher:
         return max(p, round(w / p) * p), max(p, round(h / p) * p)
 
     def feature_map(self, image_rgb: np.ndarray) -> FeatureMap:
-        """(H, W, 3) uint8 image -> FeatureMap (C, H_in/p, W_in/p), from the cache when seen before.
+        """(H, W, 3) uint8 image -> FeatureMap (C, H_in/p, W_in/p), from the cache when seen before."""
+        return self._cached(_check_image(image_rgb), self._compute)
 
-        The cache key is the image buffer's identity (address, shape, strides)
-        plus a sparse content checksum, and each entry holds a reference to
-        its image so the address cannot be reused by another array while the
-        entry lives; the checksum catches a buffer overwritten in place.
+    def _cached(self, array: np.ndarray, compute) -> FeatureMap:
+        """compute(array), or the FeatureMap an earlier call made for the same array.
+
+        The cache key is the buffer's identity (address, shape, strides) plus a
+        sparse content checksum, and each entry holds a reference to its array
+        so the address cannot be reused by another array while the entry
+        lives; the checksum catches a buffer overwritten in place.
         """
-        image = _check_image(image_rgb)
-        key = _image_key(image)
+        key = _image_key(array)
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit[1]
-        fmap = self._compute(image)
+        fmap = compute(array)
         with self._lock:
-            self._cache[key] = (image, fmap)
+            self._cache[key] = (array, fmap)
             self._cache.move_to_end(key)
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         return fmap
+
+    def view_feature_map(self, view: CameraView) -> FeatureMap:
+        """The FeatureMap of one camera of a scan: what targets and caches call.
+
+        A ViT needs only the image; a control teacher (oracle_teacher.py) reads the camera's rendered class
+        image instead, so every caller goes through this one method and never picks a code path per teacher.
+        """
+        return self.feature_map(view.image_rgb)
 
     def clear_cache(self) -> None:
         with self._lock:

@@ -96,7 +96,8 @@ def transform_scan(scan: Scan, A: np.ndarray, scale: float) -> Scan:
     cameras = [
         CameraView(image_rgb=view.image_rgb, intrinsics=view.intrinsics, cam_from_cloud=S @ view.cam_from_cloud @ A_inv,
                    stamp_ns=view.stamp_ns, name=view.name,
-                   depth_m=None if view.depth_m is None else view.depth_m * np.float32(scale))
+                   depth_m=None if view.depth_m is None else view.depth_m * np.float32(scale),
+                   pixel_labels=view.pixel_labels)
         for view in scan.cameras
     ]
     return Scan(points_xyz_m=points.astype(np.float32), intensity=scan.intensity, rgb=scan.rgb, cameras=cameras,

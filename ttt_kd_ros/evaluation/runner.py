@@ -10,9 +10,7 @@ not a mean of per-scan mIoUs.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -22,13 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ttt_kd_ros.adapt import AdaptConfig, TTTKDOnline, build_strategy
+from ttt_kd_ros.adapt import STRATEGIES, AdaptConfig, build_strategy
 from ttt_kd_ros.evaluation.splits import SplitData, SplitSpec, split_scan
 from ttt_kd_ros.metrics import ConfusionMatrix
 from ttt_kd_ros.model import TTTKDNet, load_checkpoint
 from ttt_kd_ros.scan import Scan
 from ttt_kd_ros.segmenter import Segmenter
-from ttt_kd_ros.targets import distillation_targets
 from ttt_kd_ros.teacher import Teacher
 
 LOG = logging.getLogger(__name__)
@@ -38,12 +35,17 @@ SOURCE_ONLY, JOINT = "source_only", "joint"
 
 @dataclass(frozen=True)
 class EvalStrategy:
-    """A table row: which checkpoint it runs and which adaptation strategy (adapt.STRATEGIES) it uses."""
+    """A table row: which checkpoint it runs and which adaptation strategy (adapt.STRATEGIES) it uses.
+
+    ``config`` is a named row's own AdaptConfig (e.g. the KD-only control, ``ttt_kd`` with bn_train off);
+    None takes the run's shared config of ``adapt``.
+    """
 
     name: str
     label: str
     checkpoint: str  # SOURCE_ONLY or JOINT
     adapt: str
+    config: AdaptConfig | None = None
 
 
 EVAL_STRATEGIES: dict[str, EvalStrategy] = {
@@ -104,7 +106,7 @@ def load_model(settings: RunSettings, role: str) -> TTTKDNet:
 def build_segmenter(settings: RunSettings, row: EvalStrategy) -> Segmenter:
     """The Segmenter a row runs: its checkpoint, its strategy, the teacher only when the strategy distils."""
     model = load_model(settings, row.checkpoint)
-    config = settings.adapt.get(row.adapt, AdaptConfig(strategy=row.adapt))
+    config = row.config if row.config is not None else settings.adapt.get(row.adapt, AdaptConfig(strategy=row.adapt))
     if config.strategy != row.adapt:
         raise ValueError(f"adapt config for row {row.name!r}: expected strategy {row.adapt!r}, got {config.strategy!r}")
     strategy = build_strategy(model, config)
@@ -125,7 +127,7 @@ def warm_teacher(teacher: Teacher, split: SplitData) -> list[float]:
     for scan in split.scans:
         start = time.perf_counter()
         for camera in scan.cameras:
-            teacher.feature_map(camera.image_rgb)
+            teacher.view_feature_map(camera)
         cost.append(time.perf_counter() - start)
     return cost
 
@@ -162,7 +164,7 @@ def run_table(settings: RunSettings, rows: Sequence[EvalStrategy], splits: Seque
     results = []
     teacher_cost: dict[str, list[float]] = {}
     for split in splits:
-        if settings.teacher is not None and any(r.adapt.startswith("ttt_kd") for r in rows):
+        if settings.teacher is not None and any(STRATEGIES[r.adapt].needs_targets for r in rows):
             teacher_cost[split.name] = warm_teacher(settings.teacher, split)
         for row in rows:
             segmenter = build_segmenter(settings, row)
@@ -179,48 +181,56 @@ def run_table(settings: RunSettings, rows: Sequence[EvalStrategy], splits: Seque
 # ------------------------------------------------------------------------------------------------ steps curve
 
 
-def curve_strategy(model: TTTKDNet, config: AdaptConfig) -> TTTKDOnline:
-    """An adapter that continues TTT-KD's steps across adapt() calls until reset(), with no drift guard.
+@dataclass
+class StepsCurve:
+    """TTT-KD after each number of steps per scan, per split and "mean".
 
-    Per-scan TTT-KD re-seeds its point sampler and clears the optimizer on
-    reset(), so k steps taken as 1 + 4 + 5 + ... calls on one scan are the same
-    updates as one k-step call: the curve costs max(steps) steps per scan,
-    not their sum. (test_evaluate checks the equality with the real ttt_kd.)
+    miou: {split: {steps: mIoU over the split's accumulated confusion}}.
+    kd_loss: {split: {steps: mean over scans of the KD loss on every visible point after those steps}}; its
+    value at 0 steps, shift over in-distribution, says how much the teacher sees a shift, and mIoU rising as it
+    falls says that distilling it helps (METHOD.md, "What a teacher must have").
     """
-    guardless = dataclasses.replace(config, strategy="ttt_kd_online", guard_abs_max=math.inf, guard_factor=math.inf)
-    return TTTKDOnline(model, guardless)
+
+    miou: dict[str, dict[int, float]]
+    kd_loss: dict[str, dict[int, float]]
+
+    def kd_ratio_at_zero(self, in_distribution: str) -> dict[str, float]:
+        """Each split's unadapted KD loss divided by the in-distribution split's (1.0 for that split)."""
+        base = self.kd_loss.get(in_distribution, {}).get(0, float("nan"))
+        return {name: (losses.get(0, float("nan")) / base if base > 0 else float("nan"))
+                for name, losses in self.kd_loss.items() if name != "mean"}
 
 
-def run_curve(settings: RunSettings, splits: Sequence[SplitData], steps: Sequence[int], max_scans: int) -> dict:
-    """mIoU of TTT-KD (per scan) after each number of steps, per split: {split: {steps: mIoU}} plus "mean"."""
+def run_curve(settings: RunSettings, splits: Sequence[SplitData], steps: Sequence[int], max_scans: int,
+              row: EvalStrategy | None = None) -> StepsCurve:
+    """mIoU and KD loss of TTT-KD (per scan) after each number of steps, per split, through Segmenter.segment_steps.
+
+    ``row`` defaults to the table's ttt_kd row (the run's shared ttt_kd config); the Segmenter path is the one
+    every table row and the node run, with k steps taken cumulatively (max(steps) steps per scan).
+    """
     if settings.teacher is None:
         raise ValueError("the steps curve needs a teacher (TTT-KD distils from it)")
     steps = sorted({int(s) for s in steps})
     if not steps or steps[0] < 0:
         raise ValueError(f"curve steps: expected non-negative integers, got {steps}")
-    base = settings.adapt.get("ttt_kd", AdaptConfig(strategy="ttt_kd"))
-    curve: dict[str, dict[int, float]] = {}
+    row = row or EVAL_STRATEGIES["ttt_kd"]
+    miou_curve: dict[str, dict[int, float]] = {}
+    kd_curve: dict[str, dict[int, float]] = {}
     for split in splits:
-        model = load_model(settings, JOINT)
-        adapter = curve_strategy(model, base)
-        matrices = {k: ConfusionMatrix(model.config.num_classes) for k in steps}
+        segmenter = build_segmenter(settings, row)
+        matrices = {k: ConfusionMatrix(segmenter.num_classes) for k in steps}
+        losses: dict[int, list[float]] = {k: [] for k in steps}
         for scan in split.scans[:max_scans]:
-            prepared = model.prepare(scan, settings.device)
-            targets = distillation_targets(scan, settings.teacher, center=model.config.kd_target_center)
-            adapter.reset()
-            done = 0
-            for k in steps:
-                if k > done:
-                    adapter.config.steps = k - done
-                    adapter.adapt(prepared, targets)
-                    done = k
-                labels = adapter.predict(prepared).logits.argmax(dim=1).cpu().numpy()
-                matrices[k].update(scan.labels, labels)
-            adapter.reset()
-        curve[split.name] = {k: matrices[k].miou() for k in steps}
-        LOG.info("curve on %s: %s", split.name, {k: round(v, 4) for k, v in curve[split.name].items()})
-    curve["mean"] = {k: float(np.nanmean([curve[s.name][k] for s in splits])) for k in steps}
-    return curve
+            for k, pred in zip(steps, segmenter.segment_steps(scan, steps), strict=True):
+                matrices[k].update(scan.labels, pred.labels)
+                if pred.kd_loss_after is not None:
+                    losses[k].append(pred.kd_loss_after)
+        miou_curve[split.name] = {k: matrices[k].miou() for k in steps}
+        kd_curve[split.name] = {k: float(np.mean(v)) if v else float("nan") for k, v in losses.items()}
+        LOG.info("curve on %s: %s", split.name, {k: round(v, 4) for k, v in miou_curve[split.name].items()})
+    for curve in (miou_curve, kd_curve):
+        curve["mean"] = {k: float(np.nanmean([curve[s.name][k] for s in splits])) for k in steps}
+    return StepsCurve(miou_curve, kd_curve)
 
 
 # ------------------------------------------------------------------------------------------------ online stream

@@ -37,6 +37,7 @@ from ttt_kd_ros.checkpoints import (
     default_teacher_resolution,
     source_only_checkpoint,
 )
+from ttt_kd_ros.evaluation.pool import pool_runs, read_results
 from ttt_kd_ros.evaluation.report import (
     markdown_table,
     online_summary,
@@ -51,8 +52,10 @@ from ttt_kd_ros.evaluation.runner import (
     EVAL_STRATEGIES,
     JOINT,
     SOURCE_ONLY,
+    EvalStrategy,
     RunSettings,
     SplitResult,
+    StepsCurve,
     run_curve,
     run_online,
     run_table,
@@ -69,7 +72,8 @@ from ttt_kd_ros.evaluation.splits import (
 )
 from ttt_kd_ros.labels import LABEL_SETS
 from ttt_kd_ros.model import read_checkpoint_metadata
-from ttt_kd_ros.segmenter import RANDOM_TEACHERS, build_teacher, resolve_device
+from ttt_kd_ros.oracle_teacher import build_offline_teacher, is_oracle
+from ttt_kd_ros.segmenter import RANDOM_TEACHERS, resolve_device
 from ttt_kd_ros.teacher import Teacher
 
 LOG = logging.getLogger("ttt_kd_evaluate")
@@ -89,12 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source-only-checkpoint", type=Path, default=DEFAULT_SOURCE_ONLY,
                    help="source-only checkpoint (the source_only row)")
     p.add_argument("--teacher", default=None,
-                   help=f"teacher: a folder / hub id / .pth for load_teacher, or a random control "
-                        f"{sorted(RANDOM_TEACHERS)}; default {DEFAULT_TEACHER} when it exists")
+                   help=f"teacher: a folder / hub id / .pth for load_teacher, a random lower bound "
+                        f"{sorted(RANDOM_TEACHERS)}, or the oracle upper bound 'oracle[:corrupt=0.5,dim=96]' "
+                        f"(synthetic scans only); default {DEFAULT_TEACHER} when it exists")
     p.add_argument("--teacher-resolution", type=int, nargs="+", default=None,
                    help="short side or H W; default: the joint checkpoint's")
     p.add_argument("--strategies", default=",".join(EVAL_STRATEGIES),
                    help=f"comma-separated rows from {list(EVAL_STRATEGIES)}")
+    p.add_argument("--row", action="append", default=[], metavar="NAME=STRATEGY[:FIELD=VALUE,...]",
+                   help="an extra named row on the joint checkpoint with its own AdaptConfig (the strategy's "
+                        "config after the shared flags and --adapt, then these fields), e.g. "
+                        "kd_only=ttt_kd:bn_train=false or bn_only=ttt_kd:lr=1e-8; repeat for more")
     p.add_argument("--in-distribution", default=IN_DISTRIBUTION, help="split spec of the in-distribution column")
     p.add_argument("--shift", action="append", default=None,
                    help=f"a shift column, NAME=DOMAIN[:sensor.f=v,style.f=v] or a domain name; repeat for more "
@@ -119,12 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:<i> or auto")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--title", default="", help="title of the plots")
+    p.add_argument("--pool", nargs="+", type=Path, default=None, metavar="RUN",
+                   help="only pool earlier runs (their --out folders; same rows and splits, other seeds) into one "
+                        "table in --out, by adding confusion matrices")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings only")
     return p
 
 
 def teacher_kind(spec: str, teacher: Teacher) -> str:
     """What the teacher is, in words every report carries: stand-in, random control or real DINOv2."""
+    if is_oracle(spec):
+        return (f"oracle control ({teacher.teacher_id}): each pixel's feature is a fixed random vector of its "
+                "rendered class, pooled to patches; an upper bound no image model reaches")
     if spec in RANDOM_TEACHERS:
         return f"random control: random-weight DINOv2-architecture ViT ({spec}), no learnt features"
     path = Path(spec)
@@ -176,6 +191,26 @@ def _strategies(text: str) -> list[str]:
     return names
 
 
+def named_rows(texts: Sequence[str], configs: dict[str, AdaptConfig], taken: Sequence[str]) -> list[EvalStrategy]:
+    """``NAME=STRATEGY[:FIELD=VALUE,...]`` -> rows on the joint checkpoint, each with its own AdaptConfig."""
+    rows: list[EvalStrategy] = []
+    for text in texts:
+        name, eq, rest = text.partition("=")
+        strategy, _, fields = rest.partition(":")
+        name, strategy = name.strip(), strategy.strip()
+        if not eq or not name or strategy not in configs:
+            raise ValueError(f"--row {text!r}: expected NAME=STRATEGY[:FIELD=VALUE,...] with STRATEGY from "
+                             f"{list(configs)}")
+        if name in taken or name in {r.name for r in rows}:
+            raise ValueError(f"--row {text!r}: the row name {name!r} is already used")
+        config = apply_overrides(configs[strategy], fields, f"--row {text!r}") if fields else configs[strategy]
+        if config.strategy != strategy:
+            raise ValueError(f"--row {text!r}: the strategy field cannot be changed")
+        label = f"{name} ({strategy}" + (f": {fields}" if fields else "") + ")"
+        rows.append(EvalStrategy(name, label, JOINT, strategy, config))
+    return rows
+
+
 def _check_checkpoint(path: Path, flag: str) -> dict[str, Any]:
     if not path.is_file():
         raise ValueError(f"{flag} {path}: file not found (train one with ttt_kd_train, or pass another file)")
@@ -211,7 +246,9 @@ class Evaluation:
         self.args = args
         self.out: Path = args.out
         self.command = "ttt_kd_evaluate " + " ".join(shlex.quote(a) for a in argv)
-        self.rows = _strategies(args.strategies)
+        self.adapt = adapt_configs(args)
+        self.rows = [EVAL_STRATEGIES[n] for n in _strategies(args.strategies)]
+        self.rows += named_rows(args.row, self.adapt, [r.name for r in self.rows])
         self.id_split = parse_split(args.in_distribution)
         self.shifts = [parse_split(s) for s in (args.shift or DEFAULT_SHIFTS)]
         names = [self.id_split.name] + [s.name for s in self.shifts]
@@ -227,8 +264,7 @@ class Evaluation:
             known = {s.name: s for s in [self.id_split, *self.shifts]}
             chosen = args.online_split or (self.shifts[0].name if self.shifts else self.id_split.name)
             self.online_split = known.get(chosen) or parse_split(chosen)
-        self.adapt = adapt_configs(args)
-        needed_roles = {EVAL_STRATEGIES[n].checkpoint for n in self.rows} if not args.skip_table else set()
+        needed_roles = {r.checkpoint for r in self.rows} if not args.skip_table else set()
         if args.curve_scans or args.online_scans:
             needed_roles.add(JOINT)
         self.meta: dict[str, dict[str, Any]] = {}
@@ -239,20 +275,20 @@ class Evaluation:
                 self.meta[role] = _check_checkpoint(path, flag)
                 checkpoints[role] = path
         uses_teacher = (args.curve_scans > 0 or args.online_scans > 0
-                        or any(EVAL_STRATEGIES[n].adapt.startswith("ttt_kd") for n in self.rows))
+                        or any(STRATEGIES[r.adapt].needs_targets for r in self.rows))
         self.teacher_spec = args.teacher or (str(DEFAULT_TEACHER) if DEFAULT_TEACHER.is_dir() else None)
         self.device = resolve_device(args.device)
         teacher = None
         if uses_teacher:
             if self.teacher_spec is None:
                 raise ValueError(f"--teacher: no teacher given and the default {DEFAULT_TEACHER} does not exist")
-            teacher = build_teacher(self.teacher_spec, _resolution(args, self.meta.get(JOINT)), self.device)
+            teacher = build_offline_teacher(self.teacher_spec, _resolution(args, self.meta.get(JOINT)), self.device)
         self.teacher_description = teacher_kind(self.teacher_spec, teacher) if teacher is not None else "none used"
         self.teacher_id = teacher.teacher_id if teacher is not None else ""
         self.settings = RunSettings(checkpoints, teacher, self.adapt, self.device)
         self.results: list[SplitResult] = []
         self.splits: list = []
-        self.curve: dict | None = None
+        self.curve: StepsCurve | None = None
         self.online: dict | None = None
         self.started = time.time()
 
@@ -272,8 +308,7 @@ class Evaluation:
                          split.notes["mean_points"], split.generation_s)
                 self.splits.append(split)
         if not args.skip_table:
-            rows = [EVAL_STRATEGIES[n] for n in self.rows]
-            run_table(self.settings, rows, self.splits, on_result=self._on_result)
+            run_table(self.settings, self.rows, self.splits, on_result=self._on_result)
             self.write_table()
         if args.curve_scans > 0:
             chosen = [s for s in self.splits if s.name in self.curve_splits]
@@ -307,6 +342,8 @@ class Evaluation:
             "subsample": args.subsample,
             "seed": args.seed,
             "adapt": {name: vars(cfg) for name, cfg in self.adapt.items()},
+            "rows": [{"name": r.name, "label": r.label, "checkpoint": r.checkpoint, "strategy": r.adapt,
+                      "adapt": vars(r.config) if r.config is not None else None} for r in self.rows],
             "device": str(self.device),
             "threads": torch.get_num_threads(),
             "splits": [{"name": s.name, "generation_s": s.generation_s, **s.notes} for s in self.splits],
@@ -322,7 +359,7 @@ class Evaluation:
 
     def write_table(self, plot: bool = True) -> None:
         shifts = [s.name for s in self.shifts]
-        rows = table_rows(self.results, self.id_split.name, shifts)
+        rows = table_rows(self.results, self.id_split.name, shifts, labels={r.name: r.label for r in self.rows})
         names = self._class_names()
         write_json(self.out / "results.json", {
             **self.header(), "table": rows, "results": [result_record(r, names) for r in self.results]})
@@ -343,9 +380,10 @@ class Evaluation:
                       self.args.title or f"mIoU per split (teacher: {self.teacher_description.split(':')[0]})")
 
     def write_curve(self) -> None:
-        write_json(self.out / "steps_curve.json", {**self.header(), "scans_per_split": self.args.curve_scans,
-                                                   "curve": self.curve})
-        plot_curve(self.curve, self.out / "steps_curve.png",
+        write_json(self.out / "steps_curve.json", {
+            **self.header(), "scans_per_split": self.args.curve_scans, "curve": self.curve.miou,
+            "kd_loss": self.curve.kd_loss, "kd_loss_ratio_unadapted": self.curve.kd_ratio_at_zero(self.id_split.name)})
+        plot_curve(self.curve.miou, self.out / "steps_curve.png",
                    self.args.title or f"TTT-KD steps vs mIoU ({self.args.curve_scans} scans/split, lr "
                                       f"{self.adapt['ttt_kd'].lr:g}; teacher: "
                                       f"{self.teacher_description.split(':')[0]})")
@@ -358,6 +396,35 @@ class Evaluation:
                                        f"({cfg.steps} step/scan, lr {cfg.lr:g})")
 
 
+def write_pooled(runs: Sequence[Path], out: Path, command: str) -> int:
+    """Pool earlier runs into out/table.md and out/results.json (evaluation/pool.py)."""
+    records = [read_results(path) for path in runs]
+    results, header = pool_runs(records)
+    first = records[0]
+    id_split = first["in_distribution"]["name"]
+    shifts = [s["name"] for s in first["shifts"]]
+    labels = {row["strategy"]: row["label"] for row in first.get("table", [])}
+    rows = table_rows(results, id_split, shifts, labels=labels)
+    write_json(out / "results.json", {"command": command, **header, "table": rows,
+                                      "results": [result_record(r, []) for r in results]})
+    seeds = ", ".join(str(r["seed"]) for r in header["pooled_from"])
+    text = [f"# Evaluation pooled over {len(records)} runs (seeds {seeds})\n",
+            f"Teacher: {header['teacher']['kind']}\n",
+            f"Splits: in-distribution `{first['in_distribution']['spec']}`; shifts "
+            + ", ".join(f"`{s['spec']}`" for s in first["shifts"])
+            + f"; {header['scans_per_split']} scans each in all.\n",
+            "mIoU in % over the pooled confusion matrices; gains relative to source-only.\n",
+            markdown_table(rows, id_split, shifts),
+            "\nRuns:\n", *(f"- `{r['command']}`" for r in header["pooled_from"]),
+            f"\nPooled with: `{command}`\n"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text("\n".join(text))
+    plot_bars(rows, id_split, shifts, out / "miou_bars.png",
+              f"mIoU per split, {len(records)} seeds pooled (teacher: {header['teacher']['kind'].split(':')[0]})")
+    print((out / "table.md").read_text())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -366,6 +433,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.pool:
+        try:
+            return write_pooled(args.pool, args.out, "ttt_kd_evaluate " + " ".join(shlex.quote(a) for a in argv))
+        except ValueError as err:
+            parser.error(str(err))
     try:
         _validate(args)
         evaluation = Evaluation(args, argv)

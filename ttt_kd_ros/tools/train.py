@@ -22,7 +22,8 @@ from ttt_kd_ros.checkpoints import default_teacher, default_teacher_resolution
 from ttt_kd_ros.data.synthetic import DOMAINS, SyntheticDataset
 from ttt_kd_ros.losses import KD_LOSS_KINDS
 from ttt_kd_ros.model import PRESETS
-from ttt_kd_ros.segmenter import RANDOM_TEACHERS, build_teacher
+from ttt_kd_ros.oracle_teacher import build_offline_teacher, is_oracle
+from ttt_kd_ros.segmenter import RANDOM_TEACHERS
 from ttt_kd_ros.teacher import Teacher
 from ttt_kd_ros.training import Augmentation, TrainConfig, build_model, init_distributed, train
 
@@ -48,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source-only", action="store_true", help="CE only: the source-only baseline")
     p.add_argument("--preset", default=d.preset, choices=sorted(PRESETS))
     p.add_argument("--teacher", default="default",
-                   help=f"'default' (stand-in ViT), {sorted(RANDOM_TEACHERS)} (random control) or a load_teacher spec")
+                   help=f"'default' (stand-in ViT), {sorted(RANDOM_TEACHERS)} (random lower bound), "
+                        "'oracle[:corrupt=0.5,dim=96]' (class-vector upper bound, synthetic scans only) or a "
+                        "load_teacher spec")
     p.add_argument("--teacher-resolution", type=int, nargs="+", default=None,
                    help="short side or H W fed to the teacher (default: the stand-in's native (120, 160), else 224)")
     p.add_argument("--batch-scans", type=int, default=d.batch_scans, help="scans per optimiser step (per rank)")
@@ -68,17 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_teacher(spec: str, resolution: list[int] | None, device: torch.device, seed: int) -> Teacher:
-    """'default' -> the shipped stand-in folder at its native resolution; anything else as the Segmenter does."""
+    """'default' -> the shipped stand-in folder at its native resolution; the oracle control at the same
+    resolution; anything else as the Segmenter does."""
     if spec == "default":
         spec = str(default_teacher())
         res: int | tuple[int, int] = default_teacher_resolution()
+    elif is_oracle(spec):
+        res = default_teacher_resolution()
     else:
         res = 224
     if resolution:
         if len(resolution) not in (1, 2):
             raise ValueError(f"--teacher-resolution: expected a short side or H W, got {resolution}")
         res = resolution[0] if len(resolution) == 1 else (resolution[0], resolution[1])
-    return build_teacher(spec, res, device, seed=seed)
+    return build_offline_teacher(spec, res, device, seed=seed)
 
 
 def teacher_input_hw(teacher: Teacher, example_image_wh: tuple[int, int]) -> tuple[int, int]:

@@ -158,10 +158,11 @@ def free_position(scene: Scene, rng: np.random.Generator, margin: float, tries: 
 
 
 def _camera_view(view: RenderedView, intr: CameraIntrinsics, cloud_from_world: np.ndarray, name: str,
-                 with_depth: bool) -> CameraView:
+                 with_depth: bool, scene: Scene) -> CameraView:
     cam_from_cloud = np.linalg.inv(cloud_from_world @ view.world_from_cam)
+    pixel_labels = scene.class_id[view.hits.primitive].reshape(intr.height_px, intr.width_px)
     return CameraView(image_rgb=view.image_rgb, intrinsics=intr, cam_from_cloud=cam_from_cloud, name=name,
-                      depth_m=view.depth_m if with_depth else None)
+                      depth_m=view.depth_m if with_depth else None, pixel_labels=pixel_labels)
 
 
 def sense_rgbd(scene: Scene, sensor: SensorConfig, rng: np.random.Generator) -> SensedCloud:
@@ -186,7 +187,7 @@ def sense_rgbd(scene: Scene, sensor: SensorConfig, rng: np.random.Generator) -> 
         views.append(view)
     xyz, prim, rgb = np.concatenate(points), np.concatenate(prims), np.concatenate(colours)
     keep = _thin(xyz, sensor, rng)
-    cameras = [_camera_view(views[i], intr, np.eye(4), f"rgbd_{i}", sensor.camera_depth)
+    cameras = [_camera_view(views[i], intr, np.eye(4), f"rgbd_{i}", sensor.camera_depth, scene)
                for i in range(sensor.num_cameras)]
     return SensedCloud(xyz[keep].astype(np.float32), prim[keep], rgb[keep], None, cameras, np.eye(4), "room")
 
@@ -243,7 +244,8 @@ def sense_lidar(scene: Scene, sensor: SensorConfig, rng: np.random.Generator) ->
         position = world_from_lidar[:3, 3] + np.array([0.1 * np.cos(cam_yaw), 0.1 * np.sin(cam_yaw), 0.1])
         pose = look_pose(position, cam_yaw, np.deg2rad(-10.0))
         view = render_view(scene, intr, pose, sensor, rng)
-        cameras.append(_camera_view(view, intr, np.linalg.inv(world_from_lidar), f"cam_{i}", sensor.camera_depth))
+        cameras.append(_camera_view(view, intr, np.linalg.inv(world_from_lidar), f"cam_{i}", sensor.camera_depth,
+                                    scene))
     return SensedCloud(points, hits.primitive[keep], None, intensity[keep], cameras, world_from_lidar, "lidar")
 
 
