@@ -7,7 +7,8 @@ one JSON command per line on stdin and answers one JSON line on stdout:
 
 Cases (see CASES) are the good scan and every bad input the node must survive.
 Before the first command it waits until the node subscribes to every topic
-and prints {"ready": true}, so no message is lost to discovery.
+(/tf_static included) and prints {"ready": true}, so no message is lost to
+discovery.
 
     python test/ros_publisher.py --cloud-topic /t/points --camera front:/t/image:/t/info \
         --tf-static test_lidar:test_side:0.1:0:0
@@ -109,12 +110,19 @@ class SensorPublisher(Node):
         self.rng = np.random.default_rng(0)
 
     def wait_for_subscribers(self, timeout_s: float, cloud_subscribers: int) -> bool:
-        """True once ``cloud_subscribers`` readers take the cloud and one takes each camera topic."""
-        cameras = [p for pair in self.camera_pubs for p in pair]
+        """True once ``cloud_subscribers`` readers take the cloud and one takes each camera topic and /tf_static.
+
+        The /tf_static reader counts too: a scan published before the node's
+        tf reader matched finds no transform for a frame_id camera, and the
+        tests would then see a warning and a counter they did not cause.
+        """
+        others = [p for pair in self.camera_pubs for p in pair]
+        if self.tf_static_pub is not None:
+            others.append(self.tf_static_pub)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if (self.cloud_pub.get_subscription_count() >= cloud_subscribers
-                    and all(p.get_subscription_count() > 0 for p in cameras)):
+                    and all(p.get_subscription_count() > 0 for p in others)):
                 return True
             time.sleep(0.05)
         return False

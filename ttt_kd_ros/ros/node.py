@@ -56,13 +56,14 @@ from ttt_kd_ros.ros.params import (
     read_parameters,
     segmenter_config,
 )
+from ttt_kd_ros.ros.reason_log import ReasonLog
 from ttt_kd_ros.ros.worker import LatestSlot, SlotWorker
 from ttt_kd_ros.scan import IGNORE_LABEL, CameraView, Scan
 from ttt_kd_ros.segmenter import Segmenter
 
 OUTPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 """RELIABLE: a best-effort publisher never reaches a reliable subscriber such as rviz2's default."""
-LOG_THROTTLE_S = 5.0
+LOG_SUMMARY_PERIOD_S = 30.0
 
 
 @dataclass
@@ -136,6 +137,7 @@ class SegmenterNode(LifecycleNode):
         self.segmenter: Any = None
         self.label_set: LabelSet | None = None
         self._rng = np.random.default_rng(0)
+        self._problems = ReasonLog(self.get_logger().warning, LOG_SUMMARY_PERIOD_S)
         self._slot: LatestSlot[Job] = LatestSlot()
         self._worker: SlotWorker[Job] | None = None
         self._output_pub = None
@@ -306,13 +308,13 @@ class SegmenterNode(LifecycleNode):
         refusal = self._stamp_refusal(header_stamp_ns(msg))
         if refusal:
             self.stats.count_skipped(refusal)
-            self.get_logger().warning(f"cloud refused: {refusal}", throttle_duration_sec=LOG_THROTTLE_S)
+            self._problems.report(refusal, f"cloud refused: {refusal}")
             return
         try:
             cloud = pointcloud2_to_cloud(msg)
         except ValueError as exc:
             self.stats.count_skipped("bad_cloud")
-            self.get_logger().warning(f"cloud skipped: {exc}", throttle_duration_sec=LOG_THROTTLE_S)
+            self._problems.report(f"bad_cloud: {exc}", f"cloud skipped: {exc}")
             return
         if self.params["max_input_points"]:
             cloud = cap_cloud(cloud, self.params["max_input_points"], self._rng)
@@ -346,8 +348,8 @@ class SegmenterNode(LifecycleNode):
             return camera_view(cam.name, image, info, cam_from_cloud)
         except (ValueError, LookupError) as exc:
             self.stats.count_skipped(f"bad_camera.{cam.name}")
-            self.get_logger().warning(f"camera {cam.name} left out of this scan: {exc}",
-                                      throttle_duration_sec=LOG_THROTTLE_S)
+            self._problems.report(f"bad_camera: {exc}", f"camera {cam.name} left out of this scan: {exc}",
+                                  camera=cam.name)
             return None
 
     def _lookup_extrinsics(self, cloud_msg: PointCloud2, cam: CameraParams) -> np.ndarray | None:
@@ -358,9 +360,10 @@ class SegmenterNode(LifecycleNode):
         if cam_from_cloud is None:
             self.stats.count_skipped(f"no_transform.{cam.name}")
             why = self._tf.why_not(camera_frame, cloud_frame, stamp_ns)
-            self.get_logger().warning(f"camera {cam.name} left out of this scan: no transform from {cloud_frame!r} "
-                                      f"to {camera_frame!r} at {stamp_ns} ns: {why}",
-                                      throttle_duration_sec=LOG_THROTTLE_S)
+            # keyed by the source frame too: a second sensor in a frame tf does not know is a problem of its own
+            self._problems.report(f"no_transform from {cloud_frame!r}",
+                                  f"camera {cam.name} left out of this scan: no transform from {cloud_frame!r} "
+                                  f"to {camera_frame!r} at {stamp_ns} ns: {why}", camera=cam.name)
         return cam_from_cloud
 
     # ---- worker thread ---------------------------------------------------------------------------------------
@@ -395,8 +398,8 @@ class SegmenterNode(LifecycleNode):
 
     def _on_worker_error(self, job: Job, exc: Exception) -> None:
         self.stats.count_error(type(exc).__name__)
-        self.get_logger().error(f"scan at {job.scan.stamp_ns} ns failed: {type(exc).__name__}: {exc}",
-                                throttle_duration_sec=LOG_THROTTLE_S)
+        self._problems.report(f"error.{type(exc).__name__}",
+                              f"scan at {job.scan.stamp_ns} ns failed: {type(exc).__name__}: {exc}")
 
     def _publish_diagnostics(self) -> None:
         snap = self.stats.snapshot()
