@@ -85,8 +85,11 @@ def test_pretrain_tiny_writes_folder_load_teacher_reads(tmp_path) -> None:
     assert (tmp_path / "teacher" / "config.json").is_file()
     saved = json.loads((tmp_path / "teacher" / "pretrain_report.json").read_text())
     assert saved["train_images"] == report["train_images"] == (5 + 1) * 2
-    assert set(saved["probe_patch_miou_trained"]) == {"source", "office", "lidar", "office_lidar", "noisy",
-                                                      "randomised", "beyond_training"}
+    assert set(saved["probe_trained"]) == {"source", "office", "lidar", "office_lidar", "noisy", "randomised",
+                                           "beyond_training"}
+    assert set(saved["probe_trained"]["office"]) == {"probe_miou", "within", "between", "centroid_agreement"}
+    again = pretrain_teacher.report_only(tmp_path / "teacher", _tiny_config())
+    assert again["probe_trained"] == saved["probe_trained"]
     assert not (tmp_path / "teacher" / "train_state.pt").exists()
     teacher = load_teacher(tmp_path / "teacher", resolution=tuple(report["teacher_resolution_hw"]))
     fmap = teacher.feature_map(render_labeled_images("source", 0, 1)[0].image_rgb)

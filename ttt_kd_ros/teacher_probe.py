@@ -46,4 +46,51 @@ def patch_miou(probe: PatchProbe, features: torch.Tensor, classes: torch.Tensor,
     return miou(classes.numpy(), probe.predict(features).numpy(), num_classes)
 
 
-__all__ = ["PatchProbe", "fit_patch_probe", "patch_miou"]
+
+
+@dataclass
+class SimilarityReport:
+    """Cosine statistics of L2-normalised patch features of one domain against the reference (source) domain.
+
+    within: mean cosine between two patches of the same class; between: of two patches of different classes
+    (a semantic teacher has within >> between). centroid_agreement: mean over classes present in both domains
+    of the cosine between the class's mean feature here and in the reference domain (a domain-robust teacher
+    keeps it near 1: the class looks the same to it whatever the palette or sensor).
+    """
+
+    within: float
+    between: float
+    centroid_agreement: float
+
+
+def _class_means(features: torch.Tensor, classes: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C, D) sum of features per class and (C,) counts."""
+    sums = torch.zeros(num_classes, features.shape[1], dtype=torch.float64)
+    sums.index_add_(0, classes, features.double())
+    return sums, torch.bincount(classes, minlength=num_classes).double()
+
+
+def similarity_report(features: torch.Tensor, classes: torch.Tensor, reference: torch.Tensor,
+                      reference_classes: torch.Tensor, num_classes: int) -> SimilarityReport:
+    """Within / between class cosines of ``features`` and their class centroids' agreement with ``reference``.
+
+    Exact means over all ordered pairs of distinct patches, computed from per-class sums (no M x M matrix):
+    sum over pairs of x_i . x_j = |sum x|^2 - sum |x_i|^2 for unit vectors.
+    """
+    x = F.normalize(features.double(), dim=1)
+    sums, counts = _class_means(x, classes, num_classes)
+    same_pairs = float((counts * (counts - 1)).sum())
+    same_dot = float((sums * sums).sum() - counts.sum())  # sum over same-class pairs i != j
+    total = x.sum(dim=0)
+    all_pairs = float(len(x) * (len(x) - 1))
+    all_dot = float(total @ total - len(x))
+    within = same_dot / same_pairs if same_pairs else float("nan")
+    between = (all_dot - same_dot) / (all_pairs - same_pairs) if all_pairs > same_pairs else float("nan")
+    ref_sums, ref_counts = _class_means(F.normalize(reference.double(), dim=1), reference_classes, num_classes)
+    both = (counts > 0) & (ref_counts > 0)
+    agreement = F.cosine_similarity(sums[both], ref_sums[both], dim=1).mean() if both.any() else torch.tensor(
+        float("nan"))
+    return SimilarityReport(round(within, 4), round(between, 4), round(float(agreement), 4))
+
+
+__all__ = ["PatchProbe", "SimilarityReport", "fit_patch_probe", "patch_miou", "similarity_report"]

@@ -50,9 +50,14 @@ from ttt_kd_ros.data.synthetic.randomised import BEYOND_TRAINING, TRAINING, rand
 from ttt_kd_ros.data.synthetic.renders import render_labeled_images
 from ttt_kd_ros.labels import SYNTHETIC_INDOOR
 from ttt_kd_ros.teacher import IMAGENET_MEAN, IMAGENET_STD
-from ttt_kd_ros.teacher_probe import PatchProbe, fit_patch_probe, patch_miou
+from ttt_kd_ros.teacher_probe import PatchProbe, fit_patch_probe, patch_miou, similarity_report
 
 RANDOMISED, BEYOND = "randomised", "beyond_training"
+PROBE_NOTE = ("probe_miou: ridge probe on L2-normalised patch tokens -> majority class of the patch, fitted on "
+              "'source' training views only, mIoU (%) on held-out rooms of each named domain, on held-out randomised "
+              "rooms, and on rooms drawn beyond every training range (BEYOND_TRAINING); within / between: mean "
+              "cosine of same-class / different-class patch pairs; centroid_agreement: cosine of each class's mean "
+              "feature with its mean on the source training views, averaged over classes")
 
 
 @dataclass
@@ -250,19 +255,39 @@ def majority_classes(labels: torch.Tensor, patch: int, num_classes: int) -> torc
     return patch_class_distribution(labels, patch, num_classes).argmax(-1).flatten()
 
 
-def probe_report(model, fit_on: RenderSet, held_out: RenderSet, patch: int, num_classes: int) -> dict[str, float]:
-    """Patch linear-probe mIoU (%) on each held-out domain, the probe fitted on the 'source' views only.
+def probe_report(model, fit_on: RenderSet, held_out: RenderSet, patch: int,
+                 num_classes: int) -> dict[str, dict[str, float]]:
+    """Per held-out domain: patch linear-probe mIoU (%), the probe fitted on 'source' training views only, and
+    the feature-similarity report against the source training views (teacher_probe.similarity_report).
 
     A probe fitted on one domain and scored on the others measures exactly what KD needs: class carried by the
     features across domains, not recovered by refitting per domain.
     """
     source = fit_on.subset("source")
-    probe: PatchProbe = fit_patch_probe(patch_features(model, source.images),
-                                        majority_classes(source.labels, patch, num_classes), num_classes)
-    return {name: round(100 * patch_miou(probe, patch_features(model, held_out.subset(name).images),
-                                         majority_classes(held_out.subset(name).labels, patch, num_classes),
-                                         num_classes), 1)
-            for name in held_out.names}
+    source_x, source_y = patch_features(model, source.images), majority_classes(source.labels, patch, num_classes)
+    probe: PatchProbe = fit_patch_probe(source_x, source_y, num_classes)
+    out = {}
+    for name in held_out.names:
+        part = held_out.subset(name)
+        x, y = patch_features(model, part.images), majority_classes(part.labels, patch, num_classes)
+        similarity = similarity_report(x, y, source_x, source_y, num_classes)
+        out[name] = {"probe_miou": round(100 * patch_miou(probe, x, y, num_classes), 1), **asdict(similarity)}
+    return out
+
+
+def report_only(out_dir: Path, config: PretrainConfig) -> dict:
+    """Re-run the probe and similarity report of a saved teacher folder (its renders cached or made again)."""
+    from transformers import Dinov2Model
+
+    train_set, test_set, _ = _renders(config, out_dir)
+    model = Dinov2Model.from_pretrained(str(out_dir)).eval()
+    patch = int(model.config.patch_size)
+    report_path = out_dir / "pretrain_report.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    report["probe_trained"] = probe_report(model, train_set, test_set, patch, SYNTHETIC_INDOOR.num_classes)
+    report["probe_note"] = PROBE_NOTE
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    return report
 
 
 def _renders(config: PretrainConfig, out_dir: Path) -> tuple[RenderSet, RenderSet, float]:
@@ -323,7 +348,7 @@ def pretrain(config: PretrainConfig, out_dir: Path, command: str = "", progress:
         start, train_s = int(state["step"]), float(state["train_s"])
         history = json.loads(state["history"])
         probe_random = json.loads(state["probe_random"])
-    if probe_random is None:
+    if probe_random is None:  # the untrained network's numbers: what training added
         probe_random = probe_report(model.eval(), train_set, test_set, config.patch_size, num_classes)
 
     def save_state(step: int) -> None:
@@ -376,11 +401,9 @@ def pretrain(config: PretrainConfig, out_dir: Path, command: str = "", progress:
         "train_s": round(train_s, 1),
         "loss_first": {k: float(np.mean([h[k] for h in first])) for k in first[0]},
         "loss_last": {k: float(np.mean([h[k] for h in last])) for k in last[0]},
-        "probe_patch_miou_random_init": probe_random,
-        "probe_patch_miou_trained": probe_trained,
-        "probe_note": "ridge probe on L2-normalised patch tokens -> majority class of the patch, fitted on 'source' "
-                      "training views only, mIoU (%) on held-out rooms of each named domain, on held-out randomised "
-                      "rooms, and on rooms drawn beyond every training range (BEYOND_TRAINING)",
+        "probe_random_init": probe_random,
+        "probe_trained": probe_trained,
+        "probe_note": PROBE_NOTE,
         "command": command,
     }
     (out_dir / "pretrain_report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -396,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, value in asdict(defaults).items():
         p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--report-only", action="store_true",
+                   help="only recompute the probe / similarity report of the teacher already in --out")
     return p
 
 
@@ -405,9 +430,12 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     values = {k: getattr(args, k) for k in asdict(PretrainConfig())}
     command = shlex.join(["ttt_kd_pretrain_teacher", *(sys.argv[1:] if argv is None else argv)])
+    if args.report_only:
+        print(json.dumps(report_only(args.out, PretrainConfig(**values))["probe_trained"], indent=1))
+        return 0
     report = pretrain(PretrainConfig(**values), args.out, command)
-    print(json.dumps({k: report[k] for k in ("loss_first", "loss_last", "probe_patch_miou_random_init",
-                                             "probe_patch_miou_trained", "render_s", "train_s")}, indent=1))
+    print(json.dumps({k: report[k] for k in ("loss_first", "loss_last", "probe_random_init",
+                                             "probe_trained", "render_s", "train_s")}, indent=1))
     print(f"teacher written to {args.out}")
     return 0
 
