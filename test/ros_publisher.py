@@ -23,11 +23,13 @@ import time
 
 import numpy as np
 import rclpy
+import tf_stand_in
 from builtin_interfaces.msg import Time
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 
+from ttt_kd_ros.msgs.tf_message import tf_message_from_cdr, tf_message_to_cdr
 from ttt_kd_ros.ros import compat
 
 FRAME_ID = "test_lidar"
@@ -97,10 +99,11 @@ class SensorPublisher(Node):
         super().__init__("ttt_kd_test_sensors")
         self.tf_static_pub = None
         if tf_static:  # latched (TRANSIENT_LOCAL), so a node that subscribes later still gets it
-            message_type, raw = compat.tf_message_type()
-            self.tf_static_pub = self.create_publisher(message_type, compat.TF_STATIC_TOPIC, compat.tf_qos(True))
-            payload = compat.tf_message_to_cdr([(parent, child, T, 0) for parent, child, T in tf_static])
-            self.tf_static_pub.publish(payload if raw else compat.tf_message_from_cdr(payload))
+            message_type = tf_stand_in.tf_message_type()
+            self.tf_static_pub = self.create_publisher(message_type.message_class, compat.TF_STATIC_TOPIC,
+                                                       compat.tf_qos(True))
+            payload = tf_message_to_cdr([(parent, child, T, 0) for parent, child, T in tf_static])
+            self.tf_static_pub.publish(payload if message_type.raw else tf_message_from_cdr(payload))
         self.cloud_pub = self.create_publisher(PointCloud2, cloud_topic, qos_profile_sensor_data)
         self.camera_pubs = [
             (self.create_publisher(Image, image, qos_profile_sensor_data),

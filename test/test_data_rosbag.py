@@ -13,7 +13,7 @@ from ttt_kd_ros.data.rosbag import (
     read_bag_messages,
     resolve_camera_frame,
 )
-from ttt_kd_ros.ros.transforms import TransformGraph
+from ttt_kd_ros.transforms import TransformGraph
 
 KITTI_CAMERA = "kitti/camera_color_left"
 
@@ -140,7 +140,7 @@ def _write_sqlite3_bag(path, messages) -> None:
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
-    from ttt_kd_ros.ros.convert import header_stamp_ns
+    from ttt_kd_ros.msgs.stamps import header_stamp_ns
 
     typestore = get_typestore(Stores.ROS2_JAZZY)
     with Writer(path, version=8, storage_plugin=StoragePlugin.SQLITE3) as writer:
@@ -153,7 +153,9 @@ def _write_sqlite3_bag(path, messages) -> None:
 
 def test_rosbag_scans_sqlite3_pairs_by_stamp_and_counts_missing_camera(tmp_path) -> None:
     std_msgs = pytest.importorskip("std_msgs.msg")
-    from ttt_kd_ros.ros import convert
+    from ttt_kd_ros.msgs.camera_info import intrinsics_to_camera_info
+    from ttt_kd_ros.msgs.image import rgb_to_image
+    from ttt_kd_ros.msgs.pointcloud2 import cloud_to_pointcloud2
     from ttt_kd_ros.scan import CameraIntrinsics
 
     def header(frame: str, stamp_ns: int):
@@ -168,14 +170,14 @@ def test_rosbag_scans_sqlite3_pairs_by_stamp_and_counts_missing_camera(tmp_path)
     messages = []
     for k, t in enumerate([1000 * ms, 1100 * ms, 1200 * ms]):
         messages.append(("/lidar/points", "sensor_msgs/msg/PointCloud2",
-                         convert.cloud_to_pointcloud2(header("lidar", t), xyz, labels=np.array([1, 2, 3]))))
+                         cloud_to_pointcloud2(header("lidar", t), xyz, labels=np.array([1, 2, 3]))))
         for topic_ns, frame in (("/front", "front_optical"),) + ((("/back", "lidar"),) if k == 0 else ()):
             stamp = t + 10 * ms
             image[:] = k
             messages.append((f"{topic_ns}/image_raw", "sensor_msgs/msg/Image",
-                             convert.rgb_to_image(image, "bgr8", header(frame, stamp))))
+                             rgb_to_image(image, "bgr8", header(frame, stamp))))
             messages.append((f"{topic_ns}/camera_info", "sensor_msgs/msg/CameraInfo",
-                             convert.intrinsics_to_camera_info(intr, header(frame, stamp))))
+                             intrinsics_to_camera_info(intr, header(frame, stamp))))
     bag = tmp_path / "bag"
     _write_sqlite3_bag(bag, messages)
 

@@ -19,7 +19,6 @@ from ttt_kd_ros.ros.replay_live import (
     flatten_params,
     frames_of,
     load_params_file,
-    match_points,
     node_parameters,
     write_params_file,
 )
@@ -69,16 +68,6 @@ def test_frames_of_groups_camera_messages_before_and_after_their_cloud() -> None
         [("/cloud", 200_000_000), ("/img", 200_000_000)],
         [("/img", 300_000_000), ("/cloud", 300_000_000), ("/img", 305_000_000)],
     ]
-
-
-def test_match_points_subset_in_any_order() -> None:
-    rng = np.random.default_rng(0)
-    reference = rng.normal(size=(50, 3)).astype(np.float32)
-    assert match_points(reference, reference).tolist() == list(range(50))
-    pick = np.array([7, 3, 49, 0])
-    query = np.vstack([reference[pick], [[9.0, 9.0, 9.0]]]).astype(np.float32)
-    assert match_points(reference, query).tolist() == [7, 3, 49, 0, -1]
-    assert match_points(reference[:0], query).tolist() == [-1] * 5
 
 
 def test_node_parameters_cameras_extrinsics_and_cloud_only(small_bag: Path) -> None:

@@ -34,7 +34,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import PointCloud2  # noqa: E402
 
 from ttt_kd_ros.labels import LABEL_SETS  # noqa: E402
-from ttt_kd_ros.ros.convert import header_stamp_ns, pointcloud2_to_structured  # noqa: E402
+from ttt_kd_ros.msgs.pointcloud2 import pointcloud2_to_structured  # noqa: E402
+from ttt_kd_ros.msgs.stamps import header_stamp_ns  # noqa: E402
 from ttt_kd_ros.ros.params import NODE_NAME  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -180,8 +181,9 @@ class Sensors:
 
 
 def _start_node(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([PY, "-m", "ttt_kd_ros.ros.runner", *args], env=env, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT)
+    """The runner, with test support's TFMessage stand-in registered (the package ships none; no tf2_msgs here)."""
+    return subprocess.Popen([PY, str(REPO_ROOT / "test" / "node_with_tf_stand_in.py"), *args], env=env,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
 def _ros_env() -> dict[str, str]:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import tf_stand_in
 
+from ttt_kd_ros.msgs.stamps import stamp_to_ns
+from ttt_kd_ros.msgs.tf_message import tf_message_from_cdr, tf_message_to_cdr
 from ttt_kd_ros.ros import compat
-from ttt_kd_ros.ros.convert import stamp_to_ns
-from ttt_kd_ros.ros.transforms import (
+from ttt_kd_ros.transforms import (
     TransformBuffer,
     TransformGraph,
     cam_from_cloud_from_parameter,
@@ -121,7 +124,7 @@ def test_transform_graph_uses_value_valid_at_stamp() -> None:
 
 def test_transform_stamped_to_matrix_matches_geometry_msgs_round_trip() -> None:
     pytest.importorskip("geometry_msgs.msg", reason="geometry_msgs wheels not installed")
-    from ttt_kd_ros.ros.transforms import matrix_to_transform_stamped
+    from ttt_kd_ros.transforms import matrix_to_transform_stamped
 
     T = _random_transform(np.random.default_rng(3))
     msg = matrix_to_transform_stamped(T, "base", "cam", stamp_ns=1_500_000_000)
@@ -280,13 +283,31 @@ def test_tf_qos_static_latched_and_dynamic_volatile() -> None:
 def test_tf_message_cdr_round_trip_keeps_frames_stamps_and_pose() -> None:
     rng = np.random.default_rng(5)
     links = [("base", "cam", _random_transform(rng), 1_500_000_007), ("base", "lidar", np.eye(4), 0)]
-    msg = compat.tf_message_from_cdr(compat.tf_message_to_cdr(links))
+    msg = tf_message_from_cdr(tf_message_to_cdr(links))
     assert [(t.header.frame_id, t.child_frame_id, stamp_to_ns(t.header.stamp)) for t in msg.transforms] == [
         (parent, child, stamp) for parent, child, _, stamp in links]
     np.testing.assert_allclose(transform_stamped_to_matrix(msg.transforms[0]), links[0][2], atol=1e-12)
 
 
-def test_make_tf_lookup_follows_latched_tf_static_between_nodes() -> None:
+@pytest.fixture
+def tf_stand_in_installed() -> Iterator[None]:
+    """Test support's TFMessage stand-in registered for the test (the package ships none), then forgotten."""
+    if not tf_stand_in.install():
+        pytest.skip("neither tf2_msgs nor the test stand-in's type support is usable here")
+    yield
+    compat.use_tf_message_stand_in(None)
+
+
+def test_make_tf_lookup_without_tf2_or_tfmessage_type_is_none() -> None:
+    """No tf2_ros, no tf2_msgs and nothing registered: the node must use parameter extrinsics."""
+    if compat.have("tf2_ros") or compat.have("tf2_msgs"):
+        pytest.skip("a real tf2_ros / tf2_msgs is installed")
+    compat.use_tf_message_stand_in(None)
+    assert compat.tf_message_type() is None
+    assert compat.make_tf_lookup(SimpleNamespace()) is None  # no subscription is even attempted
+
+
+def test_make_tf_lookup_follows_latched_tf_static_between_nodes(tf_stand_in_installed: None) -> None:
     """The node's own subscription path: a TRANSIENT_LOCAL /tf_static published before anyone listens."""
     rclpy = pytest.importorskip("rclpy")
     from rclpy.context import Context
@@ -297,11 +318,12 @@ def test_make_tf_lookup_follows_latched_tf_static_between_nodes() -> None:
     try:
         talker = rclpy.create_node("tf_talker", context=context)
         listener = rclpy.create_node("tf_listener", context=context)
-        message_type, raw = compat.tf_message_type()
+        message_type = compat.tf_message_type()
         assert message_type is not None
-        publisher = talker.create_publisher(message_type, compat.TF_STATIC_TOPIC, compat.tf_qos(static=True))
-        payload = compat.tf_message_to_cdr([("test_lidar", "test_cam", _translation(0.25), 0)])
-        publisher.publish(payload if raw else compat.tf_message_from_cdr(payload))
+        publisher = talker.create_publisher(message_type.message_class, compat.TF_STATIC_TOPIC,
+                                            compat.tf_qos(static=True))
+        payload = tf_message_to_cdr([("test_lidar", "test_cam", _translation(0.25), 0)])
+        publisher.publish(payload if message_type.raw else tf_message_from_cdr(payload))
         lookup, subscriptions = compat.make_tf_lookup(listener)
         assert len(subscriptions) == (0 if compat.have("tf2_ros") else 2)
         executor = SingleThreadedExecutor(context=context)

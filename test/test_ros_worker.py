@@ -138,7 +138,7 @@ def test_snapshot_to_status_levels_and_keys() -> None:
 
 
 def test_apply_min_confidence_marks_low_points_ignored() -> None:
-    from ttt_kd_ros.ros.node import apply_min_confidence
+    from ttt_kd_ros.msgs.scan_messages import apply_min_confidence
 
     labels = np.array([3, 4, 5])
     confidence = np.array([0.9, 0.2, 0.5], dtype=np.float32)
@@ -147,8 +147,7 @@ def test_apply_min_confidence_marks_low_points_ignored() -> None:
 
 
 def test_cap_cloud_keeps_order_and_source_index() -> None:
-    from ttt_kd_ros.ros.convert import CloudArrays
-    from ttt_kd_ros.ros.node import cap_cloud
+    from ttt_kd_ros.msgs.cloud import CloudArrays, cap_cloud
 
     xyz = np.arange(30, dtype=np.float32).reshape(10, 3)
     cloud = CloudArrays(xyz_m=xyz, intensity=np.arange(10, dtype=np.float32), rgb=None, labels=None,

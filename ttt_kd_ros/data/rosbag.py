@@ -1,9 +1,9 @@
 """Scans from recorded bags: rosbag2 (mcap, sqlite3), ROS 1 ``.bag`` and ROS 1 MCAP files.
 
 Messages are deserialised with the pure-Python ``rosbags`` library (no ROS
-install needed) and decoded with the same duck-typed converters the node uses
-(``ttt_kd_ros.ros.convert``), so a bag replays exactly as the live topics
-would. rosbags' AnyReader does not open MCAP files written with the ROS 1
+install needed) and become Scans through the same function the node uses
+(``msgs.scan_messages.scan_from_messages``), so a bag replays exactly as the
+live topics would. rosbags' AnyReader does not open MCAP files written with the ROS 1
 profile (the Ouster recording), so single ``.mcap`` files are read with the
 ``mcap`` package and deserialised with a rosbags typestore built from the
 file's own schemas.
@@ -28,16 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from ttt_kd_ros.ros.convert import (
-    DEPTH_ENCODINGS,
-    camera_info_to_intrinsics,
-    check_image_matches_info,
-    header_stamp_ns,
-    image_to_rgb,
-    pointcloud2_to_cloud,
-)
-from ttt_kd_ros.ros.transforms import TransformGraph, cam_from_cloud_from_parameter
-from ttt_kd_ros.scan import CameraView, Scan
+from ttt_kd_ros.msgs.image import DEPTH_ENCODINGS
+from ttt_kd_ros.msgs.scan_messages import CameraMessages, CloudHeader, ScanPolicy, scan_from_messages
+from ttt_kd_ros.msgs.stamps import header_stamp_ns
+from ttt_kd_ros.scan import Scan
+from ttt_kd_ros.transforms import TransformGraph, cam_from_cloud_from_parameter
 
 LOG = logging.getLogger(__name__)
 
@@ -239,6 +234,8 @@ class RosbagScans:
             self.fixed_extrinsics[key.strip("/")] = cam_from_cloud_from_parameter(value, camera=key)
         self.stats = SourceStats()
         self._warned: set[str] = set()
+        self._topics_of = {cam.name: cam for cam in self.cameras}
+        self._policy = ScanPolicy(max_range_m=max_range_m, rectified_image=rectified_image, label_set=label_set)
 
     def __iter__(self) -> Iterator[Scan]:
         self.stats = SourceStats()
@@ -286,33 +283,37 @@ class RosbagScans:
 
     def _scan(self, stamp: int, cloud_msg: Any, images: Mapping[str, deque], infos: Mapping[str, deque],
               graph: TransformGraph) -> Scan | None:
+        cameras, unpaired = [], []
+        for cam in self.cameras:
+            messages = self._camera_messages(cam, stamp, images[cam.name], infos[cam.name])
+            if messages is None:
+                unpaired.append(cam.name)
+            else:
+                cameras.append(messages)
+        header = CloudHeader(header=cloud_msg.header, stamp_ns=stamp, frame_id=str(cloud_msg.header.frame_id))
+
+        def extrinsics(camera: CameraMessages, cloud: CloudHeader) -> np.ndarray:
+            return self._extrinsics(camera, cloud, graph)
+
         try:
-            cloud = pointcloud2_to_cloud(cloud_msg, max_range_m=self.max_range_m)
+            decoded = scan_from_messages(cloud_msg, cameras, extrinsics, self._policy, header=header)
         except ValueError as err:
             self.stats.bad_clouds += 1
             LOG.warning("%s: skipping cloud at %d ns: %s", self.path, stamp, err)
             return None
-        views = []
-        for cam in self.cameras:
-            view = self._camera_view(cam, stamp, cloud.frame_id, images[cam.name], infos[cam.name], graph)
-            if view is None:
-                self.stats.miss(cam.name)
-            else:
-                views.append(view)
+        for name in unpaired:
+            self.stats.miss(name)
+        for miss in decoded.left_out:
+            self.stats.miss(miss.camera)
+            self._warn_once(f"{miss.camera}:{miss.reason}", f"camera {miss.camera}: skipped: {miss.detail}")
         self.stats.scans += 1
-        return Scan(
-            points_xyz_m=cloud.xyz_m,
-            intensity=cloud.intensity,
-            rgb=cloud.rgb,
-            cameras=views,
-            labels=cloud.labels,
-            stamp_ns=stamp,
-            frame_id=cloud.frame_id,
-            label_set=self.label_set if cloud.labels is not None else "",
-        )
+        scan = decoded.scan
+        if scan.labels is None:
+            scan.label_set = ""  # the label set names the cloud's own labels; without them it is unknown
+        return scan
 
-    def _camera_view(self, cam: CameraTopics, stamp: int, cloud_frame: str, images: deque, infos: deque,
-                     graph: TransformGraph) -> CameraView | None:
+    def _camera_messages(self, cam: CameraTopics, stamp: int, images: deque, infos: deque) -> CameraMessages | None:
+        """The camera's image nearest the cloud and the CameraInfo nearest that image, both within the slop."""
         image = _nearest(images, stamp, self.slop_ns)
         if image is None:
             return None
@@ -321,40 +322,25 @@ class RosbagScans:
         if info is None:
             self._warn_once(cam.name + ":info", f"camera {cam.name}: no CameraInfo within the slop of its image")
             return None
-        info_msg = info[1]
-        try:
-            check_image_matches_info(image_msg, info_msg)
-            intrinsics = camera_info_to_intrinsics(info_msg, rectified_image=self.rectified_image)
-            T = self._extrinsics(cam, info_msg, cloud_frame, stamp, graph)
-            if T is None:
-                return None
-            if str(image_msg.encoding) in DEPTH_ENCODINGS:
-                self._warn_once(cam.name + ":depth", f"camera {cam.name}: {image_msg.encoding} is a depth image")
-                return None
-            rgb = image_to_rgb(image_msg)
-        except ValueError as err:
-            self._warn_once(cam.name + ":bad", f"camera {cam.name}: skipped: {err}")
+        if str(image_msg.encoding) in DEPTH_ENCODINGS:
+            self._warn_once(cam.name + ":depth", f"camera {cam.name}: {image_msg.encoding} is a depth image")
             return None
-        return CameraView(image_rgb=rgb, intrinsics=intrinsics, cam_from_cloud=T, stamp_ns=image_stamp,
-                          name=cam.name)
+        fixed = next((self.fixed_extrinsics[key] for key in (cam.name, cam.image.strip("/"))
+                      if key in self.fixed_extrinsics), None)
+        return CameraMessages(cam.name, image_msg, info[1], cam_from_cloud=fixed, stamp_ns=image_stamp)
 
-    def _extrinsics(self, cam: CameraTopics, info_msg: Any, cloud_frame: str, stamp: int,
-                    graph: TransformGraph) -> np.ndarray | None:
-        for key in (cam.name, cam.image.strip("/")):
-            if key in self.fixed_extrinsics:
-                return self.fixed_extrinsics[key]
-        camera_frame = cam.frame_id or str(info_msg.header.frame_id).lstrip("/")
+    def _extrinsics(self, camera: CameraMessages, cloud: CloudHeader, graph: TransformGraph) -> np.ndarray:
+        """cam_from_cloud from the bag's tf at the cloud's stamp; LookupError (naming both frames) when unknown."""
+        cam = self._topics_of[camera.name]
+        camera_frame = cam.frame_id or str(camera.info.header.frame_id).lstrip("/")
+        cloud_frame = cloud.frame_id
         if camera_frame == cloud_frame.lstrip("/"):
             return np.eye(4)
         frame = resolve_camera_frame(graph, camera_frame, cloud_frame)
         if frame is None:
-            self._warn_once(
-                cam.name + ":tf",
-                f"camera {cam.name}: no transform from {cloud_frame!r} to {camera_frame!r} in {self.tf_topics}; "
-                "pass cam_from_cloud",
-            )
-            return None
-        return graph.lookup(frame, cloud_frame, stamp_ns=stamp)
+            raise LookupError(f"no transform from {cloud_frame!r} to {camera_frame!r} in {self.tf_topics}; "
+                              "pass cam_from_cloud")
+        return graph.lookup(frame, cloud_frame, stamp_ns=cloud.stamp_ns)
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

@@ -32,9 +32,10 @@ from ttt_kd_ros.data.rosbag import (
     read_bag_messages,
     resolve_camera_frame,
 )
+from ttt_kd_ros.msgs.stamps import header_stamp_ns
+from ttt_kd_ros.msgs.typestore import ros2_typestore
 from ttt_kd_ros.replay.bag_writer import CUSTOM_LABEL_SET
-from ttt_kd_ros.ros.convert import header_stamp_ns
-from ttt_kd_ros.ros.transforms import TransformGraph
+from ttt_kd_ros.transforms import TransformGraph
 
 
 @dataclass(frozen=True)
@@ -57,18 +58,12 @@ def cdr_header_stamp_ns(cdr: bytes) -> int:
     return sec * 1_000_000_000 + nanosec
 
 
-def _typestore() -> Any:
-    from rosbags.typesys import Stores, get_typestore
-
-    return get_typestore(Stores.ROS2_JAZZY)
-
-
 def read_raw_messages(path: str | Path, topics: Sequence[str]) -> Iterator[RawMessage]:
     """Messages of ``topics`` in log-time order as ROS 2 CDR bytes, from any bag data.rosbag reads."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"bag not found: {path}")
-    store = _typestore()
+    store = ros2_typestore()
     if path.is_file() and path.suffix == ".mcap":
         yield from _raw_mcap_file(path, topics, store)
         return

@@ -33,8 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from ttt_kd_ros.ros.transforms import matrix_to_quaternion
+from ttt_kd_ros.msgs.typestore import ros2_typestore
 from ttt_kd_ros.scan import CameraIntrinsics, CameraView, Scan
+from ttt_kd_ros.transforms import matrix_to_quaternion
 
 STORAGES = ("mcap", "sqlite3")
 UNLABELLED = 65535
@@ -43,12 +44,6 @@ CUSTOM_LABEL_SET = "ttt_kd_ros.label_set"
 CUSTOM_SOURCE = "ttt_kd_ros.source"
 # PointField datatypes
 _FLOAT32, _UINT16 = 7, 4
-
-
-def _typestore() -> Any:
-    from rosbags.typesys import Stores, get_typestore
-
-    return get_typestore(Stores.ROS2_JAZZY)
 
 
 def camera_frame_of(camera: str) -> str:
@@ -92,7 +87,7 @@ class MessageFactory:
     """rosbags message objects for one typestore; ``serialize`` gives CDR bytes."""
 
     def __init__(self, typestore: Any = None) -> None:
-        self.typestore = _typestore() if typestore is None else typestore
+        self.typestore = ros2_typestore() if typestore is None else typestore
         self.types = self.typestore.types
 
     def serialize(self, msg: Any) -> bytes:

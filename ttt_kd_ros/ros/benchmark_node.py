@@ -3,10 +3,11 @@
 Times the node's own hot path on a synthetic cloud (default 120k points,
 x/y/z/intensity like a LiDAR driver) with one 1242x375 rgb8 camera: decode
 the PointCloud2, pair cloud + image + CameraInfo in the synchroniser, build
-the Scan (image and CameraInfo conversion, CameraView), encode the labeled
-output and publish it through rclpy (a subscriber in the same process makes
-DDS deliver it). The functions are the ones the node calls, so a regression
-there shows here. Prints medians over ``--reps`` in milliseconds.
+the Scan (``msgs.scan_messages.scan_from_messages``: decode, input cap,
+image and CameraInfo conversion), encode the labeled output
+(``prediction_to_pointcloud2``) and publish it through rclpy (a subscriber in
+the same process makes DDS deliver it). The functions are the ones the node
+calls, so a regression there shows here. Prints medians over ``--reps`` in milliseconds.
 """
 
 from __future__ import annotations
@@ -38,10 +39,17 @@ def run(points: int, reps: int, publish: bool = True) -> dict[str, float]:
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 
     from ttt_kd_ros.labels import SEMANTIC_KITTI19
+    from ttt_kd_ros.msgs.cloud import decode_cloud
+    from ttt_kd_ros.msgs.scan_messages import (
+        CameraMessages,
+        DecodedScan,
+        ScanPolicy,
+        camera_view,
+        prediction_to_pointcloud2,
+        scan_from_messages,
+    )
     from ttt_kd_ros.ros.compat import make_synchronizer
-    from ttt_kd_ros.ros.convert import pointcloud2_to_cloud
-    from ttt_kd_ros.ros.node import camera_view, cap_cloud, encode_labeled
-    from ttt_kd_ros.scan import Scan
+    from ttt_kd_ros.scan import Prediction
 
     rng = np.random.default_rng(0)
     stamp = Time(sec=1000, nanosec=0)
@@ -75,23 +83,23 @@ def run(points: int, reps: int, publish: bool = True) -> dict[str, float]:
         sync.add(2, info)
         sync.add(0, cloud_msg)
 
-    def assemble() -> Scan:
-        cloud = cap_cloud(pointcloud2_to_cloud(cloud_msg), 1_000_000, rng_cap)
-        view = camera_view("left", image, info, cam_from_cloud)
-        return Scan(points_xyz_m=cloud.xyz_m, intensity=cloud.intensity, rgb=cloud.rgb, cameras=[view],
-                    stamp_ns=1000 * 10**9, frame_id="velo_link", label_set=label_set.name)
+    camera = CameraMessages("left", image, info, cam_from_cloud)
+    policy = ScanPolicy(max_points=1_000_000, label_set=label_set.name)  # the node's default input cap
 
-    scan = assemble()
-    labels = rng.integers(0, label_set.num_classes, scan.num_points)
-    confidence = rng.uniform(0.0, 1.0, scan.num_points).astype(np.float32)
-    out = encode_labeled(cloud_msg.header, scan.points_xyz_m, labels, confidence, label_set)
+    def assemble() -> DecodedScan:
+        return scan_from_messages(cloud_msg, [camera], policy=policy, rng=rng_cap)
+
+    decoded = assemble()
+    n = decoded.scan.num_points
+    prediction = Prediction(labels=rng.integers(0, label_set.num_classes, n),
+                            confidence=rng.uniform(0.0, 1.0, n).astype(np.float32))
+    out = prediction_to_pointcloud2(decoded, prediction, label_set)
 
     results = {
-        "decode": _median_ms(lambda: pointcloud2_to_cloud(cloud_msg), reps),
+        "decode": _median_ms(lambda: decode_cloud(cloud_msg), reps),
         "sync": _median_ms(pair, reps),
-        "scan_assembly": _median_ms(lambda: camera_view("left", image, info, cam_from_cloud), reps),
-        "encode": _median_ms(lambda: encode_labeled(cloud_msg.header, scan.points_xyz_m, labels, confidence,
-                                                    label_set), reps),
+        "scan_assembly": _median_ms(lambda: camera_view(camera, cam_from_cloud), reps),
+        "encode": _median_ms(lambda: prediction_to_pointcloud2(decoded, prediction, label_set), reps),
     }
     results["decode_and_assembly"] = _median_ms(assemble, reps)
     if publish:

@@ -36,20 +36,21 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from ttt_kd_ros.labels import LABEL_SETS, LabelSet
-from ttt_kd_ros.ros.compat import make_synchronizer, make_tf_lookup
-from ttt_kd_ros.ros.convert import (
-    CloudArrays,
-    camera_info_to_intrinsics,
-    check_image_matches_info,
-    header_stamp_ns,
-    image_to_rgb,
-    labeled_cloud_to_pointcloud2,
-    pointcloud2_to_cloud,
+from ttt_kd_ros.msgs.scan_messages import (
+    NO_TRANSFORM,
+    CameraMessages,
+    CloudHeader,
+    DecodedScan,
+    ScanPolicy,
+    empty_prediction,
+    prediction_to_pointcloud2,
+    read_cloud_header,
+    scan_from_messages,
 )
+from ttt_kd_ros.ros.compat import make_synchronizer, make_tf_lookup
 from ttt_kd_ros.ros.diagnostics import NodeStats, diagnostic_array
 from ttt_kd_ros.ros.params import (
     NODE_NAME,
-    CameraParams,
     NodeParams,
     ParameterError,
     engine_error_text,
@@ -58,7 +59,6 @@ from ttt_kd_ros.ros.params import (
 )
 from ttt_kd_ros.ros.reason_log import ReasonLog
 from ttt_kd_ros.ros.worker import LatestSlot, SlotWorker
-from ttt_kd_ros.scan import IGNORE_LABEL, CameraView, Scan
 from ttt_kd_ros.segmenter import Segmenter
 
 OUTPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
@@ -68,10 +68,9 @@ LOG_SUMMARY_PERIOD_S = 30.0
 
 @dataclass
 class Job:
-    """One scan waiting for the worker, with what is needed to answer it."""
+    """One scan waiting for the worker, with what is needed to answer it (header, source rows)."""
 
-    scan: Scan
-    header: Any  # std_msgs/Header of the input cloud, copied to the output
+    decoded: DecodedScan
     received_s: float  # time.monotonic() when the cloud reached the node
     convert_s: float
 
@@ -81,48 +80,6 @@ def fallback_label_set(num_classes: int) -> LabelSet:
     golden = (np.arange(num_classes) * 0.618034) % 1.0
     colors = tuple(tuple(int(255 * c) for c in (h, 1.0 - h, 0.5 + 0.5 * np.cos(6.283 * h))) for h in golden)
     return LabelSet("unknown", tuple(f"class_{i}" for i in range(num_classes)), colors)
-
-
-def cap_cloud(cloud: CloudArrays, max_points: int, rng: np.random.Generator) -> CloudArrays:
-    """A random subset of ``max_points`` points (input order kept) when the cloud is larger."""
-    n = len(cloud.xyz_m)
-    if n <= max_points:
-        return cloud
-    keep = np.sort(rng.choice(n, size=max_points, replace=False))
-    return CloudArrays(
-        xyz_m=cloud.xyz_m[keep],
-        intensity=None if cloud.intensity is None else cloud.intensity[keep],
-        rgb=None if cloud.rgb is None else cloud.rgb[keep],
-        labels=None if cloud.labels is None else cloud.labels[keep],
-        source_index=cloud.source_index[keep],
-        num_input_points=cloud.num_input_points,
-        frame_id=cloud.frame_id,
-        stamp_ns=cloud.stamp_ns,
-    )
-
-
-def apply_min_confidence(labels: np.ndarray, confidence: np.ndarray, threshold: float) -> np.ndarray:
-    """(N,) labels with IGNORE_LABEL where confidence < threshold (a copy only when something changes)."""
-    if threshold <= 0:
-        return labels
-    low = confidence < threshold
-    if not low.any():
-        return labels
-    return np.where(low, IGNORE_LABEL, labels)
-
-
-def camera_view(name: str, image: Image, info: CameraInfo, cam_from_cloud: np.ndarray) -> CameraView:
-    """One camera's messages as a CameraView; ValueError (naming the problem) when they cannot be used."""
-    check_image_matches_info(image, info)
-    return CameraView(image_rgb=image_to_rgb(image), intrinsics=camera_info_to_intrinsics(info),
-                      cam_from_cloud=cam_from_cloud, stamp_ns=header_stamp_ns(image), name=name)
-
-
-def encode_labeled(header: Any, xyz_m: np.ndarray, labels: np.ndarray, confidence: np.ndarray, label_set: LabelSet,
-                   min_confidence: float = 0.0) -> PointCloud2:
-    """The output message: x, y, z, rgb (the label set's palette), confidence, label (uint16), input header."""
-    labels = apply_min_confidence(labels, confidence, min_confidence)
-    return labeled_cloud_to_pointcloud2(header, xyz_m, labels, confidence, label_set.colorize(labels))
 
 
 class SegmenterNode(LifecycleNode):
@@ -137,6 +94,8 @@ class SegmenterNode(LifecycleNode):
         self.segmenter: Any = None
         self.label_set: LabelSet | None = None
         self._rng = np.random.default_rng(0)
+        self._scan_policy = ScanPolicy()
+        self._camera_frames: dict[str, str] = {}  # camera name -> camera.<name>.frame_id (tf lookups)
         self._problems = ReasonLog(self.get_logger().warning, LOG_SUMMARY_PERIOD_S)
         self._slot: LatestSlot[Job] = LatestSlot()
         self._worker: SlotWorker[Job] | None = None
@@ -182,6 +141,9 @@ class SegmenterNode(LifecycleNode):
         self.segmenter = segmenter
         self.label_set = self._label_set_of(segmenter)
         self._rng = np.random.default_rng(params["seed"])
+        # the input cap lives in the one scan path (msgs.scan_messages), nowhere else in the node
+        self._scan_policy = ScanPolicy(max_points=params["max_input_points"], label_set=self.label_set.name)
+        self._camera_frames = {cam.name: cam.frame_id for cam in params.cameras}
         self.stats.strategy = params["adapt.strategy"]
         self.stats.mode = "cloud_only" if params.cloud_only else "adapt"
         self.stats.label_set = self.label_set.name
@@ -305,85 +267,62 @@ class SegmenterNode(LifecycleNode):
         """Convert one cloud (+ its camera pairs) to a Scan and hand it to the worker."""
         received_s = time.monotonic()
         t0 = time.perf_counter()
-        refusal = self._stamp_refusal(header_stamp_ns(msg))
+        try:
+            header = read_cloud_header(msg)  # the stamp is converted here, once, for refusal, tf and the Scan
+        except ValueError as exc:
+            self._skip_cloud(exc)
+            return
+        refusal = self._stamp_refusal(header.stamp_ns)
         if refusal:
             self.stats.count_skipped(refusal)
             self._problems.report(refusal, f"cloud refused: {refusal}")
             return
+        cameras = [CameraMessages(cam.name, image, info, cam.cam_from_cloud)
+                   for cam, (image, info) in zip(self.params.cameras, pairs, strict=False)]
         try:
-            cloud = pointcloud2_to_cloud(msg)
+            decoded = scan_from_messages(msg, cameras, self._lookup_extrinsics, self._scan_policy, self._rng, header)
         except ValueError as exc:
-            self.stats.count_skipped("bad_cloud")
-            self._problems.report(f"bad_cloud: {exc}", f"cloud skipped: {exc}")
+            self._skip_cloud(exc)
             return
-        if self.params["max_input_points"]:
-            cloud = cap_cloud(cloud, self.params["max_input_points"], self._rng)
-        views = [view for view in (self._camera_view(msg, cam, img, info)
-                                   for cam, (img, info) in zip(self.params.cameras, pairs, strict=False))
-                 if view is not None]
+        for miss in decoded.left_out:
+            self.stats.count_skipped(f"{miss.reason}.{miss.camera}")
+            # a missing transform is keyed by the source frame too: a second sensor in a frame tf does not
+            # know is a problem of its own
+            reason = (f"{NO_TRANSFORM} from {header.frame_id!r}" if miss.reason == NO_TRANSFORM
+                      else f"{miss.reason}: {miss.detail}")
+            self._problems.report(reason, f"camera {miss.camera} left out of this scan: {miss.detail}",
+                                  camera=miss.camera)
         with self._views_lock:
-            self._views_by_camera.update(view.name for view in views)
-        scan = Scan(
-            points_xyz_m=cloud.xyz_m,
-            intensity=cloud.intensity,
-            rgb=cloud.rgb,
-            cameras=views,
-            stamp_ns=header_stamp_ns(msg),
-            frame_id=msg.header.frame_id,
-            label_set=self.label_set.name,
-        )
-        job = Job(scan=scan, header=msg.header, received_s=received_s, convert_s=time.perf_counter() - t0)
+            self._views_by_camera.update(view.name for view in decoded.scan.cameras)
+        job = Job(decoded=decoded, received_s=received_s, convert_s=time.perf_counter() - t0)
         if self._slot.put(job):
             self.stats.count_dropped()
 
-    def _camera_view(self, cloud_msg: PointCloud2, cam: CameraParams, image: Image, info: CameraInfo
-                     ) -> CameraView | None:
-        """The camera as a CameraView, or None (counted, logged) when its messages or its transform are missing."""
-        cam_from_cloud = cam.cam_from_cloud
-        if cam_from_cloud is None:
-            cam_from_cloud = self._lookup_extrinsics(cloud_msg, cam)
-            if cam_from_cloud is None:
-                return None
-        try:
-            return camera_view(cam.name, image, info, cam_from_cloud)
-        except (ValueError, LookupError) as exc:
-            self.stats.count_skipped(f"bad_camera.{cam.name}")
-            self._problems.report(f"bad_camera: {exc}", f"camera {cam.name} left out of this scan: {exc}",
-                                  camera=cam.name)
-            return None
+    def _skip_cloud(self, exc: ValueError) -> None:
+        self.stats.count_skipped("bad_cloud")
+        self._problems.report(f"bad_cloud: {exc}", f"cloud skipped: {exc}")
 
-    def _lookup_extrinsics(self, cloud_msg: PointCloud2, cam: CameraParams) -> np.ndarray | None:
-        """cam_from_cloud from tf (cloud frame -> camera.<name>.frame_id) at the cloud's stamp; None: counted."""
-        camera_frame = cam.frame_id
-        cloud_frame, stamp_ns = cloud_msg.header.frame_id, header_stamp_ns(cloud_msg)
-        cam_from_cloud = self._tf.lookup(camera_frame, cloud_frame, stamp_ns)
+    def _lookup_extrinsics(self, camera: CameraMessages, header: CloudHeader) -> np.ndarray:
+        """cam_from_cloud from tf (cloud frame -> camera.<name>.frame_id) at the cloud's stamp; LookupError if none."""
+        camera_frame = self._camera_frames[camera.name]
+        if self._tf is None:
+            raise LookupError(f"no transform from {header.frame_id!r} to {camera_frame!r}: tf is not followed here")
+        cam_from_cloud = self._tf.lookup(camera_frame, header.frame_id, header.stamp_ns)
         if cam_from_cloud is None:
-            self.stats.count_skipped(f"no_transform.{cam.name}")
-            why = self._tf.why_not(camera_frame, cloud_frame, stamp_ns)
-            # keyed by the source frame too: a second sensor in a frame tf does not know is a problem of its own
-            self._problems.report(f"no_transform from {cloud_frame!r}",
-                                  f"camera {cam.name} left out of this scan: no transform from {cloud_frame!r} "
-                                  f"to {camera_frame!r} at {stamp_ns} ns: {why}", camera=cam.name)
+            why = self._tf.why_not(camera_frame, header.frame_id, header.stamp_ns)
+            raise LookupError(f"no transform from {header.frame_id!r} to {camera_frame!r} at {header.stamp_ns} ns: "
+                              f"{why}")
         return cam_from_cloud
 
     # ---- worker thread ---------------------------------------------------------------------------------------
 
     def _process(self, job: Job) -> None:
         start = time.monotonic()
-        scan = job.scan
-        if scan.num_points == 0:
-            labels = np.zeros(0, dtype=np.int64)
-            confidence = np.zeros(0, dtype=np.float32)
-            adapted, kd_before, kd_after, skip, timings, steps = False, None, None, "no_valid_points", {}, 0
-        else:
-            prediction = self.segmenter.segment(scan)
-            labels, confidence = prediction.labels, prediction.confidence
-            adapted, skip, timings = prediction.adapted, prediction.skip_reason, dict(prediction.timings_s)
-            kd_before, kd_after = prediction.kd_loss_before, prediction.kd_loss_after
-            steps = prediction.steps_run
+        scan = job.decoded.scan
+        prediction = empty_prediction("no_valid_points") if scan.num_points == 0 else self.segmenter.segment(scan)
+        timings = dict(prediction.timings_s)
         t_encode = time.perf_counter()
-        out = encode_labeled(job.header, scan.points_xyz_m, labels, confidence, self.label_set,
-                             self.params["output_min_confidence"])
+        out = prediction_to_pointcloud2(job.decoded, prediction, self.label_set, self.params["output_min_confidence"])
         t_publish = time.perf_counter()
         self._output_pub.publish(out)
         done = time.perf_counter()
@@ -394,12 +333,13 @@ class SegmenterNode(LifecycleNode):
             "publish": done - t_publish,
         })
         timings["total"] = time.monotonic() - job.received_s
-        self.stats.record_scan(timings, adapted, kd_before, kd_after, skip_reason=skip, steps_run=steps)
+        self.stats.record_scan(timings, prediction.adapted, prediction.kd_loss_before, prediction.kd_loss_after,
+                               skip_reason=prediction.skip_reason, steps_run=prediction.steps_run)
 
     def _on_worker_error(self, job: Job, exc: Exception) -> None:
         self.stats.count_error(type(exc).__name__)
         self._problems.report(f"error.{type(exc).__name__}",
-                              f"scan at {job.scan.stamp_ns} ns failed: {type(exc).__name__}: {exc}")
+                              f"scan at {job.decoded.scan.stamp_ns} ns failed: {type(exc).__name__}: {exc}")
 
     def _publish_diagnostics(self) -> None:
         snap = self.stats.snapshot()

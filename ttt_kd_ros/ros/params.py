@@ -25,8 +25,8 @@ from rclpy.parameter import Parameter
 
 from ttt_kd_ros.adapt import OPTIMIZERS, PARAM_SETS, STRATEGIES, AdaptConfig
 from ttt_kd_ros.losses import KD_LOSS_KINDS
-from ttt_kd_ros.ros.transforms import cam_from_cloud_from_parameter
 from ttt_kd_ros.segmenter import SegmenterConfig
+from ttt_kd_ros.transforms import cam_from_cloud_from_parameter
 
 NODE_NAME = "ttt_kd_segmenter"
 

@@ -18,7 +18,8 @@ on the bag's own topic names:
   of the previous come back or ``frame_timeout_s`` passes.
 
 Outputs (~/labeled_points) are received raw and matched to their clouds by
-header stamp (the node copies the input header); /diagnostics gives the
+header stamp (the node copies the input header), and each output point to
+its input point by its ``index`` field; /diagnostics gives the
 node's own counts and per-stage medians. A frame whose labels have not come
 back ``drain_timeout_s`` after the last one is lost.
 """
@@ -41,6 +42,9 @@ from typing import Any
 import numpy as np
 
 from ttt_kd_ros.metrics import ConfusionMatrix
+from ttt_kd_ros.msgs.pointcloud2 import read_points
+from ttt_kd_ros.msgs.scan_messages import scan_from_messages
+from ttt_kd_ros.msgs.typestore import ros2_typestore
 from ttt_kd_ros.replay.bag_source import BagPlan, RawMessage, cdr_header_stamp_ns, read_raw_messages
 from ttt_kd_ros.replay.inprocess import ground_truth
 from ttt_kd_ros.replay.report import FrameRecord, StrategyRun, node_books
@@ -458,12 +462,11 @@ def score_outputs(plan: BagPlan, frames: Sequence[FrameRecord], outputs: dict[in
                   num_classes: int | None) -> ConfusionMatrix | None:
     """Fill each frame's point count; with ``num_classes``, the confusion of the node's labels against the bag's.
 
-    Points are matched on exact xyz, so a node that thinned the cloud is
-    still scored on the points it returned.
+    Every output point carries its input row (the ``index`` field), so the
+    truth of each returned point is looked up directly: a node that thinned
+    the cloud is scored on exactly the points it returned.
     """
-    from ttt_kd_ros.ros.convert import pointcloud2_to_cloud, pointcloud2_to_structured
-
-    store = _typestore()
+    store = ros2_typestore()
     confusion = ConfusionMatrix(num_classes) if num_classes is not None else None
     by_stamp = {f.stamp_ns: f for f in frames}
     for msg in read_raw_messages(plan.path, [plan.cloud_topic]):
@@ -471,49 +474,20 @@ def score_outputs(plan: BagPlan, frames: Sequence[FrameRecord], outputs: dict[in
         frame = by_stamp.get(stamp)
         if frame is None:
             continue
-        cloud = pointcloud2_to_cloud(store.deserialize_cdr(msg.cdr, msg.msgtype))
-        frame.num_points = cloud.num_points
+        cloud_msg = store.deserialize_cdr(msg.cdr, msg.msgtype)
+        decoded = scan_from_messages(cloud_msg)
+        frame.num_points = decoded.scan.num_points
         got = outputs.get(stamp)
-        if confusion is None or got is None or cloud.labels is None:
+        if confusion is None or got is None or decoded.scan.labels is None:
             continue
-        out = pointcloud2_to_structured(store.deserialize_cdr(got[1], "sensor_msgs/msg/PointCloud2")).reshape(-1)
-        out_xyz = np.stack([out["x"], out["y"], out["z"]], axis=1).astype(np.float32)
+        out = read_points(store.deserialize_cdr(got[1], "sensor_msgs/msg/PointCloud2"), ["label", "index"])
         predicted = np.where(out["label"] == 65535, -1, out["label"].astype(np.int64))
-        rows = match_points(cloud.xyz_m, out_xyz)
-        found = rows >= 0
-        truth = ground_truth(cloud.labels)[rows[found]]
-        confusion.update(truth, predicted[found])
+        truth = ground_truth(read_points(cloud_msg, ["label"])["label"])[out["index"]]
+        confusion.update(truth, predicted)
         single = ConfusionMatrix(confusion.num_classes)
-        single.update(truth, predicted[found])
+        single.update(truth, predicted)
         frame.miou = single.miou()
     return confusion
-
-
-def match_points(reference_xyz: np.ndarray, query_xyz: np.ndarray) -> np.ndarray:
-    """(M,) row of ``reference_xyz`` (N, 3) holding each query point's exact float32 coordinates, -1 if none.
-
-    The node outputs the input's own float32 values (maybe a subset, in input
-    order), so exact byte equality is the right test; a fast path covers the
-    usual case where nothing was left out.
-    """
-    ref = np.ascontiguousarray(reference_xyz, dtype=np.float32)
-    query = np.ascontiguousarray(query_xyz, dtype=np.float32)
-    if ref.shape == query.shape and np.array_equal(ref, query):
-        return np.arange(len(ref))
-    key = np.dtype((np.void, 12))
-    ref_keys, query_keys = ref.view(key).ravel(), query.view(key).ravel()
-    order = np.argsort(ref_keys, kind="stable")
-    pos = np.minimum(np.searchsorted(ref_keys[order], query_keys), max(len(ref) - 1, 0))
-    if len(ref) == 0:
-        return np.full(len(query), -1, dtype=np.int64)
-    rows = order[pos]
-    return np.where(ref_keys[rows] == query_keys, rows, -1).astype(np.int64)
-
-
-def _typestore() -> Any:
-    from rosbags.typesys import Stores, get_typestore
-
-    return get_typestore(Stores.ROS2_JAZZY)
 
 
 def run_node(plan: BagPlan, strategies: Sequence[str], options: NodeReplayOptions, out_dir: Path,

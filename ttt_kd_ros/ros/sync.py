@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ttt_kd_ros.ros.convert import stamp_to_ns
+from ttt_kd_ros.msgs.stamps import stamp_to_ns
 
 Callback = Callable[..., Any]
 

@@ -19,7 +19,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ttt_kd_ros.ros import convert
+from ttt_kd_ros.msgs.cloud import pointcloud2_to_cloud
+from ttt_kd_ros.msgs.image import image_to_rgb
+from ttt_kd_ros.msgs.pointcloud2 import labeled_cloud_to_pointcloud2
 from ttt_kd_ros.ros.sync import ApproximateTimeSynchronizer, SyncInput
 
 BUDGET_MS = 10.0
@@ -119,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--points and --reps must be >= 1, --cameras >= 0")
 
     cloud_msg = velodyne_like_cloud(args.points)
-    decoded = convert.pointcloud2_to_cloud(cloud_msg)
+    decoded = pointcloud2_to_cloud(cloud_msg)
     n = decoded.num_points
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 19, n)
@@ -127,11 +129,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     colors = rng.integers(0, 256, (n, 3), dtype=np.uint8)
     image_msg = rgb8_image(*args.image_size)
 
-    decode_ms, decode_min = _timings_ms(lambda: convert.pointcloud2_to_cloud(cloud_msg), args.reps)
+    decode_ms, decode_min = _timings_ms(lambda: pointcloud2_to_cloud(cloud_msg), args.reps)
     encode_ms, encode_min = _timings_ms(
-        lambda: convert.labeled_cloud_to_pointcloud2(None, decoded.xyz_m, labels, confidence, colors), args.reps
+        lambda: labeled_cloud_to_pointcloud2(None, decoded.xyz_m, labels, confidence, colors), args.reps
     )
-    image_ms, image_min = _timings_ms(lambda: convert.image_to_rgb(image_msg), args.reps)
+    image_ms, image_min = _timings_ms(lambda: image_to_rgb(image_msg), args.reps)
     sync_ms = sync_cost_per_message_ms(args.cameras)
     messages_per_scan = 1 + 2 * args.cameras
     total_ms = decode_ms + sync_ms * messages_per_scan + encode_ms
@@ -140,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     width, height = args.image_size
     rows = [
         (f"PointCloud2 decode ({args.points} pts: x y z intensity ring time, point_step 32)", decode_ms, decode_min),
-        (f"labeled PointCloud2 encode ({n} pts: x y z rgb confidence label)", encode_ms, encode_min),
+        (f"labeled PointCloud2 encode ({n} pts: x y z rgb confidence label index)", encode_ms, encode_min),
         (f"Image decode ({width}x{height} rgb8 -> (H, W, 3) uint8)", image_ms, image_min),
         (f"sync, per message ({messages_per_scan} inputs; mean)", sync_ms, sync_ms),
         (f"decode + sync x {messages_per_scan} + encode", total_ms, total_min),

@@ -7,7 +7,8 @@ Three sources, one convention (X_cam = T @ X_cloud, as ``CameraView`` wants):
   value means "identity", valid only when the cloud is already in the camera
   frame (a depth camera's cloud in its optical frame);
 - tf2 (``tf2_ros.Buffer.lookup_transform(camera_frame, cloud_frame, t)``),
-  when tf2_ros is importable (a ROS install);
+  when tf2_ros is importable (a ROS install; the adapter is in ros/compat.py,
+  the only part that needs rclpy);
 - TransformStamped lists from ``/tf_static`` in bags: ``TransformGraph``
   chains them between any two connected frames.
 
@@ -20,7 +21,6 @@ source)`` both return target_from_source.
 from __future__ import annotations
 
 import bisect
-import importlib
 import itertools
 import threading
 from collections import deque
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ttt_kd_ros.ros.convert import stamp_to_ns
+from ttt_kd_ros.msgs.stamps import stamp_to_ns
 
 
 def quaternion_to_matrix(xyzw: Sequence[float]) -> np.ndarray:
@@ -273,29 +273,10 @@ def _value_at(history: list[tuple[int, np.ndarray]], stamp_ns: int | None) -> np
     return before[-1] if before else history[0][1]
 
 
-def cam_from_cloud_from_tf2(buffer: Any, camera_frame: str, cloud_frame: str, stamp: Any = None,
-                            timeout_s: float = 0.0) -> np.ndarray:
-    """(4, 4) cam_from_cloud from a tf2_ros Buffer (latest transform when ``stamp`` is None).
-
-    Raises LookupError (with tf2's own message) when the chain is unknown, so
-    callers catch one exception type for tf2 and for TransformGraph.
-    """
-    from rclpy.duration import Duration
-    from rclpy.time import Time
-
-    when = Time() if stamp is None else Time(nanoseconds=stamp_to_ns(stamp))
-    tf2_ros = importlib.import_module("tf2_ros")
-    try:
-        msg = buffer.lookup_transform(camera_frame, cloud_frame, when, timeout=Duration(seconds=timeout_s))
-    except tf2_ros.TransformException as err:  # Lookup / Connectivity / Extrapolation
-        raise LookupError(f"tf2: no transform from {cloud_frame!r} to {camera_frame!r}: {err}") from err
-    return transform_stamped_to_matrix(msg)
-
-
 class TransformBuffer:
     """A TransformGraph fed from /tf and /tf_static callbacks and read by the worker: the node's own tf buffer.
 
-    Used where tf2_ros is not importable (``compat.make_tf_lookup``); it has
+    Used where tf2_ros is not importable (``ros.compat.make_tf_lookup``); it has
     the same small interface as the tf2_ros wrapper there: ``lookup(target,
     source, stamp_ns) -> (4, 4) target_from_source | None``. Policy: each link
     takes its newest value stamped at or before ``stamp_ns`` (no
