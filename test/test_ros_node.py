@@ -36,7 +36,7 @@ from sensor_msgs.msg import PointCloud2  # noqa: E402
 from ttt_kd_ros.labels import LABEL_SETS  # noqa: E402
 from ttt_kd_ros.msgs.pointcloud2 import pointcloud2_to_structured  # noqa: E402
 from ttt_kd_ros.msgs.stamps import header_stamp_ns  # noqa: E402
-from ttt_kd_ros.ros.params import NODE_NAME  # noqa: E402
+from ttt_kd_ros.node_parameters import NODE_NAME  # noqa: E402
 
 pytestmark = pytest.mark.ros
 

@@ -21,9 +21,9 @@ rclpy = pytest.importorskip("rclpy")
 from rclpy.context import Context  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 
+from ttt_kd_ros.node_parameters import NODE_NAME  # noqa: E402
 from ttt_kd_ros.ros import runner  # noqa: E402
 from ttt_kd_ros.ros.params import (  # noqa: E402
-    NODE_NAME,
     PARAMETERS,
     ParameterError,
     extrinsics_from_numbers,

@@ -9,8 +9,7 @@ counted.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,19 +36,22 @@ def scoring_label_set(plan_label_set: str, model_label_set: str) -> tuple[str, s
     return plan_label_set or model_label_set, ""
 
 
-def run_inprocess(plan: BagPlan, strategies: Sequence[str], config: Any, max_frames: int | None = None,
-                  progress: Callable[[int, str], Any] | None = None) -> tuple[list[StrategyRun], str]:
+def run_inprocess(plan: BagPlan, strategies: Sequence[str], parameters: Mapping[str, Any],
+                  max_frames: int | None = None, progress: Callable[[int, str], Any] | None = None
+                  ) -> tuple[list[StrategyRun], str]:
     """One StrategyRun per strategy, and the label set the scores are in ("" when not scored).
 
-    ``config`` is a SegmenterConfig; its adapt.strategy is replaced per run.
-    ``progress(total, description)`` returns a tqdm-like bar (update/close) or None.
+    ``parameters``: flat node parameters (checkpoint, teacher, device, adapt.*; missing ones take the
+    node's defaults); adapt.strategy is replaced per run. ``progress(total, description)`` returns a
+    tqdm-like bar (update/close) or None.
     """
-    from ttt_kd_ros.segmenter import Segmenter
+    from ttt_kd_ros.compose import build_segmenter
 
     runs = []
     scored_in = ""
     for strategy in strategies:
-        segmenter = Segmenter.from_config(replace(config, adapt=replace(config.adapt, strategy=strategy)))
+        segmenter = build_segmenter(parameters.get("checkpoint"), parameters.get("teacher", "builtin"),
+                                    parameters.get("device", "auto"), {**parameters, "adapt.strategy": strategy})
         scored_in, note = scoring_label_set(plan.label_set, segmenter.label_set)
         scans = RosbagScans(plan.path, cloud_topic=plan.cloud_topic, cameras=plan.cameras, max_scans=max_frames,
                             label_set=plan.label_set)

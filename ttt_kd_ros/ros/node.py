@@ -35,6 +35,7 @@ from rclpy.lifecycle import State, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
+from ttt_kd_ros.compose import engine_error_text
 from ttt_kd_ros.labels import LABEL_SETS, LabelSet
 from ttt_kd_ros.msgs.scan_messages import (
     NO_TRANSFORM,
@@ -47,16 +48,10 @@ from ttt_kd_ros.msgs.scan_messages import (
     read_cloud_header,
     scan_from_messages,
 )
+from ttt_kd_ros.node_parameters import NODE_NAME
 from ttt_kd_ros.ros.compat import make_synchronizer, make_tf_lookup
 from ttt_kd_ros.ros.diagnostics import NodeStats, diagnostic_array
-from ttt_kd_ros.ros.params import (
-    NODE_NAME,
-    NodeParams,
-    ParameterError,
-    engine_error_text,
-    read_parameters,
-    segmenter_config,
-)
+from ttt_kd_ros.ros.params import NodeParams, ParameterError, read_parameters, segmenter_config
 from ttt_kd_ros.ros.reason_log import ReasonLog
 from ttt_kd_ros.ros.worker import LatestSlot, SlotWorker
 from ttt_kd_ros.segmenter import Segmenter

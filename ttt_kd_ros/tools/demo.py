@@ -99,16 +99,16 @@ def _replay(bag: Path, mode: str, out: Path, overrides: dict, args: argparse.Nam
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ttt_kd_ros.tools import replay
+    from ttt_kd_ros import compose
 
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     started = time.monotonic()
     try:
-        model = replay.default_model()
+        model = compose.default_model()
         if args.checkpoint is not None or args.teacher is not None:
-            model = replay.ModelChoice(args.checkpoint if args.checkpoint is not None else model.checkpoint,
-                                       args.teacher if args.teacher is not None else model.teacher,
-                                       trained=bool(args.checkpoint or model.trained))
+            model = compose.ModelChoice(args.checkpoint if args.checkpoint is not None else model.checkpoint,
+                                        args.teacher if args.teacher is not None else model.teacher,
+                                        trained=bool(args.checkpoint or model.trained))
         if not model.trained:
             print("note: no trained checkpoint shipped in this tree: an UNTRAINED network runs (plumbing only; "
                   "mIoU is meaningless)")

@@ -17,40 +17,17 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ttt_kd_ros.adapt import STRATEGIES, AdaptConfig
+from ttt_kd_ros.adapt import STRATEGIES
+from ttt_kd_ros.compose import default_model, segmenter_config_from_parameters
 from ttt_kd_ros.replay.bag_source import BagPlan, plan_bag
 from ttt_kd_ros.replay.report import ReplayReport
 
 MODES = ("node", "inprocess")
-
-
-@dataclass
-class ModelChoice:
-    """Checkpoint + teacher the replay runs, and whether they are the trained defaults.
-
-    The teacher's input size is not chosen here: the checkpoint stores the one
-    it was trained with, and the Segmenter uses it when none is given.
-    """
-
-    checkpoint: str
-    teacher: str
-    trained: bool
-
-
-def default_model() -> ModelChoice:
-    """The shipped checkpoint and teacher when both are present, else an untrained net with the tiny teacher."""
-    from ttt_kd_ros.checkpoints import default_checkpoint, default_teacher
-
-    checkpoint, teacher = default_checkpoint(), default_teacher()
-    if checkpoint.is_file() and teacher.exists():
-        return ModelChoice(str(checkpoint), str(teacher), True)
-    return ModelChoice("", "tiny", False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,32 +84,6 @@ def base_parameters(params_file: Path | None) -> dict[str, Any]:
     return flatten_params(load_params_file(params_file or share_file("config", "segment.yaml")))
 
 
-def segmenter_config(params: dict[str, Any]) -> Any:
-    """SegmenterConfig from flat node parameters, mapped as the node maps them (ros.params.segmenter_config)."""
-    from ttt_kd_ros.segmenter import SegmenterConfig
-
-    defaults = AdaptConfig()
-    budget = float(params.get("adapt.time_budget_s", 0.0) or 0.0)
-    adapt = AdaptConfig(
-        strategy=params.get("adapt.strategy", defaults.strategy),
-        steps=int(params.get("adapt.steps", defaults.steps)),
-        optimizer=params.get("adapt.optimizer", defaults.optimizer),
-        lr=float(params.get("adapt.lr", defaults.lr)),
-        params=params.get("adapt.params", defaults.params),
-        kd_points_per_step=int(params.get("adapt.kd_points_per_step", defaults.kd_points_per_step)),
-        loss=params.get("adapt.loss", defaults.loss),
-        time_budget_s=budget if budget > 0 else None,
-        seed=int(params.get("seed", 0)),
-    )
-    resolution = params.get("teacher_resolution") or None  # 0: the checkpoint's own
-    if isinstance(resolution, list):
-        resolution = tuple(resolution)
-    return SegmenterConfig(checkpoint=params.get("checkpoint") or None, teacher=params.get("teacher", "tiny"),
-                           teacher_resolution=resolution, device=params.get("device", "cpu"),
-                           amp=bool(params.get("amp", False)), adapt=adapt,
-                           max_points=int(params.get("max_points", 0)), seed=int(params.get("seed", 0)))
-
-
 def _progress_factory(enabled: bool) -> Callable[[int, str], Any] | None:
     if not enabled:
         return None
@@ -176,7 +127,7 @@ def run_replay(bag: Path, mode: str = "node", strategies: Sequence[str] = ("none
     params.update(overrides or {})
     out = out or Path("replay_out") / bag.name.split(".")[0]
     out.mkdir(parents=True, exist_ok=True)
-    config = segmenter_config(params)
+    config = segmenter_config_from_parameters(params)  # the node's mapping: same defaults, same checks
     report = ReplayReport(bag=str(bag), mode=mode, pacing="", cloud_topic=plan.cloud_topic,
                           cameras=[c.name for c in plan.cameras], sensor_rate_hz=plan.sensor_rate_hz, label_set="",
                           notes=notes, config={"checkpoint": params.get("checkpoint") or "untrained default net",
@@ -189,7 +140,7 @@ def run_replay(bag: Path, mode: str = "node", strategies: Sequence[str] = ("none
         from ttt_kd_ros.replay.inprocess import run_inprocess
 
         report.pacing = "back to back"
-        report.runs, report.label_set = run_inprocess(plan, strategies, config, max_frames, bar)
+        report.runs, report.label_set = run_inprocess(plan, strategies, params, max_frames, bar)
     else:
         from ttt_kd_ros.replay.inprocess import scoring_label_set
         from ttt_kd_ros.replay.report import num_classes_of

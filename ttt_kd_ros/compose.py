@@ -1,0 +1,93 @@
+"""Composition: node parameters -> SegmenterConfig -> Segmenter, the one mapping the node and the tools share.
+
+Before, the node (ros/params.py) and the replay tool each mapped parameters
+to a SegmenterConfig, with different defaults for names a params file left
+out (teacher, device, max_points). Here a missing name takes the node's own
+default (node_parameters.PARAMETERS), and engine errors are renamed to the
+parameter (``AdaptConfig.lr`` -> ``parameter adapt.lr``). No rclpy: tools
+import this without ROS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ttt_kd_ros.adapt import AdaptConfig
+from ttt_kd_ros.node_parameters import ParameterError, parameter_defaults
+from ttt_kd_ros.segmenter import Segmenter, SegmenterConfig
+
+
+def engine_error_text(exc: Exception) -> str:
+    """An engine ValueError in the node's parameter names (AdaptConfig.lr -> adapt.lr)."""
+    return str(exc).replace("AdaptConfig.", "parameter adapt.").replace("SegmenterConfig.", "parameter ")
+
+
+def segmenter_config_from_parameters(values: Mapping[str, Any]) -> SegmenterConfig:
+    """SegmenterConfig from flat node parameters (``adapt.steps`` style); a name not given takes the node default.
+
+    Other names (topics, cameras) are ignored. ParameterError (a ValueError)
+    names the parameter when the engine refuses a value.
+    """
+    params = parameter_defaults()
+    params.update(values)
+    budget = float(params["adapt.time_budget_s"] or 0.0)
+    resolution = params["teacher_resolution"] or None  # 0: the checkpoint's own
+    if isinstance(resolution, list):  # (H, W) from a YAML list
+        resolution = tuple(resolution)
+    try:
+        adapt = AdaptConfig(
+            strategy=params["adapt.strategy"],
+            steps=int(params["adapt.steps"]),
+            optimizer=params["adapt.optimizer"],
+            lr=float(params["adapt.lr"]),
+            params=params["adapt.params"],
+            kd_points_per_step=int(params["adapt.kd_points_per_step"]),
+            loss=params["adapt.loss"],
+            time_budget_s=budget if budget > 0 else None,
+            seed=int(params["seed"]),
+        )
+        return SegmenterConfig(
+            checkpoint=params["checkpoint"] or None,
+            teacher=params["teacher"],
+            teacher_resolution=resolution,
+            device=params["device"],
+            amp=bool(params["amp"]),
+            adapt=adapt,
+            max_points=int(params["max_points"]),
+            seed=int(params["seed"]),
+        )
+    except ValueError as exc:
+        raise ParameterError(engine_error_text(exc)) from exc
+
+
+@dataclass
+class ModelChoice:
+    """Checkpoint + teacher a tool runs, and whether they are the trained defaults.
+
+    The teacher's input size is not chosen here: the checkpoint stores the one
+    it was trained with, and the Segmenter uses it when none is given.
+    """
+
+    checkpoint: str
+    teacher: str
+    trained: bool
+
+
+def default_model() -> ModelChoice:
+    """The shipped checkpoint and teacher when both are present, else an untrained net with the tiny teacher."""
+    from ttt_kd_ros.checkpoints import default_checkpoint, default_teacher
+
+    checkpoint, teacher = default_checkpoint(), default_teacher()
+    if checkpoint.is_file() and teacher.exists():
+        return ModelChoice(str(checkpoint), str(teacher), True)
+    return ModelChoice("", "tiny", False)
+
+
+def build_segmenter(checkpoint: str | None, teacher: str, device: str,
+                    parameters: Mapping[str, Any] | None = None) -> Segmenter:
+    """A Segmenter from (checkpoint, teacher, device) plus any other node parameters, mapped as the node maps them."""
+    values = dict(parameters or {})
+    values.update({"checkpoint": checkpoint or "", "teacher": teacher, "device": device})
+    return Segmenter.from_config(segmenter_config_from_parameters(values))
