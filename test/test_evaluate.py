@@ -18,7 +18,7 @@ from ttt_kd_ros.evaluation.splits import generate_split, parse_split
 from ttt_kd_ros.metrics import ConfusionMatrix
 from ttt_kd_ros.model import TTTKDNet, load_checkpoint, net_config, save_checkpoint
 from ttt_kd_ros.segmenter import Segmenter
-from ttt_kd_ros.teacher import tiny_teacher
+from ttt_kd_ros.teacher_weights import tiny_teacher
 from ttt_kd_ros.tools.evaluate import main
 
 SMALL_CAMERA = "sensor.num_cameras=1,sensor.image_width_px=40,sensor.image_height_px=30"

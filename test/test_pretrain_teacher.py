@@ -13,7 +13,7 @@ from ttt_kd_ros.data.synthetic import generate_sample
 from ttt_kd_ros.data.synthetic.renders import render_labeled_images, scan_label_images
 from ttt_kd_ros.geometry import project_points
 from ttt_kd_ros.labels import SYNTHETIC_INDOOR
-from ttt_kd_ros.teacher import load_teacher
+from ttt_kd_ros.teacher_weights import load_teacher
 from ttt_kd_ros.tools import pretrain_teacher
 from ttt_kd_ros.tools.pretrain_teacher import (
     PretrainConfig,

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ttt_kd_ros.teacher import FeatureMap, Teacher, load_official_dinov2, load_teacher, tiny_teacher
+from ttt_kd_ros.teacher import FeatureMap, Teacher
+from ttt_kd_ros.teacher_weights import load_official_dinov2, load_teacher, tiny_teacher
 
 
 def random_image(h: int = 60, w: int = 100, seed: int = 0) -> np.ndarray:

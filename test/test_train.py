@@ -14,7 +14,7 @@ from ttt_kd_ros.model import NetConfig, TTTKDNet, load_checkpoint, read_checkpoi
 from ttt_kd_ros.oracle_teacher import build_offline_teacher
 from ttt_kd_ros.scan import Scan
 from ttt_kd_ros.targets import distillation_targets
-from ttt_kd_ros.teacher import tiny_teacher
+from ttt_kd_ros.teacher_weights import tiny_teacher
 from ttt_kd_ros.training import (
     FINAL_CHECKPOINT,
     LAST_CHECKPOINT,

@@ -30,7 +30,8 @@ from ttt_kd_ros.adapt import AdaptConfig, AdaptResult, Strategy, build_strategy
 from ttt_kd_ros.model import PreparedScan, TTTKDNet, load_checkpoint, net_config
 from ttt_kd_ros.scan import IGNORE_LABEL, Prediction, Scan
 from ttt_kd_ros.targets import DistillTargets, distillation_targets
-from ttt_kd_ros.teacher import Teacher, load_teacher, tiny_teacher
+from ttt_kd_ros.teacher import Teacher
+from ttt_kd_ros.teacher_weights import load_teacher, tiny_teacher
 
 LOG = logging.getLogger(__name__)
 

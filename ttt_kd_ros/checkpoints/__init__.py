@@ -35,7 +35,7 @@ def source_only_checkpoint() -> Path:
 
 
 def default_teacher() -> Path:
-    """Folder of the stand-in teacher, a spec that ``teacher.load_teacher`` reads like any DINOv2 folder."""
+    """Folder of the stand-in teacher, a spec that ``teacher_weights.load_teacher`` reads like any DINOv2 folder."""
     return CHECKPOINT_DIR / DEFAULT_TEACHER_NAME
 
 
