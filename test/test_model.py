@@ -11,16 +11,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ttt_kd_ros.model import (
-    NetConfig,
-    PreparedScan,
-    TTTKDNet,
-    floor_z,
-    load_checkpoint,
-    net_config,
-    point_inputs,
-    save_checkpoint,
-)
+from ttt_kd_ros.checkpoint_format import load_checkpoint, save_checkpoint
+from ttt_kd_ros.model import NetConfig, PreparedScan, TTTKDNet, floor_z, net_config, point_inputs
 from ttt_kd_ros.scan import Scan
 
 TINY = {"encoder_planes": (8, 16, 16), "encoder_blocks": (1, 1, 1), "decoder_planes": (16, 8),

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from ttt_kd_ros.adapt import AdaptConfig, build_strategy
-from ttt_kd_ros.model import TTTKDNet, net_config, save_checkpoint
+from ttt_kd_ros.checkpoint_format import save_checkpoint
+from ttt_kd_ros.model import TTTKDNet, net_config
 from ttt_kd_ros.scan import IGNORE_LABEL, CameraIntrinsics, CameraView, Scan
 from ttt_kd_ros.segmenter import Segmenter, SegmenterConfig, nearest_voxel_rows, resolve_device
 from ttt_kd_ros.teacher import Teacher

@@ -193,7 +193,8 @@ def test_checkpoint_on_other_backend_gives_the_same_labels(other: str, tmp_path)
         pytest.skip(f"{other} is not importable here; network parity is checked where it is")
     import numpy as np
 
-    from ttt_kd_ros.model import TTTKDNet, load_checkpoint, net_config, save_checkpoint
+    from ttt_kd_ros.checkpoint_format import load_checkpoint, save_checkpoint
+    from ttt_kd_ros.model import TTTKDNet, net_config
     from ttt_kd_ros.scan import Scan
 
     torch.manual_seed(0)

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from ttt_kd_ros.checkpoint_format import load_checkpoint, read_checkpoint_metadata
 from ttt_kd_ros.data.synthetic import generate_scan
 from ttt_kd_ros.geometry import project_points
-from ttt_kd_ros.model import NetConfig, TTTKDNet, load_checkpoint, read_checkpoint_metadata
+from ttt_kd_ros.model import NetConfig, TTTKDNet
 from ttt_kd_ros.oracle_teacher import build_offline_teacher
 from ttt_kd_ros.scan import Scan
 from ttt_kd_ros.targets import distillation_targets

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from ttt_kd_ros.adapt import AdaptConfig, AdaptResult, Strategy, build_strategy
-from ttt_kd_ros.model import PreparedScan, TTTKDNet, load_checkpoint, net_config
+from ttt_kd_ros.checkpoint_format import load_checkpoint
+from ttt_kd_ros.model import PreparedScan, TTTKDNet, net_config
 from ttt_kd_ros.scan import IGNORE_LABEL, Prediction, Scan
 from ttt_kd_ros.targets import DistillTargets, distillation_targets
 from ttt_kd_ros.teacher import Teacher

@@ -12,7 +12,7 @@ tests drive them directly:
 - DDP: ``init_distributed`` reads torchrun's environment (gloo on CPU, nccl
   on CUDA); scans are sharded statically so each rank only generates and
   distils its own share, padded so every rank runs the same steps;
-- checkpoints: the model through ``model.save_checkpoint`` and the optimiser
+- checkpoints: the model through ``checkpoint_format.save_checkpoint`` and the optimiser
   / epoch state through ``torch.save`` (read back with weights_only=True),
   both written by rank 0 after every epoch.
 """
@@ -34,9 +34,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from ttt_kd_ros.checkpoint_format import load_checkpoint, save_checkpoint
 from ttt_kd_ros.losses import KD_LOSS_KINDS, kd_loss
 from ttt_kd_ros.metrics import ConfusionMatrix
-from ttt_kd_ros.model import TTTKDNet, load_checkpoint, net_config, save_checkpoint
+from ttt_kd_ros.model import TTTKDNet, net_config
 from ttt_kd_ros.scan import IGNORE_LABEL, CameraView, Scan
 from ttt_kd_ros.targets import center_features, distillation_targets
 from ttt_kd_ros.teacher import Teacher

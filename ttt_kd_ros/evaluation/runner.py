@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from ttt_kd_ros.adapt import STRATEGIES, AdaptConfig, build_strategy
+from ttt_kd_ros.checkpoint_format import load_checkpoint
 from ttt_kd_ros.evaluation.splits import SplitData, SplitSpec, split_scan
 from ttt_kd_ros.metrics import ConfusionMatrix
-from ttt_kd_ros.model import TTTKDNet, load_checkpoint
+from ttt_kd_ros.model import TTTKDNet
 from ttt_kd_ros.scan import Scan
 from ttt_kd_ros.segmenter import Segmenter
 from ttt_kd_ros.teacher import Teacher

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from ttt_kd_ros.adapt import STRATEGIES, AdaptConfig
+from ttt_kd_ros.checkpoint_format import read_checkpoint_metadata
 from ttt_kd_ros.checkpoints import (
     default_checkpoint,
     default_teacher,
@@ -71,7 +72,6 @@ from ttt_kd_ros.evaluation.splits import (
     parse_split,
 )
 from ttt_kd_ros.labels import LABEL_SETS
-from ttt_kd_ros.model import read_checkpoint_metadata
 from ttt_kd_ros.oracle_teacher import build_offline_teacher, is_oracle
 from ttt_kd_ros.segmenter import RANDOM_TEACHERS, resolve_device
 from ttt_kd_ros.teacher import Teacher

@@ -169,7 +169,7 @@ def run_replay(bag: Path, mode: str = "node", strategies: Sequence[str] = ("none
 def _model_label_set(config: Any) -> tuple[str, int]:
     """(label set, classes) the model predicts, read from the checkpoint's metadata without building the model."""
     if config.checkpoint:
-        from ttt_kd_ros.model import load_checkpoint
+        from ttt_kd_ros.checkpoint_format import load_checkpoint
 
         net = load_checkpoint(config.checkpoint, "cpu")
         return net.config.label_set, net.config.num_classes
