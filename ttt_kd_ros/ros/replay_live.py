@@ -48,10 +48,9 @@ from ttt_kd_ros.msgs.typestore import ros2_typestore
 from ttt_kd_ros.replay.bag_source import BagPlan, RawMessage, cdr_header_stamp_ns, read_raw_messages
 from ttt_kd_ros.replay.inprocess import ground_truth
 from ttt_kd_ros.replay.report import FrameRecord, StrategyRun, node_books
+from ttt_kd_ros.ros.runner import FASTDDS_PROFILE_ENV, NODE_NAME
 
-NODE_NAME = "ttt_kd_segmenter"
 DISCOVERY_ENV = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
-FASTDDS_PROFILE_ENV = "FASTRTPS_DEFAULT_PROFILES_FILE"
 SETTLE_S = 1.0
 """Pause after discovery matched, so the node side has matched our publishers too (best effort drops otherwise)."""
 
