@@ -11,7 +11,7 @@ Before the first command it waits until the node subscribes to every topic
 discovery.
 
     python test/ros_publisher.py --cloud-topic /t/points --camera front:/t/image:/t/info \
-        --tf-static test_lidar:test_side:0.1:0:0
+        --camera side:/t/side/image:/t/side/info:test_side --tf-static test_lidar:test_side:0.1:0:0
 """
 
 from __future__ import annotations
@@ -72,17 +72,22 @@ def points_in_view(n: int, rng: np.random.Generator) -> np.ndarray:
     return np.stack([x, y, z], axis=1).astype(np.float32)
 
 
-def make_image(stamp: Time, rng: np.random.Generator, encoding: str = "rgb8") -> Image:
+CAMERA_FRAME_ID = "test_camera"  # the headers' frame unless a camera names its own
+
+
+def make_image(stamp: Time, rng: np.random.Generator, encoding: str = "rgb8", frame_id: str = CAMERA_FRAME_ID
+               ) -> Image:
     msg = Image()
-    msg.header.stamp, msg.header.frame_id = stamp, "test_camera"
+    msg.header.stamp, msg.header.frame_id = stamp, frame_id
     msg.height, msg.width, msg.encoding, msg.step = IMAGE_H, IMAGE_W, encoding, 3 * IMAGE_W
     msg.data = rng.integers(0, 256, (IMAGE_H, IMAGE_W, 3), dtype=np.uint8).tobytes()
     return msg
 
 
-def make_info(stamp: Time, width: int = IMAGE_W, height: int = IMAGE_H, focal_px: float = FOCAL_PX) -> CameraInfo:
+def make_info(stamp: Time, width: int = IMAGE_W, height: int = IMAGE_H, focal_px: float = FOCAL_PX,
+              frame_id: str = CAMERA_FRAME_ID) -> CameraInfo:
     msg = CameraInfo()
-    msg.header.stamp, msg.header.frame_id = stamp, "test_camera"
+    msg.header.stamp, msg.header.frame_id = stamp, frame_id
     msg.width, msg.height = width, height
     msg.distortion_model = "plumb_bob"
     msg.d = [0.0] * 5
@@ -94,7 +99,7 @@ def make_info(stamp: Time, width: int = IMAGE_W, height: int = IMAGE_H, focal_px
 
 
 class SensorPublisher(Node):
-    def __init__(self, cloud_topic: str, cameras: list[tuple[str, str, str]],
+    def __init__(self, cloud_topic: str, cameras: list[tuple[str, str, str, str]],
                  tf_static: list[tuple[str, str, np.ndarray]] = ()) -> None:
         super().__init__("ttt_kd_test_sensors")
         self.tf_static_pub = None
@@ -108,8 +113,9 @@ class SensorPublisher(Node):
         self.camera_pubs = [
             (self.create_publisher(Image, image, qos_profile_sensor_data),
              self.create_publisher(CameraInfo, info, qos_profile_sensor_data))
-            for _, image, info in cameras
+            for _, image, info, _ in cameras
         ]
+        self.camera_frames = [frame for *_, frame in cameras]
         self.rng = np.random.default_rng(0)
 
     def wait_for_subscribers(self, timeout_s: float, cloud_subscribers: int) -> bool:
@@ -119,7 +125,7 @@ class SensorPublisher(Node):
         tf reader matched finds no transform for a frame_id camera, and the
         tests would then see a warning and a counter they did not cause.
         """
-        others = [p for pair in self.camera_pubs for p in pair]
+        others = [p for pairs in self.camera_pubs for p in pairs]
         if self.tf_static_pub is not None:
             others.append(self.tf_static_pub)
         deadline = time.monotonic() + timeout_s
@@ -149,35 +155,51 @@ class SensorPublisher(Node):
                            frame_id=UNKNOWN_FRAME_ID if case == "foreign_frame" else FRAME_ID)
         if case == "wrong_length":
             cloud.data = cloud.data[: len(cloud.data) // 2]
+        valid = int(np.isfinite(xyz).all(axis=1).sum()) if case not in ("missing_xyz", "wrong_length") else 0
+        if case == "cloud_first":  # a LiDAR driver ahead of its cameras (KITTI bags): images right after the cloud
+            self.cloud_pub.publish(cloud)
+            self.publish_images(case, stamp)
+            return valid
         if case != "cloud_only":
-            for image_pub, info_pub in self.camera_pubs:
-                image = make_image(stamp, self.rng, encoding="yuv_weird8" if case == "bad_encoding" else "rgb8")
-                info = make_info(stamp)
-                if case == "size_mismatch":
-                    info = make_info(stamp, width=IMAGE_W // 2, height=IMAGE_H // 2)
-                elif case == "zero_k":
-                    info.k = [0.0] * 9
-                image_pub.publish(image)
-                info_pub.publish(info)
+            image_stamp = stamp
+            if case == "unmatched":  # stamps no cloud will ever match: the synchroniser never pairs this cloud
+                image_stamp = Time(sec=stamp.sec - 30, nanosec=stamp.nanosec)
+            self.publish_images(case, image_stamp)
             time.sleep(CAMERA_LEAD_S)
+        if case == "images_only":
+            return 0
         self.cloud_pub.publish(cloud)
-        return int(np.isfinite(xyz).all(axis=1).sum()) if case not in ("missing_xyz", "wrong_length") else 0
+        return valid
+
+    def publish_images(self, case: str, stamp: Time) -> None:
+        """One Image + CameraInfo per camera at ``stamp``, spoilt as ``case`` asks."""
+        for (image_pub, info_pub), frame in zip(self.camera_pubs, self.camera_frames, strict=True):
+            image = make_image(stamp, self.rng, encoding="yuv_weird8" if case == "bad_encoding" else "rgb8",
+                               frame_id=frame)
+            info = make_info(stamp, frame_id=frame)
+            if case == "size_mismatch":
+                info = make_info(stamp, width=IMAGE_W // 2, height=IMAGE_H // 2, frame_id=frame)
+            elif case == "zero_k":
+                info.k = [0.0] * 9
+            image_pub.publish(image)
+            info_pub.publish(info)
 
 
 CASES = ("good", "foreign_frame", "big", "cloud_only", "empty", "all_nan", "some_nan", "missing_xyz", "wrong_length",
-         "bad_encoding", "size_mismatch", "zero_k")
+         "bad_encoding", "size_mismatch", "zero_k", "cloud_first", "unmatched", "images_only")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cloud-topic", required=True)
-    parser.add_argument("--camera", action="append", default=[], metavar="NAME:IMAGE_TOPIC:INFO_TOPIC")
+    parser.add_argument("--camera", action="append", default=[], metavar="NAME:IMAGE_TOPIC:INFO_TOPIC[:FRAME]",
+                        help="a camera; FRAME is its headers' frame_id (default test_camera)")
     parser.add_argument("--wait-s", type=float, default=30.0)
     parser.add_argument("--cloud-subscribers", type=int, default=1, help="readers to wait for on the cloud topic")
     parser.add_argument("--tf-static", action="append", default=[], metavar="PARENT:CHILD:X:Y:Z",
                         help="a latched /tf_static link (translation only), repeatable")
     args = parser.parse_args()
-    cameras = [tuple(spec.split(":")) for spec in args.camera]
+    cameras = [tuple([*spec.split(":"), CAMERA_FRAME_ID][:4]) for spec in args.camera]
     links = []
     for spec in args.tf_static:
         parent, child, *xyz = spec.split(":")

@@ -14,7 +14,7 @@ def test_segmenter_config_missing_names_take_the_node_defaults() -> None:
     assert (config.checkpoint, config.teacher, config.device) == (defaults["checkpoint"], defaults["teacher"],
                                                                   defaults["device"])
     assert config.max_points == defaults["max_points"] > 0 and config.teacher_resolution is None
-    assert config.adapt.strategy == defaults["adapt.strategy"] and config.adapt.time_budget_s is None
+    assert config.adapt.strategy == defaults["adapt.strategy"] and config.adapt.time_budget_s == 1.0
     assert set(defaults) == {spec.name for spec in PARAMETERS}
 
 
@@ -34,3 +34,28 @@ def test_segmenter_config_names_the_parameter_the_engine_refuses() -> None:
 def test_build_segmenter_from_checkpoint_teacher_device() -> None:
     segmenter = build_segmenter(None, "tiny", "cpu", {"teacher_resolution": 56, "adapt.strategy": "none"})
     assert segmenter.strategy.name == "none" and str(segmenter.device) == "cpu"
+
+
+def test_retune_changes_steps_lr_budget_of_a_built_segmenter_between_scans() -> None:
+    from ttt_kd_ros.compose import retune
+
+    segmenter = build_segmenter(None, "tiny", "cpu", {"teacher_resolution": 56, "adapt.optimizer": "sgd",
+                                                      "adapt.time_budget_s": 0.0})
+    assert segmenter.strategy.config.time_budget_s is None
+    config = retune(segmenter, {"adapt.steps": 4, "adapt.lr": 0.01, "adapt.time_budget_s": 0.5,
+                                "adapt.kd_points_per_step": 64, "adapt.loss": "l2", "cloud_topic": "/ignored"})
+    assert segmenter.strategy.config is config
+    assert (config.steps, config.lr, config.time_budget_s, config.kd_points_per_step, config.loss) == (
+        4, 0.01, 0.5, 64, "l2")
+    assert all(group["lr"] == 0.01 for group in segmenter.strategy.optimizer.param_groups)
+    with pytest.raises(ParameterError, match=r"parameter adapt\.lr"):
+        retune(segmenter, {"adapt.lr": 0.0})
+    assert segmenter.strategy.config.lr == 0.01  # a refused value changes nothing
+
+
+def test_node_time_budget_default_is_bounded_and_engine_default_is_not() -> None:
+    from ttt_kd_ros.adapt import AdaptConfig
+
+    assert parameter_defaults()["adapt.time_budget_s"] == 1.0
+    assert segmenter_config_from_parameters({}).adapt.time_budget_s == 1.0
+    assert AdaptConfig().time_budget_s is None  # offline evaluation keeps its step counts machine-independent

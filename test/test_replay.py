@@ -23,6 +23,7 @@ from ttt_kd_ros.ros.replay_live import (
     write_params_file,
 )
 from ttt_kd_ros.tools import make_bag, replay
+from ttt_kd_ros.transforms import invert_transform, pose_to_matrix
 
 COUNT = 3
 POINTS = 1500
@@ -79,8 +80,10 @@ def test_node_parameters_cameras_extrinsics_and_cloud_only(small_bag: Path) -> N
     assert params["cameras"] == ["sensor_cam_0", "sensor_cam_1", "sensor_cam_2"]
     assert "camera.left.image_topic" not in params
     assert params["camera.sensor_cam_1.image_topic"] == "/sensor/cam_1/image_raw"
-    np.testing.assert_allclose(np.reshape(params["camera.sensor_cam_0.cam_from_cloud"], (4, 4)),
-                               plan.cam_from_cloud["sensor/cam_0"])
+    # the node's convention (static_transform_publisher's): the camera's pose in the cloud frame, which it inverts
+    assert params["camera.sensor_cam_0.parent_frame"] == plan.cloud_frame
+    cloud_from_cam = pose_to_matrix(params["camera.sensor_cam_0.extrinsics"])
+    np.testing.assert_allclose(invert_transform(cloud_from_cam), plan.cam_from_cloud["sensor/cam_0"], atol=1e-9)
     assert params["adapt.steps"] == 1
     assert params["camera_timeout_s"] == pytest.approx(15.0)  # 3 periods of a 10x slowed 2 Hz bag
     plan.cameras = []

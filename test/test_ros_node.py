@@ -1,9 +1,10 @@
 """The node between real processes over DDS: sensors (test/ros_publisher.py) -> node -> this test.
 
 Two node processes start once for the module (one with two cameras, front
-with cam_from_cloud parameters and side with a frame_id resolved from the
-publisher's latched /tf_static; one cloud_only in a namespace) and serve every case in sequence, so the suite
-pays for few start-ups. Each module run gets its own ROS_DOMAIN_ID and stays
+with extrinsics parameters given in the cloud's frame and side resolved
+through the publisher's latched /tf_static to the frame its Image header
+names; one cloud_only in a namespace) and serve every case in sequence, so
+the suite pays for few start-ups. Each module run gets its own ROS_DOMAIN_ID and stays
 on localhost.
 """
 
@@ -26,12 +27,15 @@ from conftest import REPO_ROOT
 
 rclpy = pytest.importorskip("rclpy")
 
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.context import Context  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import PointCloud2  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
 
 from ttt_kd_ros.labels import LABEL_SETS  # noqa: E402
 from ttt_kd_ros.msgs.pointcloud2 import pointcloud2_to_structured  # noqa: E402
@@ -49,7 +53,7 @@ MAX_POINTS = 3000  # what the network sees
 MAX_INPUT_POINTS = 100_000  # what the node keeps of a larger cloud
 CAMERA_TIMEOUT_S = 1.5
 WAIT_S = 30.0
-SIDE, SIDE_FRAME = "side", "test_side"  # a camera configured by frame_id only: cam_from_cloud comes from /tf_static
+SIDE, SIDE_FRAME = "side", "test_side"  # no extrinsics parameter: tf to the frame in its Image headers
 
 
 def _tiny_config(cameras: bool) -> dict:
@@ -65,20 +69,22 @@ def _tiny_config(cameras: bool) -> dict:
         "device": "cpu",
         "max_points": MAX_POINTS,
         "max_input_points": MAX_INPUT_POINTS,
-        "adapt": {"strategy": "ttt_kd", "steps": 1, "kd_points_per_step": 256, "optimizer": "sgd", "lr": 0.001},
+        # the budget is explicit (0: none) so that counted steps cannot depend on the machine's load
+        "adapt": {"strategy": "ttt_kd", "steps": 1, "kd_points_per_step": 256, "optimizer": "sgd", "lr": 0.001,
+                  "time_budget_s": 0.0},
     }
     if cameras:
         params["cameras"] = ["front", SIDE]
         params["camera"] = {
-            "front": {
+            "front": {  # static_transform_publisher's numbers: the camera at the LiDAR's origin, same axes
                 "image_topic": f"{PREFIX}/front/image",
                 "info_topic": f"{PREFIX}/front/camera_info",
-                "cam_from_cloud": [float(v) for v in np.eye(4).reshape(-1)],
+                "parent_frame": "test_lidar",
+                "extrinsics": [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
             },
-            SIDE: {  # extrinsics from the publisher's latched /tf_static only
+            SIDE: {  # extrinsics from the publisher's latched /tf_static only, camera frame from the Image header
                 "image_topic": f"{PREFIX}/{SIDE}/image",
                 "info_topic": f"{PREFIX}/{SIDE}/camera_info",
-                "frame_id": SIDE_FRAME,
             },
         }
     else:
@@ -96,6 +102,7 @@ class Listener:
         self.lock = threading.Lock()
         self.clouds: dict[str, dict[int, PointCloud2]] = {LABELED_TOPIC: {}, CLOUD_ONLY_TOPIC: {}}
         self.diagnostics: dict[str, dict[str, str]] = {}
+        self.diagnostics_seen = 0  # messages so far: a reader can ask for one newer than its question
         qos = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
         for topic in self.clouds:
             self.node.create_subscription(PointCloud2, topic, self._cloud_callback(topic), qos)
@@ -122,7 +129,11 @@ class Listener:
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         with self.lock:
             for status in msg.status:
-                self.diagnostics[status.hardware_id] = {kv.key: kv.value for kv in status.values}
+                values = {kv.key: kv.value for kv in status.values}
+                values["_level"], values["_message"] = str(int.from_bytes(status.level, "little")), status.message
+                values["_seq"] = str(self.diagnostics_seen)
+                self.diagnostics[status.hardware_id] = values
+            self.diagnostics_seen += 1
 
     def wait_for(self, predicate: Callable[[], object], timeout_s: float = WAIT_S) -> object:
         deadline = time.monotonic() + timeout_s
@@ -137,12 +148,25 @@ class Listener:
     def output(self, stamp_ns: int, topic: str = LABELED_TOPIC, timeout_s: float = WAIT_S) -> PointCloud2 | None:
         return self.wait_for(lambda: self.clouds[topic].get(stamp_ns), timeout_s)
 
-    def diag(self, node_fqn: str, predicate: Callable[[dict[str, str]], bool]) -> dict[str, str] | None:
-        return self.wait_for(lambda: (d := self.diagnostics.get(node_fqn)) is not None and predicate(d) and d)
+    def diag(self, node_fqn: str, predicate: Callable[[dict[str, str]], bool], timeout_s: float = WAIT_S
+             ) -> dict[str, str] | None:
+        return self.wait_for(lambda: (d := self.diagnostics.get(node_fqn)) is not None and predicate(d) and d,
+                             timeout_s)
 
     def wait_for_publishers(self, timeout_s: float = WAIT_S) -> bool:
         """Output topics discovered: a RELIABLE, volatile output published before matching is lost."""
         return bool(self.wait_for(lambda: all(self.node.count_publishers(t) > 0 for t in self.clouds), timeout_s))
+
+    def call(self, service_type: type, name: str, request: object, timeout_s: float = WAIT_S) -> object:
+        """A service call from this process (the executor thread spins the client); None on timeout."""
+        client = self.node.create_client(service_type, name)
+        try:
+            if not client.wait_for_service(timeout_sec=timeout_s):
+                return None
+            future = client.call_async(request)
+            return self.wait_for(lambda: future.done() and future.result(), timeout_s)
+        finally:
+            self.node.destroy_client(client)
 
     def close(self) -> None:
         self.executor.shutdown(timeout_sec=1.0)
@@ -158,7 +182,7 @@ class Sensors:
         self.proc = subprocess.Popen(
             [PY, str(REPO_ROOT / "test" / "ros_publisher.py"), "--cloud-topic", f"{PREFIX}/points",
              "--camera", f"front:{PREFIX}/front/image:{PREFIX}/front/camera_info",
-             "--camera", f"{SIDE}:{PREFIX}/{SIDE}/image:{PREFIX}/{SIDE}/camera_info",
+             "--camera", f"{SIDE}:{PREFIX}/{SIDE}/image:{PREFIX}/{SIDE}/camera_info:{SIDE_FRAME}",
              "--tf-static", f"test_lidar:{SIDE_FRAME}:0.1:0:0", "--wait-s", str(WAIT_S * 2),
              "--cloud-subscribers", "2"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
@@ -293,18 +317,71 @@ def test_node_diagnostics_report_rate_latency_losses_and_yaml_values(system: Sys
     assert float(diag["latency_ms.total"]) > 0 and "latency_ms.encode" in diag
     assert math.isfinite(float(diag["kd_loss_before"])) and math.isfinite(float(diag["kd_loss_after"]))
     assert float(diag["adapted_fraction"]) > 0
+    seen = system.listener.diag(_node_fqn(), lambda d: int(d.get("visible_points.front", 0)) > 0
+                                and f"visible_points.{SIDE}" in d)
+    assert seen is not None, f"{system.listener.diagnostics.get(_node_fqn())}\n{system.logs_text()}"
+
+
+def _set_parameters(system: System, **values: object) -> object:
+    request = SetParameters.Request(parameters=[Parameter(name.replace("__", "."), value=value).to_parameter_msg()
+                                                for name, value in values.items()])
+    reply = system.listener.call(SetParameters, f"{_node_fqn()}/set_parameters", request)
+    assert reply is not None, f"no reply from the parameter service\n{system.logs_text()}"
+    return reply.results
+
+
+def test_node_parameter_set_at_run_time_changes_the_next_scans_steps(system: System) -> None:
+    results = _set_parameters(system, adapt__steps=2)
+    assert results[0].successful, results[0].reason
+    try:
+        before = _diag_count(system, "processed")
+        system.good()
+        diag = system.listener.diag(_node_fqn(), lambda d: int(d["processed"]) >= before + 1)
+        assert diag is not None and diag["steps_run"] == "2", f"{diag}\n{system.logs_text()}"
+        refused = _set_parameters(system, adapt__lr=0.0, adapt__strategy="tent")
+        assert not refused[0].successful and "adapt.lr" in refused[0].reason  # the engine's check, named
+        assert not refused[1].successful  # read-only on a running node
+    finally:
+        assert _set_parameters(system, adapt__steps=1)[0].successful
+
+
+def test_node_reset_service_resets_before_the_next_scan(system: System) -> None:
+    before = _diag_count(system, "resets")
+    reply = system.listener.call(Trigger, f"{_node_fqn()}/reset", Trigger.Request())
+    assert reply is not None and reply.success, system.logs_text()
+    system.good()
+    assert system.listener.diag(_node_fqn(), lambda d: int(d["resets"]) >= before + 1) is not None
+
+
+def _level(status: object) -> str:
+    return str(int.from_bytes(status, "little"))
+
+
+OK, WARN = _level(DiagnosticStatus.OK), _level(DiagnosticStatus.WARN)
+
+
+def _books_balance(d: dict[str, str]) -> bool:
+    """received = processed + dropped + skipped, by the node's own counters, with nothing in flight."""
+    return int(d["in_flight"]) == 0 and int(d["received"]) == int(d["processed"]) + int(d["dropped"]) + int(
+        d["skipped"])
 
 
 def _diag_count(system: System, key: str) -> int:
+    """``key`` from a /diagnostics message sent after this call with nothing in flight (so the last scan counts)."""
     with system.listener.lock:
-        return int(system.listener.diagnostics.get(_node_fqn(), {}).get(key, 0))
+        asked = system.listener.diagnostics_seen
+    fresh = system.listener.wait_for(
+        lambda: (d := system.listener.diagnostics.get(_node_fqn())) is not None and int(d["_seq"]) >= asked
+        and d["in_flight"] == "0" and d, timeout_s=5.0)
+    with system.listener.lock:
+        return int((fresh or system.listener.diagnostics.get(_node_fqn(), {})).get(key, 0))
 
 
 def _camera_views(system: System, camera: str) -> int:
     return _diag_count(system, f"camera_views.{camera}")
 
 
-def test_node_camera_by_frame_id_uses_latched_tf_static(system: System) -> None:
+def test_node_camera_frame_from_image_header_uses_latched_tf_static(system: System) -> None:
     before = _camera_views(system, SIDE)
     for _ in range(2):
         system.good()
@@ -315,7 +392,7 @@ def test_node_camera_by_frame_id_uses_latched_tf_static(system: System) -> None:
 
 
 def test_node_missing_transform_leaves_camera_out_counted_and_serves(system: System) -> None:
-    key = f"skipped.no_transform.{SIDE}"
+    key = f"left_out.no_transform.{SIDE}"
     before = _diag_count(system, key)  # the node's own counter, not how long anything took
     sent = system.sensors.send("foreign_frame")
     out = system.listener.output(sent["stamp_ns"])
@@ -361,7 +438,7 @@ def test_node_bad_camera_messages_leave_camera_out_then_serves(system: System) -
         out = system.listener.output(sent["stamp_ns"])
         assert out is not None and out.width == sent["valid_points"], f"{case}\n{system.logs_text()}"
         system.good()
-    diag = system.listener.diag(_node_fqn(), lambda d: int(d.get("skipped.bad_camera.front", 0)) >= 3)
+    diag = system.listener.diag(_node_fqn(), lambda d: int(d.get("left_out.bad_camera.front", 0)) >= 3)
     assert diag is not None, system.logs_text()
 
 
@@ -395,16 +472,67 @@ def test_node_cloud_only_namespace_segments_without_adaptation(system: System) -
     assert diag["mode"] == "cloud_only" and float(diag["adapted_fraction"]) == 0.0
 
 
-def test_node_camera_never_arriving_lets_clouds_through_alone(system: System) -> None:
-    served = None
-    deadline = time.monotonic() + CAMERA_TIMEOUT_S + 10.0
-    while served is None and time.monotonic() < deadline:
+def test_node_parameter_extrinsics_in_another_frame_are_not_applied(system: System) -> None:
+    key = "left_out.frame_mismatch.front"
+    before = _diag_count(system, key)
+    sent = system.sensors.send("foreign_frame")  # front's extrinsics are given in test_lidar
+    assert system.listener.output(sent["stamp_ns"]) is not None, system.logs_text()
+    assert system.listener.diag(_node_fqn(), lambda d: int(d.get(key, 0)) >= before + 1) is not None
+    logged = system.listener.wait_for(
+        lambda: "camera.front.extrinsics are given in 'test_lidar'" in system.logs_text(), timeout_s=5.0)
+    assert logged, system.logs_text()
+    system.good()
+
+
+def test_node_unmatched_cloud_is_answered_alone_and_the_books_balance(system: System) -> None:
+    system.good()
+    before = _diag_count(system, "unadapted.sync_unmatched")
+    sent = system.sensors.send("unmatched")  # its images carry stamps 30 s earlier: never paired
+    out = system.listener.output(sent["stamp_ns"])
+    assert out is not None and out.width == sent["valid_points"], system.logs_text()
+    diag = system.listener.diag(_node_fqn(), lambda d: int(d.get("unadapted.sync_unmatched", 0)) >= before + 1
+                                and _books_balance(d))
+    assert diag is not None, f"{system.listener.diagnostics.get(_node_fqn())}\n{system.logs_text()}"
+
+
+def test_node_synchroniser_overflow_is_in_diagnostics(system: System) -> None:
+    key = "sync.overflow.front/image"
+    before = _diag_count(system, key)
+    old = time.time_ns() - 100 * 10**9
+    for i in range(12):  # more than sync_queue_size (10) image sets no cloud will match
+        system.sensors.send("images_only", stamp_ns=old + i * 10**6)
+    diag = system.listener.diag(_node_fqn(), lambda d: int(d.get(key, 0)) >= before + 2)
+    assert diag is not None, f"{system.listener.diagnostics.get(_node_fqn())}\n{system.logs_text()}"
+    system.good()
+
+
+def test_node_camera_never_arriving_lets_clouds_through_alone_and_warns(system: System) -> None:
+    """Clouds without images are answered; once ten in a row did not adapt, /diagnostics goes WARN."""
+    deadline = time.monotonic() + CAMERA_TIMEOUT_S + 20.0
+    diag = None
+    while diag is None and time.monotonic() < deadline:
         sent = system.sensors.send("cloud_only")
-        served = system.listener.output(sent["stamp_ns"], timeout_s=0.5)
-    assert served is not None, system.logs_text()
-    diag = system.listener.diag(_node_fqn(), lambda d: int(d.get("skipped.camera_timeout", 0)) >= 1)
-    assert diag is not None, system.logs_text()
+        system.listener.output(sent["stamp_ns"], timeout_s=0.5)
+        diag = system.listener.diag(_node_fqn(), lambda d: int(d.get("unadapted.camera_timeout", 0)) >= 1
+                                    and int(d["unadapted_in_a_row"]) >= 10 and d["_level"] == WARN, timeout_s=0.4)
+    assert diag is not None, f"{system.listener.diagnostics.get(_node_fqn())}\n{system.logs_text()}"
+    assert "no adaptation in the last" in diag["_message"]
     assert "segmenting clouds alone" in system.logs_text()
+
+
+def test_node_cloud_after_camera_silence_pairs_with_images_sent_just_after_it(system: System) -> None:
+    """The cameras were silent for longer than camera_timeout_s; this cloud's images follow it by a few ms.
+
+    Pairing comes first: the silence only decides for a cloud its images did not match.
+    """
+    before = _diag_count(system, "processed")
+    timeouts = _diag_count(system, "unadapted.camera_timeout")
+    sent = system.sensors.send("cloud_first")
+    assert system.listener.output(sent["stamp_ns"]) is not None, system.logs_text()
+    diag = system.listener.diag(_node_fqn(), lambda d: int(d["processed"]) >= before + 1)
+    assert diag is not None and diag["unadapted_in_a_row"] == "0", f"{diag}\n{system.logs_text()}"
+    assert int(diag.get("unadapted.camera_timeout", 0)) == timeouts
+    assert system.listener.diag(_node_fqn(), lambda d: d["_level"] == OK) is not None
 
 
 def test_runner_bad_configuration_exits_naming_parameter_and_file(tmp_path: Path) -> None:

@@ -21,14 +21,16 @@ rclpy = pytest.importorskip("rclpy")
 from rclpy.context import Context  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 
-from ttt_kd_ros.node_parameters import NODE_NAME  # noqa: E402
+from ttt_kd_ros.geometry import project_points  # noqa: E402
+from ttt_kd_ros.node_parameters import NODE_NAME, RUNTIME_PARAMETERS  # noqa: E402
 from ttt_kd_ros.ros import runner  # noqa: E402
 from ttt_kd_ros.ros.params import (  # noqa: E402
     PARAMETERS,
     ParameterError,
-    extrinsics_from_numbers,
+    check_update,
     read_parameters,
 )
+from ttt_kd_ros.scan import CameraIntrinsics, CameraView  # noqa: E402
 
 SHIPPED_YAML = REPO_ROOT / "config" / "segment.yaml"
 LAUNCH_FILE = REPO_ROOT / "launch" / "segment.launch.py"
@@ -85,10 +87,15 @@ def test_read_parameters_shipped_yaml_declares_every_key(make_node) -> None:
     shipped = _flatten(yaml.safe_load(SHIPPED_YAML.read_text())[f"/**/{NODE_NAME}"]["ros__parameters"])
     for name, value in shipped.items():
         assert node.has_parameter(name), f"config/segment.yaml: {name} is not a declared parameter"
-        if name not in ("cameras",) and not name.endswith("cam_from_cloud"):
+        if name not in ("cameras",) and not name.endswith("extrinsics"):
             assert params.values.get(name, node.get_parameter(name).value) == value, name
     assert [c.name for c in params.cameras] == shipped["cameras"]
-    np.testing.assert_allclose(params.cameras[0].cam_from_cloud.reshape(-1), shipped["camera.left.cam_from_cloud"])
+    kitti_tr_velo_to_cam = np.array([  # kitti_object 000000's calib file: X_cam = T X_velo
+        [0.006927964, -0.9999722, -0.002757829, -0.02457729], [-0.001162982, 0.002749836, -0.9999955, -0.06127237],
+        [0.9999753, 0.006931141, -0.001143899, -0.3321029], [0.0, 0.0, 0.0, 1.0]])
+    np.testing.assert_allclose(params.cameras[0].cam_from_cloud, kitti_tr_velo_to_cam, atol=2e-7)
+    assert params.cameras[0].parent_frame == "velo_link"
+    assert shipped["adapt.time_budget_s"] == 1.0  # the node bounds a scan's adaptation; AdaptConfig keeps None
     assert not params.cloud_only
 
 
@@ -104,7 +111,12 @@ def test_read_parameters_every_parameter_has_description(make_node) -> None:
     names = [n for n in node.list_parameters([], 0).names if n != "use_sim_time"]  # rclpy's own has none
     for descriptor in node.describe_parameters(names):
         assert descriptor.description.strip(), f"parameter {descriptor.name} has no description"
-        assert descriptor.read_only, f"parameter {descriptor.name} is read once and should say so"
+        runtime = descriptor.name in RUNTIME_PARAMETERS
+        assert descriptor.read_only != runtime, f"parameter {descriptor.name}: read_only must be {not runtime}"
+    described = {d.name: d for d in node.describe_parameters(["adapt.steps", "adapt.lr", "adapt.strategy"])}
+    assert described["adapt.steps"].integer_range[0].from_value == 0
+    assert described["adapt.lr"].floating_point_range[0].to_value == 1.0
+    assert "ttt_kd_online" in described["adapt.strategy"].additional_constraints
 
 
 def test_read_parameters_p_override_beats_yaml(make_node, tmp_path: Path) -> None:
@@ -129,34 +141,65 @@ def test_read_parameters_bad_value_names_parameter(make_node, override: str, nam
         read_parameters(make_node("-p", override))
 
 
-def test_read_parameters_camera_without_extrinsics_or_frame_names_it(make_node) -> None:
-    with pytest.raises(ParameterError, match=r"camera\.front\.cam_from_cloud"):
-        read_parameters(make_node("-p", "cameras:=[front]"))
-
-
-def test_read_parameters_camera_topics_default_from_name(make_node) -> None:
-    params = read_parameters(make_node("-p", "cameras:=[front]", "-p", "camera.front.frame_id:=cam"))
+def test_read_parameters_camera_without_extrinsics_follows_tf_with_header_frame(make_node) -> None:
+    params = read_parameters(make_node("-p", "cameras:=[front]"))
     cam = params.cameras[0]
-    assert (cam.image_topic, cam.info_topic, cam.frame_id) == ("front/image_raw", "front/camera_info", "cam")
-    assert cam.cam_from_cloud is None
+    assert (cam.image_topic, cam.info_topic, cam.frame_id) == ("front/image_raw", "front/camera_info", "")
+    assert cam.cam_from_cloud is None  # tf, at each cloud's stamp, to the Image header's frame
 
 
-def test_extrinsics_from_numbers_quaternion_rotates_and_translates() -> None:
-    half = np.sqrt(0.5)  # 90 degrees about z: x -> y
-    matrix = extrinsics_from_numbers("t", [1.0, 2.0, 3.0, 0.0, 0.0, half, half])
-    np.testing.assert_allclose(matrix @ np.array([1.0, 0.0, 0.0, 1.0]), [1.0, 3.0, 3.0, 1.0], atol=1e-12)
-    np.testing.assert_allclose(matrix[:3, :3] @ matrix[:3, :3].T, np.eye(3), atol=1e-12)
+def test_read_parameters_extrinsics_without_parent_frame_names_it(make_node) -> None:
+    with pytest.raises(ParameterError, match=r"camera\.front\.parent_frame"):
+        read_parameters(make_node("-p", "cameras:=[front]", "-p", "camera.front.extrinsics:=[0.,0.,0.,0.,0.,0.,1.]"))
 
 
-@pytest.mark.parametrize(("numbers", "message"), [
-    ([1.0] * 5, "16 .* or 7"),
-    ([0.0] * 7, "non-zero"),
-    ([1.0] * 16, "last row"),
-    ([*[2.0, 0, 0, 0, 0, 2.0, 0, 0, 0, 0, 2.0, 0], 0, 0, 0, 1.0], "not a proper rotation"),
-])
-def test_extrinsics_from_numbers_bad_input_names_parameter(numbers: list[float], message: str) -> None:
-    with pytest.raises(ParameterError, match=f"parameter camera.x.cam_from_cloud: .*{message}"):
-        extrinsics_from_numbers("camera.x.cam_from_cloud", numbers)
+@pytest.mark.parametrize("numbers", ["[1.0, 2.0, 3.0]", "[0.,0.,0.,0.,0.,0.,0.]"])
+def test_read_parameters_bad_extrinsics_names_parameter(make_node, numbers: str) -> None:
+    with pytest.raises(ParameterError, match=r"parameter camera\.front\.extrinsics"):
+        read_parameters(make_node("-p", "cameras:=[front]", "-p", "camera.front.parent_frame:=lidar",
+                                  "-p", f"camera.front.extrinsics:={numbers}"))
+
+
+def test_read_parameters_old_cam_from_cloud_refused_with_its_conversion(make_node) -> None:
+    old = [0.0, 0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.5, 0.0, -1.0, 0.0, 0.25, 0.0, 0.0, 0.0, 1.0]  # cam_from_cloud
+    with pytest.raises(ParameterError) as err:
+        read_parameters(make_node("-p", "cameras:=[front]", "-p", f"camera.front.cam_from_cloud:={old}"))
+    text = str(err.value)
+    assert "camera.front.cam_from_cloud" in text and "static_transform_publisher" in text
+    assert "camera.front.extrinsics: [" in text and "parent_frame" in text
+    numbers = [float(v) for v in text.split("camera.front.extrinsics: [")[1].split("]")[0].split(",")]
+    cloud_from_cam = np.linalg.inv(np.reshape(old, (4, 4)))  # what the converted numbers must say
+    np.testing.assert_allclose(numbers[:3], cloud_from_cam[:3, 3], atol=1e-8)
+
+
+def test_static_transform_publisher_extrinsics_project_where_computed_by_hand(make_node) -> None:
+    """static_transform_publisher --x 1 --y 0 --z 0.5 --qx -0.5 --qy 0.5 --qz -0.5 --qw 0.5 --frame-id lidar
+    --child-frame-id cam_optical: a camera 1 m ahead, 0.5 m up, optical axis along the LiDAR's x."""
+    params = read_parameters(make_node(
+        "-p", "cameras:=[front]", "-p", "camera.front.parent_frame:=lidar",
+        "-p", "camera.front.extrinsics:=[1.0, 0.0, 0.5, -0.5, 0.5, -0.5, 0.5]"))
+    cam_from_cloud = params.cameras[0].cam_from_cloud
+    # By hand: the point (5, 1, 0.5) is 4 m ahead of the camera and 1 m to its left (lidar +y), at its height,
+    # so in the optical frame (x right, y down, z forward) it is (-1, 0, 4): u = cx + f * -1 / 4, v = cy.
+    np.testing.assert_allclose(cam_from_cloud @ [5.0, 1.0, 0.5, 1.0], [-1.0, 0.0, 4.0, 1.0], atol=1e-12)
+    K = np.array([[100.0, 0.0, 320.0], [0.0, 100.0, 240.0], [0.0, 0.0, 1.0]])
+    view = CameraView(np.zeros((480, 640, 3), np.uint8), CameraIntrinsics(K, 640, 480), cam_from_cloud,
+                      name="front")
+    projection = project_points(np.array([[5.0, 1.0, 0.5]], np.float32), view, occlusion=False)
+    np.testing.assert_allclose(projection.uv_px[0], [295.0, 240.0], atol=1e-4)
+    assert projection.visible[0]
+
+
+def test_check_update_accepts_runtime_knobs_and_names_refusals() -> None:
+    current = {spec.name: spec.default for spec in PARAMETERS}
+    assert check_update(current, {"adapt.steps": 3, "output_min_confidence": 0.4}) == {
+        "adapt.steps": 3, "output_min_confidence": 0.4}
+    with pytest.raises(ParameterError, match=r"parameter adapt\.strategy: read-only"):
+        check_update(current, {"adapt.strategy": "tent"})
+    with pytest.raises(ParameterError, match=r"parameter adapt\.lr"):
+        check_update(current, {"adapt.lr": 0.0})  # in the descriptor's range, refused by the engine
+    with pytest.raises(ParameterError, match=r"parameter output_min_confidence: expected <= 1"):
+        check_update(current, {"output_min_confidence": 2.0})
 
 
 def test_ros_arguments_default_params_file_and_overrides() -> None:
@@ -236,3 +279,9 @@ def test_shipped_yaml_adaptation_defaults_agree_with_adapt_config() -> None:
         field = spec.name.split(".", 1)[1]
         assert spec.default == getattr(engine, field), f"node default {spec.name}"
         assert shipped[spec.name] == getattr(engine, field), f"config/segment.yaml {spec.name}"
+
+
+def test_node_md_documents_every_parameter() -> None:
+    text = (REPO_ROOT / "docs" / "NODE.md").read_text()
+    for spec in PARAMETERS:
+        assert f"| `{spec.name}` |" in text, f"docs/NODE.md has no row for parameter {spec.name}"

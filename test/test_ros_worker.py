@@ -6,9 +6,10 @@ import threading
 import time
 
 import numpy as np
+import pytest
 from diagnostic_msgs.msg import DiagnosticStatus
 
-from ttt_kd_ros.ros.diagnostics import NodeStats, snapshot_to_status
+from ttt_kd_ros.ros.diagnostics import UNADAPTED_WARN_SCANS, NodeStats, snapshot_to_status
 from ttt_kd_ros.ros.worker import LatestSlot, SlotWorker
 from ttt_kd_ros.scan import IGNORE_LABEL
 
@@ -107,18 +108,40 @@ def test_node_stats_snapshot_rate_latency_and_counts() -> None:
     for i in range(5):
         stats.count_received()
         stats.record_scan({"model": 0.010 * (i + 1)}, adapted=i % 2 == 0, kd_loss_before=0.9, kd_loss_after=0.5 + i,
-                          now_s=100.0 + 0.5 * i)
-    stats.count_dropped(3)
+                          skip_reason="" if i % 2 == 0 else "no visible point", now_s=100.0 + 0.5 * i)
+    stats.count_dropped("stale", 3)
     stats.count_skipped("bad_cloud")
-    stats.record_scan({}, adapted=False, kd_loss_before=None, kd_loss_after=None, skip_reason="no_visible_points",
+    stats.count_left_out("no_transform", "side")
+    stats.record_scan({}, adapted=False, kd_loss_before=None, kd_loss_after=None, skip_reason="no_valid_points",
                       now_s=102.5)
     snap = stats.snapshot()
-    assert snap.received == 5 and snap.processed == 6 and snap.dropped == 3
+    assert snap.received == 5 and snap.processed == 6 and snap.dropped == {"stale": 3}
     assert abs(snap.rate_hz - 2.0) < 1e-9  # 6 scans over 2.5 s
     assert abs(snap.latency_ms["model"] - 30.0) < 1e-9  # median of 10..50 ms
-    assert snap.skipped == {"bad_cloud": 1, "adapt:no_visible_points": 1}
+    assert snap.skipped == {"bad_cloud": 1}  # outcomes only: unadapted scans and left-out cameras are apart
+    assert snap.unadapted == {"no visible point": 2, "no_valid_points": 1}
+    assert snap.left_out == {"no_transform.side": 1}
     assert snap.kd_loss_before == 0.9 and snap.kd_loss_after == 4.5  # the last scan that reported one
     assert abs(snap.adapted_fraction - 3 / 6) < 1e-9
+
+
+def test_node_stats_books_balance_with_every_outcome_named() -> None:
+    stats = NodeStats(strategy="ttt_kd")
+    for _ in range(7):
+        stats.count_received()
+    stats.record_scan({}, adapted=True, kd_loss_before=None, kd_loss_after=None)
+    stats.record_scan({}, adapted=False, kd_loss_before=None, kd_loss_after=None, skip_reason="sync_unmatched")
+    stats.count_dropped("stale")
+    stats.count_error("RuntimeError")  # its cloud is dropped.worker_error
+    stats.count_skipped("stamp_too_old")
+    snap = stats.snapshot()
+    assert snap.in_flight == 2  # still waiting: not yet an outcome
+    values = {kv.key: kv.value for kv in snapshot_to_status(snap, "seg", "hw").values}
+    assert values["dropped.stale"] == "1" and values["dropped.worker_error"] == "1"
+    assert values["dropped"] == "2" and values["skipped"] == "1" and values["in_flight"] == "2"
+    assert int(values["received"]) == (int(values["processed"]) + int(values["dropped"]) + int(values["skipped"])
+                                       + int(values["in_flight"]))
+    assert values["unadapted.sync_unmatched"] == "1"
 
 
 def test_snapshot_to_status_levels_and_keys() -> None:
@@ -126,15 +149,32 @@ def test_snapshot_to_status_levels_and_keys() -> None:
     idle = snapshot_to_status(stats.snapshot(), "seg", "hw")
     assert idle.level == DiagnosticStatus.WARN
     stats.record_scan({"model": 0.02}, adapted=True, kd_loss_before=None, kd_loss_after=None)
+    stats.set_visible_points({"front": 120, "side": 0})
     ok = snapshot_to_status(stats.snapshot(), "seg", "hw")
     values = {kv.key: kv.value for kv in ok.values}
     assert ok.level == DiagnosticStatus.OK
     assert values["strategy"] == "tent" and values["processed"] == "1" and values["kd_loss_before"] == "nan"
     assert float(values["latency_ms.model"]) == 20.0
+    assert values["visible_points.front"] == "120" and values["visible_points.side"] == "0"
     stats.count_error("RuntimeError")
     failing = snapshot_to_status(stats.snapshot(), "seg", "hw")
     assert failing.level == DiagnosticStatus.WARN
     assert {kv.key: kv.value for kv in failing.values}["errors.RuntimeError"] == "1"
+
+
+@pytest.mark.parametrize(("strategy", "mode", "warns"), [("ttt_kd", "adapt", True), ("none", "adapt", False),
+                                                         ("ttt_kd", "cloud_only", False)])
+def test_snapshot_to_status_warns_while_nothing_adapts(strategy: str, mode: str, warns: bool) -> None:
+    stats = NodeStats(strategy=strategy, mode=mode)
+    stats.record_scan({}, adapted=True, kd_loss_before=None, kd_loss_after=None)
+    for _ in range(UNADAPTED_WARN_SCANS):
+        stats.record_scan({}, adapted=False, kd_loss_before=None, kd_loss_after=None, skip_reason="no visible point")
+    status = snapshot_to_status(stats.snapshot(), "seg", "hw")
+    assert (status.level == DiagnosticStatus.WARN) == warns
+    if warns:
+        assert "no adaptation in the last 10 scans" in status.message and "no visible point" in status.message
+    stats.record_scan({}, adapted=True, kd_loss_before=None, kd_loss_after=None)
+    assert snapshot_to_status(stats.snapshot(), "seg", "hw").level == DiagnosticStatus.OK
 
 
 def test_apply_min_confidence_marks_low_points_ignored() -> None:

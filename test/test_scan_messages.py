@@ -140,3 +140,38 @@ def test_prediction_to_pointcloud2_empty_scan_keeps_header_and_rejects_misaligne
     with pytest.raises(ValueError, match="labels \\(one per scan point\\)"):
         prediction_to_pointcloud2(full, Prediction(np.zeros(3, np.int64), np.zeros(3, np.float32)),
                                   LABEL_SETS["synthetic_indoor"])
+
+
+def test_prediction_to_pointcloud2_organized_keeps_height_width_and_marks_missing_rows() -> None:
+    msg, xyz, _ = _cloud_with_nans(np.random.default_rng(1))
+    decoded = scan_from_messages(msg, policy=ScanPolicy(max_points=300), rng=np.random.default_rng(2))
+    n = decoded.scan.num_points
+    labels = np.arange(n, dtype=np.int64) % 5
+    prediction = Prediction(labels, np.full(n, 0.75, np.float32))
+    out = prediction_to_pointcloud2(decoded, prediction, LABEL_SETS["synthetic_indoor"], organized=True)
+    assert (out.height, out.width, out.is_dense) == (HEIGHT, WIDTH, False)
+    assert out.row_step == out.point_step * WIDTH
+    points = read_points(out, ["x", "label", "confidence", "index"])
+    np.testing.assert_array_equal(points["index"], np.arange(HEIGHT * WIDTH))
+    rows = decoded.source_index
+    np.testing.assert_array_equal(points["label"][rows], labels)
+    np.testing.assert_array_equal(points["x"][rows], xyz[rows, 0])
+    missing = np.setdiff1d(np.arange(HEIGHT * WIDTH), rows)  # NaN rows and the rows thinned by the input cap
+    assert missing.size == HEIGHT * WIDTH - 300
+    assert np.all(points["label"][missing] == 65535) and np.all(np.isnan(points["x"][missing]))
+    assert np.all(points["confidence"][missing] == 0)
+    dense = prediction_to_pointcloud2(decoded, prediction, LABEL_SETS["synthetic_indoor"])
+    assert (dense.height, dense.width) == (1, 300)
+
+
+def test_scan_from_messages_frame_mismatch_leaves_camera_out_with_its_reason() -> None:
+    from ttt_kd_ros.msgs.scan_messages import FRAME_MISMATCH, FrameMismatchError
+
+    msg, _, _ = _cloud_with_nans(np.random.default_rng(0))
+
+    def refuse(camera: CameraMessages, header: object) -> np.ndarray:
+        raise FrameMismatchError("extrinsics are given in 'base' but this cloud is in 'lidar'")
+
+    camera = CameraMessages("front", image=None, info=None)
+    decoded = scan_from_messages(msg, [camera], refuse)
+    assert [(m.camera, m.reason) for m in decoded.left_out] == [("front", FRAME_MISMATCH)]

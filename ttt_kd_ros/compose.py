@@ -10,6 +10,7 @@ import this without ROS.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -91,3 +92,43 @@ def build_segmenter(checkpoint: str | None, teacher: str, device: str,
     values = dict(parameters or {})
     values.update({"checkpoint": checkpoint or "", "teacher": teacher, "device": device})
     return Segmenter.from_config(segmenter_config_from_parameters(values))
+
+
+RUNTIME_ADAPT_FIELDS: dict[str, str] = {
+    "adapt.steps": "steps",
+    "adapt.lr": "lr",
+    "adapt.kd_points_per_step": "kd_points_per_step",
+    "adapt.loss": "loss",
+    "adapt.time_budget_s": "time_budget_s",
+}
+"""Node parameters that retune a built Segmenter's strategy between scans: none of them changes which parameters
+move or how the optimizer was built, so no rebuild (and no reload of the checkpoint) is needed."""
+
+
+def retune(segmenter: Segmenter, values: Mapping[str, Any]) -> AdaptConfig:
+    """Apply the RUNTIME_ADAPT_FIELDS in ``values`` to ``segmenter``'s strategy; call between scans only.
+
+    The strategy reads steps, kd_points_per_step, loss and time_budget_s from
+    its config on every scan, so a new config takes effect at the next one;
+    the learning rate also lives in the optimizer's param groups and is set
+    there. ParameterError (naming the parameter) when the engine refuses a value.
+    """
+    strategy = segmenter.strategy
+    changes: dict[str, Any] = {}
+    for name, field_name in RUNTIME_ADAPT_FIELDS.items():
+        if name not in values:
+            continue
+        value = values[name]
+        if field_name == "time_budget_s":
+            value = float(value) if value and float(value) > 0 else None
+        changes[field_name] = value
+    try:
+        config = dataclasses.replace(strategy.config, **changes)
+    except ValueError as exc:
+        raise ParameterError(engine_error_text(exc)) from exc
+    strategy.config = config
+    optimizer = getattr(strategy, "optimizer", None)
+    if optimizer is not None and "lr" in changes:
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr
+    return config

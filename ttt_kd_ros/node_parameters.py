@@ -23,31 +23,47 @@ class ParameterError(ValueError):
 
 @dataclass(frozen=True)
 class ParamSpec:
+    """One node parameter: default, description, allowed values, and whether ``ros2 param set`` may change it."""
+
     name: str
     default: Any
     description: str
     choices: tuple[str, ...] = ()
     minimum: float | None = None
     pattern: str = ""  # full-match regular expression for strings
+    maximum: float | None = None
+    runtime: bool = False  # settable on a running node (applied between scans); False: read once at configure
 
 
 MODES = ("adapt", "cloud_only")
+OUTPUT_LAYOUTS = ("dense", "organized")
 _ADAPT = AdaptConfig()  # the engine's defaults are the node's defaults: one source of truth
+NODE_TIME_BUDGET_S = 1.0
+"""The node's adaptation budget per scan (s): bounds a scan's cost on a robot. Offline tools keep AdaptConfig's
+own default (no budget), so their step counts do not depend on the machine's load."""
 
 PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("cloud_topic", "points", "PointCloud2 input (sensor-data QoS)."),
     ParamSpec("output_topic", "~/labeled_points", "Labeled PointCloud2 output (RELIABLE), same header as the input."),
+    ParamSpec("output_layout", "dense", "dense: one output point per valid input point (height 1); organized: the "
+              "input's height x width, invalid or thinned points with NaN x/y/z and label 65535.",
+              choices=OUTPUT_LAYOUTS),
     ParamSpec("output_min_confidence", 0.0, "Points whose confidence is below this get the ignore label (65535, "
-              "black) in the output; 0 keeps every label.", minimum=0.0),
+              "black) in the output; 0 keeps every label.", minimum=0.0, maximum=1.0, runtime=True),
     ParamSpec("mode", "adapt", "adapt: pair clouds with the cameras and adapt; cloud_only: ignore cameras, no "
               "adaptation. With no cameras listed the node runs cloud_only.", choices=MODES),
-    ParamSpec("sync_queue_size", 10, "Messages kept per input by the approximate-time synchroniser.", minimum=1),
+    ParamSpec("sync_queue_size", 10, "Messages kept per input by the approximate-time synchroniser; a cloud "
+              "pushed out unmatched is segmented alone.", minimum=1),
     ParamSpec("sync_slop_s", 0.05, "Largest stamp difference (s) between a cloud and its images.", minimum=0.0),
-    ParamSpec("camera_timeout_s", 2.0, "After this long (s) without a message from a listed camera, clouds are "
-              "segmented alone (no adaptation) until it is back; 0 waits for ever.", minimum=0.0),
+    ParamSpec("camera_timeout_s", 2.0, "A cloud its images have not matched within this long (s), while a listed "
+              "camera has been silent this long, is segmented alone (no adaptation); 0 waits for ever.",
+              minimum=0.0, runtime=True),
     ParamSpec("max_cloud_age_s", 0.0, "Refuse clouds whose stamp is older than now minus this (s); 0 accepts any.",
-              minimum=0.0),
-    ParamSpec("max_future_s", 0.0, "Refuse clouds stamped more than this (s) after now; 0 accepts any.", minimum=0.0),
+              minimum=0.0, runtime=True),
+    ParamSpec("max_future_s", 0.0, "Refuse clouds stamped more than this (s) after now; 0 accepts any.", minimum=0.0,
+              runtime=True),
+    ParamSpec("tf_tolerance_s", 0.1, "When tf has no transform at the cloud's stamp, the latest one is used if it is "
+              "stamped within this (s) of the cloud; 0: exact stamps only.", minimum=0.0),
     ParamSpec("diagnostics_period_s", 1.0, "Period (s) of the /diagnostics message.", minimum=0.01),
     ParamSpec("checkpoint", "builtin", "Model checkpoint (.safetensors); 'builtin': the model shipped with the "
               "package; empty: an untrained network (plumbing tests only)."),
@@ -59,6 +75,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("device", "auto", "Torch device: auto (cuda when available), cpu, cuda or cuda:<index>.",
               pattern=r"auto|cpu|cuda(:\d+)?"),
     ParamSpec("amp", False, "Mixed precision on CUDA."),
+    ParamSpec("threads", 0, "CPU threads torch uses (torch.set_num_threads); 0: torch's default.", minimum=0),
     ParamSpec("max_points", 150000, "Points the network sees per scan (a random subset beyond it); every input "
               "point is still labelled from its voxel. 0: no cap.", minimum=0),
     ParamSpec("max_input_points", 1000000, "Clouds larger than this are randomly thinned on arrival (memory, "
@@ -67,28 +84,34 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("seed", 0, "Seed for point sampling and the tiny models."),
     ParamSpec("adapt.strategy", _ADAPT.strategy, "Adaptation per scan (TTT-KD resets the weights every scan, "
               "ttt_kd_online keeps them).", choices=tuple(STRATEGIES)),
-    ParamSpec("adapt.steps", _ADAPT.steps, "Gradient steps per scan.", minimum=0),
+    ParamSpec("adapt.steps", _ADAPT.steps, "Gradient steps per scan.", minimum=0, maximum=1000, runtime=True),
     ParamSpec("adapt.optimizer", _ADAPT.optimizer, "Optimizer of the test-time steps.", choices=OPTIMIZERS),
-    ParamSpec("adapt.lr", _ADAPT.lr, "Learning rate of the test-time steps.", minimum=0.0),
+    ParamSpec("adapt.lr", _ADAPT.lr, "Learning rate of the test-time steps (> 0).", minimum=0.0, maximum=1.0,
+              runtime=True),
     ParamSpec("adapt.params", _ADAPT.params, "Backbone parameters updated at test time.", choices=PARAM_SETS),
     ParamSpec("adapt.kd_points_per_step", _ADAPT.kd_points_per_step, "Visible points sampled per KD step; 0: all.",
-              minimum=0),
-    ParamSpec("adapt.loss", _ADAPT.loss, "KD loss form.", choices=KD_LOSS_KINDS),
-    ParamSpec("adapt.time_budget_s", 0.0, "Stop adapting before a step that would end later than this (s) after "
-              "adaptation started; 0: no limit.", minimum=0.0),
+              minimum=0, runtime=True),
+    ParamSpec("adapt.loss", _ADAPT.loss, "KD loss form.", choices=KD_LOSS_KINDS, runtime=True),
+    ParamSpec("adapt.time_budget_s", NODE_TIME_BUDGET_S, "Stop adapting before a step that would end later than "
+              "this (s) after adaptation started; 0: no limit.", minimum=0.0, runtime=True),
 )
+"""Every runtime entry is applied between scans; the others are read once at configure (declared read-only)."""
 
 CAMERA_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("image_topic", "{name}/image_raw", "Image topic (rgb8, bgr8, rgba8, bgra8, mono8)."),
     ParamSpec("info_topic", "{name}/camera_info", "CameraInfo topic of the same camera."),
-    ParamSpec("frame_id", "", "Camera frame looked up in tf (cloud frame -> this frame, at the cloud stamp) when "
-              "cam_from_cloud is not given."),
+    ParamSpec("frame_id", "", "Camera frame for tf lookups (cloud frame -> this frame at the cloud stamp); empty: "
+              "the Image header's frame_id."),
+    ParamSpec("parent_frame", "", "The frame the extrinsics parameter is given in (static_transform_publisher's "
+              "--frame-id); used only for clouds with this header.frame_id. Required with extrinsics."),
 )
-CAMERA_EXTRINSICS = "cam_from_cloud"
+CAMERA_EXTRINSICS = "extrinsics"
 CAMERA_EXTRINSICS_DESCRIPTION = (
-    "Cloud frame -> camera optical frame: 16 numbers (4x4, row-major, X_cam = T X_cloud) or 7 (x y z qx qy qz qw)."
+    "x y z qx qy qz qw: the camera frame's pose in parent_frame (metres, unit quaternion), the numbers "
+    "static_transform_publisher takes for --frame-id <parent_frame> --child-frame-id <camera frame>. Unset: tf."
 )
-
+OLD_CAMERA_EXTRINSICS = "cam_from_cloud"
+"""The extrinsics parameter of earlier versions (the inverse direction); refused with its conversion."""
 
 def check_value(spec: ParamSpec, value: Any) -> Any:
     """``value`` when it fits the spec (choices, pattern, minimum); ParameterError naming the parameter otherwise."""
@@ -98,9 +121,22 @@ def check_value(spec: ParamSpec, value: Any) -> Any:
         raise ParameterError(f"parameter {spec.name}: expected {spec.pattern!r}, got {value!r}")
     if spec.minimum is not None and value < spec.minimum:
         raise ParameterError(f"parameter {spec.name}: expected >= {spec.minimum}, got {value!r}")
+    if spec.maximum is not None and value > spec.maximum:
+        raise ParameterError(f"parameter {spec.name}: expected <= {spec.maximum}, got {value!r}")
     return value
 
 
 def parameter_defaults() -> dict[str, Any]:
     """Flat name -> default of every node parameter (``adapt.steps`` style names)."""
     return {spec.name: spec.default for spec in PARAMETERS}
+
+
+RUNTIME_PARAMETERS: frozenset[str] = frozenset(spec.name for spec in PARAMETERS if spec.runtime)
+
+
+def parameter_spec(name: str) -> ParamSpec:
+    """The spec of node parameter ``name``; KeyError when the node has none by that name."""
+    for spec in PARAMETERS:
+        if spec.name == name:
+            return spec
+    raise KeyError(name)

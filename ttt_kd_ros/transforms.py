@@ -2,10 +2,14 @@
 
 Three sources, one convention (X_cam = T @ X_cloud, as ``CameraView`` wants):
 
-- parameters: a row-major 4x4 (16 numbers) or translation + quaternion
-  (x y z qx qy qz qw, 7 numbers) giving cam_from_cloud directly; an empty
-  value means "identity", valid only when the cloud is already in the camera
-  frame (a depth camera's cloud in its optical frame);
+- the node's parameters: x y z qx qy qz qw, the camera's pose in the cloud
+  frame as static_transform_publisher takes it (``pose_to_matrix`` gives
+  cloud_from_cam; the node inverts it);
+- offline readers' fixed values (``cam_from_cloud_from_parameter``): a
+  row-major 4x4 (16 numbers) or translation + quaternion (7 numbers) giving
+  cam_from_cloud directly; an empty value means "identity", valid only when
+  the cloud is already in the camera frame (a depth camera's cloud in its
+  optical frame);
 - tf2 (``tf2_ros.Buffer.lookup_transform(camera_frame, cloud_frame, t)``),
   when tf2_ros is importable (a ROS install; the adapter is in ros/compat.py,
   the only part that needs rclpy);
@@ -115,6 +119,29 @@ def cam_from_cloud_from_parameter(value: Sequence[float] | None, camera: str = "
     if not np.allclose(R @ R.T, np.eye(3), atol=1e-3) or np.linalg.det(R) < 0:
         raise ValueError(f"camera {camera}: cam_from_cloud rotation is not a proper rotation: {R.tolist()}")
     return T
+
+
+def pose_to_matrix(values: Sequence[float], name: str = "extrinsics") -> np.ndarray:
+    """x y z qx qy qz qw (a child frame's pose in its parent) -> (4, 4) parent_from_child.
+
+    The order and direction static_transform_publisher takes (``--x --y --z
+    --qx --qy --qz --qw --frame-id parent --child-frame-id child``) and tf
+    publishes, so the numbers of a running tf tree can be pasted as they are.
+    ValueError names ``name`` when there are not 7 finite numbers.
+    """
+    numbers = [float(v) for v in values]
+    if len(numbers) != 7 or not np.all(np.isfinite(numbers)):
+        raise ValueError(f"{name}: expected 7 finite numbers x y z qx qy qz qw, got {numbers}")
+    try:
+        return make_transform(numbers[:3], numbers[3:])
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from exc
+
+
+def matrix_to_pose(parent_from_child: np.ndarray) -> list[float]:
+    """(4, 4) parent_from_child -> [x, y, z, qx, qy, qz, qw] (the child's pose in the parent; qw >= 0)."""
+    T = np.asarray(parent_from_child, dtype=np.float64).reshape(4, 4)
+    return [float(v) for v in T[:3, 3]] + [float(v) for v in matrix_to_quaternion(T[:3, :3])]
 
 
 def transform_to_matrix(transform: Any) -> np.ndarray:
@@ -229,6 +256,27 @@ class TransformGraph:
                 T = T @ _value_at(history, stamp_ns)  # frame_from_nxt
         return T
 
+    def lookup_latest(self, target: str, source: str) -> tuple[np.ndarray, int | None]:
+        """(target_from_source from every link's newest value, the stamp it holds at) - LookupError if no chain.
+
+        The stamp is the oldest of the newest /tf samples on the chain (tf's
+        "latest common time"); None when every link is static (valid at any stamp).
+        """
+        target, source = target.lstrip("/"), source.lstrip("/")
+        path = self._path(target, source)
+        if path is None:
+            raise LookupError(
+                f"no transform chain from {source!r} to {target!r}; known frames: {sorted(self._edges)}"
+            )
+        T = np.eye(4)
+        stamp: int | None = None
+        for frame, nxt in itertools.pairwise(path):
+            newest_stamp, value = self._edges[frame][nxt][-1]
+            if (frame, nxt) in self._dynamic:
+                stamp = newest_stamp if stamp is None else min(stamp, newest_stamp)
+            T = T @ value
+        return T, stamp
+
     def _dynamic_value_at(self, history: list[tuple[int, np.ndarray]], stamp_ns: int | None, frame: str,
                           nxt: str) -> np.ndarray:
         if stamp_ns is None:
@@ -320,6 +368,14 @@ class TransformBuffer:
         with self._lock:
             try:
                 return self._graph.lookup(target, source, stamp_ns)
+            except LookupError:
+                return None
+
+    def lookup_latest(self, target: str, source: str) -> tuple[np.ndarray, int | None] | None:
+        """(newest target_from_source, the stamp it holds at; None: all static), or None when there is no chain."""
+        with self._lock:
+            try:
+                return self._graph.lookup_latest(target, source)
             except LookupError:
                 return None
 

@@ -204,8 +204,9 @@ def _point_buffer(num_points: int, dtype: np.dtype) -> tuple[ByteArray, np.ndarr
     return data, np.frombuffer(data, dtype=dtype, count=num_points)
 
 
-def _new_pointcloud2(header: Any, dtype: np.dtype, num_points: int, data: ByteArray, is_dense: bool) -> Any:
-    """PointCloud2 (height 1) whose fields mirror the structured ``dtype``, holding ``data``."""
+def _new_pointcloud2(header: Any, dtype: np.dtype, num_points: int, data: ByteArray, is_dense: bool,
+                     height: int = 1) -> Any:
+    """PointCloud2 (``height`` rows of num_points / height) whose fields mirror the structured ``dtype``."""
     from sensor_msgs.msg import PointCloud2, PointField
 
     fields = []
@@ -218,12 +219,12 @@ def _new_pointcloud2(header: Any, dtype: np.dtype, num_points: int, data: ByteAr
     msg = PointCloud2()
     if header is not None:
         msg.header = header
-    msg.height = 1
-    msg.width = num_points
+    msg.height = height
+    msg.width = num_points // height if height else 0
     msg.fields = fields
     msg.is_bigendian = sys.byteorder == "big"
     msg.point_step = dtype.itemsize
-    msg.row_step = dtype.itemsize * num_points
+    msg.row_step = dtype.itemsize * msg.width
     msg.is_dense = is_dense
     msg.data = data  # an array('B') is stored as is (bytes are copied, a memoryview is ~100x slower)
     return msg
@@ -252,14 +253,15 @@ input point (and its ground truth) without matching coordinates.
 
 def labeled_cloud_to_pointcloud2(
     header: Any, xyz_m: np.ndarray, labels: np.ndarray, confidence: np.ndarray, colors_rgb: np.ndarray,
-    source_index: np.ndarray | None = None,
+    source_index: np.ndarray | None = None, height: int = 1,
 ) -> Any:
     """The segmentation result as a PointCloud2 rviz2 can colour by "rgb" or "label".
 
     xyz_m (N, 3) float, labels (N,) (values outside uint16 saturate to 65535,
     so IGNORE_LABEL = -1 reads 65535), confidence (N,) float, colors_rgb (N, 3)
     uint8, source_index (N,) input rows (None: 0..N-1, the output is the input
-    point for point). Dense (no NaNs), height 1.
+    point for point). ``height`` 1: dense (finite points only); more: an
+    organised cloud of height x N / height points, NaN where there is none.
     """
     xyz = np.asarray(xyz_m, dtype=np.float32)
     if xyz.ndim != 2 or xyz.shape[1] != 3:
@@ -275,7 +277,10 @@ def labeled_cloud_to_pointcloud2(
     label_values = np.asarray(labels, dtype=np.int64)
     out["label"] = np.where((label_values < 0) | (label_values > 65535), 65535, label_values)
     out["index"] = np.arange(n, dtype=np.uint32) if source_index is None else source_index
-    return _new_pointcloud2(header, LABELED_CLOUD_DTYPE, n, data, is_dense=True)
+    if height < 1 or n % height:
+        raise ValueError(f"height: expected a divisor of the {n} points, got {height}")
+    return _new_pointcloud2(header, LABELED_CLOUD_DTYPE, n, data, is_dense=bool(np.isfinite(xyz).all()),
+                            height=height)
 
 
 def cloud_to_pointcloud2(

@@ -34,8 +34,19 @@ from ttt_kd_ros.msgs.pointcloud2 import labeled_cloud_to_pointcloud2
 from ttt_kd_ros.msgs.stamps import header_stamp_ns, stamp_to_ns
 from ttt_kd_ros.scan import IGNORE_LABEL, CameraView, Prediction, Scan
 
-NO_TRANSFORM, BAD_CAMERA = "no_transform", "bad_camera"
-"""Why a camera was left out: its extrinsics are unknown, or its Image / CameraInfo cannot be used."""
+NO_TRANSFORM, BAD_CAMERA, FRAME_MISMATCH = "no_transform", "bad_camera", "frame_mismatch"
+"""Why a camera was left out: its extrinsics are unknown, its Image / CameraInfo cannot be used, or its fixed
+extrinsics are given in another frame than the cloud's."""
+
+
+class FrameMismatchError(LookupError):
+    """Fixed extrinsics given in one frame, a cloud in another: that camera is left out (FRAME_MISMATCH).
+
+    WHY its own reason: a second LiDAR in another frame, or a driver renamed,
+    would otherwise be projected with a transform meant for a different sensor.
+    """
+
+    reason = FRAME_MISMATCH
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,7 @@ class DecodedScan:
     source_index: np.ndarray  # (N,) int64: row of scan point i in the flattened (row-major) message
     num_input_points: int  # height * width of the message
     left_out: list[LeftOut] = field(default_factory=list)
+    input_height: int = 1  # the message's height (rows of an organised cloud)
 
 
 def camera_view(camera: CameraMessages, cam_from_cloud: np.ndarray, rectified_image: bool | None = None
@@ -148,7 +160,7 @@ def scan_from_messages(
         try:
             cam_from_cloud = _extrinsics_of(camera, header, extrinsics)
         except LookupError as exc:
-            left_out.append(LeftOut(camera.name, NO_TRANSFORM, str(exc)))
+            left_out.append(LeftOut(camera.name, getattr(exc, "reason", NO_TRANSFORM), str(exc)))
             continue
         try:
             views.append(camera_view(camera, cam_from_cloud, policy.rectified_image))
@@ -157,8 +169,10 @@ def scan_from_messages(
     scan = Scan(points_xyz_m=cloud.xyz_m, intensity=cloud.intensity, rgb=cloud.rgb, cameras=views,
                 labels=cloud.labels, stamp_ns=header.stamp_ns, frame_id=header.frame_id,
                 label_set=policy.label_set)
+    height = int(getattr(cloud_msg, "height", 1) or 1)
     return DecodedScan(scan=scan, header=header, source_index=cloud.source_index,
-                       num_input_points=cloud.num_input_points, left_out=left_out)
+                       num_input_points=cloud.num_input_points, left_out=left_out,
+                       input_height=height if cloud.num_input_points % height == 0 else 1)
 
 
 def apply_min_confidence(labels: np.ndarray, confidence: np.ndarray, threshold: float) -> np.ndarray:
@@ -178,15 +192,29 @@ def empty_prediction(reason: str) -> Prediction:
 
 
 def prediction_to_pointcloud2(decoded: DecodedScan, prediction: Prediction, label_set: LabelSet,
-                              min_confidence: float = 0.0) -> Any:
+                              min_confidence: float = 0.0, organized: bool = False) -> Any:
     """The labeled output cloud: x, y, z, rgb (palette), confidence, label (uint16), index (uint32), input header.
 
     ``index`` is each point's row in the input message (``source_index``);
     labels below ``min_confidence`` become the ignore label (65535).
+    ``organized``: the input's height x width instead, point i at input row
+    i; rows with no scan point (invalid or thinned on arrival) get NaN x/y/z,
+    label 65535, confidence 0 and black.
     """
     if len(prediction.labels) != decoded.scan.num_points:
         raise ValueError(f"prediction: expected {decoded.scan.num_points} labels (one per scan point), "
                          f"got {len(prediction.labels)}")
     labels = apply_min_confidence(prediction.labels, prediction.confidence, min_confidence)
-    return labeled_cloud_to_pointcloud2(decoded.header.header, decoded.scan.points_xyz_m, labels,
-                                        prediction.confidence, label_set.colorize(labels), decoded.source_index)
+    colors = label_set.colorize(labels)
+    if not organized:
+        return labeled_cloud_to_pointcloud2(decoded.header.header, decoded.scan.points_xyz_m, labels,
+                                            prediction.confidence, colors, decoded.source_index)
+    n, rows = decoded.num_input_points, decoded.source_index
+    xyz = np.full((n, 3), np.nan, dtype=np.float32)
+    full_labels = np.full(n, IGNORE_LABEL, dtype=np.int64)
+    confidence = np.zeros(n, dtype=np.float32)
+    full_colors = np.zeros((n, 3), dtype=np.uint8)
+    xyz[rows], full_labels[rows], confidence[rows], full_colors[rows] = (
+        decoded.scan.points_xyz_m, labels, prediction.confidence, colors)
+    return labeled_cloud_to_pointcloud2(decoded.header.header, xyz, full_labels, confidence, full_colors,
+                                        height=decoded.input_height)

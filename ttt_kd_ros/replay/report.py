@@ -116,19 +116,21 @@ class StrategyRun:
                 for key, value in self.node_diagnostics.items() if key.startswith(prefix)}
 
 
-NODE_REFUSALS = ("bad_cloud", "stamp_too_old", "stamp_in_future")
-"""The node's ``skipped.<reason>`` counters that mean a cloud got no output (camera_timeout, bad_camera.* and
-adapt:* clouds are still segmented)."""
 
 
 def node_books(diagnostics: dict[str, str]) -> dict[str, int]:
-    """The node's own account of the clouds it got: received, processed, dropped (slot), refused, failed (worker)."""
+    """The node's own account of the clouds it got: received, processed, dropped, refused, failed (worker).
+
+    The node counts a worker failure as ``dropped.worker_error`` inside its
+    ``dropped`` total; here it is split out so the four outcomes add up.
+    """
+    failed = _int(diagnostics.get("dropped.worker_error"))
     return {
         "received": _int(diagnostics.get("received")),
         "processed": _int(diagnostics.get("processed")),
-        "dropped": _int(diagnostics.get("dropped")),
-        "refused": sum(_int(diagnostics.get(f"skipped.{reason}")) for reason in NODE_REFUSALS),
-        "failed": sum(_int(v) for k, v in diagnostics.items() if k.startswith("errors.")),
+        "dropped": _int(diagnostics.get("dropped")) - failed,
+        "refused": _int(diagnostics.get("skipped")),
+        "failed": failed,
     }
 
 

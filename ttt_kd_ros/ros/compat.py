@@ -23,7 +23,7 @@ from ttt_kd_ros.msgs.tf_message import tf_message_from_cdr
 from ttt_kd_ros.ros.sync import ApproximateTimeSynchronizer, SyncInput
 from ttt_kd_ros.transforms import TransformBuffer, transform_stamped_to_matrix
 
-OPTIONAL_PACKAGES = ("message_filters", "tf2_ros", "tf2_msgs", "sensor_msgs_py", "cv_bridge")
+OPTIONAL_PACKAGES = ("message_filters", "tf2_ros", "tf2_msgs", "sensor_msgs_py", "cv_bridge", "vision_msgs")
 
 
 @cache
@@ -150,6 +150,42 @@ class Tf2Lookup:
                                                    nanosec=int(stamp_ns) % 1_000_000_000)
         return cam_from_cloud_from_tf2(self.buffer, target, source, stamp)
 
+    def lookup_latest(self, target: str, source: str) -> tuple[np.ndarray, int | None] | None:
+        """(newest target_from_source, its stamp; None for an all-static chain (stamp 0)), or None."""
+        from rclpy.time import Time
+
+        try:
+            msg = self.buffer.lookup_transform(target, source, Time())
+        except _module("tf2_ros").TransformException:
+            return None
+        stamp = stamp_to_ns(msg.header.stamp)
+        return transform_stamped_to_matrix(msg), (stamp or None)
+
+    def close(self) -> None:
+        """Destroy the listener's /tf and /tf_static subscriptions (lifecycle cleanup)."""
+        self.listener.unregister()
+
+
+def lookup_within(tf: Any, target: str, source: str, stamp_ns: int, tolerance_s: float) -> np.ndarray:
+    """(4, 4) target_from_source at ``stamp_ns``, else the latest one if stamped within ``tolerance_s`` of it.
+
+    WHY the tolerance: a /tf publisher a few milliseconds behind the LiDAR
+    leaves the cloud's own stamp just past the newest sample, which tf refuses
+    to extrapolate to; the latest transform is then the right one. LookupError
+    (the tf source's own reason, plus the gap when the latest is too far) otherwise.
+    """
+    matrix = tf.lookup(target, source, stamp_ns)
+    if matrix is not None:
+        return matrix
+    why = tf.why_not(target, source, stamp_ns)
+    latest = tf.lookup_latest(target, source) if tolerance_s > 0 else None
+    if latest is not None:
+        matrix, latest_ns = latest
+        if latest_ns is None or abs(latest_ns - stamp_ns) <= tolerance_s * 1e9:
+            return matrix
+        why += f"; the latest transform is {abs(latest_ns - stamp_ns) / 1e9:.3f} s away (tf_tolerance_s {tolerance_s})"
+    raise LookupError(f"no transform from {source!r} to {target!r} at {stamp_ns} ns: {why}")
+
 
 def cam_from_cloud_from_tf2(buffer: Any, camera_frame: str, cloud_frame: str, stamp: Any = None,
                             timeout_s: float = 0.0) -> np.ndarray:
@@ -168,7 +204,6 @@ def cam_from_cloud_from_tf2(buffer: Any, camera_frame: str, cloud_frame: str, st
     except tf2_ros.TransformException as err:  # Lookup / Connectivity / Extrapolation
         raise LookupError(f"tf2: no transform from {cloud_frame!r} to {camera_frame!r}: {err}") from err
     return transform_stamped_to_matrix(msg)
-
 
 
 TF_TOPIC, TF_STATIC_TOPIC = "/tf", "/tf_static"
@@ -191,8 +226,9 @@ def make_tf_lookup(node: Any, cache_time_s: float = 10.0) -> tuple[Any, list[Any
     or a stand-in test support registered): ``TransformBuffer`` fed by our
     own /tf and /tf_static subscriptions. Neither: None (nothing to subscribe
     with; cameras need ``cam_from_cloud`` parameters).
-    Both objects answer ``lookup(target, source, stamp_ns) -> (4, 4) | None``
-    and ``why_not(...) -> str``.
+    Both objects answer ``lookup(target, source, stamp_ns) -> (4, 4) | None``,
+    ``lookup_latest(target, source) -> ((4, 4), stamp_ns | None) | None`` and
+    ``why_not(...) -> str``; ``release_tf_lookup`` undoes this function.
     """
     made = make_tf_buffer(node, cache_time_s)
     if made is not None:
@@ -249,3 +285,42 @@ def tf_message_type() -> TfMessageType | None:
     if _module("tf2_msgs") is not None:
         return TfMessageType(importlib.import_module("tf2_msgs.msg").TFMessage, raw=False)
     return _stand_in
+
+
+def release_tf_lookup(node: Any, tf: Any, subscriptions: list[Any]) -> None:
+    """Destroy what ``make_tf_lookup`` subscribed: our own /tf and /tf_static readers, or tf2_ros' listener's."""
+    for sub in subscriptions:
+        node.destroy_subscription(sub)
+    close = getattr(tf, "close", None)
+    if close is not None:
+        close()
+
+
+class LabelInfoPublisher:
+    """A latched vision_msgs/LabelInfo: the checkpoint's class ids and names, for consumers that look them up."""
+
+    def __init__(self, node: Any, topic: str, message_module: Any) -> None:
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+        self._node, self._msgs = node, message_module
+        self._pub = node.create_publisher(message_module.LabelInfo, topic, QoSProfile(
+            depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE))
+
+    def publish(self, label_set: Any, stamp: Any) -> None:
+        msg = self._msgs.LabelInfo()
+        msg.header.stamp = stamp
+        msg.class_map = [self._msgs.VisionClass(class_id=i, class_name=name)
+                         for i, name in enumerate(label_set.class_names)]
+        msg.threshold = 0.0
+        self._pub.publish(msg)
+
+    def destroy(self) -> None:
+        self._node.destroy_publisher(self._pub)
+
+
+def label_info_publisher(node: Any, topic: str) -> LabelInfoPublisher | None:
+    """A latched LabelInfo publisher where vision_msgs is importable (a ROS install), else None (no wheel here)."""
+    vision_msgs = _module("vision_msgs")
+    if vision_msgs is None:
+        return None
+    return LabelInfoPublisher(node, topic, importlib.import_module("vision_msgs.msg"))

@@ -1,10 +1,26 @@
 """What the node reports on /diagnostics, collected from two threads.
 
-Callbacks count what arrived, what was dropped or refused; the worker records
-what each scan cost and what adaptation did. A timer turns a snapshot into a
-DiagnosticStatus about once a second. Counters are totals since start so a
-reader can difference them; latencies are medians over a short window so one
-slow scan does not hide the steady state.
+Every cloud the node receives ends in exactly one named outcome, so the books
+balance by the node's own counters:
+
+    received = processed + dropped + skipped + in_flight
+
+- processed: answered (a labeled cloud was published), adapted or not;
+- dropped.<reason>: lost after it was accepted: ``stale`` (a newer scan
+  replaced it in the worker's slot), ``worker_error`` (an exception while
+  segmenting it), ``shutdown`` (still waiting when the node deactivated);
+- skipped.<reason>: refused on arrival: ``bad_cloud``, ``stamp_too_old``,
+  ``stamp_in_future``;
+- in_flight: accepted and not yet answered (waiting for its images, in the
+  slot or in the worker); 0 once the node is idle.
+
+Processed scans that did not adapt say why in ``unadapted.<reason>``
+(``camera_timeout``, ``sync_unmatched``, ``sync_overflow``, or the engine's
+reason such as ``no visible point``), and cameras left out of a scan in
+``left_out.<reason>.<camera>``: these describe processed scans, they are not
+outcomes. Counters are totals since start so a reader can difference them;
+latencies are medians over a short window so one slow scan does not hide the
+steady state.
 """
 
 from __future__ import annotations
@@ -19,6 +35,8 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 WINDOW = 50
 """Scans kept for rates and latency medians."""
+UNADAPTED_WARN_SCANS = 10
+"""WARN when this many processed scans in a row did not adapt although a strategy that adapts is configured."""
 
 
 @dataclass
@@ -27,8 +45,10 @@ class StatsSnapshot:
 
     received: int
     processed: int
-    dropped: int
+    dropped: dict[str, int]
     skipped: dict[str, int]
+    unadapted: dict[str, int]
+    left_out: dict[str, int]
     errors: dict[str, int]
     rate_hz: float
     latency_ms: dict[str, float]  # stage -> median over the window
@@ -39,6 +59,20 @@ class StatsSnapshot:
     mode: str
     label_set: str
     steps_run: int  # of the last scan
+    unadapted_in_a_row: int  # processed scans since the last adapted one
+    last_unadapted_reason: str
+    visible_points: dict[str, int]  # camera -> visible points of the last sampled scan
+    sync_overflow: dict[str, int]  # synchroniser input -> messages it pushed out unmatched
+    resets: int
+
+    @property
+    def in_flight(self) -> int:
+        return self.received - self.processed - sum(self.dropped.values()) - sum(self.skipped.values())
+
+    @property
+    def adapts(self) -> bool:
+        """Whether scans are expected to adapt (a strategy that adapts, cameras in use)."""
+        return self.mode == "adapt" and self.strategy != "none"
 
 
 @dataclass
@@ -51,8 +85,10 @@ class NodeStats:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _received: int = 0
     _processed: int = 0
-    _dropped: int = 0
+    _dropped: Counter = field(default_factory=Counter)
     _skipped: Counter = field(default_factory=Counter)
+    _unadapted: Counter = field(default_factory=Counter)
+    _left_out: Counter = field(default_factory=Counter)
     _errors: Counter = field(default_factory=Counter)
     _done_at: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
     _stage_ms: dict = field(default_factory=dict)
@@ -60,24 +96,49 @@ class NodeStats:
     _kd_before: float | None = None
     _kd_after: float | None = None
     _steps_run: int = 0
+    _unadapted_in_a_row: int = 0
+    _last_unadapted_reason: str = ""
+    _visible: dict = field(default_factory=dict)
+    _sync_overflow: dict = field(default_factory=dict)
+    _resets: int = 0
 
     def count_received(self) -> None:
         with self._lock:
             self._received += 1
 
-    def count_dropped(self, n: int = 1) -> None:
+    def count_dropped(self, reason: str, n: int = 1) -> None:
+        """Accepted clouds that will never be answered, by reason (stale, worker_error, shutdown)."""
         with self._lock:
-            self._dropped += n
+            self._dropped[reason] += n
 
     def count_skipped(self, reason: str) -> None:
-        """A scan or message that was not segmented (bad input), by reason."""
+        """A cloud refused on arrival (bad_cloud, stamp_too_old, stamp_in_future)."""
         with self._lock:
             self._skipped[reason] += 1
 
+    def count_left_out(self, reason: str, camera: str) -> None:
+        """A camera that could not be used for one processed scan."""
+        with self._lock:
+            self._left_out[f"{reason}.{camera}"] += 1
+
     def count_error(self, kind: str) -> None:
-        """An exception in the worker, by exception type."""
+        """An exception in the worker, by exception type (its cloud is also counted as dropped.worker_error)."""
         with self._lock:
             self._errors[kind] += 1
+            self._dropped["worker_error"] += 1
+
+    def count_reset(self) -> None:
+        with self._lock:
+            self._resets += 1
+
+    def set_visible_points(self, visible: dict[str, int]) -> None:
+        """Visible points per camera of the latest sampled scan (cameras not in it keep their last value)."""
+        with self._lock:
+            self._visible.update(visible)
+
+    def set_sync_overflow(self, overflow: dict[str, int]) -> None:
+        with self._lock:
+            self._sync_overflow = dict(overflow)
 
     def record_scan(
         self,
@@ -89,7 +150,7 @@ class NodeStats:
         steps_run: int = 0,
         now_s: float | None = None,
     ) -> None:
-        """One published scan: per-stage seconds, whether it adapted, the KD losses."""
+        """One published scan: per-stage seconds, whether it adapted (else why not), the KD losses."""
         with self._lock:
             self._processed += 1
             self._steps_run = int(steps_run)
@@ -97,8 +158,13 @@ class NodeStats:
             for stage, seconds in stage_s.items():
                 self._stage_ms.setdefault(stage, deque(maxlen=WINDOW)).append(1000.0 * float(seconds))
             self._adapted.append(bool(adapted))
-            if skip_reason:
-                self._skipped[f"adapt:{skip_reason}"] += 1
+            if adapted:
+                self._unadapted_in_a_row = 0
+            else:
+                self._unadapted_in_a_row += 1
+                if skip_reason:
+                    self._unadapted[skip_reason] += 1
+                    self._last_unadapted_reason = skip_reason
             if kd_loss_before is not None:
                 self._kd_before = float(kd_loss_before)
             if kd_loss_after is not None:
@@ -113,8 +179,10 @@ class NodeStats:
             return StatsSnapshot(
                 received=self._received,
                 processed=self._processed,
-                dropped=self._dropped,
+                dropped=dict(self._dropped),
                 skipped=dict(self._skipped),
+                unadapted=dict(self._unadapted),
+                left_out=dict(self._left_out),
                 errors=dict(self._errors),
                 rate_hz=rate,
                 latency_ms=latency,
@@ -125,6 +193,11 @@ class NodeStats:
                 mode=self.mode,
                 label_set=self.label_set,
                 steps_run=self._steps_run,
+                unadapted_in_a_row=self._unadapted_in_a_row,
+                last_unadapted_reason=self._last_unadapted_reason,
+                visible_points=dict(self._visible),
+                sync_overflow=dict(self._sync_overflow),
+                resets=self._resets,
             )
 
 
@@ -138,8 +211,24 @@ def _fmt(value: float | None) -> str:
     return "nan" if value is None else f"{value:.6g}"
 
 
+def _counts(prefix: str, counts: dict[str, int]) -> list[KeyValue]:
+    return [KeyValue(key=f"{prefix}.{name}", value=str(n)) for name, n in sorted(counts.items())]
+
+
+def status_level(snap: StatsSnapshot) -> tuple[bytes, str]:
+    """(level, message): WARN before the first scan, after worker errors, or while nothing adapts; OK otherwise."""
+    if snap.errors:
+        return DiagnosticStatus.WARN, f"{sum(snap.errors.values())} scans failed in the worker"
+    if snap.processed == 0:
+        return DiagnosticStatus.WARN, "no scan segmented yet"
+    if snap.adapts and snap.unadapted_in_a_row >= UNADAPTED_WARN_SCANS:
+        return DiagnosticStatus.WARN, (f"no adaptation in the last {snap.unadapted_in_a_row} scans (strategy "
+                                       f"{snap.strategy}); last reason: {snap.last_unadapted_reason or 'unknown'}")
+    return DiagnosticStatus.OK, f"{snap.rate_hz:.2f} Hz, {sum(snap.dropped.values())} dropped"
+
+
 def snapshot_to_status(snap: StatsSnapshot, name: str, hardware_id: str) -> DiagnosticStatus:
-    """OK while scans flow; WARN when none were processed yet or errors occurred."""
+    """The node's one DiagnosticStatus: the books (every outcome named), rates, latencies, adaptation, cameras."""
     values = [
         KeyValue(key="strategy", value=snap.strategy),
         KeyValue(key="mode", value=snap.mode),
@@ -148,20 +237,21 @@ def snapshot_to_status(snap: StatsSnapshot, name: str, hardware_id: str) -> Diag
         KeyValue(key="rate_hz", value=f"{snap.rate_hz:.3f}"),
         KeyValue(key="received", value=str(snap.received)),
         KeyValue(key="processed", value=str(snap.processed)),
-        KeyValue(key="dropped", value=str(snap.dropped)),
+        KeyValue(key="dropped", value=str(sum(snap.dropped.values()))),
+        KeyValue(key="skipped", value=str(sum(snap.skipped.values()))),
+        KeyValue(key="in_flight", value=str(snap.in_flight)),
         KeyValue(key="adapted_fraction", value=f"{snap.adapted_fraction:.3f}"),
+        KeyValue(key="unadapted_in_a_row", value=str(snap.unadapted_in_a_row)),
         KeyValue(key="kd_loss_before", value=_fmt(snap.kd_loss_before)),
         KeyValue(key="kd_loss_after", value=_fmt(snap.kd_loss_after)),
+        KeyValue(key="resets", value=str(snap.resets)),
     ]
     values += [KeyValue(key=f"latency_ms.{stage}", value=f"{ms:.3f}") for stage, ms in sorted(snap.latency_ms.items())]
-    values += [KeyValue(key=f"skipped.{reason}", value=str(n)) for reason, n in sorted(snap.skipped.items())]
-    values += [KeyValue(key=f"errors.{kind}", value=str(n)) for kind, n in sorted(snap.errors.items())]
-    if snap.errors:
-        level, message = DiagnosticStatus.WARN, f"{sum(snap.errors.values())} scans failed in the worker"
-    elif snap.processed == 0:
-        level, message = DiagnosticStatus.WARN, "no scan segmented yet"
-    else:
-        level, message = DiagnosticStatus.OK, f"{snap.rate_hz:.2f} Hz, {snap.dropped} dropped"
+    for prefix, counts in (("dropped", snap.dropped), ("skipped", snap.skipped), ("unadapted", snap.unadapted),
+                           ("left_out", snap.left_out), ("errors", snap.errors),
+                           ("visible_points", snap.visible_points), ("sync.overflow", snap.sync_overflow)):
+        values += _counts(prefix, counts)
+    level, message = status_level(snap)
     return DiagnosticStatus(level=level, name=name, message=message, hardware_id=hardware_id, values=values)
 
 

@@ -1,18 +1,21 @@
 """segment_node: the ROS 2 lifecycle node that segments every incoming cloud with TTT-KD.
 
-Callbacks stay thin: subscriptions feed the approximate-time synchroniser, the
-matched set is converted to a Scan (cheap numpy views) and put into a
-latest-wins slot; one worker thread runs ``Segmenter.segment`` and publishes.
-A slow model therefore drops stale scans (counted) instead of queueing them.
-Configure reads the parameters and loads the model (a failure returns FAILURE
-with a log line naming the parameter or file); activate subscribes and starts
-the worker. With ``autostart`` (default) main() drives both transitions, so
-the node runs without a lifecycle manager.
+Callbacks stay thin: subscriptions feed the approximate-time synchroniser and
+put each matched (or expired, see ros/pending.py) cloud, with its camera
+messages, into a latest-wins slot; one worker thread turns it into a Scan
+(decoding, tf lookups: off the executor), runs ``Segmenter.segment`` and
+publishes. A slow model therefore drops stale scans (counted) instead of
+queueing them. Configure reads the parameters and loads the model (a failure
+returns FAILURE with a log line naming the parameter or file); activate
+subscribes and starts the worker. With ``autostart`` (default) main() drives
+both transitions, so the node runs without a lifecycle manager.
 
-Bad input never stops the node: an unparsable cloud is skipped, a bad image
-leaves its camera out of that scan (no adaptation rather than no labels), a
-camera that stays silent longer than ``camera_timeout_s`` lets clouds through
-alone; every case is counted on /diagnostics by reason.
+Every cloud ends in one named outcome on /diagnostics (ros/diagnostics.py):
+processed, dropped.<reason> or skipped.<reason>. Bad input never stops the
+node: an unparsable cloud is skipped, a bad image leaves its camera out of
+that scan (no adaptation rather than no labels), a cloud its images never
+match is answered alone. Runtime parameters (``ros2 param set``) are checked
+in a set-parameters callback; adaptation knobs reach the engine between scans.
 """
 
 from __future__ import annotations
@@ -28,30 +31,50 @@ from typing import Any
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from std_srvs.srv import Trigger
 
-from ttt_kd_ros.compose import engine_error_text
+from ttt_kd_ros.compose import RUNTIME_ADAPT_FIELDS, engine_error_text, retune
+from ttt_kd_ros.geometry import project_points
 from ttt_kd_ros.labels import LABEL_SETS, LabelSet
 from ttt_kd_ros.msgs.scan_messages import (
-    NO_TRANSFORM,
+    BAD_CAMERA,
     CameraMessages,
     CloudHeader,
     DecodedScan,
+    FrameMismatchError,
     ScanPolicy,
     empty_prediction,
     prediction_to_pointcloud2,
     read_cloud_header,
     scan_from_messages,
 )
-from ttt_kd_ros.node_parameters import NODE_NAME
-from ttt_kd_ros.ros.compat import make_synchronizer, make_tf_lookup
+from ttt_kd_ros.node_parameters import NODE_NAME, RUNTIME_PARAMETERS
+from ttt_kd_ros.ros.compat import (
+    backends,
+    label_info_publisher,
+    lookup_within,
+    make_synchronizer,
+    make_tf_lookup,
+    release_tf_lookup,
+)
 from ttt_kd_ros.ros.diagnostics import NodeStats, diagnostic_array
-from ttt_kd_ros.ros.params import NodeParams, ParameterError, read_parameters, segmenter_config
+from ttt_kd_ros.ros.params import (
+    CameraParams,
+    NodeParams,
+    ParameterError,
+    check_update,
+    declare_label_parameters,
+    read_parameters,
+    segmenter_config,
+)
+from ttt_kd_ros.ros.pending import CAMERA_TIMEOUT, PendingCloud, PendingClouds
 from ttt_kd_ros.ros.reason_log import ReasonLog
 from ttt_kd_ros.ros.worker import LatestSlot, SlotWorker
 from ttt_kd_ros.segmenter import Segmenter
@@ -59,15 +82,21 @@ from ttt_kd_ros.segmenter import Segmenter
 OUTPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 """RELIABLE: a best-effort publisher never reaches a reliable subscriber such as rviz2's default."""
 LOG_SUMMARY_PERIOD_S = 30.0
+SWEEP_PERIOD_S = 0.05
+"""How often clouds waiting for their images are checked for expiry (ros/pending.py)."""
+SILENT_CAMERA_GRACE_S = 0.1
+"""While a camera is silent, a cloud still waits this long (or sync_slop_s, if longer) for images sent after it."""
 
 
 @dataclass
 class Job:
-    """One scan waiting for the worker, with what is needed to answer it (header, source rows)."""
+    """One cloud for the worker: its messages (decoded there, off the executor) and why it has no cameras, if so."""
 
-    decoded: DecodedScan
+    cloud: Any
+    header: CloudHeader
+    cameras: list[tuple[str, Any, Any]]  # (camera name, Image, CameraInfo), matched by the synchroniser
     received_s: float  # time.monotonic() when the cloud reached the node
-    convert_s: float
+    alone_reason: str = ""  # camera_timeout / sync_unmatched / sync_overflow: segmented without its cameras
 
 
 def fallback_label_set(num_classes: int) -> LabelSet:
@@ -90,22 +119,30 @@ class SegmenterNode(LifecycleNode):
         self.label_set: LabelSet | None = None
         self._rng = np.random.default_rng(0)
         self._scan_policy = ScanPolicy()
-        self._camera_frames: dict[str, str] = {}  # camera name -> camera.<name>.frame_id (tf lookups)
+        self._cameras: dict[str, CameraParams] = {}
         self._problems = ReasonLog(self.get_logger().warning, LOG_SUMMARY_PERIOD_S)
         self._slot: LatestSlot[Job] = LatestSlot()
         self._worker: SlotWorker[Job] | None = None
+        self._pending = PendingClouds(1)
         self._output_pub = None
         self._diag_pub = None
-        self._diag_timer = None
+        self._label_info_pub = None
+        self._reset_srv = None
+        self._timers: list[Any] = []
         self._input_subscriptions: list[Any] = []  # not `_subscriptions`: that is rclpy Node's own list
         self._sync = None
-        self._tf: Any = None  # compat.make_tf_lookup's object: lookup(target, source, stamp_ns) -> (4, 4) | None
+        self._tf: Any = None  # compat.make_tf_lookup's object (lookup / lookup_latest / why_not)
         self._tf_subscriptions: list[Any] = []
         self._views_lock = threading.Lock()
         self._views_by_camera: Counter[str] = Counter()  # scans that carried each camera's view
         self._camera_seen_s: dict[str, float] = {}
         self._active_since_s = 0.0
-        self._cloud_alone_logged = False
+        self._alone_logged = False
+        self._changes_lock = threading.Lock()
+        self._adapt_changes: dict[str, Any] = {}  # runtime adaptation knobs waiting for the next scan
+        self._reset_requested = False
+        self._visible_sampled_s = 0.0
+        self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
 
@@ -116,6 +153,10 @@ class SegmenterNode(LifecycleNode):
         except ParameterError as exc:
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
+        if params["threads"] > 0:
+            import torch
+
+            torch.set_num_threads(int(params["threads"]))
         try:
             segmenter = Segmenter.from_config(config)
         except (ValueError, OSError, RuntimeError, KeyError) as exc:
@@ -126,24 +167,28 @@ class SegmenterNode(LifecycleNode):
         if needs_tf and not params.cloud_only:
             made = make_tf_lookup(self)
             if made is None:
-                self.get_logger().error(f"configure failed: parameter camera.{needs_tf[0]}.cam_from_cloud is unset "
-                                        "and neither tf2_ros nor tf2_msgs is importable here (no way to follow "
-                                        "/tf); give the extrinsics as parameters")
+                self.get_logger().error(f"configure failed: camera {needs_tf[0]} has no camera.{needs_tf[0]}."
+                                        "extrinsics parameter and neither tf2_ros nor tf2_msgs is importable here "
+                                        "(no way to follow /tf); give the extrinsics as parameters")
                 return TransitionCallbackReturn.FAILURE
             self._tf, self._tf_subscriptions = made
             self.get_logger().info(f"extrinsics of {needs_tf} from tf ({self._tf.backend})")
         self.params = params
         self.segmenter = segmenter
         self.label_set = self._label_set_of(segmenter)
+        declare_label_parameters(self, self.label_set)
         self._rng = np.random.default_rng(params["seed"])
         # the input cap lives in the one scan path (msgs.scan_messages), nowhere else in the node
         self._scan_policy = ScanPolicy(max_points=params["max_input_points"], label_set=self.label_set.name)
-        self._camera_frames = {cam.name: cam.frame_id for cam in params.cameras}
+        self._cameras = {cam.name: cam for cam in params.cameras}
         self.stats.strategy = params["adapt.strategy"]
         self.stats.mode = "cloud_only" if params.cloud_only else "adapt"
         self.stats.label_set = self.label_set.name
-        self._output_pub = self.create_publisher(PointCloud2, params["output_topic"], OUTPUT_QOS)
+        self._output_pub = self.create_publisher(PointCloud2, params["output_topic"], OUTPUT_QOS,
+                                                 qos_overriding_options=QoSOverridingOptions.with_default_policies())
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._label_info_pub = label_info_publisher(self, "~/label_info")
+        self._reset_srv = self.create_service(Trigger, "~/reset", self._on_reset)
         self.get_logger().info(
             f"configured: mode={self.stats.mode} strategy={self.stats.strategy} cameras="
             f"{[c.name for c in params.cameras]} cloud={params['cloud_topic']} output={params['output_topic']} "
@@ -157,8 +202,11 @@ class SegmenterNode(LifecycleNode):
         self._worker.start()
         self._active_since_s = time.monotonic()
         self._camera_seen_s = {}
+        self._pending = PendingClouds(params["sync_queue_size"])
+        qos_options = QoSOverridingOptions.with_default_policies
         self._input_subscriptions = [self.create_subscription(
-            PointCloud2, params["cloud_topic"], self._on_cloud, qos_profile_sensor_data)]
+            PointCloud2, params["cloud_topic"], self._on_cloud, qos_profile_sensor_data,
+            qos_overriding_options=qos_options())]
         if not params.cloud_only:
             names = ["cloud"]
             for cam in params.cameras:
@@ -166,10 +214,16 @@ class SegmenterNode(LifecycleNode):
             self._sync = make_synchronizer(names, params["sync_queue_size"], params["sync_slop_s"], self._on_matched)
             for i, cam in enumerate(params.cameras):
                 self._input_subscriptions.append(self.create_subscription(
-                    Image, cam.image_topic, self._camera_feed(cam.name, 1 + 2 * i), qos_profile_sensor_data))
+                    Image, cam.image_topic, self._camera_feed(cam.name, 1 + 2 * i), qos_profile_sensor_data,
+                    qos_overriding_options=qos_options()))
                 self._input_subscriptions.append(self.create_subscription(
-                    CameraInfo, cam.info_topic, self._camera_feed(cam.name, 2 + 2 * i), qos_profile_sensor_data))
-        self._diag_timer = self.create_timer(params["diagnostics_period_s"], self._publish_diagnostics)
+                    CameraInfo, cam.info_topic, self._camera_feed(cam.name, 2 + 2 * i), qos_profile_sensor_data,
+                    qos_overriding_options=qos_options()))
+            self._timers.append(self.create_timer(SWEEP_PERIOD_S, self._sweep_pending))
+        self._timers.append(self.create_timer(params["diagnostics_period_s"], self._publish_diagnostics))
+        if self._label_info_pub is not None:
+            self._label_info_pub.publish(self.label_set, self.get_clock().now().to_msg())
+        self._log_activation()
         return super().on_activate(state)
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
@@ -185,14 +239,37 @@ class SegmenterNode(LifecycleNode):
         self._release()
         return TransitionCallbackReturn.SUCCESS
 
+    def _log_activation(self) -> None:
+        """One line a robot operator can check: device, model, teacher, adaptation settings, cameras, backends."""
+        import torch
+
+        params, seg = self.params, self.segmenter
+        adapt = getattr(getattr(seg, "strategy", None), "config", None)
+        teacher = getattr(getattr(seg, "teacher", None), "teacher_id", "none")
+        cameras = ", ".join(
+            f"{c.name} ({'extrinsics in ' + repr(c.parent_frame) if c.cam_from_cloud is not None else 'tf'}, "
+            f"frame {c.frame_id or 'from image header'})" for c in params.cameras) or "none"
+        settings = (f"strategy={adapt.strategy} steps={adapt.steps} lr={adapt.lr:g} optimizer={adapt.optimizer} "
+                    f"params={adapt.params} kd_points_per_step={adapt.kd_points_per_step} loss={adapt.loss} "
+                    f"time_budget_s={adapt.time_budget_s}") if adapt is not None else "none"
+        self.get_logger().info(
+            f"active: device={getattr(seg, 'device', '?')} threads={torch.get_num_threads()} "
+            f"checkpoint={params['checkpoint']!r} label_set={self.label_set.name} "
+            f"({self.label_set.num_classes} classes) teacher={teacher} max_points={params['max_points']}; "
+            f"adaptation: {settings}; mode={self.stats.mode}; cameras: {cameras}; "
+            f"output={params['output_topic']} ({params['output_layout']}); backends={backends()}")
+
     def _stop_inputs(self) -> None:
         for sub in self._input_subscriptions:
             self.destroy_subscription(sub)
         self._input_subscriptions = []
         self._sync = None
-        if self._diag_timer is not None:
-            self.destroy_timer(self._diag_timer)
-            self._diag_timer = None
+        for timer in self._timers:
+            self.destroy_timer(timer)
+        self._timers = []
+        waiting = self._pending.drain()
+        if waiting:
+            self.stats.count_dropped("shutdown", len(waiting))
         if self._worker is not None:
             if not self._worker.stop(timeout_s=10.0):
                 self.get_logger().warning("worker did not finish its scan within 10 s")
@@ -203,51 +280,128 @@ class SegmenterNode(LifecycleNode):
             if pub is not None:
                 self.destroy_publisher(pub)
         self._output_pub = self._diag_pub = None
-        for sub in self._tf_subscriptions:
-            self.destroy_subscription(sub)
+        if self._label_info_pub is not None:
+            self._label_info_pub.destroy()
+            self._label_info_pub = None
+        if self._reset_srv is not None:
+            self.destroy_service(self._reset_srv)
+            self._reset_srv = None
+        release_tf_lookup(self, self._tf, self._tf_subscriptions)
         self._tf_subscriptions, self._tf = [], None
         self.segmenter = None
 
-    # ---- callbacks (subscription threads: keep them cheap) ---------------------------------------------------
+    # ---- runtime parameters and services (executor thread) ---------------------------------------------------
+
+    def _on_set_parameters(self, parameters: list[Any]) -> SetParametersResult:
+        """Accept a ``ros2 param set`` of a runtime knob after checking it; adaptation knobs wait for the next scan.
+
+        rclpy itself refuses read-only parameters and wrong types before this
+        runs; parameters other than the runtime ones (declarations, labels,
+        QoS overrides) pass through untouched.
+        """
+        changes = {p.name: p.value for p in parameters if p.name in RUNTIME_PARAMETERS}
+        if not changes or self.params is None:
+            return SetParametersResult(successful=True)
+        try:
+            checked = check_update(self.params.values, changes)
+        except ParameterError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        self.params.values.update(checked)  # node-level values (thresholds, timeouts) apply at once
+        adapt = {name: value for name, value in checked.items() if name in RUNTIME_ADAPT_FIELDS}
+        if adapt:
+            with self._changes_lock:
+                self._adapt_changes.update(adapt)
+        self.get_logger().info(f"parameters set: {checked} (adaptation knobs apply from the next scan)")
+        return SetParametersResult(successful=True)
+
+    def _on_reset(self, request: Any, response: Any) -> Any:
+        """~/reset (std_srvs/Trigger): the strategy's source weights back before the next scan."""
+        with self._changes_lock:
+            self._reset_requested = True
+        online = self.segmenter is not None and not getattr(self.segmenter.strategy, "episodic", True)
+        response.success = True
+        response.message = ("online adaptation state returns to the checkpoint before the next scan" if online else
+                            f"strategy {self.stats.strategy} keeps nothing between scans; reset before the next scan")
+        self.get_logger().info(f"~/reset: {response.message}")
+        return response
+
+    # ---- callbacks (executor threads: keep them cheap) -------------------------------------------------------
 
     def _camera_feed(self, camera: str, index: int) -> Callable[[Any], None]:
         def feed(msg: Any) -> None:
             self._camera_seen_s[camera] = time.monotonic()
-            self._sync.add(index, msg)
+            sync = self._sync
+            if sync is not None:
+                sync.add(index, msg)
 
         return feed
 
-    def _silent_cameras(self) -> list[str]:
+    def _silent_cameras(self) -> dict[str, float]:
+        """Camera name -> when it went silent (its last message + camera_timeout_s), for each one silent now."""
         timeout = self.params["camera_timeout_s"]
         if timeout <= 0:
-            return []
+            return {}
         now = time.monotonic()
-        return [c.name for c in self.params.cameras
-                if now - self._camera_seen_s.get(c.name, self._active_since_s) > timeout]
+        went_silent = {c.name: self._camera_seen_s.get(c.name, self._active_since_s) + timeout
+                       for c in self.params.cameras}
+        return {name: at for name, at in went_silent.items() if at < now}
 
     def _on_cloud(self, msg: PointCloud2) -> None:
         self.stats.count_received()
+        received_s = time.monotonic()
+        try:
+            header = read_cloud_header(msg)  # the stamp is converted here, once, for refusal, pairing and the Scan
+        except ValueError as exc:
+            self._skip_cloud(exc)
+            return
+        refusal = self._stamp_refusal(header.stamp_ns)
+        if refusal:
+            self.stats.count_skipped(refusal)
+            self._problems.report(refusal, f"cloud refused: {refusal}")
+            return
         if self.params.cloud_only:
-            self._submit(msg, [])
+            self._submit(Job(msg, header, [], received_s))
             return
-        silent = self._silent_cameras()
-        if silent:
-            self.stats.count_skipped("camera_timeout")
-            if not self._cloud_alone_logged:
-                self._cloud_alone_logged = True
-                self.get_logger().warning(
-                    f"no message from camera(s) {silent} for {self.params['camera_timeout_s']} s: "
-                    "segmenting clouds alone (no adaptation) until they are back")
-            self._submit(msg, [])
-            return
-        if self._cloud_alone_logged:
-            self._cloud_alone_logged = False
-            self.get_logger().info("all cameras are back: pairing clouds with images again")
-        self._sync.add(0, msg)
+        # Pair first: images that arrived before this cloud match it now, whatever the cameras' silence says.
+        cloud = PendingCloud(msg, header.stamp_ns, received_s, header)
+        for expired, reason in self._pending.add(cloud):
+            self._answer_alone(expired, reason)
+        sync = self._sync
+        if sync is not None:
+            sync.add(0, msg)
 
-    def _on_matched(self, cloud: PointCloud2, *camera_msgs: Any) -> None:
+    def _on_matched(self, cloud_msg: PointCloud2, *camera_msgs: Any) -> None:
+        cloud, older = self._pending.matched(read_cloud_header(cloud_msg).stamp_ns, cloud_msg)
+        for expired, reason in older:
+            self._answer_alone(expired, reason)
+        if cloud is None:  # answered alone already (timed out); its late images change nothing
+            return
+        if self._alone_logged:
+            self._alone_logged = False
+            self.get_logger().info("clouds are pairing with their images again")
         pairs = list(zip(camera_msgs[0::2], camera_msgs[1::2], strict=True))
-        self._submit(cloud, pairs)
+        cameras = [(cam.name, image, info) for cam, (image, info) in zip(self.params.cameras, pairs, strict=True)]
+        self._submit(Job(cloud.msg, cloud.header, cameras, cloud.arrived_s))
+
+    def _sweep_pending(self) -> None:
+        """Answer clouds whose images will not come (timer): a silent camera, or waiting camera_timeout_s."""
+        silent = self._silent_cameras()
+        grace = max(self.params["sync_slop_s"], SILENT_CAMERA_GRACE_S)
+        for expired, reason in self._pending.sweep(time.monotonic(), self.params["camera_timeout_s"],
+                                                   min(silent.values(), default=None), grace):
+            if reason == CAMERA_TIMEOUT and not self._alone_logged:
+                self._alone_logged = True
+                self.get_logger().warning(
+                    f"no message from camera(s) {sorted(silent)} for {self.params['camera_timeout_s']} s: segmenting "
+                    "clouds alone (no adaptation) until they are back")
+            self._answer_alone(expired, reason)
+
+    def _answer_alone(self, cloud: PendingCloud, reason: str) -> None:
+        """A cloud its images did not match: segmented without cameras, ``unadapted.<reason>`` on /diagnostics."""
+        if reason != CAMERA_TIMEOUT:
+            self._problems.report(reason, f"cloud at {cloud.stamp_ns} ns answered without adaptation: {reason} "
+                                          "(no image set matched it within sync_slop_s)")
+        self._submit(Job(cloud.msg, cloud.header, [], cloud.arrived_s, alone_reason=reason))
 
     def _stamp_refusal(self, stamp_ns: int) -> str:
         now_ns = self.get_clock().now().nanoseconds
@@ -258,85 +412,125 @@ class SegmenterNode(LifecycleNode):
             return "stamp_in_future"
         return ""
 
-    def _submit(self, msg: PointCloud2, pairs: list[tuple[Image, CameraInfo]]) -> None:
-        """Convert one cloud (+ its camera pairs) to a Scan and hand it to the worker."""
-        received_s = time.monotonic()
-        t0 = time.perf_counter()
-        try:
-            header = read_cloud_header(msg)  # the stamp is converted here, once, for refusal, tf and the Scan
-        except ValueError as exc:
-            self._skip_cloud(exc)
-            return
-        refusal = self._stamp_refusal(header.stamp_ns)
-        if refusal:
-            self.stats.count_skipped(refusal)
-            self._problems.report(refusal, f"cloud refused: {refusal}")
-            return
-        cameras = [CameraMessages(cam.name, image, info, cam.cam_from_cloud)
-                   for cam, (image, info) in zip(self.params.cameras, pairs, strict=False)]
-        try:
-            decoded = scan_from_messages(msg, cameras, self._lookup_extrinsics, self._scan_policy, self._rng, header)
-        except ValueError as exc:
-            self._skip_cloud(exc)
-            return
-        for miss in decoded.left_out:
-            self.stats.count_skipped(f"{miss.reason}.{miss.camera}")
-            # a missing transform is keyed by the source frame too: a second sensor in a frame tf does not
-            # know is a problem of its own
-            reason = (f"{NO_TRANSFORM} from {header.frame_id!r}" if miss.reason == NO_TRANSFORM
-                      else f"{miss.reason}: {miss.detail}")
-            self._problems.report(reason, f"camera {miss.camera} left out of this scan: {miss.detail}",
-                                  camera=miss.camera)
-        with self._views_lock:
-            self._views_by_camera.update(view.name for view in decoded.scan.cameras)
-        job = Job(decoded=decoded, received_s=received_s, convert_s=time.perf_counter() - t0)
+    def _submit(self, job: Job) -> None:
         if self._slot.put(job):
-            self.stats.count_dropped()
+            self.stats.count_dropped("stale")
 
     def _skip_cloud(self, exc: ValueError) -> None:
         self.stats.count_skipped("bad_cloud")
         self._problems.report(f"bad_cloud: {exc}", f"cloud skipped: {exc}")
 
-    def _lookup_extrinsics(self, camera: CameraMessages, header: CloudHeader) -> np.ndarray:
-        """cam_from_cloud from tf (cloud frame -> camera.<name>.frame_id) at the cloud's stamp; LookupError if none."""
-        camera_frame = self._camera_frames[camera.name]
+    # ---- worker thread ---------------------------------------------------------------------------------------
+
+    def _extrinsics(self, camera: CameraMessages, header: CloudHeader) -> np.ndarray:
+        """cam_from_cloud of one camera for this cloud: the parameter (in its own frame only) or tf, off the executor.
+
+        LookupError (FrameMismatchError for a parameter given in another frame)
+        leaves the camera out of this scan with the reason.
+        """
+        cam = self._cameras[camera.name]
+        cloud_frame = header.frame_id.lstrip("/")
+        if cam.cam_from_cloud is not None:
+            if cloud_frame != cam.parent_frame.lstrip("/"):
+                raise FrameMismatchError(
+                    f"camera.{cam.name}.extrinsics are given in {cam.parent_frame!r} (camera.{cam.name}.parent_frame) "
+                    f"but this cloud is in {header.frame_id!r}: not applied; publish the cloud in that frame or set "
+                    "parent_frame (or drop the extrinsics and use tf)")
+            return cam.cam_from_cloud
+        camera_frame = (cam.frame_id or str(getattr(camera.image.header, "frame_id", ""))).lstrip("/")
+        if not camera_frame:
+            raise LookupError(f"camera {cam.name}: the Image header has no frame_id and camera.{cam.name}.frame_id "
+                              "is unset, so there is no frame to look up in tf")
         if self._tf is None:
             raise LookupError(f"no transform from {header.frame_id!r} to {camera_frame!r}: tf is not followed here")
-        cam_from_cloud = self._tf.lookup(camera_frame, header.frame_id, header.stamp_ns)
-        if cam_from_cloud is None:
-            why = self._tf.why_not(camera_frame, header.frame_id, header.stamp_ns)
-            raise LookupError(f"no transform from {header.frame_id!r} to {camera_frame!r} at {header.stamp_ns} ns: "
-                              f"{why}")
-        return cam_from_cloud
+        return lookup_within(self._tf, camera_frame, cloud_frame, header.stamp_ns, self.params["tf_tolerance_s"])
 
-    # ---- worker thread ---------------------------------------------------------------------------------------
+    def _apply_changes(self) -> None:
+        """Runtime adaptation knobs and a requested reset, between two scans (the engine is not thread-safe)."""
+        with self._changes_lock:
+            changes, self._adapt_changes = self._adapt_changes, {}
+            reset, self._reset_requested = self._reset_requested, False
+        if changes:
+            try:
+                config = retune(self.segmenter, changes)
+            except ParameterError as exc:
+                self.get_logger().error(f"runtime parameters not applied: {exc}")
+            else:
+                self.get_logger().info(f"adaptation now: steps={config.steps} lr={config.lr:g} "
+                                       f"kd_points_per_step={config.kd_points_per_step} loss={config.loss} "
+                                       f"time_budget_s={config.time_budget_s}")
+        if reset:
+            self.segmenter.reset()
+            self.stats.count_reset()
+
+    def _decode(self, job: Job) -> DecodedScan | None:
+        """The job's messages -> DecodedScan (None: the cloud is unusable, counted as skipped.bad_cloud)."""
+        cameras = [CameraMessages(name, image, info) for name, image, info in job.cameras]
+        try:
+            decoded = scan_from_messages(job.cloud, cameras, self._extrinsics, self._scan_policy, self._rng,
+                                         job.header)
+        except ValueError as exc:
+            self._skip_cloud(exc)
+            return None
+        for miss in decoded.left_out:
+            self.stats.count_left_out(miss.reason, miss.camera)
+            # keyed by the cloud's frame too: a second sensor in a frame tf does not know is a problem of its own
+            reason = (f"{miss.reason} from {job.header.frame_id!r}" if miss.reason != BAD_CAMERA
+                      else f"{miss.reason}: {miss.detail}")
+            self._problems.report(reason, f"camera {miss.camera} left out of this scan: {miss.detail}",
+                                  camera=miss.camera)
+        with self._views_lock:
+            self._views_by_camera.update(view.name for view in decoded.scan.cameras)
+        return decoded
 
     def _process(self, job: Job) -> None:
         start = time.monotonic()
-        scan = job.decoded.scan
+        self._apply_changes()
+        t0 = time.perf_counter()
+        decoded = self._decode(job)
+        if decoded is None:
+            return
+        convert_s = time.perf_counter() - t0
+        scan = decoded.scan
         prediction = empty_prediction("no_valid_points") if scan.num_points == 0 else self.segmenter.segment(scan)
         timings = dict(prediction.timings_s)
         t_encode = time.perf_counter()
-        out = prediction_to_pointcloud2(job.decoded, prediction, self.label_set, self.params["output_min_confidence"])
+        out = prediction_to_pointcloud2(decoded, prediction, self.label_set, self.params["output_min_confidence"],
+                                        organized=self.params["output_layout"] == "organized")
         t_publish = time.perf_counter()
         self._output_pub.publish(out)
         done = time.perf_counter()
-        timings.update({
-            "convert": job.convert_s,
-            "wait": start - job.received_s - job.convert_s,
-            "encode": t_publish - t_encode,
-            "publish": done - t_publish,
-        })
+        timings.update({"convert": convert_s, "wait": start - job.received_s, "encode": t_publish - t_encode,
+                        "publish": done - t_publish})
         timings["total"] = time.monotonic() - job.received_s
+        reason = "" if prediction.adapted else (job.alone_reason or prediction.skip_reason)
         self.stats.record_scan(timings, prediction.adapted, prediction.kd_loss_before, prediction.kd_loss_after,
-                               skip_reason=prediction.skip_reason, steps_run=prediction.steps_run)
+                               skip_reason=reason, steps_run=prediction.steps_run)
+        self._sample_visible_points(decoded)
+
+    def _sample_visible_points(self, decoded: DecodedScan) -> None:
+        """Visible points per camera of one scan about every diagnostics period (a projection costs milliseconds)."""
+        now = time.monotonic()
+        if not self._cameras or self.params.cloud_only or now - self._visible_sampled_s < \
+                self.params["diagnostics_period_s"]:
+            return
+        self._visible_sampled_s = now
+        visible = dict.fromkeys(self._cameras, 0)
+        points = decoded.scan.points_xyz_m
+        for view in decoded.scan.cameras:
+            visible[view.name] = int(project_points(points, view).visible.sum()) if len(points) else 0
+        self.stats.set_visible_points(visible)
 
     def _on_worker_error(self, job: Job, exc: Exception) -> None:
         self.stats.count_error(type(exc).__name__)
         self._problems.report(f"error.{type(exc).__name__}",
-                              f"scan at {job.decoded.scan.stamp_ns} ns failed: {type(exc).__name__}: {exc}")
+                              f"scan at {job.header.stamp_ns} ns failed: {type(exc).__name__}: {exc}")
 
     def _publish_diagnostics(self) -> None:
+        sync = getattr(self._sync, "synchronizer", None)
+        overflow = getattr(sync, "overflow_by_input", None)
+        if overflow is not None:
+            self.stats.set_sync_overflow({name.name: n for name, n in zip(self._sync.inputs, overflow, strict=True)})
         snap = self.stats.snapshot()
         msg = diagnostic_array(snap, f"{self.get_name()}: segmenter", self.get_fully_qualified_name(),
                                self.get_clock().now().to_msg())

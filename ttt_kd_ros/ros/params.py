@@ -1,21 +1,26 @@
-"""The node's parameters on the node: declared once with descriptions, read once, checked once.
+"""The node's parameters on the node: declared once with descriptors, read at configure, some changed at run time.
 
 Every parameter the node reads is in node_parameters.PARAMETERS (name,
-default, description, allowed values; no rclpy there), so `ros2 param
-describe`, docs/NODE.md and the tools show the same text and defaults, and a
-bad value fails at configure with the parameter's name. The mapping to the
-engine's SegmenterConfig is compose.segmenter_config_from_parameters. Cameras are
-a list of names; each name gets its own ``camera.<name>.*`` parameters,
+default, description, allowed values, whether it may change at run time; no
+rclpy there), so `ros2 param describe`, docs/NODE.md and the tools show the
+same text and defaults, and a bad value fails at configure with the
+parameter's name. Descriptors carry the ranges (``FloatingPointRange`` /
+``IntegerRange``) and choices, and ``read_only`` for everything that is not a
+runtime knob; ``check_update`` is what the node's set-parameters callback
+asks before it accepts a ``ros2 param set``. The mapping to the engine's
+SegmenterConfig is compose.segmenter_config_from_parameters. Cameras are a
+list of names; each name gets its own ``camera.<name>.*`` parameters,
 declared after the list is read.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.exceptions import (
     InvalidParameterTypeException,
     InvalidParameterValueException,
@@ -25,17 +30,23 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from ttt_kd_ros.compose import segmenter_config_from_parameters
+from ttt_kd_ros.labels import LabelSet
 from ttt_kd_ros.node_parameters import (
     CAMERA_EXTRINSICS,
     CAMERA_EXTRINSICS_DESCRIPTION,
     CAMERA_PARAMETERS,
+    OLD_CAMERA_EXTRINSICS,
     PARAMETERS,
+    RUNTIME_PARAMETERS,
     ParameterError,
     ParamSpec,
     check_value,
+    parameter_spec,
 )
 from ttt_kd_ros.segmenter import SegmenterConfig
-from ttt_kd_ros.transforms import cam_from_cloud_from_parameter
+from ttt_kd_ros.transforms import cam_from_cloud_from_parameter, invert_transform, matrix_to_pose, pose_to_matrix
+
+INT64_MAX = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -43,8 +54,9 @@ class CameraParams:
     name: str
     image_topic: str
     info_topic: str
-    frame_id: str
-    cam_from_cloud: np.ndarray | None  # (4, 4) float64, None: look frame_id up in tf
+    frame_id: str  # tf frame of the camera; "" = the Image header's frame_id
+    parent_frame: str  # the frame the extrinsics parameter is given in (the cloud frame it applies to)
+    cam_from_cloud: np.ndarray | None  # (4, 4) from the extrinsics parameter; None: tf at each cloud's stamp
 
 
 @dataclass(frozen=True)
@@ -60,17 +72,36 @@ class NodeParams:
         return self.values["mode"] == "cloud_only" or not self.cameras
 
 
-def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
+def descriptor(spec: ParamSpec) -> ParameterDescriptor:
+    """The ParameterDescriptor `ros2 param describe` shows: text, choices, range, read-only unless a runtime knob."""
     text = spec.description
+    constraints = []
     if spec.choices:
         text += f" One of {list(spec.choices)}."
-    return ParameterDescriptor(description=text, read_only=True)
+        constraints.append(f"one of {list(spec.choices)}")
+    if spec.pattern:
+        constraints.append(f"matches {spec.pattern}")
+    if spec.runtime:
+        text += " Settable at run time (applied between scans)."
+    desc = ParameterDescriptor(description=text, read_only=not spec.runtime,
+                               additional_constraints="; ".join(constraints))
+    numeric = isinstance(spec.default, int | float) and not isinstance(spec.default, bool)
+    if numeric and (spec.minimum is not None or spec.maximum is not None):
+        if isinstance(spec.default, float):
+            desc.floating_point_range = [FloatingPointRange(
+                from_value=float(spec.minimum if spec.minimum is not None else -np.inf),
+                to_value=float(spec.maximum if spec.maximum is not None else np.inf), step=0.0)]
+        else:
+            desc.integer_range = [IntegerRange(
+                from_value=int(spec.minimum if spec.minimum is not None else -INT64_MAX),
+                to_value=int(spec.maximum if spec.maximum is not None else INT64_MAX), step=1)]
+    return desc
 
 
-def _declare(node: Node, name: str, default: Any, descriptor: ParameterDescriptor) -> Any:
+def _declare(node: Node, name: str, default: Any, desc: ParameterDescriptor) -> Any:
     try:
         if not node.has_parameter(name):
-            node.declare_parameter(name, default, descriptor)
+            node.declare_parameter(name, default, desc)
         return node.get_parameter(name).value
     except ParameterUninitializedException:
         return None
@@ -78,39 +109,67 @@ def _declare(node: Node, name: str, default: Any, descriptor: ParameterDescripto
         raise ParameterError(f"parameter {name}: {exc}") from exc
 
 
-def extrinsics_from_numbers(name: str, numbers: list[float] | None) -> np.ndarray | None:
-    """16 numbers (4x4 row-major) or 7 (x y z qx qy qz qw) -> (4, 4); None/empty -> None (look it up in tf2)."""
-    if numbers is None or len(numbers) == 0:
-        return None
+def _read_only(description: str) -> ParameterDescriptor:
+    return ParameterDescriptor(description=description, read_only=True)
+
+
+def old_extrinsics_refusal(camera: str, numbers: list[float]) -> str:
+    """Why ``camera.<name>.cam_from_cloud`` is refused, with the extrinsics numbers that replace it.
+
+    WHY: cam_from_cloud (X_cam = T X_cloud) is the inverse of what
+    static_transform_publisher and tf take, so pasting numbers between the
+    two silently put the camera in the wrong place. The node now takes only
+    the tf convention; the message does the conversion for the user.
+    """
+    prefix = f"camera.{camera}"
     try:
-        return cam_from_cloud_from_parameter(numbers, camera=name)
+        cam_from_cloud = cam_from_cloud_from_parameter(numbers, camera=camera)
     except ValueError as exc:
-        raise ParameterError(f"parameter {name}: {exc}") from exc
+        converted = f"(cannot convert: {exc})"
+    else:
+        converted = "[" + ", ".join(f"{v:.9g}" for v in matrix_to_pose(invert_transform(cam_from_cloud))) + "]"
+    return (f"parameter {prefix}.{OLD_CAMERA_EXTRINSICS} is no longer accepted: it is the inverse of tf's "
+            f"convention. Give {prefix}.{CAMERA_EXTRINSICS}: {converted} (x y z qx qy qz qw, the camera's pose in "
+            f"the cloud frame, as static_transform_publisher takes it) and {prefix}.parent_frame: <the cloud's "
+            f"header.frame_id>, or drop both and let the node look the camera up in tf")
+
+
+def _read_camera(node: Node, cam: str) -> CameraParams:
+    got = {spec.name: _declare(node, f"camera.{cam}.{spec.name}", spec.default.format(name=cam), descriptor(spec))
+           for spec in CAMERA_PARAMETERS}
+    old = _declare(node, f"camera.{cam}.{OLD_CAMERA_EXTRINSICS}", Parameter.Type.DOUBLE_ARRAY,
+                   _read_only("Refused (the inverse of tf's convention); use extrinsics + parent_frame."))
+    if old is not None and len(old) > 0:
+        raise ParameterError(old_extrinsics_refusal(cam, list(old)))
+    ext_name = f"camera.{cam}.{CAMERA_EXTRINSICS}"
+    numbers = _declare(node, ext_name, Parameter.Type.DOUBLE_ARRAY, _read_only(CAMERA_EXTRINSICS_DESCRIPTION))
+    cam_from_cloud = None
+    if numbers is not None and len(numbers) > 0:
+        try:
+            cloud_from_cam = pose_to_matrix(numbers, name=f"parameter {ext_name}")
+        except ValueError as exc:
+            raise ParameterError(str(exc)) from exc
+        if not got["parent_frame"]:
+            raise ParameterError(f"parameter camera.{cam}.parent_frame: {ext_name} is given, so the frame it is "
+                                 "given in (the cloud's header.frame_id) must be named too, got ''")
+        cam_from_cloud = invert_transform(cloud_from_cam)
+    for key in ("image_topic", "info_topic"):
+        if not got[key]:
+            raise ParameterError(f"parameter camera.{cam}.{key}: expected a topic name, got ''")
+    return CameraParams(cam, got["image_topic"], got["info_topic"], got["frame_id"], got["parent_frame"],
+                        cam_from_cloud)
 
 
 def read_parameters(node: Node) -> NodeParams:
     """Declare (if needed) and read every parameter; ParameterError names the first bad one."""
-    values = {spec.name: check_value(spec, _declare(node, spec.name, spec.default, _descriptor(spec)))
+    values = {spec.name: check_value(spec, _declare(node, spec.name, spec.default, descriptor(spec)))
               for spec in PARAMETERS}
-    names = _declare(node, "cameras", Parameter.Type.STRING_ARRAY, ParameterDescriptor(
-        description="Camera names; each has camera.<name>.image_topic/info_topic/frame_id/cam_from_cloud. "
-                    "Leave unset for cloud_only.", read_only=True)) or []
+    names = _declare(node, "cameras", Parameter.Type.STRING_ARRAY, _read_only(
+        "Camera names; each has camera.<name>.image_topic/info_topic/frame_id/parent_frame/extrinsics. "
+        "Leave unset for cloud_only.")) or []
     if len(set(names)) != len(names) or any(not n or "." in n or "/" in n for n in names):
         raise ParameterError(f"parameter cameras: expected distinct names without '.' or '/', got {list(names)}")
-    cameras = []
-    for cam in names:
-        got = {spec.name: _declare(node, f"camera.{cam}.{spec.name}", spec.default.format(name=cam),
-                                   _descriptor(spec)) for spec in CAMERA_PARAMETERS}
-        ext_name = f"camera.{cam}.{CAMERA_EXTRINSICS}"
-        numbers = _declare(node, ext_name, Parameter.Type.DOUBLE_ARRAY,
-                           ParameterDescriptor(description=CAMERA_EXTRINSICS_DESCRIPTION, read_only=True))
-        extrinsics = extrinsics_from_numbers(ext_name, numbers)
-        if extrinsics is None and not got["frame_id"]:
-            raise ParameterError(f"parameter {ext_name}: camera {cam} needs cam_from_cloud or camera.{cam}.frame_id")
-        for key in ("image_topic", "info_topic"):
-            if not got[key]:
-                raise ParameterError(f"parameter camera.{cam}.{key}: expected a topic name, got ''")
-        cameras.append(CameraParams(cam, got["image_topic"], got["info_topic"], got["frame_id"], extrinsics))
+    cameras = [_read_camera(node, cam) for cam in names]
     for key in ("cloud_topic", "output_topic"):
         if not values[key]:
             raise ParameterError(f"parameter {key}: expected a topic name, got ''")
@@ -120,3 +179,38 @@ def read_parameters(node: Node) -> NodeParams:
 def segmenter_config(params: NodeParams) -> SegmenterConfig:
     """The engine's SegmenterConfig from the node's parameters (the one mapping, in compose.py)."""
     return segmenter_config_from_parameters(params.values)
+
+
+def check_update(current: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """The checked runtime changes, or ParameterError naming the first refused one.
+
+    Only RUNTIME_PARAMETERS may change (rclpy already refuses read-only ones;
+    this is the second line for a caller that bypasses descriptors). Values
+    pass the spec's check and then the engine's (``adapt.lr`` must be > 0),
+    with every other parameter at its current value.
+    """
+    checked = {}
+    for name, value in changes.items():
+        if name not in RUNTIME_PARAMETERS:
+            raise ParameterError(f"parameter {name}: read-only on a running node (set it in the params file)")
+        checked[name] = check_value(parameter_spec(name), value)
+    segmenter_config_from_parameters({**current, **checked})
+    return checked
+
+
+def declare_label_parameters(node: Node, label_set: LabelSet) -> None:
+    """The checkpoint's classes as read-only parameters: ``labels.set``, ``labels.names``, ``labels.colors``.
+
+    Colours are "#rrggbb" strings in class order, the palette of the output's
+    ``rgb`` field. Declared once per node: a later configure with another
+    checkpoint keeps the first values (a node restarts to change models).
+    """
+    values = {
+        "labels.set": (label_set.name, "Label set of the loaded checkpoint."),
+        "labels.names": (list(label_set.class_names), "Class names in label order (the label field indexes it)."),
+        "labels.colors": (["#{:02x}{:02x}{:02x}".format(*(int(c) for c in rgb)) for rgb in label_set.colors_rgb],
+                          "Class colours (#rrggbb) in label order: the palette of the output's rgb field."),
+    }
+    for name, (value, text) in values.items():
+        if not node.has_parameter(name):
+            node.declare_parameter(name, value, _read_only(text))

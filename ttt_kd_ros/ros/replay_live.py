@@ -49,6 +49,7 @@ from ttt_kd_ros.replay.bag_source import BagPlan, RawMessage, cdr_header_stamp_n
 from ttt_kd_ros.replay.inprocess import ground_truth
 from ttt_kd_ros.replay.report import FrameRecord, StrategyRun, node_books
 from ttt_kd_ros.ros.runner import FASTDDS_PROFILE_ENV, NODE_NAME
+from ttt_kd_ros.transforms import invert_transform, matrix_to_pose
 
 DISCOVERY_ENV = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
 SETTLE_S = 1.0
@@ -126,7 +127,9 @@ def node_parameters(plan: BagPlan, base: dict[str, Any], overrides: dict[str, An
             params[f"camera.{name}.image_topic"] = cam.image
             params[f"camera.{name}.info_topic"] = cam.info
             params[f"camera.{name}.frame_id"] = ""
-            params[f"camera.{name}.cam_from_cloud"] = [float(v) for v in plan.cam_from_cloud[cam.name].reshape(-1)]
+            # the node takes tf's convention: the camera's pose in the cloud frame, for clouds in that frame
+            params[f"camera.{name}.parent_frame"] = plan.cloud_frame
+            params[f"camera.{name}.extrinsics"] = matrix_to_pose(invert_transform(plan.cam_from_cloud[cam.name]))
         params["cameras"] = names
     else:
         params["mode"] = "cloud_only"

@@ -110,6 +110,7 @@ class ApproximateTimeSynchronizer(SimpleFilter):
         self._queues: list[dict[int, Any]] = [{} for _ in inputs]
         self.emitted = 0
         self.dropped_overflow = 0
+        self.overflow_by_input = [0] * len(inputs)  # messages each input pushed out unmatched (/diagnostics)
         self.dropped_headerless = 0
         for index, upstream in enumerate(inputs):
             upstream.registerCallback(self.add, index)
@@ -139,6 +140,7 @@ class ApproximateTimeSynchronizer(SimpleFilter):
             while len(queue) > self.queue_size:
                 del queue[min(queue)]
                 self.dropped_overflow += 1
+                self.overflow_by_input[index] += 1
             if stamp not in queue:  # it was itself the oldest of a full queue
                 return
             chosen = self._best_set(index, stamp)
