@@ -27,10 +27,36 @@ def test_package_xml_is_format3_with_required_dependencies() -> None:
     assert root.tag == "package" and root.attrib["format"] == "3"
     assert root.findtext("name") == "ttt_kd_ros"
     exec_deps = {e.text for e in root.findall("exec_depend")}
-    for dep in ("rclpy", "sensor_msgs", "sensor_msgs_py", "cv_bridge", "message_filters", "std_msgs",
-                "diagnostic_msgs", "python3-numpy", "python3-torch"):
+    for dep in ("rclpy", "sensor_msgs", "message_filters", "std_msgs", "std_srvs", "diagnostic_msgs",
+                "rcl_interfaces", "tf2_ros_py", "python3-numpy"):
         assert dep in exec_deps, f"package.xml lacks exec_depend {dep}"
     assert root.find("export/build_type").text == "ament_python"
+
+
+# Keys a robot's `rosdep install` must not meet: invented pip keys fail the whole install, python3-torch pulls a
+# distribution torch over the robot's CUDA build, and packages the code never imports only cost install time.
+REFUSED_KEYS = ("python3-torch", "cv_bridge", "python3-safetensors-pip", "python3-transformers-pip",
+                "python3-rosbags-pip", "ament_copyright")
+
+
+def test_package_xml_has_no_invented_or_harmful_rosdep_keys() -> None:
+    root = ET.parse(REPO_ROOT / "package.xml").getroot()
+    declared = {e.text for e in root if e.tag.endswith("depend")}
+    assert not declared & set(REFUSED_KEYS), declared & set(REFUSED_KEYS)
+    assert not any(key.endswith("-pip") for key in declared)
+    exec_deps = {e.text for e in root.findall("exec_depend")}
+    assert "sensor_msgs_py" not in exec_deps  # only the parity test uses it
+    imported = set()
+    for path in (REPO_ROOT / "ttt_kd_ros").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                imported.add(node.module.split(".")[0])
+    assert "cv_bridge" not in imported and "sensor_msgs_py" not in imported
+    requirements = (REPO_ROOT / "requirements.txt").read_text()
+    for pip_only in ("mcap", "safetensors", "transformers", "rosbags"):  # imported, no rosdep key: pip, documented
+        assert pip_only in imported and f"\n{pip_only}" in requirements, pip_only
 
 
 def test_package_xml_version_matches_setup_py() -> None:
