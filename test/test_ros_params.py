@@ -242,16 +242,37 @@ def _launch_module() -> ast.Module:
     return ast.parse(LAUNCH_FILE.read_text(), filename=str(LAUNCH_FILE))
 
 
-def test_launch_file_arguments_match_runner_options() -> None:
-    tree = _launch_module()
-    arguments = next(
-        ast.literal_eval(node.value) for node in tree.body
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "LAUNCH_ARGUMENTS" for t in node.targets)
-    )
-    assert set(arguments) == {"params_file", "checkpoint", "device", "namespace", "use_rviz"}
+def _launch_constant(name: str) -> object:
+    return next(ast.literal_eval(node.value) for node in _launch_module().body
+                if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == name for t in node.targets))
+
+
+def test_launch_file_compiles_and_arguments_match_runner_options() -> None:
+    compile(LAUNCH_FILE.read_text(), str(LAUNCH_FILE), "exec")  # launch cannot run here: at least it compiles
+    arguments = _launch_constant("LAUNCH_ARGUMENTS")
+    assert set(arguments) == {"params_file", "checkpoint", "device", "namespace", "use_rviz", "use_sim_time",
+                              "log_level", "autostart"}
     options = {a.dest for a in runner.build_parser()._actions}
-    for name in ("params_file", "checkpoint", "device", "namespace"):
-        assert name in options, f"ttt_kd_segment lacks --{name.replace('_', '-')}"
+    for name in ("params_file", "checkpoint", "device", "namespace", "use_sim_time", "log_level", "autostart"):
+        assert name in options, f"ttt_kd_segment lacks the launch file's {name}"
+    choices = _launch_constant("CHOICES")
+    assert choices["log_level"] == list(runner.LOG_LEVELS)
+    assert set(choices) <= set(arguments) and all(set(c) == {"true", "false"} for n, c in choices.items()
+                                                  if n != "log_level")
+    text = LAUNCH_FILE.read_text()
+    assert "LifecycleNode(" in text and "choices=CHOICES.get(name)" in text
+    assert "namespace=namespace" in text.split("rviz2")[-1]  # rviz2 follows the node's namespace
+    assert "Value: ttt_kd_segmenter/labeled_points" in (REPO_ROOT / "config" / "segment.rviz").read_text()
+
+
+def test_ros_arguments_sim_time_autostart_and_log_level_as_the_launch_file_passes_them() -> None:
+    args = runner.build_parser().parse_args(["--use-sim-time", "--no-autostart", "--log-level", "debug"])
+    ros_args = runner.ros_arguments(args)
+    pairs = list(itertools.pairwise(ros_args))
+    for expected in (("-p", "use_sim_time:=true"), ("-p", "autostart:=false"), ("--log-level", "debug")):
+        assert expected in pairs
+    with pytest.raises(SystemExit):
+        runner.build_parser().parse_args(["--log-level", "loud"])
 
 
 def test_launch_file_imports_launch_only_inside_generate() -> None:
@@ -261,7 +282,7 @@ def test_launch_file_imports_launch_only_inside_generate() -> None:
     assert not top_level & {"launch", "launch_ros", "ament_index_python"}
     generate = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description")
     inner = {n.module for n in ast.walk(generate) if isinstance(n, ast.ImportFrom)}
-    assert {"launch", "launch_ros.actions"} <= inner
+    assert inner >= {"launch", "launch_ros.actions"}
     text = LAUNCH_FILE.read_text()
     assert "fastdds_large_data.xml" in text and runner.FASTDDS_PROFILE_ENV in text
     assert '"segment_node"' in text and "segment.rviz" in text

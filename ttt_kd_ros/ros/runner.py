@@ -7,7 +7,9 @@ process. Keep it in step with the launch file (test_ros_params checks both
 accept the same arguments).
 
     ttt_kd_segment [--params-file F] [--checkpoint C] [--device D] [--namespace NS]
-                   [-p name:=value ...] [--log-level LEVEL]
+                   [--use-sim-time] [--no-autostart] [-p name:=value ...] [--log-level LEVEL]
+
+rviz2 (the launch file's use_rviz) is the one thing it does not start.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ttt_kd_ros.share import share_file
 
 NODE_NAME = "ttt_kd_segmenter"
 FASTDDS_PROFILE_ENV = "FASTRTPS_DEFAULT_PROFILES_FILE"
+LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--namespace", default="", help="namespace of the node and its topics")
     parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
                         help="parameter override, as `--ros-args -p` takes it (repeatable)")
-    parser.add_argument("--log-level", default="", help="rclpy log level (debug, info, warn, error)")
+    parser.add_argument("--use-sim-time", action="store_true", help="use /clock (use_sim_time:=true)")
+    parser.add_argument("--no-autostart", dest="autostart", action="store_false",
+                        help="do not configure and activate at start-up (wait for a lifecycle manager)")
+    parser.add_argument("--log-level", default="", choices=("", *LOG_LEVELS), help="rclpy log level")
     return parser
 
 
@@ -53,6 +59,10 @@ def ros_arguments(args: argparse.Namespace) -> list[str]:
         value = getattr(args, name)
         if value:
             ros_args += ["-p", f"{name}:={value}"]
+    if getattr(args, "use_sim_time", False):
+        ros_args += ["-p", "use_sim_time:=true"]
+    if not getattr(args, "autostart", True):
+        ros_args += ["-p", "autostart:=false"]
     for override in args.param:
         if ":=" not in override or not override.split(":=", 1)[0]:
             raise ValueError(f"-p {override!r}: expected NAME:=VALUE")
