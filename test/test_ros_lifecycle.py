@@ -26,7 +26,8 @@ def node() -> Iterator[SegmenterNode]:
     rclpy.init(context=context, args=[])
     made = SegmenterNode(context=context, cli_args=[
         "--ros-args", "-p", "autostart:=false", "-p", "checkpoint:=''", "-p", "teacher:=tiny", "-p", "device:=cpu",
-        "-p", "cloud_topic:=/lifecycle_test/points", "-p", "cameras:=[side]", "-p", "adapt.time_budget_s:=0.0"])
+        "-p", "cloud_topic:=/lifecycle_test/points", "-p", "cameras:=[side]", "-p", "adapt.time_budget_s:=0.0",
+        "-p", "threads:=1"])
     try:
         yield made
     finally:
@@ -41,6 +42,9 @@ def _subscribed(node: SegmenterNode) -> set[str]:
 
 def test_node_lifecycle_cleanup_destroys_the_tf_listener_and_what_configure_made(node: SegmenterNode) -> None:
     assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    import torch
+
+    assert torch.get_num_threads() == 1  # the threads parameter
     assert _subscribed(node) >= TF_TOPICS  # camera side has no extrinsics: it follows tf
     assert node.get_parameter("labels.names").value[0] == "floor"  # the checkpoint's classes, read-only
     assert node.describe_parameter("labels.colors").read_only

@@ -388,7 +388,12 @@ def test_node_camera_frame_from_image_header_uses_latched_tf_static(system: Syst
     diag = system.listener.diag(_node_fqn(), lambda d: int(d.get(f"camera_views.{SIDE}", 0)) >= before + 2)
     assert diag is not None, f"{system.listener.diagnostics.get(_node_fqn())}\n{system.logs_text()}"
     assert float(diag["adapted_fraction"]) > 0
-    assert "extrinsics of ['side'] from tf (builtin)" in system.logs_text() or "(tf2_ros)" in system.logs_text()
+    logs = system.logs_text()
+    assert "extrinsics of ['side'] from tf (builtin)" in logs or "(tf2_ros)" in logs
+    # the activation line a robot operator reads: device, model, teacher, adaptation settings, cameras
+    for part in ("active: device=cpu", "teacher=tiny-dinov2", "strategy=ttt_kd steps=1", "time_budget_s=None",
+                 "front (extrinsics in 'test_lidar'", "side (tf, frame from image header)"):
+        assert part in logs, part
 
 
 def test_node_missing_transform_leaves_camera_out_counted_and_serves(system: System) -> None:

@@ -241,14 +241,8 @@ class TransformGraph:
         first kept sample, nor more than ``dynamic_window_s`` after its last
         (a publisher that stopped), and the lookup raises LookupError.
         """
-        target, source = target.lstrip("/"), source.lstrip("/")
-        path = self._path(target, source)
-        if path is None:
-            raise LookupError(
-                f"no transform chain from {source!r} to {target!r}; known frames: {sorted(self._edges)}"
-            )
         T = np.eye(4)
-        for frame, nxt in itertools.pairwise(path):
+        for frame, nxt in self._links(target, source):
             history = self._edges[frame][nxt]
             if (frame, nxt) in self._dynamic:
                 T = T @ self._dynamic_value_at(history, stamp_ns, frame, nxt)
@@ -262,20 +256,24 @@ class TransformGraph:
         The stamp is the oldest of the newest /tf samples on the chain (tf's
         "latest common time"); None when every link is static (valid at any stamp).
         """
+        T = np.eye(4)
+        stamp: int | None = None
+        for frame, nxt in self._links(target, source):
+            newest_stamp, value = self._edges[frame][nxt][-1]
+            if (frame, nxt) in self._dynamic:
+                stamp = newest_stamp if stamp is None else min(stamp, newest_stamp)
+            T = T @ value
+        return T, stamp
+
+    def _links(self, target: str, source: str) -> list[tuple[str, str]]:
+        """(frame, next frame) links of the shortest chain from target to source; LookupError naming the frames."""
         target, source = target.lstrip("/"), source.lstrip("/")
         path = self._path(target, source)
         if path is None:
             raise LookupError(
                 f"no transform chain from {source!r} to {target!r}; known frames: {sorted(self._edges)}"
             )
-        T = np.eye(4)
-        stamp: int | None = None
-        for frame, nxt in itertools.pairwise(path):
-            newest_stamp, value = self._edges[frame][nxt][-1]
-            if (frame, nxt) in self._dynamic:
-                stamp = newest_stamp if stamp is None else min(stamp, newest_stamp)
-            T = T @ value
-        return T, stamp
+        return list(itertools.pairwise(path))
 
     def _dynamic_value_at(self, history: list[tuple[int, np.ndarray]], stamp_ns: int | None, frame: str,
                           nxt: str) -> np.ndarray:

@@ -163,7 +163,14 @@ class Tf2Lookup:
 
     def close(self) -> None:
         """Destroy the listener's /tf and /tf_static subscriptions (lifecycle cleanup)."""
-        self.listener.unregister()
+        unregister = getattr(self.listener, "unregister", None)
+        if unregister is not None:
+            unregister()
+            return
+        for name in ("tf_sub", "tf_static_sub"):  # tf2_ros versions without unregister()
+            sub = getattr(self.listener, name, None)
+            if sub is not None:
+                self.listener.node.destroy_subscription(sub)
 
 
 def lookup_within(tf: Any, target: str, source: str, stamp_ns: int, tolerance_s: float) -> np.ndarray:
