@@ -30,7 +30,7 @@ class PatchProbe:
 
 
 def fit_patch_probe(features: torch.Tensor, classes: torch.Tensor, num_classes: int,
-                    ridge: float = 1e-2) -> PatchProbe:
+                    ridge: float = 1e-4) -> PatchProbe:
     """Ridge regression from (M, D) features to one-hot (M,) classes; ``ridge`` is scaled by M."""
     if features.ndim != 2 or len(features) != len(classes):
         raise ValueError(f"probe: expected (M, D) features and (M,) classes, got {tuple(features.shape)} and "

@@ -276,7 +276,8 @@ def probe_report(model, fit_on: RenderSet, held_out: RenderSet, patch: int,
 
 
 def report_only(out_dir: Path, config: PretrainConfig) -> dict:
-    """Re-run the probe and similarity report of a saved teacher folder (its renders cached or made again)."""
+    """Re-run the probe and similarity report of a saved teacher folder (its renders cached or made again),
+    for the trained weights and for the same architecture's seeded random initialisation."""
     from transformers import Dinov2Model
 
     train_set, test_set, _ = _renders(config, out_dir)
@@ -284,7 +285,12 @@ def report_only(out_dir: Path, config: PretrainConfig) -> dict:
     patch = int(model.config.patch_size)
     report_path = out_dir / "pretrain_report.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
-    report["probe_trained"] = probe_report(model, train_set, test_set, patch, SYNTHETIC_INDOOR.num_classes)
+    classes = SYNTHETIC_INDOOR.num_classes
+    report["probe_trained"] = probe_report(model, train_set, test_set, patch, classes)
+    untrained = build_model(config, tuple(train_set.images.shape[2:])).eval()  # the same seeded initialisation
+    report["probe_random_init"] = probe_report(untrained, train_set, test_set, patch, classes)
+    for stale in ("probe_patch_miou_random_init", "probe_patch_miou_trained"):  # reports of an older format
+        report.pop(stale, None)
     report["probe_note"] = PROBE_NOTE
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     return report
