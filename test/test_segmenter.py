@@ -222,3 +222,22 @@ def test_segmenter_rejects_model_on_another_device() -> None:
     model = TTTKDNet(net_config("ttt_kd_small", **TINY_NET)).to("meta")
     with pytest.raises(ValueError, match="model is on meta but device is cpu"):
         Segmenter(model, _teacher(), build_strategy(model, AdaptConfig(strategy="none")), device="cpu")
+
+
+def test_retune_changes_the_next_scans_steps_and_the_optimizer_lr() -> None:
+    seg = _segmenter(steps=2)
+    assert seg.segment(_scan()).steps_run == 2
+    config = seg.retune(steps=3, lr=0.005)
+    assert config.steps == 3 and seg.strategy.config is config
+    assert all(group["lr"] == 0.005 for group in seg.strategy.optimizer.param_groups)
+    assert seg.segment(_scan()).steps_run == 3
+
+
+def test_retune_refuses_bad_values_and_a_new_parameter_set_keeping_the_running_config() -> None:
+    seg = _segmenter(steps=2)
+    before = seg.strategy.config
+    with pytest.raises(ValueError, match="lr"):
+        seg.retune(lr=-1.0)
+    with pytest.raises(ValueError, match="cannot change"):
+        seg.retune(params="norm")
+    assert seg.strategy.config is before

@@ -252,6 +252,10 @@ class NoAdaptation:
     def reset(self) -> None:
         """Nothing to restore: the weights never change."""
 
+    def retune(self, config: AdaptConfig) -> None:
+        """Take ``config`` from the next scan on (nothing else depends on it here)."""
+        self.config = config
+
     def adapt(self, prepared: Any, targets: Targets | None = None, time_budget_s: float | None = None,
               steps: int | None = None, resume: bool = False) -> AdaptResult:
         return AdaptResult(reason="strategy none")
@@ -321,6 +325,15 @@ class GradientStrategy:
         if self._generator is not None:
             self._generator.manual_seed(self.config.seed)
         self._dirty = False
+
+    def retune(self, config: AdaptConfig) -> None:
+        """Take ``config`` from the next scan on: steps, budget, points and loss are read per scan; the learning
+        rate also lives in the optimizer's param groups. Which parameters move cannot change here (ValueError)."""
+        if self.param_set(config) != self.param_set(self.config) or config.optimizer != self.config.optimizer:
+            raise ValueError("AdaptConfig: params and optimizer cannot change on a built strategy; build a new one")
+        self.config = config
+        for group in self.optimizer.param_groups:
+            group["lr"] = config.lr
 
     def _restore_after_bad_loss(self, result: AdaptResult, reason: str) -> AdaptResult:
         self.reset()
@@ -546,6 +559,10 @@ class BNStats:
     def reset(self) -> None:
         self._source.restore()
         self._dirty = False
+
+    def retune(self, config: AdaptConfig) -> None:
+        """Take ``config`` (passes, momentum) from the next scan on."""
+        self.config = config
 
     @torch.no_grad()
     def adapt(self, prepared: Any, targets: Targets | None = None, time_budget_s: float | None = None,

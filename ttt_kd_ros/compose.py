@@ -10,7 +10,6 @@ import this without ROS.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -108,12 +107,9 @@ move or how the optimizer was built, so no rebuild (and no reload of the checkpo
 def retune(segmenter: Segmenter, values: Mapping[str, Any]) -> AdaptConfig:
     """Apply the RUNTIME_ADAPT_FIELDS in ``values`` to ``segmenter``'s strategy; call between scans only.
 
-    The strategy reads steps, kd_points_per_step, loss and time_budget_s from
-    its config on every scan, so a new config takes effect at the next one;
-    the learning rate also lives in the optimizer's param groups and is set
-    there. ParameterError (naming the parameter) when the engine refuses a value.
+    Segmenter.retune applies them (the strategy knows where each value lives);
+    ParameterError (naming the parameter) when the engine refuses a value.
     """
-    strategy = segmenter.strategy
     changes: dict[str, Any] = {}
     for name, field_name in RUNTIME_ADAPT_FIELDS.items():
         if name not in values:
@@ -123,12 +119,6 @@ def retune(segmenter: Segmenter, values: Mapping[str, Any]) -> AdaptConfig:
             value = float(value) if value and float(value) > 0 else None
         changes[field_name] = value
     try:
-        config = dataclasses.replace(strategy.config, **changes)
+        return segmenter.retune(**changes)
     except ValueError as exc:
         raise ParameterError(engine_error_text(exc)) from exc
-    strategy.config = config
-    optimizer = getattr(strategy, "optimizer", None)
-    if optimizer is not None and "lr" in changes:
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr
-    return config

@@ -18,10 +18,12 @@ takes the label of its own voxel, or of a voxel in the smallest coarser cell
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -245,6 +247,16 @@ class Segmenter:
     def reset(self) -> None:
         """Source weights back (e.g. between sequences in online mode)."""
         self.strategy.reset()
+
+    def retune(self, **changes: Any) -> AdaptConfig:
+        """AdaptConfig fields changed for the scans that follow (call between scans, e.g. from a parameter update).
+
+        The strategy applies them itself (a learning rate also lives in its optimizer); a refused value is the
+        AdaptConfig ValueError, and the running config is then left unchanged.
+        """
+        config = dataclasses.replace(self.strategy.config, **changes)
+        self.strategy.retune(config)
+        return config
 
     # ------------------------------------------------------------------------------------------------ hot path
 
