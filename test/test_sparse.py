@@ -216,3 +216,55 @@ def test_checkpoint_on_other_backend_gives_the_same_labels(other: str, tmp_path)
     assert torch.allclose(outputs[0].logits, outputs[1].logits, atol=1e-4)
     assert torch.allclose(outputs[0].kd, outputs[1].kd, atol=1e-4)
     assert torch.equal(outputs[0].logits.argmax(1), outputs[1].logits.argmax(1))
+
+
+@pytest.mark.parametrize("other", ["minkowski", "spconv"])
+def test_backend_parity_gradients(other: str) -> None:
+    """Same weights, same upstream gradient: the same gradients for the input and every weight, on both backends."""
+    if other not in available_backends():
+        pytest.skip(f"{other} is not importable here; gradient parity is checked where it is")
+    if other == "spconv" and not torch.cuda.is_available():
+        pytest.skip("spconv 2.3.8's backward calls torch.cuda (forward-only on CPU, ENVIRONMENT.md)")
+    coords = _random_sites(300, 14, seed=11)
+    gen = torch.Generator().manual_seed(12)
+    x0 = torch.randn(len(coords), 4, generator=gen)
+    w0 = [torch.randn(*s, generator=gen) for s in ((27, 4, 4), (8, 4, 6), (8, 6, 4))]
+    upstream = torch.randn(len(coords), 4, generator=gen)
+    grads = []
+    for name in ("torch", other):
+        geom = get_backend(name).build_geometry(coords, 3)
+        x = x0.clone().requires_grad_(True)
+        w_subm, w_down, w_up = (w.clone().requires_grad_(True) for w in w0)
+        y = geom.subm_conv(x, w_subm, 0)
+        out = geom.up_conv(geom.down_conv(y, w_down, 0), w_up, 0) + y
+        (out * upstream).sum().backward()
+        grads.append([t.grad for t in (x, w_subm, w_down, w_up)])
+    for mine, theirs in zip(*grads, strict=True):
+        assert torch.allclose(mine, theirs, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("other", ["minkowski"])
+def test_ttt_kd_scan_on_other_backend_adapts_like_torch(other: str) -> None:
+    """A whole TTT-KD scan (targets, steps, restore) on the other backend: same losses and labels as torch."""
+    if other not in available_backends():
+        pytest.skip(f"{other} is not importable here; the TTT-KD scan is checked where it is")
+    from ttt_kd_ros.adapt import AdaptConfig, build_strategy
+    from ttt_kd_ros.data.synthetic import generate_scan
+    from ttt_kd_ros.model import TTTKDNet, net_config
+    from ttt_kd_ros.segmenter import Segmenter
+    from ttt_kd_ros.teacher_weights import tiny_teacher
+
+    scan = generate_scan("source", 4)
+    scan = scan.select(torch.randperm(scan.num_points, generator=torch.Generator().manual_seed(0))[:3000].numpy())
+    predictions = []
+    for backend in ("torch", other):
+        torch.manual_seed(0)
+        net = TTTKDNet(net_config("ttt_kd_small", teacher_dim=32, encoder_planes=(8, 16), encoder_blocks=(1, 1),
+                                  decoder_planes=(8,), decoder_blocks=(1,), kd_hidden=16, backend=backend))
+        config = AdaptConfig(strategy="ttt_kd", steps=3, lr=1e-3, kd_points_per_step=0)
+        predictions.append(Segmenter(net, tiny_teacher(resolution=(56, 56)), build_strategy(net, config)).segment(scan))
+    ours, theirs = predictions
+    assert ours.steps_run == theirs.steps_run == 3 and theirs.adapted
+    assert theirs.kd_loss_before == pytest.approx(ours.kd_loss_before, abs=1e-4)
+    assert theirs.kd_loss_after == pytest.approx(ours.kd_loss_after, abs=1e-3)
+    assert (ours.labels == theirs.labels).mean() > 0.99

@@ -1,11 +1,12 @@
 """MinkowskiEngine backend (the paper's library, common on GPU robots), used only when importable.
 
-Not installable on the development machines, so this module is exercised by
-test_sparse.py's parity test only where MinkowskiEngine is present. Weight
+Built for the CPU by scripts/install_minkowski.sh (.ci/run always runs it), so
+test_sparse.py's parity tests (outputs, gradients, a whole TTT-KD scan) run in CI. Weight
 layout (../shared/ENVIRONMENT.md): ME kernels are (kernel_volume, Cin, Cout)
-like ours, but odd kernels list offsets with x fastest (ours: x slowest), so
-the 3x3x3 weight is re-ordered on every call (a 27-row permutation, cheap);
-2x2x2 kernels share our order. Coordinates are shifted to be non-negative so
+like ours, but list offsets with x fastest (ours: x slowest), for the 3x3x3
+and the 2x2x2 kernels alike (measured: the 2x2x2 taps whose x and z offsets
+differ disagree without it), so every weight is re-ordered on each call (a
+27- or 8-row permutation, cheap). Coordinates are shifted to be non-negative so
 ME's stride rounding equals our floor division (same voxel pyramid).
 """
 
@@ -13,12 +14,13 @@ from __future__ import annotations
 
 import MinkowskiEngine as ME  # noqa: N817  (the library's own spelling; imported only through get_backend)
 import torch
+from MinkowskiEngineBackend._C import ConvolutionMode  # 0.5.4 does not re-export it at the top level
 
 
-def _subm_weight_to_me(weight: torch.Tensor) -> torch.Tensor:
-    """(27, Cin, Cout) x-slowest -> (27, Cin, Cout) x-fastest."""
+def _weight_to_me(weight: torch.Tensor, size: int) -> torch.Tensor:
+    """(size^3, Cin, Cout) with x slowest (ours) -> the same kernel with x fastest (ME's offset order)."""
     cin, cout = weight.shape[1:]
-    return weight.reshape(3, 3, 3, cin, cout).permute(2, 1, 0, 3, 4).reshape(27, cin, cout)
+    return weight.reshape(size, size, size, cin, cout).permute(2, 1, 0, 3, 4).reshape(size**3, cin, cout)
 
 
 class MinkowskiGeometry:
@@ -63,20 +65,21 @@ class MinkowskiGeometry:
         if in_level == 0:
             x = x.index_select(0, self._to_me)
         out = fn.apply(
-            x, weight, kernel, ME.ConvolutionMode.DEFAULT, self._keys[in_level], self._keys[out_level], self._manager
+            x, weight, kernel, ConvolutionMode.DEFAULT, self._keys[in_level], self._keys[out_level], self._manager
         )
         return out.index_select(0, self._from_me) if out_level == 0 else out
 
     def subm_conv(self, x: torch.Tensor, weight: torch.Tensor, level: int) -> torch.Tensor:
-        weight = _subm_weight_to_me(weight)
-        return self._conv(ME.MinkowskiConvolutionFunction, x, weight, self._subm_kernel, level, level)
+        return self._conv(ME.MinkowskiConvolutionFunction, x, _weight_to_me(weight, 3), self._subm_kernel, level,
+                          level)
 
     def down_conv(self, x: torch.Tensor, weight: torch.Tensor, level: int) -> torch.Tensor:
-        return self._conv(ME.MinkowskiConvolutionFunction, x, weight, self._down_kernel, level, level + 1)
+        return self._conv(ME.MinkowskiConvolutionFunction, x, _weight_to_me(weight, 2), self._down_kernel, level,
+                          level + 1)
 
     def up_conv(self, x: torch.Tensor, weight: torch.Tensor, level: int) -> torch.Tensor:
         fn = ME.MinkowskiConvolutionTransposeFunction
-        return self._conv(fn, x, weight, self._down_kernel, level + 1, level)
+        return self._conv(fn, x, _weight_to_me(weight, 2), self._down_kernel, level + 1, level)
 
 
 class Backend:
