@@ -15,7 +15,7 @@ fi
 pip_() { "$VPY" -m pip --disable-pip-version-check -q "$@"; }
 tag=$("$VPY" -c 'import sys, torch; print(f"torch{torch.__version__}-py{sys.version_info[0]}{sys.version_info[1]}")')
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/ttt_kd_ros/minkowski-$tag"
-if ! ls "$cache"/MinkowskiEngine-0.5.4-*.whl >/dev/null 2>&1; then
+if ! ls "$cache"/*.whl >/dev/null 2>&1; then
   if ! dpkg -s libopenblas-dev >/dev/null 2>&1; then
     apt-get update -qq && apt-get install -y -qq libopenblas-dev
   fi
@@ -33,5 +33,5 @@ if ! ls "$cache"/MinkowskiEngine-0.5.4-*.whl >/dev/null 2>&1; then
   (cd "$src" && MAX_JOBS=2 "$VPY" -m pip --disable-pip-version-check -q wheel --no-build-isolation --no-deps \
     -w "$cache" . --config-settings=--global-option=--cpu_only --config-settings=--global-option=--blas=openblas)
 fi
-pip_ install --no-deps "$cache"/MinkowskiEngine-0.5.4-*.whl
+pip_ install --no-deps "$cache"/*.whl  # pip names it minkowskiengine-0.5.4-*.whl
 "$VPY" -c "import MinkowskiEngine as ME; print('MinkowskiEngine', ME.__version__, 'installed')"
