@@ -22,11 +22,11 @@ def test_pending_clouds_match_ends_older_clouds_and_ignores_answered_ones() -> N
     old, mid, new = _cloud(1), _cloud(2), _cloud(3)
     for cloud in (old, mid, new):
         pending.add(cloud)
-    matched, older = pending.matched(2, mid.msg)
+    matched, older = pending.matched(mid.msg)
     assert matched is mid and older == [(old, SYNC_UNMATCHED)]
     assert pending.is_waiting(new) and not pending.is_waiting(mid)
-    assert pending.matched(2, mid.msg) == (None, [])  # a late second match of an answered cloud
-    assert pending.matched(3, object()) == (None, [])  # same stamp, another message
+    assert pending.matched(mid.msg) == (None, [])  # a late second match of an answered cloud
+    assert pending.matched(object()) == (None, [])  # a message that never waited
 
 
 def test_pending_clouds_same_stamp_replaces_and_expires_the_first() -> None:

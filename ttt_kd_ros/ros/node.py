@@ -371,7 +371,7 @@ class SegmenterNode(LifecycleNode):
             sync.add(0, msg)
 
     def _on_matched(self, cloud_msg: PointCloud2, *camera_msgs: Any) -> None:
-        cloud, older = self._pending.matched(read_cloud_header(cloud_msg).stamp_ns, cloud_msg)
+        cloud, older = self._pending.matched(cloud_msg)
         for expired, reason in older:
             self._answer_alone(expired, reason)
         if cloud is None:  # answered alone already (timed out); its late images change nothing

@@ -74,13 +74,17 @@ class PendingClouds:
         with self._lock:
             return self._clouds.get(cloud.stamp_ns) is cloud
 
-    def matched(self, stamp_ns: int, msg: Any) -> tuple[PendingCloud | None, list[Expired]]:
-        """The waiting cloud the synchroniser matched (None: it was already answered) and the older ones it ends."""
+    def matched(self, msg: Any) -> tuple[PendingCloud | None, list[Expired]]:
+        """The waiting cloud the synchroniser matched (None: it was already answered) and the older ones it ends.
+
+        Found by message identity among at most ``capacity`` clouds, so the stamp converted when the cloud
+        arrived is the one used: the synchroniser's callback does not convert it again.
+        """
         with self._lock:
-            cloud = self._clouds.get(stamp_ns)
-            if cloud is None or cloud.msg is not msg:
+            stamp_ns = next((stamp for stamp, cloud in self._clouds.items() if cloud.msg is msg), None)
+            if stamp_ns is None:
                 return None, []
-            del self._clouds[stamp_ns]
+            cloud = self._clouds.pop(stamp_ns)
             older = [stamp for stamp in self._clouds if stamp < stamp_ns]
             return cloud, [(self._clouds.pop(stamp), SYNC_UNMATCHED) for stamp in older]
 
