@@ -16,12 +16,15 @@ teacher cost without any download.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import json
 import resource
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -118,8 +121,15 @@ def _peak_memory_mib(device: torch.device) -> float:
     return peak_kib / 1024
 
 
+def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on CUDA when asked (what SegmenterConfig.amp does); a no-op elsewhere."""
+    if amp and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def bench_case(model: TTTKDNet, teacher, scan: Scan, adapt: AdaptConfig, reps: int,
-               device: torch.device, warmup: int = 1) -> dict[str, float]:
+               device: torch.device, warmup: int = 1, amp: bool = False) -> dict[str, float]:
     """Median seconds per stage for one scan (after ``warmup`` untimed reps), plus sizes and peak memory."""
     config = model.config
     strategy = TTTKD(model, adapt)
@@ -143,8 +153,9 @@ def bench_case(model: TTTKDNet, teacher, scan: Scan, adapt: AdaptConfig, reps: i
         teacher.clear_cache()
         t_teacher, _ = _timed(lambda: [teacher.feature_map(c.image_rgb) for c in scan.cameras], device)
         t_proj, targets = _timed(lambda: distillation_targets(scan, teacher), device)
-        result = strategy.adapt(prepared, targets)
-        t_fwd, _ = _timed(lambda p=prepared: strategy.predict(p).logits.argmax(dim=1), device)
+        with _autocast(device, amp):
+            result = strategy.adapt(prepared, targets)
+            t_fwd, _ = _timed(lambda p=prepared: strategy.predict(p).logits.argmax(dim=1), device)
         t_restore, _ = _timed(strategy.reset, device)
 
         def rebuilt_step(pts: torch.Tensor = points, tg=targets) -> None:
@@ -208,14 +219,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="random-weight teacher (random-vits14: DINOv2 ViT-S/14 cost)")
     parser.add_argument("--teacher-resolution", type=int, default=224, help="teacher input short side, pixels")
     parser.add_argument("--preset", default="ttt_kd_small", choices=sorted(PRESETS), help="network preset")
-    parser.add_argument("--steps", type=int, default=3, help="TTT steps per scan")
+    parser.add_argument("--steps", type=int, nargs="+", default=[3], help="TTT steps per scan (one row per value)")
+    parser.add_argument("--backend", default="torch", choices=("torch", "minkowski", "spconv"),
+                        help="sparse convolution backend (minkowski / spconv when importable)")
+    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast for the steps and forward (CUDA only)")
+    parser.add_argument("--table", type=Path, default=None, metavar="JSONL",
+                        help="only print the markdown table of an earlier --json file")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="append one JSON line per row (settings, stage medians, totals) to this file")
     parser.add_argument("--kd-points", type=int, default=AdaptConfig().kd_points_per_step,
                         help="visible points sampled per step (0 = all)")
     parser.add_argument("--params", default="all", help="backbone parameters updated (all, norm, norm_decoder)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:<i>")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args(argv)
-    if args.reps < 1 or args.steps < 1 or args.warmup < 0:
+    if args.reps < 1 or min(args.steps) < 1 or args.warmup < 0:
         parser.error(f"--reps and --steps must be >= 1 and --warmup >= 0, got {args.reps}, {args.steps}, "
                      f"{args.warmup}")
     return args
@@ -223,27 +241,63 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.table is not None:
+        print(markdown_from_json(args.table), end="")
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     teacher = build_teacher(args.teacher, args.teacher_resolution, device)
     torch.manual_seed(0)
-    model = TTTKDNet(net_config(args.preset, teacher_dim=teacher.feature_dim)).to(device)
-    adapt = AdaptConfig(strategy="ttt_kd", steps=args.steps, kd_points_per_step=args.kd_points, params=args.params)
+    model = TTTKDNet(net_config(args.preset, teacher_dim=teacher.feature_dim, backend=args.backend)).to(device)
     n_params = sum(p.numel() for p in model.backbone.parameters())
     print(f"device {device} ({torch.get_num_threads()} CPU threads), net {args.preset} ({n_params / 1e6:.2f} M "
           f"backbone params, voxel {model.config.voxel_size_m} m), teacher {teacher.teacher_id} at short side "
-          f"{args.teacher_resolution} px on {IMAGE_WH[0]}x{IMAGE_WH[1]} images, {args.steps} steps x "
-          f"{args.kd_points or 'all'} points, params={args.params}; medians of {args.reps} reps after {args.warmup} "
-          "warm-up, ms", flush=True)
-    print(HEADER.format(steps=args.steps))
-    print("|" + " --- |" * (HEADER.count("|") - 1))
-    for num_points in args.points:
-        for num_cameras in args.cameras:
-            scan = synthetic_scan(num_points, num_cameras)
-            stats = bench_case(model, teacher, scan, adapt, args.reps, device, args.warmup)
-            print(format_row(num_points, num_cameras, stats, summarise(stats, args.steps)), flush=True)
+          f"{args.teacher_resolution} px on {IMAGE_WH[0]}x{IMAGE_WH[1]} images, backend {args.backend}, "
+          f"amp {args.amp}, {args.kd_points or 'all'} points per step, params={args.params}; medians of {args.reps} "
+          f"reps after {args.warmup} warm-up, ms", flush=True)
+    for steps in args.steps:
+        adapt = AdaptConfig(strategy="ttt_kd", steps=steps, kd_points_per_step=args.kd_points, params=args.params)
+        print(HEADER.format(steps=steps))
+        print("|" + " --- |" * (HEADER.count("|") - 1))
+        for num_points in args.points:
+            for num_cameras in args.cameras:
+                scan = synthetic_scan(num_points, num_cameras)
+                stats = bench_case(model, teacher, scan, adapt, args.reps, device, args.warmup, args.amp)
+                summary = summarise(stats, steps)
+                print(format_row(num_points, num_cameras, stats, summary), flush=True)
+                if args.json is not None:
+                    _append_json(args.json, {"device": str(device), "device_name": _device_name(device),
+                                             "preset": args.preset, "backend": args.backend, "amp": args.amp,
+                                             "teacher": teacher.teacher_id, "points": num_points,
+                                             "cameras": num_cameras, "steps": steps, "stats_s": stats,
+                                             "summary": summary})
     return 0
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def _append_json(path: Path, record: dict) -> None:
+    """One line per benchmark row, so several runs (backends, AMP) collect into one file for the table."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def markdown_from_json(path: Path) -> str:
+    """The rows of a --json file as one markdown table: scan total and TTT step per setting, peak memory."""
+    lines = ["| device | backend | amp | points | cameras | steps | TTT step (ms) | forward (ms) | teacher (ms) | "
+             "scan total (ms) | peak mem (MiB) |", "|" + " --- |" * 11]
+    for text in path.read_text().splitlines():
+        r = json.loads(text)
+        st, sm = r["stats_s"], r["summary"]
+        amp = "on" if r["amp"] else "off"
+        lines.append(f"| {r['device_name']} | {r['backend']} | {amp} | {r['points'] // 1000}k | {r['cameras']} | "
+                     f"{r['steps']} | {1000 * st['ttt_step']:.1f} | {1000 * st['forward']:.1f} | "
+                     f"{1000 * st['teacher']:.1f} | {1000 * sm['total']:.0f} | {st['peak_mib']:.0f} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
