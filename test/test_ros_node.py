@@ -345,6 +345,27 @@ def test_node_parameter_set_at_run_time_changes_the_next_scans_steps(system: Sys
         assert _set_parameters(system, adapt__steps=1)[0].successful
 
 
+def test_node_time_budget_stops_steps_and_a_2hz_stream_is_answered_with_adaptation(system: System) -> None:
+    """Steps until the budget, never the configured 1000: every scan of the stream is answered, adapted."""
+    results = _set_parameters(system, adapt__steps=1000, adapt__time_budget_s=0.3)
+    assert all(r.successful for r in results), [r.reason for r in results]
+    try:
+        before = _diag_count(system, "processed")
+        stamps = []
+        for _ in range(4):  # 2 Hz: one scan every 0.5 s, whatever the node is doing
+            started = time.monotonic()
+            stamps.append(system.sensors.send("good")["stamp_ns"])
+            time.sleep(max(0.0, 0.5 - (time.monotonic() - started)))
+        missing = [s for s in stamps if system.listener.output(s) is None]
+        assert not missing, f"scans not answered: {missing}\n{system.logs_text()}"
+        diag = system.listener.diag(_node_fqn(), lambda d: int(d["processed"]) >= before + 4)
+        assert diag is not None, system.logs_text()
+        assert 1 <= int(diag["steps_run"]) < 1000, diag  # the budget, not the step count, ended the scan
+        assert float(diag["adapted_fraction"]) > 0
+    finally:
+        assert all(r.successful for r in _set_parameters(system, adapt__steps=1, adapt__time_budget_s=0.0))
+
+
 def test_node_reset_service_resets_before_the_next_scan(system: System) -> None:
     before = _diag_count(system, "resets")
     reply = system.listener.call(Trigger, f"{_node_fqn()}/reset", Trigger.Request())
