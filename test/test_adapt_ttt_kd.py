@@ -100,6 +100,14 @@ def test_ttt_kd_time_budget_stops_before_overrunning_step() -> None:
     assert sum(result.step_times_s[:-1]) <= 0.18
 
 
+def test_ttt_kd_budget_uses_the_previous_scans_step_time_for_the_first_step() -> None:
+    strategy = TTTKD(_SlowNet(), _config(steps=2))
+    strategy.adapt(*make_scan(seed=6))  # measures its steps: at least 0.05 s each
+    assert strategy.expected_step_s is not None and strategy.expected_step_s >= 0.05
+    result = strategy.adapt(*make_scan(seed=6), time_budget_s=0.03)
+    assert result.steps_run == 0 and "time budget" in result.reason  # a first step that cannot fit never starts
+
+
 def test_ttt_kd_zero_budget_runs_no_step_and_keeps_weights() -> None:
     net = TinyNet()
     source = state_copy(net)

@@ -241,3 +241,13 @@ def test_retune_refuses_bad_values_and_a_new_parameter_set_keeping_the_running_c
     with pytest.raises(ValueError, match="cannot change"):
         seg.retune(params="norm")
     assert seg.strategy.config is before
+
+
+def test_segment_budget_reserves_the_last_final_forward() -> None:
+    roomy = _segmenter(steps=2, time_budget_s=30.0)
+    assert roomy.segment(_scan()).steps_run == 2  # tiny steps, far inside 30 s
+    tight = _segmenter(steps=2, time_budget_s=30.0)
+    tight.segment(_scan())
+    tight._last_forward_s = 31.0  # as if the last final forward took longer than the whole budget
+    pred = tight.segment(_scan())
+    assert pred.steps_run == 0 and "time budget" in pred.skip_reason and len(pred.labels) == 300

@@ -76,7 +76,8 @@ class AdaptConfig:
     params: str = "all"  # ttt_kd*: which backbone parameters move; tent always uses "norm"
     kd_points_per_step: int = 8192  # visible points sampled (with replacement) per step; 0 = all of them
     loss: str = "cosine"
-    time_budget_s: float | None = None  # stop before a step that would end past this (from adapt() start)
+    time_budget_s: float | None = None  # adapt(): no step that would end past this (from its start); the Segmenter:
+    # a bound on the whole scan, its final forward included (Segmenter._adapt_budget)
     bn_train: bool = True  # ttt_kd*: normalise with the scan's batch statistics during the steps
     reset_per_scan: bool = True  # tent, bn_stats: restore the source state before every scan
     bn_momentum: float = 0.1  # bn_stats: weight of the scan's statistics per pass
@@ -218,11 +219,16 @@ class SourceState:
             live.copy_(saved)
 
 
-def _next_step_overruns(budget_s: float | None, start: float, result: AdaptResult) -> bool:
-    """True (and marks ``result``) when a step like the last one would end past the budget."""
+def _next_step_overruns(budget_s: float | None, start: float, result: AdaptResult,
+                        expected_step_s: float | None = None) -> bool:
+    """True (and marks ``result``) when a step like the last one would end past the budget.
+
+    The last one is this scan's last step, or for the scan's first step ``expected_step_s`` (the previous
+    scan's last step), so a step that cannot fit is not started even when it would be the first.
+    """
     if budget_s is None:
         return False
-    last = result.step_times_s[-1] if result.step_times_s else 0.0
+    last = result.step_times_s[-1] if result.step_times_s else (expected_step_s or 0.0)
     if budget_s <= 0 or time.perf_counter() - start + last > budget_s:
         result.stopped_early = True
         result.reason = f"time budget {budget_s:.3f} s"
@@ -293,6 +299,7 @@ class GradientStrategy:
         self._generator: torch.Generator | None = None
         self._dirty = False
         self.resets = 0  # restores forced by a bad loss (NaN/inf, drift)
+        self.expected_step_s: float | None = None  # the last step's duration, kept across scans for the budget
 
     @staticmethod
     def param_set(config: AdaptConfig) -> str:
@@ -365,7 +372,7 @@ class GradientStrategy:
         configure_model(self.model, self.params, self.bn_train(self.config))
         with torch.inference_mode(False), torch.enable_grad():
             for step in range(self.config.steps if steps is None else steps):
-                if _next_step_overruns(budget, start, result):
+                if _next_step_overruns(budget, start, result, self.expected_step_s):
                     break
                 t0 = time.perf_counter()
                 loss = self.loss(prepared, targets)
@@ -385,6 +392,7 @@ class GradientStrategy:
                 _sync(next(iter(self.params)).device)
                 result.steps_run += 1
                 result.step_times_s.append(time.perf_counter() - t0)
+                self.expected_step_s = result.step_times_s[-1]
         if not resume:
             self.scan_done(result)
         return result

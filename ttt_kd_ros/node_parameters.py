@@ -92,8 +92,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("adapt.kd_points_per_step", _ADAPT.kd_points_per_step, "Visible points sampled per KD step; 0: all.",
               minimum=0, runtime=True),
     ParamSpec("adapt.loss", _ADAPT.loss, "KD loss form.", choices=KD_LOSS_KINDS, runtime=True),
-    ParamSpec("adapt.time_budget_s", NODE_TIME_BUDGET_S, "Stop adapting before a step that would end later than "
-              "this (s) after adaptation started; 0: no limit.", minimum=0.0, runtime=True),
+    ParamSpec("adapt.time_budget_s", NODE_TIME_BUDGET_S, "Bound on a scan's time (s) from its arrival at the "
+              "engine: steps stop so that the final forward (as long as the last one) still fits; 0: no limit.",
+              minimum=0.0, runtime=True),
 )
 """Every runtime entry is applied between scans; the others are read once at configure (declared read-only)."""
 

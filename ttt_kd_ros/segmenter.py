@@ -198,6 +198,7 @@ class Segmenter:
         if amp and not self.amp:
             LOG.info("amp asked for on %s: mixed precision is used on CUDA only, running float32", self.device)
         self.max_points = int(max_points)
+        self._last_forward_s = 0.0  # the last final forward, reserved inside a scan's time budget
         self._rng = np.random.default_rng(seed)
         self._warned: set[str] = set()
 
@@ -296,7 +297,7 @@ class Segmenter:
     def _segment(self, scan: Scan, schedule: list[int] | None) -> list[Prediction]:
         """segment() when ``schedule`` is None (the configured steps), else one Prediction per step count."""
         timings: dict[str, float] = {}
-        t = time.perf_counter()
+        t = scan_start = time.perf_counter()
         points = _checked_points(scan)
         n = len(points)
         keep = np.flatnonzero(np.isfinite(points).all(axis=1))
@@ -327,7 +328,8 @@ class Segmenter:
             result = AdaptResult()
             if self.strategy.name != "none" and not skip:
                 more = None if k is None else k - done
-                result, skip = self._adapt(prepared, targets, more, resume=k is not None and done > 0)
+                result, skip = self._adapt(prepared, targets, more, resume=k is not None and done > 0,
+                                           time_budget_s=self._adapt_budget(scan_start))
                 done = done if k is None else k
             pred = Prediction(np.full(n, IGNORE_LABEL, dtype=np.int64), np.zeros(n, dtype=np.float32), step_timings,
                               strategy=self.strategy.name)
@@ -343,6 +345,15 @@ class Segmenter:
             last = predictions[-1].timings_s
             last["upsample"] = last.pop("upsample")
         return predictions
+
+    def _adapt_budget(self, scan_start: float) -> float | None:
+        """What is left of the scan's time budget for the steps: the budget minus the time this scan has taken so
+        far (checks, voxels, teacher, targets) minus the last scan's final forward, so that forward still fits.
+        None when the strategy has no budget."""
+        budget = self.strategy.config.time_budget_s
+        if budget is None:
+            return None
+        return max(0.0, budget - (time.perf_counter() - scan_start) - self._last_forward_s)
 
     def _unlabelled(self, n: int, timings: dict[str, float], reason: str) -> Prediction:
         """Every point IGNORE_LABEL, confidence 0: the scan could not be labelled at all."""
@@ -374,6 +385,7 @@ class Segmenter:
         work_labels = label_t.cpu().numpy()
         work_conf = conf_t.cpu().numpy().astype(np.float32)
         pred.timings_s["forward"] = time.perf_counter() - t
+        self._last_forward_s = pred.timings_s["forward"]
 
         t = time.perf_counter()
         if work_index.size == keep.size:
@@ -403,10 +415,11 @@ class Segmenter:
         return targets, ""
 
     def _adapt(self, prepared: PreparedScan, targets: DistillTargets | None, steps: int | None = None,
-               resume: bool = False) -> tuple[AdaptResult, str]:
+               resume: bool = False, time_budget_s: float | None = None) -> tuple[AdaptResult, str]:
         try:
             with self._autocast():
-                result = self.strategy.adapt(prepared, targets, steps=steps, resume=resume)
+                result = self.strategy.adapt(prepared, targets, time_budget_s=time_budget_s, steps=steps,
+                                             resume=resume)
         except torch.OutOfMemoryError as err:
             self.strategy.reset()
             if self.device.type == "cuda":
