@@ -14,9 +14,7 @@ Spec: ``oracle`` or ``oracle:corrupt=0.5,dim=96,seed=0,patch=8``.
 
 from __future__ import annotations
 
-import threading
 import zlib
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +24,7 @@ import torch.nn.functional as F
 from ttt_kd_ros.labels import SYNTHETIC_INDOOR
 from ttt_kd_ros.scan import CameraView
 from ttt_kd_ros.segmenter import build_teacher
-from ttt_kd_ros.teacher import DEFAULT_CACHE_SIZE, FeatureMap, Teacher, _check_resolution
+from ttt_kd_ros.teacher import DEFAULT_CACHE_SIZE, FeatureMap, Teacher
 
 ORACLE = "oracle"
 
@@ -79,19 +77,11 @@ class OracleTeacher(Teacher):
 
     def __init__(self, spec: OracleSpec, num_classes: int, resolution: int | tuple[int, int] = (120, 160),
                  device: str | torch.device = "cpu", cache_size: int = DEFAULT_CACHE_SIZE) -> None:
-        # Teacher.__init__ reads a network's config; the oracle has no network, so it sets the same fields itself.
+        # Teacher.__init__ reads a network's config; the oracle has no network, only the runtime part.
+        self._init_runtime(spec.teacher_id, feature_dim=spec.dim, patch_size=spec.patch, resolution=resolution,
+                           device=device, cache_size=cache_size)
         self.spec = spec
-        self.patch_size = spec.patch
-        self.feature_dim = spec.dim
-        self.num_prefix_tokens = 0
-        self.teacher_id = spec.teacher_id
-        self.device = torch.device(device)
-        self.resolution = _check_resolution(resolution)
         self.model = None
-        self.cache_size = int(cache_size)
-        self._cache: OrderedDict[tuple, tuple[np.ndarray, FeatureMap]] = OrderedDict()
-        self._lock = threading.Lock()
-        self.forward_count = 0
         generator = torch.Generator().manual_seed(spec.seed)
         self.num_classes = int(num_classes)
         self.class_vectors = F.normalize(torch.randn(num_classes, spec.dim, generator=generator), dim=1).to(self.device)

@@ -66,22 +66,29 @@ class Teacher:
     ) -> None:
         config = model.config
         patch = config.patch_size
-        self.patch_size = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
-        self.feature_dim = int(config.hidden_size)
+        self._init_runtime(teacher_id, feature_dim=int(config.hidden_size),
+                           patch_size=int(patch[0] if isinstance(patch, (tuple, list)) else patch),
+                           resolution=resolution, device=device, cache_size=cache_size)
         self.num_prefix_tokens = 1 + int(getattr(config, "num_register_tokens", 0) or 0)
-        self.teacher_id = teacher_id
-        self.device = torch.device(device)
-        self.resolution = _check_resolution(resolution)
         self.model = model.to(self.device).eval()
         for param in self.model.parameters():
             param.requires_grad_(False)
-        self.cache_size = int(cache_size)
-        self._cache: OrderedDict[tuple, tuple[np.ndarray, FeatureMap]] = OrderedDict()
-        self._lock = threading.Lock()
-        self.forward_count = 0  # network forwards run so far (cache misses)
         mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
         std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
         self._mean, self._std = mean.to(self.device), std.to(self.device)
+
+    def _init_runtime(self, teacher_id: str, feature_dim: int, patch_size: int,
+                      resolution: int | tuple[int, int], device: str | torch.device, cache_size: int) -> None:
+        """What every teacher needs whatever computes its features: identity, shape, device and the feature cache."""
+        self.teacher_id = teacher_id
+        self.feature_dim = int(feature_dim)
+        self.patch_size = int(patch_size)
+        self.device = torch.device(device)
+        self.resolution = _check_resolution(resolution)
+        self.cache_size = int(cache_size)
+        self._cache: OrderedDict[tuple, tuple[np.ndarray, FeatureMap]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.forward_count = 0  # feature maps computed so far (cache misses)
 
     def __repr__(self) -> str:
         return (f"Teacher({self.teacher_id!r}, dim={self.feature_dim}, patch={self.patch_size}, "
