@@ -145,6 +145,98 @@ def lidarseg_to_semantic_kitti(raw: np.ndarray) -> np.ndarray:
     return _map_ids(LIDARSEG_TO_SEMANTIC_KITTI, raw)
 
 
+# Every id a SemanticKITTI .label file may hold (semantic-kitti.yaml's "labels"): ids outside it mean a file from
+# another data set or a corrupt one, which must not silently train as "ignore".
+SEMANTIC_KITTI_RAW_IDS = frozenset(
+    (0, 1, 10, 11, 13, 15, 16, 18, 20, 30, 31, 32, 40, 44, 48, 49, 50, 51, 52, 60, 70, 71, 72, 80, 81, 99,
+     252, 253, 254, 255, 256, 257, 258, 259)
+)
+NYU40_RAW_IDS = frozenset(range(41))  # 0 = unannotated
+LIDARSEG_RAW_IDS = frozenset(range(32))
+
+
+def check_raw_ids(raw: np.ndarray, known: frozenset[int], where: str) -> None:
+    """ValueError naming ``where`` and up to 10 offending ids when ``raw`` holds ids outside ``known``."""
+    present = np.unique(np.asarray(raw).astype(np.int64))
+    unknown = [int(v) for v in present if int(v) not in known]
+    if unknown:
+        raise ValueError(f"{where}: label id(s) {unknown[:10]} are not in the data set's label map "
+                         f"({len(unknown)} unknown id(s); wrong data set or a corrupt file?)")
+
+
+# Cross-data-set classes: for a pair of label sets, the classes both can express, each with the names it folds on
+# either side. This is data, not code: a new pair is one more entry. Classes of either set left out of a pair
+# (synthetic ceiling and clutter; ScanNet's bookshelf, picture, counter, ...) are ignored when the pair is used,
+# as the paper's ScanNet / S3DIS / Matterport tables score only the classes both data sets share.
+LABEL_BRIDGES: dict[tuple[str, str], tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]] = {
+    ("synthetic_indoor", "scannet20"): (
+        ("floor", ("floor",), ("floor",)),
+        ("wall", ("wall",), ("wall",)),
+        ("table", ("table",), ("table", "desk")),
+        ("chair", ("chair",), ("chair",)),
+        ("sofa", ("sofa",), ("sofa",)),
+        ("bed", ("bed",), ("bed",)),
+        ("cabinet", ("cabinet",), ("cabinet",)),
+        ("door", ("door",), ("door",)),
+        ("window", ("window",), ("window",)),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class CommonClasses:
+    """Two label sets scored on the classes they share: ``a_to_common`` / ``b_to_common`` map training ids
+    of either set to common ids (IGNORE_LABEL where a class has no counterpart)."""
+
+    names: tuple[str, ...]
+    a_to_common: np.ndarray
+    b_to_common: np.ndarray
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+
+def common_classes(set_a: str, set_b: str) -> CommonClasses:
+    """The shared classes of two label sets (every class when they are the same set); ValueError when the
+    package holds no bridge between them."""
+    a, b = get_label_set(set_a), get_label_set(set_b)
+    if set_a == set_b:
+        identity = np.arange(a.num_classes, dtype=np.int64)
+        return CommonClasses(a.class_names, identity, identity.copy())
+    if (set_a, set_b) in LABEL_BRIDGES:
+        groups = [(name, in_a, in_b) for name, in_a, in_b in LABEL_BRIDGES[(set_a, set_b)]]
+    elif (set_b, set_a) in LABEL_BRIDGES:
+        groups = [(name, in_a, in_b) for name, in_b, in_a in LABEL_BRIDGES[(set_b, set_a)]]
+    else:
+        raise ValueError(f"label sets {set_a!r} and {set_b!r} share no classes this package knows of; bridges: "
+                         f"{sorted(LABEL_BRIDGES)} (add one to labels.LABEL_BRIDGES)")
+    a_table = np.full(a.num_classes, IGNORE_LABEL, dtype=np.int64)
+    b_table = np.full(b.num_classes, IGNORE_LABEL, dtype=np.int64)
+    for common_id, (_, in_a, in_b) in enumerate(groups):
+        for table, label_set, names in ((a_table, a, in_a), (b_table, b, in_b)):
+            for name in names:
+                table[label_set.class_names.index(name)] = common_id
+    return CommonClasses(tuple(name for name, _, _ in groups), a_table, b_table)
+
+
+def map_to_label_set(labels: np.ndarray, from_set: str, to_set: str) -> np.ndarray:
+    """Training ids of ``from_set`` as training ids of ``to_set`` (each shared class onto the first ``to_set``
+    class of its group; the rest IGNORE_LABEL): how a data set trains a checkpoint with another label set."""
+    if from_set == to_set:
+        return np.asarray(labels).astype(np.int64)
+    common = common_classes(from_set, to_set)
+    first_of_group = np.full(common.num_classes, IGNORE_LABEL, dtype=np.int64)
+    for to_id in range(len(common.b_to_common) - 1, -1, -1):
+        if common.b_to_common[to_id] != IGNORE_LABEL:
+            first_of_group[common.b_to_common[to_id]] = to_id
+    in_common = _map_ids(common.a_to_common, labels)
+    out = np.full(in_common.shape, IGNORE_LABEL, dtype=np.int64)
+    known = in_common != IGNORE_LABEL
+    out[known] = first_of_group[in_common[known]]
+    return out
+
+
 def get_label_set(name: str) -> LabelSet:
     """The label set called ``name``; a ValueError lists the known ones."""
     try:

@@ -15,13 +15,13 @@ Scans are generated once per split and reused by every strategy.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ttt_kd_ros.data.synthetic import DOMAINS, Domain, generate_scan, get_domain, scan_seed
+from ttt_kd_ros.data.synthetic import DOMAINS, Domain, generate_scan, scan_seed
+from ttt_kd_ros.data.synthetic.domains import parse_domain
 from ttt_kd_ros.scan import Scan
 
 IN_DISTRIBUTION = "source"
@@ -45,97 +45,6 @@ class SplitSpec:
 
     def describe(self) -> str:
         return self.spec if self.spec != self.name else f"{self.name} (synthetic domain)"
-
-
-def _parse_value(text: str, current: object, where: str) -> object:
-    """A command-line value for a dataclass field, typed like the field's current value."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        value = text
-    if isinstance(current, tuple):
-        if not isinstance(value, list):
-            raise ValueError(f"{where}: expected a JSON list like [1.0, 2.0] for a tuple field, got {text!r}")
-        return tuple(value)
-    if isinstance(current, bool):
-        if not isinstance(value, bool):
-            raise ValueError(f"{where}: expected true or false, got {text!r}")
-        return value
-    if isinstance(current, (int, float)) and not isinstance(current, bool):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{where}: expected a number, got {text!r}")
-        if isinstance(current, float):
-            return float(value)
-        if not float(value).is_integer():
-            raise ValueError(f"{where}: expected an integer, got {text!r}")
-        return int(value)
-    if isinstance(current, str):
-        return str(value)
-    raise ValueError(f"{where}: field of type {type(current).__name__} cannot be set from the command line")
-
-
-def _replace(obj: object, changes: dict[str, str], where: str) -> object:
-    """One dataclasses.replace with every change (typed like the current values), so validation sees them together."""
-    names = {f.name for f in dataclasses.fields(obj)}
-    typed = {}
-    for key, text in changes.items():
-        if key not in names:
-            raise ValueError(f"{where}: unknown field {key!r} of {type(obj).__name__}; known: {sorted(names)}")
-        typed[key] = _parse_value(text, getattr(obj, key), f"{where}, field {key!r}")
-    try:
-        return dataclasses.replace(obj, **typed)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{where}: {err}") from None
-
-
-def _pairs(text: str, where: str) -> list[tuple[str, str]]:
-    pairs = []
-    for item in _split_overrides(text):
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise ValueError(f"{where}: expected field=value, got {item!r}")
-        pairs.append((key.strip(), value.strip()))
-    return pairs
-
-
-def apply_overrides(obj: object, text: str, where: str) -> object:
-    """A copy of dataclass ``obj`` with ``field=value,...`` (JSON values) applied; ValueError names ``where``."""
-    return _replace(obj, dict(_pairs(text, where)), where)
-
-
-def parse_domain(spec: str) -> Domain:
-    """``DOMAIN[:part.field=value,...]`` -> Domain; part is ``sensor`` (SensorConfig) or ``style`` (SceneStyle).
-
-    Values are JSON (numbers, true/false, [lists] for tuples) or bare strings.
-    A ValueError names the spec, the field, and what was expected.
-    """
-    base, _, overrides = spec.partition(":")
-    domain = get_domain(base.strip())
-    where = f"domain spec {spec!r}"
-    changes: dict[str, dict[str, str]] = {"sensor": {}, "style": {}}
-    for key, value in _pairs(overrides, where):
-        part, dot, field_name = key.partition(".")
-        if not dot or part not in changes or not field_name:
-            raise ValueError(f"{where}: expected sensor.<field>=<value> or style.<field>=<value>, got {key!r}")
-        changes[part][field_name] = value
-    sensor = _replace(domain.sensor, changes["sensor"], where) if changes["sensor"] else domain.sensor
-    style = _replace(domain.style, changes["style"], where) if changes["style"] else domain.style
-    return Domain(name=domain.name, style=style, sensor=sensor)
-
-
-def _split_overrides(text: str) -> list[str]:
-    """Split ``a=1,b=[1,2],c=x`` on the commas outside brackets."""
-    items, depth, start = [], 0, 0
-    for i, ch in enumerate(text):
-        if ch == "[":
-            depth += 1
-        elif ch == "]":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            items.append(text[start:i])
-            start = i + 1
-    items.append(text[start:])
-    return [item for item in items if item.strip()]
 
 
 def parse_split(text: str) -> SplitSpec:

@@ -67,12 +67,12 @@ from ttt_kd_ros.evaluation.splits import (
     IN_DISTRIBUTION,
     SUBSAMPLE_MODES,
     SplitSpec,
-    apply_overrides,
     generate_split,
     parse_split,
 )
 from ttt_kd_ros.labels import LABEL_SETS
 from ttt_kd_ros.oracle_teacher import build_offline_teacher, is_oracle
+from ttt_kd_ros.overrides import apply_overrides
 from ttt_kd_ros.segmenter import RANDOM_TEACHERS, resolve_device
 from ttt_kd_ros.teacher import Teacher
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 
 from ttt_kd_ros.data.synthetic.scene import SceneStyle
 from ttt_kd_ros.data.synthetic.sensors import SensorConfig
+from ttt_kd_ros.overrides import pairs, replace_fields
 
 HOME = SceneStyle()
 
@@ -81,3 +82,23 @@ def get_domain(domain: str | Domain) -> Domain:
         return DOMAINS[domain]
     except KeyError:
         raise ValueError(f"synthetic domain: expected one of {sorted(DOMAINS)}, got {domain!r}") from None
+
+
+def parse_domain(spec: str) -> Domain:
+    """``DOMAIN[:part.field=value,...]`` -> Domain; part is ``sensor`` (SensorConfig) or ``style`` (SceneStyle).
+
+    Values are JSON (numbers, true/false, [lists] for tuples) or bare strings.
+    A ValueError names the spec, the field, and what was expected.
+    """
+    base, _, overrides = spec.partition(":")
+    domain = get_domain(base.strip())
+    where = f"domain spec {spec!r}"
+    changes: dict[str, dict[str, str]] = {"sensor": {}, "style": {}}
+    for key, value in pairs(overrides, where):
+        part, dot, field_name = key.partition(".")
+        if not dot or part not in changes or not field_name:
+            raise ValueError(f"{where}: expected sensor.<field>=<value> or style.<field>=<value>, got {key!r}")
+        changes[part][field_name] = value
+    sensor = replace_fields(domain.sensor, changes["sensor"], where) if changes["sensor"] else domain.sensor
+    style = replace_fields(domain.style, changes["style"], where) if changes["style"] else domain.style
+    return Domain(name=domain.name, style=style, sensor=sensor)
