@@ -9,6 +9,10 @@ Layout of one scene folder (what ScanNet's SensReader writes, plus 2D labels)::
     intrinsic/extrinsic_depth.txt   optional 4x4 colour_from_depth (identity if absent)
     label-filt/<i>.png       optional NYU40 ids per colour pixel (0 = unannotated)
 
+A scene with a label folder (label-filt/, label/ or label40/) must have a label png for every frame and only
+NYU40 ids (0..40) in it; a scene without one gives unlabeled scans (labels None, label_set ""). Missing files
+(colour, depth, pose, label, intrinsics) are FileNotFoundErrors naming the file.
+
 Depth pixels are back-projected with the depth intrinsics, moved into the
 colour camera and projected into the colour image for their colour and
 label, so the two image sizes never have to agree. A scan fuses
@@ -25,14 +29,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ttt_kd_ros.labels import SCANNET20, nyu40_to_scannet20
+from ttt_kd_ros.labels import NYU40_RAW_IDS, SCANNET20, check_raw_ids, nyu40_to_scannet20
 from ttt_kd_ros.scan import IGNORE_LABEL, CameraIntrinsics, CameraView, Scan
 
 LABEL_DIRS = ("label-filt", "label", "label40")
 
 
 def read_matrix(path: Path, shape: tuple[int, int] = (4, 4)) -> np.ndarray:
-    """A whitespace-separated matrix file (ScanNet pose / intrinsic .txt)."""
+    """A whitespace-separated matrix file (ScanNet pose / intrinsic .txt); FileNotFoundError naming it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
     values = np.loadtxt(path, dtype=np.float64).reshape(-1)
     if values.size != shape[0] * shape[1]:
         raise ValueError(f"{path}: expected {shape[0] * shape[1]} numbers, got {values.size}")
@@ -61,12 +67,24 @@ class ScanNetFrames:
         self.max_points = max_points
         self.seed = seed
         ids = sorted(int(p.stem) for p in (self.root / "color").glob("*.jpg"))
+        no_color = sorted(set(int(p.stem) for p in (self.root / "depth").glob("*.png")) - set(ids))
+        if no_color:
+            raise FileNotFoundError(f"{self.root / 'color' / f'{no_color[0]}.jpg'}: colour image missing for "
+                                    f"depth/{no_color[0]}.png ({len(no_color)} depth frame(s) without colour)")
+        for name in ("intrinsic_color.txt", "intrinsic_depth.txt"):
+            if not (self.root / "intrinsic" / name).is_file():
+                raise FileNotFoundError(f"{self.root / 'intrinsic' / name}: missing; the scene's images have no "
+                                        "calibration (an image without calibration cannot be back-projected)")
         self.frame_ids = [i for i in ids[::frame_step] if np.isfinite(self._pose(i)).all()]
         self.K_color = read_matrix(self.root / "intrinsic" / "intrinsic_color.txt")[:3, :3]
         self.K_depth = read_matrix(self.root / "intrinsic" / "intrinsic_depth.txt")[:3, :3]
         extrinsic = self.root / "intrinsic" / "extrinsic_depth.txt"
         self.color_from_depth = read_matrix(extrinsic) if extrinsic.exists() else np.eye(4)
         self.label_dir = next((self.root / d for d in LABEL_DIRS if (self.root / d).is_dir()), None)
+
+    @property
+    def has_labels(self) -> bool:
+        return self.label_dir is not None
 
     def _pose(self, frame: int) -> np.ndarray:
         return read_matrix(self.root / "pose" / f"{frame}.txt")
@@ -94,17 +112,18 @@ class ScanNetFrames:
             rgbs.append(c)
             labels.append(lab)
             cameras.append(cam)
-        xyz, rgb, lab = np.concatenate(pts), np.concatenate(rgbs), np.concatenate(labels)
+        xyz, rgb = np.concatenate(pts), np.concatenate(rgbs)
+        lab = np.concatenate(labels) if self.has_labels else None
         if self.max_points is not None and len(xyz) > self.max_points:
             keep = np.sort(np.random.default_rng([self.seed, stamp_index]).choice(len(xyz), self.max_points,
                                                                                    replace=False))
-            xyz, rgb, lab = xyz[keep], rgb[keep], lab[keep]
+            xyz, rgb, lab = xyz[keep], rgb[keep], None if lab is None else lab[keep]
         return Scan(points_xyz_m=xyz, rgb=rgb, labels=lab, cameras=cameras, frame_id="scannet_world",
-                    label_set=SCANNET20.name, stamp_ns=stamp_index * 33_333_333)
+                    label_set=SCANNET20.name if self.has_labels else "", stamp_ns=stamp_index * 33_333_333)
 
     def _frame(self, frame: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, CameraView]:
-        color = np.asarray(Image.open(self.root / "color" / f"{frame}.jpg").convert("RGB"))
-        depth_raw = np.asarray(Image.open(self.root / "depth" / f"{frame}.png"))
+        color = np.asarray(_open_image(self.root / "color" / f"{frame}.jpg").convert("RGB"))
+        depth_raw = np.asarray(_open_image(self.root / "depth" / f"{frame}.png"))
         if depth_raw.ndim != 2:
             raise ValueError(f"{self.root}/depth/{frame}.png: expected a single-channel 16-bit image, "
                              f"got shape {depth_raw.shape}")
@@ -127,10 +146,16 @@ class ScanNetFrames:
         rgb = color[cv, cu].astype(np.float32) / 255.0
         labels = np.full(len(cu), IGNORE_LABEL, dtype=np.int64)
         if self.label_dir is not None:
-            label_img = np.asarray(Image.open(self.label_dir / f"{frame}.png"))
-            if label_img.shape[:2] != (h_c, w_c):
-                raise ValueError(f"{self.label_dir}/{frame}.png: expected {w_c}x{h_c} like the colour image, "
+            label_path = self.label_dir / f"{frame}.png"
+            label_img = np.asarray(_open_image(label_path))
+            if label_img.ndim != 2:
+                raise ValueError(f"{label_path}: expected a single-channel image of NYU40 ids, "
+                                 f"got shape {label_img.shape}")
+            if label_img.shape != (h_c, w_c):
+                raise ValueError(f"{label_path}: expected {w_c}x{h_c} like the colour image, "
                                  f"got {label_img.shape[1]}x{label_img.shape[0]}")
+            if label_img.size and (int(label_img.max()) > max(NYU40_RAW_IDS) or int(label_img.min()) < 0):
+                check_raw_ids(label_img, NYU40_RAW_IDS, str(label_path))
             labels = nyu40_to_scannet20(label_img[cv, cu])
         world = in_color @ world_from_color[:3, :3].T + world_from_color[:3, 3]
 
@@ -139,3 +164,10 @@ class ScanNetFrames:
         cam = CameraView(image_rgb=color, intrinsics=intr, cam_from_cloud=np.linalg.inv(world_from_color),
                          name=f"color_{frame}", depth_m=depth if same_size else None)
         return world.astype(np.float32), rgb, labels, cam
+
+
+def _open_image(path: Path) -> Image.Image:
+    """An image file opened with PIL; FileNotFoundError naming it when it is missing."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    return Image.open(path)
