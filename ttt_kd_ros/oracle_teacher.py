@@ -93,6 +93,12 @@ class OracleTeacher(Teacher):
         raise ValueError("oracle teacher: features come from a camera's rendered class image, not from pixels; "
                          "call view_feature_map(camera)")
 
+    def view_inputs(self, view: CameraView) -> tuple[np.ndarray, ...]:
+        """The rendered class image, not the pixels: what this control's features depend on."""
+        if view.pixel_labels is None:
+            raise ValueError(f"oracle teacher: camera {view.name!r} has no pixel_labels (rendered class image)")
+        return (np.asarray(view.pixel_labels),)
+
     def view_feature_map(self, view: CameraView) -> FeatureMap:
         if view.pixel_labels is None:
             raise ValueError(f"oracle teacher: camera {view.name!r} has no pixel_labels (rendered class image); "

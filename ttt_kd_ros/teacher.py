@@ -138,6 +138,10 @@ class Teacher:
         """
         return self.feature_map(view.image_rgb)
 
+    def view_inputs(self, view: CameraView) -> tuple[np.ndarray, ...]:
+        """The arrays ``view_feature_map(view)`` depends on: what an on-disk cache keys its entry by."""
+        return (view.image_rgb,)
+
     def clear_cache(self) -> None:
         with self._lock:
             self._cache.clear()

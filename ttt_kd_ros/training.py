@@ -1,27 +1,30 @@
 """Joint training of TTTKDNet: L = CE(rho_Y) + lambda * KD(rho_2D, teacher) on visible points (METHOD.md).
 
-The pieces ``ttt_kd_train`` composes, kept apart from argument parsing so
-tests drive them directly:
+The loop ``ttt_kd_train`` runs, kept apart from argument parsing so tests drive
+it directly (what a step reads is train_data.py; torch.distributed is
+distributed.py):
 
-- ``TrainExample``: a scan and its distillation targets, computed once (the
-  teacher is frozen) and kept as float16 on the CPU;
-- augmentation as one similarity transform applied to the points AND to every
-  camera's ``cam_from_cloud``, so each point still projects to the pixel its
-  cached target was sampled at;
+- any data source (data/sources.py) or list of Scans; a first pass per rank
+  fills the teacher's on-disk feature cache, estimates the target centre and
+  skips bad scans with a count; epochs then read the cache only, through a
+  DataLoader (``workers`` processes) that never runs the ViT;
 - ``joint_loss``: the two terms as a pure function;
-- DDP: ``init_distributed`` reads torchrun's environment (gloo on CPU, nccl
-  on CUDA); scans are sharded statically so each rank only generates and
-  distils its own share, padded so every rank runs the same steps;
-- checkpoints: the model through ``checkpoint_format.save_checkpoint`` and the optimiser
-  / epoch state through ``torch.save`` (read back with weights_only=True),
-  both written by rank 0 after every epoch.
+- mixed precision (``amp``): float16 autocast with a GradScaler on CUDA,
+  bfloat16 autocast on a CPU;
+- DDP under torchrun (gloo on CPU, NCCL on CUDA): scans are sharded
+  statically and every rank pads its trainable scans to the longest shard so
+  all run the same steps;
+- checkpoints: the model through ``checkpoint_format.save_checkpoint`` and the
+  optimiser / epoch state through ``torch.save`` (read back with
+  weights_only=True), both written by rank 0 after every epoch, with the
+  history and its curve (curves.png).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
-import os
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -31,174 +34,48 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from ttt_kd_ros.checkpoint_format import load_checkpoint, save_checkpoint
+from ttt_kd_ros.distributed import (
+    DistContext,
+    average_buffers,
+    init_distributed,
+    max_over_ranks,
+    shard_indices,
+    sum_over_ranks,
+)
+from ttt_kd_ros.feature_cache import CachedTeacher
+from ttt_kd_ros.labels import get_label_set
 from ttt_kd_ros.losses import KD_LOSS_KINDS, kd_loss
 from ttt_kd_ros.metrics import ConfusionMatrix
 from ttt_kd_ros.model import TTTKDNet, net_config
-from ttt_kd_ros.scan import IGNORE_LABEL, CameraView, Scan
-from ttt_kd_ros.targets import center_features, distillation_targets
+from ttt_kd_ros.scan import IGNORE_LABEL, Scan
 from ttt_kd_ros.teacher import Teacher
+from ttt_kd_ros.train_data import (
+    Augmentation,
+    ExampleSet,
+    TrainExample,
+    as_batch,
+    augmented,
+    build_example,
+    center_example,
+    crop_indices,
+    estimate_target_center,
+    prepare_shard,
+    random_similarity,
+    training_scan,
+    transform_scan,
+)
+from ttt_kd_ros.train_report import plot_history
+
+LOG = logging.getLogger("ttt_kd_train")
 
 STATE_FILE = "train_state.pt"
 LAST_CHECKPOINT = "last.safetensors"
 FINAL_CHECKPOINT = "model.safetensors"
 HISTORY_FILE = "history.jsonl"
-
-
-# ----------------------------------------------------------------------------------------------- augmentation
-
-
-@dataclass
-class Augmentation:
-    """Random changes of a training scan. crop_points > 0 keeps that many points nearest (in x-y) to a random
-    point: smaller, spatially coherent scans train faster on a CPU and add variety of context."""
-
-    rotate_z: bool = True
-    scale: tuple[float, float] = (0.9, 1.1)
-    flip_prob: float = 0.5  # mirror y -> -y
-    jitter_m: float = 0.005  # std of per-point Gaussian noise (not applied to the cameras: it is sensor noise)
-    crop_points: int = 0
-
-    def __post_init__(self) -> None:
-        self.scale = (float(self.scale[0]), float(self.scale[1]))
-        if not 0 < self.scale[0] <= self.scale[1]:
-            raise ValueError(f"Augmentation.scale: expected 0 < low <= high, got {self.scale}")
-        if not 0.0 <= self.flip_prob <= 1.0 or self.jitter_m < 0 or self.crop_points < 0:
-            raise ValueError(f"Augmentation: flip_prob in [0, 1], jitter_m >= 0, crop_points >= 0 expected, got "
-                             f"{self.flip_prob}, {self.jitter_m}, {self.crop_points}")
-
-
-def random_similarity(rng: np.random.Generator, aug: Augmentation) -> tuple[np.ndarray, float]:
-    """(4, 4) A = s * R_z * F (F: optional mirror) and the scale s."""
-    s = float(rng.uniform(*aug.scale))
-    angle = float(rng.uniform(0.0, 2 * np.pi)) if aug.rotate_z else 0.0
-    c, si = np.cos(angle), np.sin(angle)
-    mirror = np.diag([1.0, -1.0 if rng.random() < aug.flip_prob else 1.0, 1.0])
-    A = np.eye(4)
-    A[:3, :3] = s * np.array([[c, -si, 0.0], [si, c, 0.0], [0.0, 0.0, 1.0]]) @ mirror
-    return A, s
-
-
-def transform_scan(scan: Scan, A: np.ndarray, scale: float) -> Scan:
-    """The scan in a frame where points are A @ p; every camera keeps seeing each point at the same pixel.
-
-    A = s * R (R orthogonal, possibly a mirror). The new cam_from_cloud is
-    S_s @ T @ A^-1 with S_s = diag(s, s, s, 1): X_cam' = s * X_cam, so pixels
-    (x / z, y / z) are unchanged and depths scale with the world; depth images
-    are scaled to match. A mirror makes the camera matrix improper, which
-    projection does not mind.
-    """
-    points = scan.points_xyz_m.astype(np.float64) @ A[:3, :3].T + A[:3, 3]
-    A_inv = np.linalg.inv(A)
-    S = np.diag([scale, scale, scale, 1.0])
-    cameras = [
-        CameraView(image_rgb=view.image_rgb, intrinsics=view.intrinsics, cam_from_cloud=S @ view.cam_from_cloud @ A_inv,
-                   stamp_ns=view.stamp_ns, name=view.name,
-                   depth_m=None if view.depth_m is None else view.depth_m * np.float32(scale),
-                   pixel_labels=view.pixel_labels)
-        for view in scan.cameras
-    ]
-    return Scan(points_xyz_m=points.astype(np.float32), intensity=scan.intensity, rgb=scan.rgb, cameras=cameras,
-                labels=scan.labels, stamp_ns=scan.stamp_ns, frame_id=scan.frame_id, label_set=scan.label_set)
-
-
-def crop_indices(points_xyz_m: np.ndarray, keep: int, rng: np.random.Generator) -> np.ndarray:
-    """Sorted indices of the ``keep`` points nearest in x-y to a random point (all points when fewer)."""
-    n = len(points_xyz_m)
-    if keep <= 0 or keep >= n:
-        return np.arange(n)
-    centre = points_xyz_m[rng.integers(n), :2]
-    dist2 = ((points_xyz_m[:, :2] - centre) ** 2).sum(axis=1)
-    return np.sort(np.argpartition(dist2, keep - 1)[:keep])
-
-
-# ----------------------------------------------------------------------------------------------- examples
-
-
-@dataclass
-class TrainExample:
-    """A training scan and its cached distillation targets.
-
-    kd_index: (M,) int64 ascending rows of scan.points_xyz_m that a camera sees;
-    kd_features: (M, D) float16 CPU teacher features at those points (M may be 0).
-    """
-
-    scan: Scan
-    kd_index: np.ndarray
-    kd_features: torch.Tensor
-
-
-def build_example(scan: Scan, teacher: Teacher | None, kd_points: int, rng: np.random.Generator) -> TrainExample:
-    """Teacher targets of ``scan`` once (at most ``kd_points`` of them, a random subset; 0 = all).
-
-    teacher None (source-only training) gives no targets.
-    """
-    if scan.labels is None:
-        raise ValueError("scan.labels: training needs labelled scans, got None")
-    if teacher is None:
-        return TrainExample(scan, np.zeros(0, np.int64), torch.zeros(0, 0, dtype=torch.float16))
-    targets = distillation_targets(scan, teacher)
-    index = targets.point_index.cpu().numpy()
-    features = targets.features.detach().cpu()
-    if 0 < kd_points < len(index):
-        pick = np.sort(rng.choice(len(index), kd_points, replace=False))
-        index, features = index[pick], features[torch.from_numpy(pick)]
-    return TrainExample(scan, index.astype(np.int64), features.to(torch.float16))
-
-
-def augmented(example: TrainExample, rng: np.random.Generator, aug: Augmentation | None
-              ) -> tuple[Scan, np.ndarray, torch.Tensor]:
-    """(scan, kd_index, kd_features) after crop + similarity + jitter; targets follow the kept points."""
-    if aug is None:
-        return example.scan, example.kd_index, example.kd_features
-    keep = crop_indices(example.scan.points_xyz_m, aug.crop_points, rng)
-    scan, index, features = example.scan, example.kd_index, example.kd_features
-    if len(keep) < scan.num_points:
-        scan = scan.select(keep)
-        new_row = np.full(example.scan.num_points, -1, np.int64)
-        new_row[keep] = np.arange(len(keep))
-        rows = new_row[index]
-        kept = rows >= 0
-        index, features = rows[kept], features[torch.from_numpy(kept)]
-    A, s = random_similarity(rng, aug)
-    scan = transform_scan(scan, A, s)
-    if aug.jitter_m > 0:
-        noise = rng.normal(0.0, aug.jitter_m, scan.points_xyz_m.shape).astype(np.float32)
-        scan.points_xyz_m = scan.points_xyz_m + noise
-    return scan, index, features
-
-
-def estimate_target_center(examples: Sequence[TrainExample], dim: int,
-                           ctx: DistContext | None = None) -> tuple[float, ...]:
-    """(D,) mean of every cached target over all examples (and all ranks): the common component to remove.
-
-    Estimated once, on the training targets, and then frozen in NetConfig.kd_target_center, so a test-time scan
-    is centred with the training statistics rather than its own (one scan's mean would remove its own signal).
-    """
-    wrong = {e.kd_features.shape[1] for e in examples if e.kd_features.shape[0] > 0} - {dim}
-    if wrong:
-        raise ValueError(f"estimate_target_center: expected {dim}-dim targets, got widths {sorted(wrong)}")
-    sums = torch.zeros(dim + 1, dtype=torch.float64)
-    for e in examples:
-        if e.kd_features.shape[0] > 0:
-            sums[:dim] += e.kd_features.double().sum(dim=0)
-            sums[dim] += e.kd_features.shape[0]
-    if ctx is not None and ctx.distributed:
-        dist.all_reduce(sums)
-    if sums[dim] == 0:
-        raise ValueError("estimate_target_center: no distillation targets in the training scans (no visible point)")
-    return tuple((sums[:dim] / sums[dim]).tolist())
-
-
-def center_example(example: TrainExample, center: Sequence[float]) -> TrainExample:
-    """The example with its targets centred exactly as ``distillation_targets(..., center=...)`` does at test time."""
-    if example.kd_features.shape[0] == 0:
-        return example
-    features = center_features(example.kd_features.float(), center).to(torch.float16)
-    return TrainExample(example.scan, example.kd_index, features)
+CURVES_FILE = "curves.png"
 
 
 # ----------------------------------------------------------------------------------------------- loss
@@ -233,81 +110,17 @@ def joint_loss(logits: torch.Tensor, labels: torch.Tensor, kd_pred: torch.Tensor
     return LossTerms(ce + lambda_kd * kd, ce, kd, int(kd_target.shape[0]))
 
 
-# ----------------------------------------------------------------------------------------------- distributed
-
-
-@dataclass
-class DistContext:
-    """Where this process sits in a (possibly one-process) job."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def init_distributed(device: str = "auto") -> DistContext:
-    """A DistContext from torchrun's environment (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR/PORT).
-
-    device: "auto" (CUDA when present), "cpu" or "cuda". Backend nccl on CUDA,
-    gloo on CPU. One process without WORLD_SIZE runs undistributed.
-    """
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda', got {device!r}")
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise ValueError("device: 'cuda' asked for but torch sees no CUDA device")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistContext(device=torch.device("cuda" if use_cuda else "cpu"))
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return DistContext(rank, world, local_rank, torch.device(f"cuda:{local_rank}" if use_cuda else "cpu"))
-
-
-def shard_indices(num_items: int, rank: int, world_size: int) -> list[int]:
-    """Items rank, rank + world, ... padded by wrapping around so every rank gets ceil(n / world) of them."""
-    if num_items <= 0:
-        raise ValueError(f"num_items: expected > 0, got {num_items}")
-    per_rank = math.ceil(num_items / world_size)
-    return [(rank + world_size * i) % num_items for i in range(per_rank)]
-
-
-def average_buffers(model: torch.nn.Module, ctx: DistContext) -> None:
-    """Mean of the float buffers (BN running statistics) over ranks; integer ones from rank 0.
-
-    DDP broadcasts rank 0's buffers before each forward, but every rank's last
-    forward updates its own copy; averaging at the end of an epoch leaves all
-    ranks identical and the statistics cover every rank's scans.
-    """
-    if not ctx.distributed:
-        return
-    for buffer in model.buffers():
-        if buffer.is_floating_point():
-            dist.all_reduce(buffer)
-            buffer.div_(ctx.world_size)
-        else:
-            dist.broadcast(buffer, src=0)
-
-
 # ----------------------------------------------------------------------------------------------- state files
 
 
-def save_train_state(path: Path, optimizer: torch.optim.Optimizer, epoch: int, history: list[dict]) -> None:
-    """Optimiser state and the finished epoch, atomically (tensors, numbers and strings only)."""
+def save_train_state(path: Path, optimizer: torch.optim.Optimizer, epoch: int, history: list[dict],
+                     scaler: dict[str, Any] | None = None) -> None:
+    """Optimiser (and AMP scaler) state and the finished epoch, atomically (tensors, numbers and strings only)."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"epoch": epoch, "optimizer": optimizer.state_dict(), "history": json.dumps(history)}, tmp)
+    state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "history": json.dumps(history)}
+    if scaler is not None:
+        state["scaler"] = scaler
+    torch.save(state, tmp)
     tmp.replace(path)
 
 
@@ -343,6 +156,8 @@ class TrainConfig:
     seed: int = 0
     center_targets: bool = True  # subtract the mean training target (NetConfig.kd_target_center); see targets.py
     augment: Augmentation | None = field(default_factory=Augmentation)
+    workers: int = 0  # DataLoader worker processes (0: scans are read in the training process)
+    amp: bool = False  # mixed precision: float16 + GradScaler on CUDA, bfloat16 on a CPU
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):
@@ -352,6 +167,8 @@ class TrainConfig:
                              f"{self.batch_scans}")
         if self.kd_loss not in KD_LOSS_KINDS:
             raise ValueError(f"TrainConfig.kd_loss: expected one of {KD_LOSS_KINDS}, got {self.kd_loss!r}")
+        if self.workers < 0:
+            raise ValueError(f"TrainConfig.workers: expected >= 0, got {self.workers}")
         if self.lr <= 0 or self.lambda_kd < 0:
             raise ValueError(f"TrainConfig: lr > 0 and lambda_kd >= 0 expected, got {self.lr}, {self.lambda_kd}")
 
@@ -379,6 +196,7 @@ def evaluate_miou(model: TTTKDNet, scans: Sequence[Scan], device: torch.device) 
     model.eval()
     matrix = ConfusionMatrix(model.config.num_classes)
     for scan in scans:
+        scan = training_scan(scan, model.config.label_set, "validation scan")
         out = model(model.prepare(scan, device), with_kd=False)
         matrix.update(scan.labels, out.logits.argmax(1).cpu().numpy())
     model.train(was_training)
@@ -386,12 +204,16 @@ def evaluate_miou(model: TTTKDNet, scans: Sequence[Scan], device: torch.device) 
 
 
 def build_model(config: TrainConfig, teacher_dim: int, teacher_id: str,
-                teacher_resolution: tuple[int, int]) -> TTTKDNet:
-    """The preset's network, initialised from config.seed (the same on every rank)."""
+                teacher_resolution: tuple[int, int], label_set: str = "") -> TTTKDNet:
+    """The preset's network for ``label_set``'s classes (the preset's own set when ""), initialised from
+    config.seed (the same on every rank)."""
+    classes = {}
+    if label_set:
+        classes = {"label_set": label_set, "num_classes": get_label_set(label_set).num_classes}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         return TTTKDNet(net_config(config.preset, teacher_dim=teacher_dim, teacher_id=teacher_id,
-                                   teacher_resolution=teacher_resolution))
+                                   teacher_resolution=teacher_resolution, **classes))
 
 
 def train(
@@ -406,29 +228,32 @@ def train(
     metadata: dict[str, Any] | None = None,
     progress: bool = True,
     stop_after_epoch: int | None = None,
+    cache_dir: Path | None = None,
 ) -> TrainResult:
     """Train ``model`` on this rank's shard of ``dataset``; rank 0 writes checkpoints into ``out_dir``.
 
-    teacher may be None only with config.source_only. resume: a previous
-    out_dir; training continues after its last finished epoch. metadata is
-    stored (with the config and history) in every checkpoint's "extra".
-    stop_after_epoch: end (without the final checkpoint) once that epoch
-    (0-based) is saved, to split a run over several sessions with resume.
+    dataset: a DataSource or any sequence of labelled Scans (labels in another label set are mapped into the
+    model's through labels.py). teacher may be None only with config.source_only; its feature maps go through
+    an on-disk cache in ``cache_dir`` (default out_dir/feature_cache). resume: a previous out_dir; training
+    continues after its last finished epoch. metadata is stored (with the config and history) in every
+    checkpoint's "extra". stop_after_epoch: end (without the final checkpoint) once that epoch (0-based) is
+    saved, to split a run over several sessions with resume.
     """
-    from tqdm import tqdm
-
     ctx = ctx or DistContext()
     if teacher is None and not config.source_only:
         raise ValueError("train: joint training needs a teacher (or TrainConfig.source_only=True)")
     if teacher is not None and teacher.feature_dim != model.config.teacher_dim:
         raise ValueError(f"train: teacher {teacher.teacher_id} gives {teacher.feature_dim}-dim features, the model's "
                          f"NetConfig.teacher_dim is {model.config.teacher_dim}")
+    out_dir = Path(out_dir)
     model = model.to(ctx.device).train()
     if config.source_only:
         for param in model.kd_head.parameters():  # unused by CE: frozen, so DDP need not look for it
             param.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    use_cuda_amp = config.amp and ctx.device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_cuda_amp)
     history: list[dict[str, float]] = []
     start_epoch = 0
     if resume is not None:
@@ -437,83 +262,92 @@ def train(
                                  expect={"name": model.config.name, "teacher_dim": model.config.teacher_dim})
         model.load_state_dict(stored.state_dict())
         optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state and use_cuda_amp:
+            scaler.load_state_dict(state["scaler"])
         start_epoch, history = int(state["epoch"]) + 1, list(state["history"])
     net = model
     if ctx.distributed:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=None, find_unused_parameters=False)
 
-    shard = shard_indices(len(dataset), ctx.rank, ctx.world_size)
+    kd_teacher = None
+    if not config.source_only:
+        kd_teacher = teacher if isinstance(teacher, CachedTeacher) else CachedTeacher(
+            teacher, cache_dir or out_dir / "feature_cache")
     t0 = time.perf_counter()
-    examples = []
-    kd_teacher = None if config.source_only else teacher
-    for i in tqdm(shard, desc=f"scans + teacher targets (rank {ctx.rank})", disable=not progress, unit="scan"):
-        examples.append(build_example(dataset[i], kd_teacher, config.kd_points,
-                                      np.random.default_rng([config.seed, i, 1])))
-    if kd_teacher is not None and config.center_targets:
-        center = model.config.kd_target_center or estimate_target_center(examples, model.config.teacher_dim, ctx)
-        model.config.kd_target_center = tuple(float(v) for v in center)
-        examples = [center_example(e, model.config.kd_target_center) for e in examples]
+    estimate = kd_teacher is not None and config.center_targets and not model.config.kd_target_center
+    plan = prepare_shard(dataset, shard_indices(len(dataset), ctx.rank, ctx.world_size), kd_teacher,
+                         model.config.label_set, config.kd_points, config.seed, estimate, ctx, progress=progress)
+    if plan.center is not None:
+        model.config.kd_target_center = plan.center
+    center = model.config.kd_target_center if kd_teacher is not None and config.center_targets else None
+    local = _pad_to_equal_steps(plan.indices, ctx)
     prepare_s = time.perf_counter() - t0
-    steps_per_epoch = math.ceil(len(shard) / config.batch_scans)
+    worker_teacher = kd_teacher
+    if kd_teacher is not None and config.workers > 0:  # workers only read the cache, on the CPU
+        worker_teacher = CachedTeacher(kd_teacher.inner, kd_teacher.cache.root, read_only=True, device="cpu")
+    examples = ExampleSet(dataset, local, worker_teacher, model.config.label_set, config.kd_points, config.seed,
+                          center, config.augment)
+    steps_per_epoch = math.ceil(len(local) / config.batch_scans)
     total_steps = steps_per_epoch * config.epochs
-    out_dir = Path(out_dir)
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
     extra_base = {**(metadata or {}), "train_config": _jsonable(asdict(config)), "world_size": ctx.world_size,
-                  "num_scans": len(dataset), "mode": "source_only" if config.source_only else "joint"}
+                  "num_scans": len(dataset), "mode": "source_only" if config.source_only else "joint",
+                  "skipped_scans": dict(plan.skipped)}
+    LOG.info("rank %d: %d scans train, %d skipped %s; %d steps per epoch; prepared in %.1f s", ctx.rank,
+             len(plan.indices), sum(plan.skipped.values()), dict(plan.skipped), steps_per_epoch, prepare_s)
 
     for epoch in range(start_epoch, config.epochs):
-        order = np.random.default_rng([config.seed, epoch, ctx.rank]).permutation(len(shard))
+        permutation = np.random.default_rng([config.seed, epoch, ctx.rank]).permutation(len(local))
+        examples.order = [local[p] for p in permutation]
+        examples.epoch = epoch
+        loader = torch.utils.data.DataLoader(examples, batch_size=config.batch_scans, shuffle=False,
+                                             collate_fn=as_batch, num_workers=config.workers)
         sums = {"loss": 0.0, "ce": 0.0, "kd": 0.0, "kd_points": 0.0}
         seen = 0
         t_epoch = time.perf_counter()
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
-                   unit="step")
-        for step in bar:
+        bar = _progress(loader, progress, f"epoch {epoch + 1}/{config.epochs}")
+        for step, batch in enumerate(bar):
             lr = learning_rate(config, epoch * steps_per_epoch + step, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = order[step * config.batch_scans:(step + 1) * config.batch_scans]
             optimizer.zero_grad(set_to_none=True)
-            for j, pos in enumerate(batch):
-                rng = np.random.default_rng([config.seed, epoch, shard[pos], 2])
-                scan, kd_index, kd_features = augmented(examples[pos], rng, config.augment)
-                prepared = model.prepare(scan, ctx.device)
-                labels = torch.from_numpy(scan.labels).to(ctx.device)
+            for j, (_, scan, kd_index, kd_features) in enumerate(batch):
                 last = j == len(batch) - 1
                 sync = nullcontext() if (last or not ctx.distributed) else net.no_sync()
                 with sync:
-                    out = net(prepared, with_kd=not config.source_only)
-                    kd_pred = None
-                    if out.kd is not None:
-                        kd_pred = out.kd.index_select(0, torch.from_numpy(kd_index).to(ctx.device))
-                    terms = joint_loss(out.logits, labels, kd_pred, None if out.kd is None else kd_features,
-                                       config.lambda_kd, config.kd_loss)
-                    (terms.total / len(batch)).backward()
+                    terms = _scan_loss(net, model, scan, kd_index, kd_features, config, ctx.device)
+                    scaler.scale(terms.total / len(batch)).backward()
                 sums["loss"] += float(terms.total.detach())
                 sums["ce"] += float(terms.ce.detach())
                 sums["kd"] += float(terms.kd.detach())
                 sums["kd_points"] += terms.kd_points
                 seen += 1
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params, 5.0)
-            optimizer.step()
-            bar.set_postfix(ce=f"{sums['ce'] / seen:.3f}", kd=f"{sums['kd'] / seen:.3f}", lr=f"{lr:.1e}")
+            scaler.step(optimizer)
+            scaler.update()
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(ce=f"{sums['ce'] / seen:.3f}", kd=f"{sums['kd'] / seen:.3f}", lr=f"{lr:.1e}")
         record = {"epoch": epoch, **{k: v / max(1, seen) for k, v in sums.items()},
-                  "epoch_s": time.perf_counter() - t_epoch, "targets_s": prepare_s}
+                  "epoch_s": time.perf_counter() - t_epoch, "targets_s": prepare_s,
+                  "scans_per_s": seen / max(1e-9, time.perf_counter() - t_epoch)}
         average_buffers(model, ctx)
         if ctx.distributed:
-            means = torch.tensor([record["loss"], record["ce"], record["kd"]], dtype=torch.float64)
-            dist.all_reduce(means)
+            means = sum_over_ranks(torch.tensor([record["loss"], record["ce"], record["kd"]], dtype=torch.float64), ctx)
             record["loss"], record["ce"], record["kd"] = (means / ctx.world_size).tolist()
         if ctx.is_main:
             if val_scans:
                 record["val_miou"] = evaluate_miou(model, val_scans, ctx.device)
             history.append(record)
+            LOG.info("epoch %d: %s", epoch, json.dumps({k: round(v, 5) for k, v in record.items()}))
             extra = {**extra_base, "epoch": epoch, "history": history}
             save_checkpoint(model, out_dir / LAST_CHECKPOINT, extra=extra)
-            save_train_state(out_dir / STATE_FILE, optimizer, epoch, history)
+            save_train_state(out_dir / STATE_FILE, optimizer, epoch, history,
+                             scaler.state_dict() if use_cuda_amp else None)
             with open(out_dir / HISTORY_FILE, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            plot_history(history, out_dir / CURVES_FILE, title=f"{model.config.name}: {extra_base['mode']}")
         if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < config.epochs - 1:
             return TrainResult(model, history, None)
     final = None
@@ -521,6 +355,38 @@ def train(
         final = save_checkpoint(model, out_dir / FINAL_CHECKPOINT,
                                 extra={**extra_base, "epoch": config.epochs - 1, "history": history})
     return TrainResult(model, history, final)
+
+
+def _scan_loss(net: torch.nn.Module, model: TTTKDNet, scan: Scan, kd_index: np.ndarray, kd_features: torch.Tensor,
+               config: TrainConfig, device: torch.device) -> LossTerms:
+    """One scan's joint loss (autocast when config.amp); the losses themselves are computed in float32."""
+    prepared = model.prepare(scan, device)
+    labels = torch.from_numpy(scan.labels).to(device)
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=config.amp):
+        out = net(prepared, with_kd=not config.source_only)
+    kd_pred = None
+    if out.kd is not None:
+        kd_pred = out.kd.index_select(0, torch.from_numpy(kd_index).to(device)).float()
+    return joint_loss(out.logits.float(), labels, kd_pred, None if out.kd is None else kd_features,
+                      config.lambda_kd, config.kd_loss)
+
+
+def _pad_to_equal_steps(indices: list[int], ctx: DistContext) -> list[int]:
+    """This rank's trainable scans, wrapped around to the longest rank's count (DDP ranks must step together)."""
+    longest = max_over_ranks(len(indices), ctx)
+    fewest = -max_over_ranks(-len(indices), ctx)
+    if fewest == 0:
+        raise ValueError("train: a rank has no trainable scans (every scan of its shard was skipped; see the log)")
+    return [indices[k % len(indices)] for k in range(longest)]
+
+
+def _progress(iterable, enabled: bool, desc: str):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, unit="step")
 
 
 def _jsonable(value: Any) -> Any:

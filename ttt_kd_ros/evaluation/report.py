@@ -94,6 +94,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], id_split: str, shifts: Sequen
 def result_record(result: SplitResult, class_names: Sequence[str]) -> dict[str, Any]:
     """Everything about one (strategy, split) pair, JSON-ready."""
     iou = result.confusion.iou()
+    class_names = result.class_names or class_names
     names = list(class_names) if len(class_names) == len(iou) else [str(i) for i in range(len(iou))]
     return {
         "strategy": result.strategy,

@@ -23,9 +23,10 @@ import torch
 from ttt_kd_ros.adapt import STRATEGIES, AdaptConfig, build_strategy
 from ttt_kd_ros.checkpoint_format import load_checkpoint
 from ttt_kd_ros.evaluation.splits import SplitData, SplitSpec, split_scan
+from ttt_kd_ros.labels import LABEL_SETS, common_classes, get_label_set
 from ttt_kd_ros.metrics import ConfusionMatrix
 from ttt_kd_ros.model import TTTKDNet
-from ttt_kd_ros.scan import Scan
+from ttt_kd_ros.scan import IGNORE_LABEL, Scan
 from ttt_kd_ros.segmenter import Segmenter
 from ttt_kd_ros.teacher import Teacher
 
@@ -76,6 +77,7 @@ class SplitResult:
     skips: Counter = field(default_factory=Counter)
     resets: int = 0
     stage_s: dict[str, float] = field(default_factory=dict)  # mean seconds per scan per Segmenter stage
+    class_names: tuple[str, ...] = ()  # of the confusion's classes (the shared ones for a cross-set split)
 
     @property
     def miou(self) -> float:
@@ -115,6 +117,52 @@ def build_segmenter(settings: RunSettings, row: EvalStrategy) -> Segmenter:
     return Segmenter(model, teacher, strategy, settings.device)
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """Where a split's ground truth and a model's predictions meet: the model's classes when the split is
+    labelled in the same set, else the classes the two sets share (labels.common_classes), both sides mapped."""
+
+    class_names: tuple[str, ...]
+    truth_map: np.ndarray | None = None
+    pred_map: np.ndarray | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def confusion(self) -> ConfusionMatrix:
+        return ConfusionMatrix(self.num_classes)
+
+    def update(self, matrix: ConfusionMatrix, truth: np.ndarray, predicted: np.ndarray) -> None:
+        if self.truth_map is not None:
+            truth, predicted = _through(self.truth_map, truth), _through(self.pred_map, predicted)
+        matrix.update(truth, predicted)
+
+
+def _through(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    ids = np.asarray(ids).astype(np.int64)
+    known = (ids >= 0) & (ids < len(table))
+    out = np.full(ids.shape, IGNORE_LABEL, dtype=np.int64)
+    out[known] = table[ids[known]]
+    return out
+
+
+def scoring_for(split_label_set: str, model_label_set: str, model_classes: Sequence[str]) -> Scoring:
+    """The Scoring of a split labelled in ``split_label_set`` against a model predicting ``model_label_set``."""
+    if not split_label_set or split_label_set == model_label_set:
+        return Scoring(tuple(model_classes))
+    common = common_classes(split_label_set, model_label_set)
+    return Scoring(common.names, common.a_to_common, common.b_to_common)
+
+
+def split_scoring(segmenter: Segmenter, split_label_set: str) -> Scoring:
+    """The Scoring of the segmenter's model against scans labelled in ``split_label_set``."""
+    model = segmenter.model.config
+    names = (get_label_set(model.label_set).class_names if model.label_set in LABEL_SETS
+             else tuple(str(i) for i in range(model.num_classes)))
+    return scoring_for(split_label_set, model.label_set, names)
+
+
 def warm_teacher(teacher: Teacher, split: SplitData) -> list[float]:
     """Compute (and cache) the teacher features of every image of the split; (S,) seconds per scan.
 
@@ -133,18 +181,19 @@ def warm_teacher(teacher: Teacher, split: SplitData) -> list[float]:
     return cost
 
 
-def evaluate_split(segmenter: Segmenter, row: EvalStrategy, split: SplitData, num_classes: int,
+def evaluate_split(segmenter: Segmenter, row: EvalStrategy, split: SplitData,
                    teacher_cost_s: Sequence[float] | None = None) -> SplitResult:
-    """Segment every scan of the split in order and score it against the scan's labels."""
-    result = SplitResult(row.name, split.name, ConfusionMatrix(num_classes))
+    """Segment every scan of the split in order and score it against the scan's labels (split_scoring)."""
+    scoring = split_scoring(segmenter, split.label_set)
+    result = SplitResult(row.name, split.name, scoring.confusion(), class_names=scoring.class_names)
     stages: Counter = Counter()
     for i, scan in enumerate(split.scans):
         if scan.labels is None:
             raise ValueError(f"split {split.name}: scan {i} has no labels; evaluation needs labelled scans")
         pred = segmenter.segment(scan)
-        result.confusion.update(scan.labels, pred.labels)
-        one = ConfusionMatrix(num_classes)
-        one.update(scan.labels, pred.labels)
+        scoring.update(result.confusion, scan.labels, pred.labels)
+        one = scoring.confusion()
+        scoring.update(one, scan.labels, pred.labels)
         result.scan_miou.append(one.miou())
         seconds = pred.total_s
         if segmenter.strategy.needs_targets and teacher_cost_s is not None:
@@ -170,7 +219,7 @@ def run_table(settings: RunSettings, rows: Sequence[EvalStrategy], splits: Seque
         for row in rows:
             segmenter = build_segmenter(settings, row)
             start = time.perf_counter()
-            result = evaluate_split(segmenter, row, split, segmenter.num_classes, teacher_cost.get(split.name))
+            result = evaluate_split(segmenter, row, split, teacher_cost.get(split.name))
             LOG.info("%s on %s: mIoU %.4f, %.3f s/scan (%.1f s)", row.name, split.name, result.miou,
                      result.seconds_per_scan, time.perf_counter() - start)
             results.append(result)
@@ -219,11 +268,12 @@ def run_curve(settings: RunSettings, splits: Sequence[SplitData], steps: Sequenc
     kd_curve: dict[str, dict[int, float]] = {}
     for split in splits:
         segmenter = build_segmenter(settings, row)
-        matrices = {k: ConfusionMatrix(segmenter.num_classes) for k in steps}
+        scoring = split_scoring(segmenter, split.label_set)
+        matrices = {k: scoring.confusion() for k in steps}
         losses: dict[int, list[float]] = {k: [] for k in steps}
         for scan in split.scans[:max_scans]:
             for k, pred in zip(steps, segmenter.segment_steps(scan, steps), strict=True):
-                matrices[k].update(scan.labels, pred.labels)
+                scoring.update(matrices[k], scan.labels, pred.labels)
                 if pred.kd_loss_after is not None:
                     losses[k].append(pred.kd_loss_after)
         miou_curve[split.name] = {k: matrices[k].miou() for k in steps}
@@ -267,18 +317,21 @@ def window_miou(counts: Sequence[np.ndarray], window: int) -> list[float]:
 
 def run_online(settings: RunSettings, spec: SplitSpec, num_scans: int, base_seed: int, max_points: int,
                subsample: str, progress_every: int = 50) -> OnlineStream:
-    """TTT-KD-O over ``num_scans`` consecutive scans of one split (generated one at a time, not kept)."""
+    """TTT-KD-O over the first ``num_scans`` consecutive scans of one split (loaded one at a time, not kept;
+    fewer when the split's source is shorter)."""
     online = build_segmenter(settings, EVAL_STRATEGIES["ttt_kd_online"])
     frozen = build_segmenter(settings, EVAL_STRATEGIES["joint_train"])
-    num_classes = online.num_classes
+    source = spec.open(num_scans, base_seed)
+    scoring = split_scoring(online, source.label_set)
     stream = OnlineStream(spec.name)
     start = time.perf_counter()
+    num_scans = min(num_scans, len(source))
     for i in range(num_scans):
-        scan: Scan = split_scan(spec, i, base_seed, max_points, subsample)
+        scan: Scan = split_scan(source, i, base_seed, max_points, subsample)
         for segmenter, store in ((online, stream.counts_online), (frozen, stream.counts_none)):
             pred = segmenter.segment(scan)
-            cm = ConfusionMatrix(num_classes)
-            cm.update(scan.labels, pred.labels)
+            cm = scoring.confusion()
+            scoring.update(cm, scan.labels, pred.labels)
             store.append(cm.counts)
             if segmenter is online:
                 stream.kd_loss_before.append(pred.kd_loss_before)

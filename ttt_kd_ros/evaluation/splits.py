@@ -1,28 +1,38 @@
-"""Evaluation splits: a name, a synthetic domain, and the scans drawn from it once.
+"""Evaluation splits: a name and a data source, and the scans drawn from it once.
 
-A shift is data, never a code path: every split is a ``Domain`` (scene style x
-sensor) from ``data.synthetic.DOMAINS``, optionally with some of its
-parameters changed on the command line, so anyone can evaluate a shift this
-module never heard of:
+A shift is data, never a code path. A split is either a synthetic ``Domain``
+(scene style x sensor) from ``data.synthetic.DOMAINS``, optionally with some
+of its parameters changed on the command line, or any data-source spec
+(data/sources.py), so anyone can evaluate a shift or a data set this module
+never heard of:
 
     office                                   the named domain, split called "office"
     heavy=noisy:sensor.dropout=0.6           "noisy" with a field changed, split called "heavy"
     dim=source:style.ambient=[0.1,0.2],sensor.image_noise=0.1
+    kitti08=semantickitti:/data/skitti?sequences=08&every=20     a real data set
 
-Scans are generated once per split and reused by every strategy.
+A split's scans are its source's first ``--scans`` (synthetic: generated from
+the evaluation seed). Scans are drawn once per split and reused by every
+strategy. When a split's labels are in another label set than the
+checkpoint's, both sides are scored on the classes they share
+(labels.common_classes), as the paper's cross-data-set tables are.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ttt_kd_ros.data.synthetic import DOMAINS, Domain, generate_scan, scan_seed
+from ttt_kd_ros.data.sources import DataSource, SubsetSource, SyntheticSource, is_source_spec, open_source
+from ttt_kd_ros.data.synthetic import DOMAINS, Domain, scan_seed
 from ttt_kd_ros.data.synthetic.domains import parse_domain
 from ttt_kd_ros.scan import Scan
+
+LOG = logging.getLogger("ttt_kd_evaluate")
 
 IN_DISTRIBUTION = "source"
 DEFAULT_SHIFTS = ("office", "lidar", "noisy")
@@ -37,39 +47,61 @@ repeats across base seeds, so evaluation rooms are not training rooms."""
 
 @dataclass(frozen=True)
 class SplitSpec:
-    """A named split: the domain its scans come from and the text it was parsed from (for reports)."""
+    """A named split: where its scans come from and the text it was parsed from (for reports).
+
+    domain: the synthetic Domain (renamed to the split) when the split is synthetic, else None;
+    source_spec: the data-source spec otherwise.
+    """
 
     name: str
-    domain: Domain
     spec: str
+    domain: Domain | None = None
+    source_spec: str = ""
 
     def describe(self) -> str:
         return self.spec if self.spec != self.name else f"{self.name} (synthetic domain)"
 
+    def open(self, num_scans: int, base_seed: int) -> DataSource:
+        """The split's first ``num_scans`` scans as a DataSource (synthetic: generated from ``base_seed``)."""
+        if self.domain is not None:
+            return SyntheticSource(self.domain, num_scans, base_seed, spec=self.spec, keep=0)
+        source = open_source(self.source_spec)
+        return source if len(source) <= num_scans else SubsetSource(source, range(num_scans), source.spec)
+
 
 def parse_split(text: str) -> SplitSpec:
-    """``NAME=DOMAIN_SPEC`` or a bare domain name (the split takes its name)."""
+    """``NAME=SPEC`` or a bare synthetic domain name (the split takes its name); SPEC is a synthetic domain spec
+    (``DOMAIN[:part.field=value,...]``) or a data-source spec (``KIND:ROOT?options``)."""
     name, eq, spec = text.partition("=")
-    if not eq:
+    if not eq or (is_source_spec(text) and not is_source_spec(spec)):
         name, spec = text, text
     name, spec = name.strip(), spec.strip()
+    if is_source_spec(spec) and name == spec:
+        raise ValueError(f"split {text!r}: a data-source split needs a name: NAME={spec}")
     if not name or not spec:
-        raise ValueError(f"split {text!r}: expected NAME=DOMAIN[:overrides] or a domain name from {sorted(DOMAINS)}")
+        raise ValueError(f"split {text!r}: expected NAME=SPEC (a domain from {sorted(DOMAINS)} with optional "
+                         "overrides, or a data-source spec KIND:ROOT?options) or a domain name")
     if not all(ch.isalnum() or ch in "_-" for ch in name):
         raise ValueError(f"split {text!r}: name {name!r} may only hold letters, digits, '_' and '-'")
+    if is_source_spec(spec):
+        return SplitSpec(name=name, spec=text.strip(), source_spec=spec)
     domain = parse_domain(spec)
-    return SplitSpec(name=name, domain=dataclasses.replace(domain, name=name), spec=text.strip())
+    return SplitSpec(name=name, spec=text.strip(), domain=dataclasses.replace(domain, name=name))
 
 
 @dataclass
 class SplitData:
-    """The scans of one split, generated once; generation_s is their total generation time."""
+    """The scans of one split, loaded once; generation_s is their total load (or generation) time.
+
+    label_set: the label set of the scans' labels; skipped: scans that failed to load (file -> reason).
+    """
 
     spec: SplitSpec
     scans: list[Scan]
     seeds: list[int]
     generation_s: float = 0.0
     notes: dict[str, object] = field(default_factory=dict)
+    label_set: str = ""
 
     @property
     def name(self) -> str:
@@ -97,22 +129,38 @@ def limit_points(scan: Scan, max_points: int, mode: str, seed: int) -> Scan:
     return scan.select(keep)
 
 
-def split_scan(spec: SplitSpec, index: int, base_seed: int, max_points: int = 0, subsample: str = "random") -> Scan:
-    """Scan ``index`` of a split: deterministic in (domain, base_seed, index)."""
-    seed = scan_seed(base_seed, index)
-    scan = generate_scan(spec.domain, seed)
+def split_scan(source: DataSource, index: int, base_seed: int, max_points: int = 0,
+               subsample: str = "random") -> Scan:
+    """Scan ``index`` of a split's source, capped: deterministic in (source, base_seed, index)."""
+    scan = source[index]
     scan.stamp_ns = index * 100_000_000
-    return limit_points(scan, max_points, subsample, seed)
+    return limit_points(scan, max_points, subsample, scan_seed(base_seed, index))
 
 
 def generate_split(spec: SplitSpec, num_scans: int, base_seed: int = DEFAULT_EVAL_SEED, max_points: int = 0,
                    subsample: str = "random") -> SplitData:
-    """``num_scans`` scans of the split, kept in memory so every strategy sees the same ones."""
+    """The split's first ``num_scans`` scans, kept in memory so every strategy sees the same ones.
+
+    A scan that fails to load is logged and left out (counted in ``notes["skipped"]``); a split left with no
+    scans is an error naming the source.
+    """
     if num_scans < 1:
         raise ValueError(f"scans per split: expected >= 1, got {num_scans}")
     start = time.perf_counter()
-    scans = [split_scan(spec, i, base_seed, max_points, subsample) for i in range(num_scans)]
-    seeds = [scan_seed(base_seed, i) for i in range(num_scans)]
+    source = spec.open(num_scans, base_seed)
+    scans, seeds, skipped = [], [], {}
+    for i in range(min(num_scans, len(source))):
+        try:
+            scans.append(split_scan(source, i, base_seed, max_points, subsample))
+        except (ValueError, FileNotFoundError, OSError) as err:
+            skipped[source.item_name(i)] = str(err)
+            LOG.warning("split %s: skipping %s: %s", spec.name, source.item_name(i), err)
+            continue
+        seeds.append(scan_seed(base_seed, i))
+    if not scans:
+        raise ValueError(f"split {spec.name}: no scan of {source.spec} could be loaded")
     return SplitData(spec, scans, seeds, time.perf_counter() - start,
                      {"mean_points": float(np.mean([s.num_points for s in scans])),
-                      "cameras": int(np.mean([len(s.cameras) for s in scans]))})
+                      "cameras": int(np.mean([len(s.cameras) for s in scans])), "source": source.describe(),
+                      "skipped": len(skipped), "skipped_files": skipped},
+                     label_set=source.label_set)

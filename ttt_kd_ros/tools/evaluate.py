@@ -70,7 +70,8 @@ from ttt_kd_ros.evaluation.splits import (
     generate_split,
     parse_split,
 )
-from ttt_kd_ros.labels import LABEL_SETS
+from ttt_kd_ros.feature_cache import CachedTeacher
+from ttt_kd_ros.labels import LABEL_SETS, common_classes
 from ttt_kd_ros.oracle_teacher import build_offline_teacher, is_oracle
 from ttt_kd_ros.overrides import apply_overrides
 from ttt_kd_ros.segmenter import RANDOM_TEACHERS, resolve_device
@@ -104,7 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an extra named row on the joint checkpoint with its own AdaptConfig (the strategy's "
                         "config after the shared flags and --adapt, then these fields), e.g. "
                         "kd_only=ttt_kd:bn_train=false or bn_only=ttt_kd:lr=1e-8; repeat for more")
-    p.add_argument("--in-distribution", default=IN_DISTRIBUTION, help="split spec of the in-distribution column")
+    p.add_argument("--split", action="append", default=None, metavar="NAME=SPEC",
+                   help="a column: a synthetic domain spec or a data-source spec (KIND:ROOT?options, docs/DATA.md); "
+                        "the first is the in-distribution column unless --in-distribution is given, the rest are "
+                        "shifts; repeat for more (replaces the default shifts)")
+    p.add_argument("--in-distribution", default=None,
+                   help=f"split spec of the in-distribution column (default {IN_DISTRIBUTION!r}, or the first --split)")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="teacher feature cache folder (ttt_kd_cache_features): features are read, not recomputed; "
+                        "seconds per scan then leave out the ViT forward")
     p.add_argument("--shift", action="append", default=None,
                    help=f"a shift column, NAME=DOMAIN[:sensor.f=v,style.f=v] or a domain name; repeat for more "
                         f"(default {' '.join(DEFAULT_SHIFTS)})")
@@ -211,6 +220,21 @@ def named_rows(texts: Sequence[str], configs: dict[str, AdaptConfig], taken: Seq
     return rows
 
 
+def columns(args: argparse.Namespace) -> tuple[SplitSpec, list[SplitSpec]]:
+    """(in-distribution split, shifts) from --in-distribution, --split and --shift."""
+    given = list(args.split or [])
+    if args.in_distribution is not None:
+        id_text = args.in_distribution
+    elif given:
+        id_text = given.pop(0)
+    else:
+        id_text = IN_DISTRIBUTION
+    shift_texts = given + list(args.shift or [])
+    if not args.split and not args.shift:
+        shift_texts = list(DEFAULT_SHIFTS)
+    return parse_split(id_text), [parse_split(s) for s in shift_texts]
+
+
 def _check_checkpoint(path: Path, flag: str) -> dict[str, Any]:
     if not path.is_file():
         raise ValueError(f"{flag} {path}: file not found (train one with ttt_kd_train, or pass another file)")
@@ -249,8 +273,7 @@ class Evaluation:
         self.adapt = adapt_configs(args)
         self.rows = [EVAL_STRATEGIES[n] for n in _strategies(args.strategies)]
         self.rows += named_rows(args.row, self.adapt, [r.name for r in self.rows])
-        self.id_split = parse_split(args.in_distribution)
-        self.shifts = [parse_split(s) for s in (args.shift or DEFAULT_SHIFTS)]
+        self.id_split, self.shifts = columns(args)
         names = [self.id_split.name] + [s.name for s in self.shifts]
         if len(set(names)) != len(names):
             raise ValueError(f"split names must be unique, got {names}")
@@ -283,6 +306,8 @@ class Evaluation:
             if self.teacher_spec is None:
                 raise ValueError(f"--teacher: no teacher given and the default {DEFAULT_TEACHER} does not exist")
             teacher = build_offline_teacher(self.teacher_spec, _resolution(args, self.meta.get(JOINT)), self.device)
+            if args.cache is not None:
+                teacher = CachedTeacher(teacher, args.cache)
         self.teacher_description = teacher_kind(self.teacher_spec, teacher) if teacher is not None else "none used"
         self.teacher_id = teacher.teacher_id if teacher is not None else ""
         self.settings = RunSettings(checkpoints, teacher, self.adapt, self.device)
@@ -304,8 +329,8 @@ class Evaluation:
                 if args.skip_table and spec.name not in self.curve_splits:
                     continue
                 split = generate_split(spec, scans, args.seed, args.max_points, args.subsample)
-                LOG.info("split %s: %d scans, %.0f points on average, generated in %.1f s", spec.name, scans,
-                         split.notes["mean_points"], split.generation_s)
+                LOG.info("split %s: %d scans (%d skipped), %.0f points on average, loaded in %.1f s", spec.name,
+                         len(split.scans), split.notes["skipped"], split.notes["mean_points"], split.generation_s)
                 self.splits.append(split)
         if not args.skip_table:
             run_table(self.settings, self.rows, self.splits, on_result=self._on_result)
@@ -370,14 +395,28 @@ class Evaluation:
                 + f"; {self.args.scans} scans each"
                 + (f", capped to {self.args.max_points} points ({self.args.subsample})" if self.args.max_points else "")
                 + f", seed {self.args.seed}.\n",
+                *self._cross_set_notes(),
                 "mIoU in %; gains relative to source-only (OOD: mean of per-shift gains); seconds per scan include "
-                "a cold teacher forward for the distilling strategies.\n",
+                "a cold teacher forward for the distilling strategies"
+                + (" (here read from the feature cache instead)" if self.args.cache else "") + ".\n",
                 markdown_table(rows, self.id_split.name, shifts),
                 f"\nCommand: `{self.command}`\n"]
         (self.out / "table.md").write_text("\n".join(text))
         if plot and self.results:
             plot_bars(rows, self.id_split.name, shifts, self.out / "miou_bars.png",
                       self.args.title or f"mIoU per split (teacher: {self.teacher_description.split(':')[0]})")
+
+    def _cross_set_notes(self) -> list[str]:
+        """A line per split labelled in another label set than the checkpoint: which classes it is scored on."""
+        meta = self.meta.get(JOINT) or next(iter(self.meta.values()), None)
+        model_set = meta["config"].get("label_set", "") if meta is not None else ""
+        notes = []
+        for split in self.splits:
+            if split.label_set and model_set and split.label_set != model_set:
+                names = common_classes(split.label_set, model_set).names
+                notes.append(f"Split `{split.name}` is labelled in {split.label_set}, the model in {model_set}: "
+                             f"scored on the {len(names)} classes both share ({', '.join(names)}).\n")
+        return notes
 
     def write_curve(self) -> None:
         write_json(self.out / "steps_curve.json", {

@@ -1,7 +1,13 @@
-"""ttt_kd_train: joint training (CE + lambda * KD) or the source-only baseline on synthetic scans.
+"""ttt_kd_train: joint training (CE + lambda * KD) or the source-only baseline on any data source.
 
-Single process:   ttt_kd_train --domain source --scans 64 --epochs 6 --out runs/joint
-Several GPUs/CPUs: torchrun --nproc_per_node 2 -m ttt_kd_ros.tools.train ... (DDP; rank 0 writes)
+Synthetic (the default):  ttt_kd_train --domain source --scans 64 --epochs 6 --out runs/joint
+A real data set:          ttt_kd_train --data 'semantickitti:/data/skitti?sequences=00-07,09-10' \
+                              --val 'semantickitti:/data/skitti?sequences=08&every=10' --teacher /models/dinov2-small \
+                              --cache /data/cache/skitti_dinov2s --workers 4 --out runs/skitti
+Several GPUs / nodes:     torchrun --nproc_per_node 8 -m ttt_kd_ros.tools.train ... (DDP; rank 0 writes)
+
+--data takes a data-source spec (data/sources.py, docs/DATA.md); --domain / --scans / --seed are the synthetic
+default's shorthand (``synthetic:DOMAIN?scans=N&seed=S``).
 
 --teacher: "default" (the shipped stand-in teacher, ttt_kd_ros/checkpoints/teacher_synthetic_vit),
 "tiny" (random weights: the control), or any load_teacher spec (a DINOv2 HF folder, an official
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shlex
 import sys
 from pathlib import Path
@@ -19,13 +26,17 @@ from pathlib import Path
 import torch
 
 from ttt_kd_ros.checkpoints import default_teacher, default_teacher_resolution
-from ttt_kd_ros.data.synthetic import DOMAINS, SyntheticDataset
+from ttt_kd_ros.data.sources import DataSource, SubsetSource, open_source
+from ttt_kd_ros.data.synthetic import DOMAINS
+from ttt_kd_ros.labels import LABEL_SETS
 from ttt_kd_ros.losses import KD_LOSS_KINDS
 from ttt_kd_ros.model import PRESETS
 from ttt_kd_ros.oracle_teacher import build_offline_teacher, is_oracle
 from ttt_kd_ros.segmenter import RANDOM_TEACHERS
 from ttt_kd_ros.teacher import Teacher
 from ttt_kd_ros.training import Augmentation, TrainConfig, build_model, init_distributed, train
+
+LOG = logging.getLogger("ttt_kd_train")
 
 VAL_SEED_OFFSET = 7919
 """Validation scans come from data seed (seed + this): rooms the training scans do not show."""
@@ -36,10 +47,25 @@ def build_parser() -> argparse.ArgumentParser:
     a = Augmentation()
     p = argparse.ArgumentParser(prog="ttt_kd_train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", type=Path, required=True, help="run folder: model.safetensors, last.*, history.jsonl")
+    p.add_argument("--out", type=Path, required=True,
+                   help="run folder: model.safetensors, last.*, history.jsonl, curves.png, train.log")
+    p.add_argument("--data", default=None, metavar="SPEC",
+                   help="training data source, e.g. 'semantickitti:ROOT?sequences=00-07' (default: synthetic "
+                        "--domain with --scans and --seed)")
+    p.add_argument("--val", default=None, metavar="SPEC",
+                   help="validation source for a per-epoch mIoU (its first --val-scans scans; default: synthetic "
+                        "--domain rooms the training scans do not show, only when --data is synthetic)")
     p.add_argument("--domain", default=d.domain, choices=sorted(DOMAINS), help="synthetic domain to train on")
-    p.add_argument("--scans", type=int, default=64, help="training scans (SyntheticDataset(domain, scans, seed))")
-    p.add_argument("--val-scans", type=int, default=8, help="held-out scans for a per-epoch mIoU (0 = none)")
+    p.add_argument("--scans", type=int, default=64, help="synthetic training scans (--data synthetic:...?scans=)")
+    p.add_argument("--val-scans", type=int, default=8, help="validation scans for a per-epoch mIoU (0 = none)")
+    p.add_argument("--label-set", default=None, choices=sorted(LABEL_SETS),
+                   help="the model's classes (default: the data source's); other sets map through labels.py")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="teacher feature cache folder (default OUT/feature_cache); share one per data set and "
+                        "teacher between runs (ttt_kd_cache_features fills it ahead)")
+    p.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes per rank")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision (default: on with CUDA, off on a CPU)")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
@@ -94,30 +120,40 @@ def teacher_input_hw(teacher: Teacher, example_image_wh: tuple[int, int]) -> tup
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     command = shlex.join(["ttt_kd_train", *(sys.argv[1:] if argv is None else argv)])
     ctx = init_distributed(args.device)
+    setup_logging(args.out if ctx.is_main else None, quiet=not ctx.is_main)
+    try:
+        data, val = open_data(args)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+    label_set = args.label_set or data.label_set
+    if not label_set:
+        parser.error(f"--data {data.spec}: the source has no labels; training needs a labelled source")
     augment = None if args.no_augment else Augmentation(scale=tuple(args.scale), flip_prob=args.flip_prob,
                                                         jitter_m=args.jitter_m, crop_points=args.crop_points)
-    config = TrainConfig(domain=args.domain, preset=args.preset, epochs=args.epochs, lr=args.lr,
+    amp = args.amp if args.amp is not None else ctx.device.type == "cuda"
+    config = TrainConfig(domain=data.spec, preset=args.preset, epochs=args.epochs, lr=args.lr,
                          weight_decay=args.weight_decay, lambda_kd=args.lambda_kd, kd_loss=args.kd_loss,
                          source_only=args.source_only, batch_scans=args.batch_scans, kd_points=args.kd_points,
-                         seed=args.seed, augment=augment)
+                         seed=args.seed, augment=augment, workers=args.workers, amp=amp)
     teacher = resolve_teacher(args.teacher, args.teacher_resolution, ctx.device, args.seed)
-    dataset = SyntheticDataset(args.domain, args.scans, seed=args.seed)
-    first = dataset[0]
-    image_wh = ((first.cameras[0].intrinsics.width_px, first.cameras[0].intrinsics.height_px)
-                if first.cameras else (224, 224))
-    model = build_model(config, teacher.feature_dim, teacher.teacher_id, teacher_input_hw(teacher, image_wh))
-    val = list(SyntheticDataset(args.domain, args.val_scans, seed=args.seed + VAL_SEED_OFFSET)) if ctx.is_main else []
+    model = build_model(config, teacher.feature_dim, teacher.teacher_id,
+                        teacher_input_hw(teacher, example_image_wh(data)), label_set=label_set)
     metadata = {"command": command, "teacher_id": teacher.teacher_id, "teacher_spec": args.teacher,
-                "domain": args.domain, "seed": args.seed, "data_seed": args.seed,
-                "val_data_seed": args.seed + VAL_SEED_OFFSET, "torch": torch.__version__}
-    result = train(config, model, dataset, teacher, args.out, ctx, resume=args.resume, val_scans=val,
+                "data": data.spec, "val": val.spec if val is not None else "", "domain": args.domain,
+                "seed": args.seed, "data_seed": args.seed, "val_data_seed": args.seed + VAL_SEED_OFFSET,
+                "torch": torch.__version__}
+    LOG.info("training %s on %s (labels %s), teacher %s, device %s, amp %s, %d worker(s)", model.config.name,
+             data.describe(), label_set, teacher.teacher_id, ctx.device, amp, args.workers)
+    val_scans = list(val) if (val is not None and ctx.is_main) else []
+    result = train(config, model, data, teacher, args.out, ctx, resume=args.resume, val_scans=val_scans,
                    metadata=metadata, progress=ctx.is_main and not args.no_progress,
-                   stop_after_epoch=args.stop_after_epoch)
+                   stop_after_epoch=args.stop_after_epoch, cache_dir=args.cache)
     if ctx.is_main:
         print(json.dumps(result.history[-1] if result.history else {}, indent=1))
         print(f"model written to {result.final_checkpoint}" if result.final_checkpoint else
@@ -125,6 +161,41 @@ def main(argv: list[str] | None = None) -> int:
     if ctx.distributed:
         torch.distributed.destroy_process_group()
     return 0
+
+
+def open_data(args: argparse.Namespace) -> tuple[DataSource, DataSource | None]:
+    """The training source and the validation source (None without one) the arguments name."""
+    data = open_source(args.data or f"synthetic:{args.domain}?scans={args.scans}&seed={args.seed}")
+    val = None
+    if args.val_scans > 0:
+        if args.val:
+            val = open_source(args.val, max_scans=args.val_scans)
+            val = val if len(val) <= args.val_scans else SubsetSource(val, range(args.val_scans), val.spec)
+        elif data.kind == "synthetic":
+            val = open_source(f"synthetic:{args.domain}?scans={args.val_scans}&seed={args.seed + VAL_SEED_OFFSET}")
+    return data, val
+
+
+def example_image_wh(data: DataSource) -> tuple[int, int]:
+    """(W, H) of the first camera image among the first scans that load: what the teacher's input size follows."""
+    for i in range(min(len(data), 8)):
+        try:
+            scan = data[i]
+        except (ValueError, FileNotFoundError, OSError):
+            continue
+        if scan.cameras:
+            return scan.cameras[0].intrinsics.width_px, scan.cameras[0].intrinsics.height_px
+    return 224, 224
+
+
+def setup_logging(out: Path | None, quiet: bool) -> None:
+    """Log to stderr and (rank 0) to OUT/train.log, appended across resumed runs."""
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(out / "train.log"))
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, handlers=handlers, force=True,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
 if __name__ == "__main__":
