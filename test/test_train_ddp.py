@@ -56,3 +56,33 @@ def test_train_ddp_two_cpu_ranks_end_identical(tmp_path, monkeypatch) -> None:
     changed = [k for k, v in rank0.items() if v.is_floating_point() and not torch.equal(v, initial[k])]
     assert any(k.startswith("backbone.") for k in changed) and any(k.startswith("kd_head.") for k in changed)
     assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_torchrun_two_gloo_ranks_train_on_a_semantickitti_layout(tmp_path) -> None:
+    """The console command under torchrun on a real on-disk layout: 2 CPU ranks (gloo), one shared feature cache."""
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+    from layout_semantickitti import write_semantickitti
+
+    from ttt_kd_ros.checkpoint_format import read_checkpoint_metadata
+
+    root = write_semantickitti(tmp_path / "skitti", {"00": 5}, points=400)
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(_free_port()), "-m", "ttt_kd_ros.tools.train", "--data", f"semantickitti:{root}",
+               "--val-scans", "0", "--out", str(run), "--teacher", "tiny", "--teacher-resolution", "28",
+               "--epochs", "1", "--batch-scans", "1", "--crop-points", "0", "--device", "cpu", "--threads", "1",
+               "--no-progress"]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    meta = read_checkpoint_metadata(run / "model.safetensors")
+    assert meta["extra"]["world_size"] == 2 and meta["extra"]["num_scans"] == 5
+    history = meta["extra"]["history"]
+    assert len(history) == 1 and history[0]["kd_points"] > 0
+    # 5 scans over 2 ranks: shards of 3 and 2 (padded to 3) -> 3 steps of 1 scan per rank, every image cached once.
+    assert "3 steps per epoch" in (run / "train.log").read_text()
+    assert len(list((run / "feature_cache").rglob("*.safetensors"))) == 5

@@ -1,0 +1,125 @@
+"""Train one epoch and evaluate on every real on-disk layout, through the console commands' entry points.
+
+Each layout is a tiny tree written by the test (SemanticKITTI with image_2 and calib, nuScenes with lidarseg,
+ScanNet SensReader frames, a labeled rosbag2); the teacher is the random tiny DINOv2 (no weights here).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO_ROOT
+from layout_bag import write_bag
+from layout_nuscenes import write_nuscenes_tree
+from layout_scannet import write_scannet_root
+from layout_semantickitti import write_semantickitti
+
+from ttt_kd_ros.checkpoint_format import load_checkpoint, read_checkpoint_metadata
+from ttt_kd_ros.labels import get_label_set
+from ttt_kd_ros.tools import evaluate as evaluate_tool
+from ttt_kd_ros.tools import train as train_tool
+
+TINY_TRAIN = ["--teacher", "tiny", "--teacher-resolution", "28", "--epochs", "1", "--batch-scans", "2",
+              "--crop-points", "0", "--threads", "1", "--no-progress", "--kd-points", "256"]
+
+
+def _semantickitti(tmp: Path) -> tuple[str, str]:
+    root = write_semantickitti(tmp / "skitti", {"00": 3, "08": 2}, points=500)
+    return f"semantickitti:{root}?sequences=00", f"semantickitti:{root}?sequences=08"
+
+
+def _nuscenes(tmp: Path) -> tuple[str, str]:
+    write_nuscenes_tree(tmp / "nusc")
+    return f"nuscenes:{tmp / 'nusc'}?version=v1.0-mini&split=mini_train", \
+        f"nuscenes:{tmp / 'nusc'}?version=v1.0-mini&split=mini_val"
+
+
+def _scannet(tmp: Path) -> tuple[str, str]:
+    root = write_scannet_root(tmp / "scannet")
+    return f"scannet:{root}?scenes=scene0000_00", f"scannet:{root}?scenes=scene0001_00"
+
+
+def _bag(tmp: Path) -> tuple[str, str]:
+    bag = write_bag(tmp / "robot_bag")
+    spec = f"bag:{bag}?label_set=scannet20&scan_cache={tmp / 'bag_scans'}"
+    return spec, spec
+
+
+LAYOUTS = {"semantickitti": (_semantickitti, "semantic_kitti19"), "nuscenes": (_nuscenes, "semantic_kitti19"),
+           "scannet": (_scannet, "scannet20"), "bag": (_bag, "scannet20")}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_train_one_epoch_then_evaluate_on_a_real_layout(layout: str, tmp_path: Path) -> None:
+    write, label_set = LAYOUTS[layout]
+    train_spec, val_spec = write(tmp_path)
+    run = tmp_path / "run"
+    assert train_tool.main(["--data", train_spec, "--val", val_spec, "--val-scans", "2", "--out", str(run),
+                            *TINY_TRAIN]) == 0
+    meta = read_checkpoint_metadata(run / "model.safetensors")
+    assert meta["config"]["label_set"] == label_set
+    assert meta["config"]["num_classes"] == get_label_set(label_set).num_classes
+    assert meta["extra"]["data"] == train_spec and meta["extra"]["skipped_scans"] == {}
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert len(history) == 1 and history[0]["kd_points"] > 0 and np.isfinite(history[0]["val_miou"])
+    assert (run / "curves.png").stat().st_size > 1000 and "epoch 0" in (run / "train.log").read_text()
+
+    out = tmp_path / "eval"
+    assert evaluate_tool.main(["--out", str(out), "--checkpoint", str(run / "model.safetensors"), "--teacher", "tiny",
+                               "--strategies", "joint_train,ttt_kd", "--split", f"train={train_spec}",
+                               "--split", f"val={val_spec}", "--scans", "2", "--steps", "2", "--curve-scans", "0",
+                               "--threads", "1", "-q"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    cells = {(r["strategy"], r["split"]): r for r in results["results"]}
+    assert set(cells) == {(s, p) for s in ("joint_train", "ttt_kd") for p in ("train", "val")}
+    assert all(np.isfinite(r["miou"]) and sum(map(sum, r["confusion"])) > 0 for r in cells.values())
+    assert all(steps == 2 for steps in cells[("ttt_kd", "val")]["steps_run"])
+
+
+def test_a_corrupt_scan_is_a_counted_skip_and_the_run_goes_on(tmp_path: Path) -> None:
+    root = write_semantickitti(tmp_path / "skitti", {"00": 4}, points=300)
+    bad = root / "sequences/00/velodyne/000002.bin"
+    bad.write_bytes(bad.read_bytes()[:-6])  # not a whole number of points
+    run = tmp_path / "run"
+    assert train_tool.main(["--data", f"semantickitti:{root}", "--val-scans", "0", "--out", str(run),
+                            *TINY_TRAIN]) == 0
+    meta = read_checkpoint_metadata(run / "model.safetensors")
+    assert meta["extra"]["skipped_scans"] == {"ValueError": 1}
+    assert "skipping" in (run / "train.log").read_text() and "000002.bin" in (run / "train.log").read_text()
+
+
+def test_training_a_model_of_another_label_set_maps_the_labels_through_the_bridge(tmp_path: Path) -> None:
+    train_spec, _ = _scannet(tmp_path)
+    run = tmp_path / "run"
+    assert train_tool.main(["--data", train_spec, "--label-set", "synthetic_indoor", "--val-scans", "0",
+                            "--out", str(run), *TINY_TRAIN]) == 0
+    model = load_checkpoint(run / "model.safetensors")
+    assert model.config.label_set == "synthetic_indoor" and model.config.num_classes == 11
+    # Evaluating the synthetic-indoor model on ScanNet scores the shared classes only, and says so.
+    out = tmp_path / "eval"
+    assert evaluate_tool.main(["--out", str(out), "--checkpoint", str(run / "model.safetensors"),
+                               "--strategies", "joint_train", "--split", "source",
+                               "--split", f"scannet={train_spec}", "--scans", "1", "--curve-scans", "0",
+                               "--max-points", "3000", "--threads", "1", "-q"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    scannet = next(r for r in results["results"] if r["split"] == "scannet")
+    source = next(r for r in results["results"] if r["split"] == "source")
+    assert set(scannet["per_class_iou"]) == {"floor", "wall", "table", "chair", "sofa", "bed", "cabinet", "door",
+                                             "window"}
+    assert len(source["per_class_iou"]) == 11
+    assert "scored on the 9 classes both share" in (out / "table.md").read_text()
+
+
+def test_ttt_kd_train_console_command_trains_on_semantickitti(tmp_path: Path) -> None:
+    train_spec, _ = _semantickitti(tmp_path)
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "ttt_kd_ros.tools.train", "--data", train_spec, "--val-scans", "0",
+                           "--out", str(run), *TINY_TRAIN], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (run / "model.safetensors").is_file() and "model written to" in done.stdout
