@@ -123,3 +123,24 @@ def test_ttt_kd_train_console_command_trains_on_semantickitti(tmp_path: Path) ->
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (run / "model.safetensors").is_file() and "model written to" in done.stdout
+
+
+def test_fine_tuning_starts_from_a_checkpoint_and_keeps_its_classes(tmp_path: Path) -> None:
+    """A model of one data set fine-tuned on a recording: --init keeps its network, label set and target centre."""
+    train_spec, _ = _scannet(tmp_path)
+    base = tmp_path / "base"
+    assert train_tool.main(["--data", train_spec, "--val-scans", "0", "--out", str(base), *TINY_TRAIN]) == 0
+    bag_spec, _ = _bag(tmp_path)
+    tuned = tmp_path / "tuned"
+    assert train_tool.main(["--data", bag_spec, "--init", str(base / "model.safetensors"), "--val-scans", "0",
+                            "--out", str(tuned), *TINY_TRAIN]) == 0
+    before, after = load_checkpoint(base / "model.safetensors"), load_checkpoint(tuned / "model.safetensors")
+    assert after.config.kd_target_center == before.config.kd_target_center
+    assert after.config.label_set == "scannet20"
+    moved = [k for k, v in after.state_dict().items()
+             if v.is_floating_point() and not v.equal(before.state_dict()[k])]
+    assert any(k.startswith("backbone.") for k in moved)
+    assert read_checkpoint_metadata(tuned / "model.safetensors")["extra"]["init"] == str(base / "model.safetensors")
+    with pytest.raises(SystemExit):  # another teacher than the checkpoint's: refused
+        train_tool.main(["--data", bag_spec, "--init", str(base / "model.safetensors"), "--teacher", "random-vits14",
+                         "--val-scans", "0", "--out", str(tmp_path / "bad"), "--epochs", "1", "--no-progress"])

@@ -316,7 +316,7 @@ def train(
                 last = j == len(batch) - 1
                 sync = nullcontext() if (last or not ctx.distributed) else net.no_sync()
                 with sync:
-                    terms = _scan_loss(net, model, scan, kd_index, kd_features, config, ctx.device)
+                    terms = scan_loss(net, model, scan, kd_index, kd_features, config, ctx.device)
                     scaler.scale(terms.total / len(batch)).backward()
                 sums["loss"] += float(terms.total.detach())
                 sums["ce"] += float(terms.ce.detach())
@@ -357,7 +357,7 @@ def train(
     return TrainResult(model, history, final)
 
 
-def _scan_loss(net: torch.nn.Module, model: TTTKDNet, scan: Scan, kd_index: np.ndarray, kd_features: torch.Tensor,
+def scan_loss(net: torch.nn.Module, model: TTTKDNet, scan: Scan, kd_index: np.ndarray, kd_features: torch.Tensor,
                config: TrainConfig, device: torch.device) -> LossTerms:
     """One scan's joint loss (autocast when config.amp); the losses themselves are computed in float32."""
     prepared = model.prepare(scan, device)
@@ -418,6 +418,7 @@ __all__ = [
     "load_train_state",
     "random_similarity",
     "save_train_state",
+    "scan_loss",
     "shard_indices",
     "train",
     "transform_scan",

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from ttt_kd_ros.checkpoint_format import load_checkpoint, read_checkpoint_metadata
 from ttt_kd_ros.checkpoints import default_teacher, default_teacher_resolution
 from ttt_kd_ros.data.sources import DataSource, SubsetSource, open_source
 from ttt_kd_ros.data.synthetic import DOMAINS
@@ -88,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flip-prob", type=float, default=a.flip_prob)
     p.add_argument("--seed", type=int, default=d.seed, help="data seed, model init and augmentation streams")
     p.add_argument("--resume", type=Path, default=None, help="a previous --out folder: continue after its last epoch")
+    p.add_argument("--init", type=Path, default=None, metavar="CHECKPOINT",
+                   help="start from this checkpoint's weights (fine-tuning, e.g. a public data set's model on your "
+                        "recordings): its network, label set, teacher and target centre are kept")
     p.add_argument("--stop-after-epoch", type=int, default=None,
                    help="stop once this epoch (0-based) is saved; continue later with --resume")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -132,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     label_set = args.label_set or data.label_set
+    if args.init is not None and args.label_set is None:
+        try:
+            label_set = read_checkpoint_metadata(args.init)["config"].get("label_set", "") or label_set
+        except (ValueError, FileNotFoundError) as err:
+            parser.error(f"--init: {err}")
     if not label_set:
         parser.error(f"--data {data.spec}: the source has no labels; training needs a labelled source")
     augment = None if args.no_augment else Augmentation(scale=tuple(args.scale), flip_prob=args.flip_prob,
@@ -142,9 +151,18 @@ def main(argv: list[str] | None = None) -> int:
                          source_only=args.source_only, batch_scans=args.batch_scans, kd_points=args.kd_points,
                          seed=args.seed, augment=augment, workers=args.workers, amp=amp)
     teacher = resolve_teacher(args.teacher, args.teacher_resolution, ctx.device, args.seed)
-    model = build_model(config, teacher.feature_dim, teacher.teacher_id,
-                        teacher_input_hw(teacher, example_image_wh(data)), label_set=label_set)
+    if args.init is not None:
+        try:
+            model = load_checkpoint(args.init, "cpu", expect={"teacher_dim": teacher.feature_dim,
+                                                             "teacher_id": teacher.teacher_id,
+                                                             "label_set": label_set})
+        except (ValueError, FileNotFoundError) as err:
+            parser.error(f"--init: {err}")
+    else:
+        model = build_model(config, teacher.feature_dim, teacher.teacher_id,
+                            teacher_input_hw(teacher, example_image_wh(data)), label_set=label_set)
     metadata = {"command": command, "teacher_id": teacher.teacher_id, "teacher_spec": args.teacher,
+                "init": str(args.init) if args.init is not None else "",
                 "data": data.spec, "val": val.spec if val is not None else "", "domain": args.domain,
                 "seed": args.seed, "data_seed": args.seed, "val_data_seed": args.seed + VAL_SEED_OFFSET,
                 "torch": torch.__version__}
