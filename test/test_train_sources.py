@@ -85,12 +85,16 @@ def test_a_corrupt_scan_is_a_counted_skip_and_the_run_goes_on(tmp_path: Path) ->
     root = write_semantickitti(tmp_path / "skitti", {"00": 4}, points=300)
     bad = root / "sequences/00/velodyne/000002.bin"
     bad.write_bytes(bad.read_bytes()[:-6])  # not a whole number of points
+    (root / "sequences/00/velodyne/000003.bin").write_bytes(b"")  # an empty scan ...
+    (root / "sequences/00/labels/000003.label").write_bytes(b"")  # ... with its (empty) labels
     run = tmp_path / "run"
     assert train_tool.main(["--data", f"semantickitti:{root}", "--val-scans", "0", "--out", str(run),
                             *TINY_TRAIN]) == 0
     meta = read_checkpoint_metadata(run / "model.safetensors")
-    assert meta["extra"]["skipped_scans"] == {"ValueError": 1}
-    assert "skipping" in (run / "train.log").read_text() and "000002.bin" in (run / "train.log").read_text()
+    assert meta["extra"]["skipped_scans"] == {"ValueError": 2}
+    log = (run / "train.log").read_text()
+    assert "skipping" in log and "000002.bin" in log and "empty scan" in log
+    assert "2 scans train, 2 skipped" in log
 
 
 def test_training_a_model_of_another_label_set_maps_the_labels_through_the_bridge(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ decides the image size (PJLab's file states 1080 rows for 1200-row images).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -134,10 +135,24 @@ def rectified_camera_view(
 # ---------------------------------------------------------------------------------------------- mmdet3d info JSONs
 
 
+@functools.lru_cache(maxsize=4)
+def _parsed_info(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
+    """The parsed JSON of an info file, kept while the file is unchanged: a data set's info file is read once,
+    not once per camera of every scan (a nuScenes trainval info file is hundreds of MB)."""
+    return json.loads(Path(path).read_text())
+
+
+def seconds_to_ns(seconds: float | str) -> int:
+    """Info-file seconds (floats with microsecond precision) -> integer ns on the whole microsecond, so a float's
+    last bits do not show up as stray nanoseconds."""
+    return round(float(seconds) * 1e6) * 1000
+
+
 def read_info(info_path: str | Path, index: int = 0) -> tuple[str, dict[str, Any]]:
-    """An mmdet3d info JSON -> (data set name in lower case, the ``data_list[index]`` entry)."""
+    """An mmdet3d info JSON -> (data set name in lower case, the ``data_list[index]`` entry; read-only)."""
     info_path = Path(info_path)
-    doc = json.loads(info_path.read_text())
+    stat = info_path.stat()
+    doc = _parsed_info(str(info_path.resolve()), stat.st_mtime_ns, stat.st_size)
     meta = doc.get("metainfo", {})
     dataset = str(meta.get("DATASET", meta.get("dataset", ""))).lower()
     frames = doc.get("data_list")
@@ -207,7 +222,7 @@ def nuscenes_info_views(
         K = _matrix(_field(cam, "cam2img", info_path), info_path, f"images.{cam_name}.cam2img")[:3, :3]
         T = _matrix(_field(cam, "lidar2cam", info_path), info_path, f"images.{cam_name}.lidar2cam")
         image = load_image_rgb(_image_path(info_path, cam["img_path"], image_dir))
-        stamp_ns = round(float(cam.get("timestamp", 0.0)) * 1e9)
+        stamp_ns = seconds_to_ns(cam.get("timestamp", 0.0))
         views.append(_pinhole_view(image, K, T, cam_name, stamp_ns))
     return views
 

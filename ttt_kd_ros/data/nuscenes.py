@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ttt_kd_ros.data.calib import info_lidar_path, nuscenes_info_views, read_info
+from ttt_kd_ros.data.calib import info_lidar_path, nuscenes_info_views, read_info, seconds_to_ns
 from ttt_kd_ros.data.pointfiles import read_nuscenes_bin
 from ttt_kd_ros.labels import SEMANTIC_KITTI19, lidarseg_to_semantic_kitti
 from ttt_kd_ros.scan import Scan
@@ -41,7 +41,7 @@ def load_nuscenes_sample(info_path: str | Path, index: int = 0, lidarseg_path: s
         intensity=np.clip(points[:, 3] / 255.0, 0.0, 1.0),  # nuScenes stores 0-255
         cameras=nuscenes_info_views(info_path, index=index, image_dir=image_dir),
         labels=labels,
-        stamp_ns=round(float(frame.get("timestamp", 0.0)) * 1e9),
+        stamp_ns=seconds_to_ns(frame.get("timestamp", 0.0)),
         frame_id="LIDAR_TOP",
         label_set=SEMANTIC_KITTI19.name if labels is not None else "",
     )
