@@ -82,6 +82,15 @@ def test_train_lowers_ce_and_kd_and_writes_loadable_checkpoint(scans, tmp_path) 
     assert len(extra["history"]) == 6
 
 
+def test_train_with_mixed_precision_on_the_cpu_lowers_both_losses(scans, tmp_path) -> None:
+    """--amp's path (bfloat16 autocast on a CPU; float16 + GradScaler on CUDA): the losses still fall, in float32."""
+    result = train(plain_config(6, center_targets=False, amp=True), tiny_model(), scans, tiny_teacher(), tmp_path,
+                   progress=False)
+    first, last = result.history[0], result.history[-1]
+    assert last["ce"] < 0.9 * first["ce"] and last["kd"] < 0.9 * first["kd"]
+    assert all(v.dtype == torch.float32 for v in result.model.state_dict().values() if v.is_floating_point())
+
+
 def test_train_with_the_oracle_teacher_learns_its_class_vectors(scans, tmp_path) -> None:
     teacher = build_offline_teacher("oracle:dim=32", (56, 56), torch.device("cpu"))
     result = train(plain_config(6, center_targets=False), tiny_model(), scans, teacher, tmp_path, progress=False,
