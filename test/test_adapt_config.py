@@ -30,7 +30,8 @@ def test_strategies_table_names_every_strategy_once() -> None:
 
 @pytest.mark.parametrize(("field", "value"), [("strategy", "mae"), ("optimizer", "lbfgs"), ("params", "heads"),
                                               ("loss", "kl"), ("lr", 0.0), ("steps", -1), ("bn_momentum", 0.0),
-                                              ("guard_factor", 1.0)])
+                                              ("guard_factor", 1.0), ("time_budget_s", 0.0),
+                                              ("time_budget_s", -1.0), ("time_budget_s", "fast")])
 def test_adapt_config_rejects_bad_field_naming_it(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=f"AdaptConfig.*{field}"):
         AdaptConfig(**{field: value})
@@ -78,3 +79,16 @@ def test_make_optimizer_builds_named_class_with_lr(name: str, cls: type) -> None
 def test_build_strategy_returns_configured_class() -> None:
     strategy = build_strategy(TinyNet(), AdaptConfig(strategy="ttt_kd_online", steps=1))
     assert isinstance(strategy, TTTKDOnline) and not strategy.episodic
+
+
+def test_a_time_budget_is_set_and_unset_from_the_command_line_syntax() -> None:
+    """--row / --adapt edit AdaptConfig as data: an optional field takes a number, and null unsets it again."""
+    from ttt_kd_ros.overrides import apply_overrides
+
+    budgeted = apply_overrides(AdaptConfig(), "time_budget_s=0.5,steps=1000", "--row b05")
+    assert (budgeted.time_budget_s, budgeted.steps) == (0.5, 1000)
+    assert apply_overrides(budgeted, "time_budget_s=null", "--row x").time_budget_s is None
+    with pytest.raises(ValueError, match="field 'steps': expected a number"):
+        apply_overrides(AdaptConfig(), "steps=null", "--row x")
+    with pytest.raises(ValueError, match="time_budget_s"):
+        apply_overrides(AdaptConfig(), "time_budget_s=-2", "--row x")

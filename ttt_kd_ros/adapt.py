@@ -109,6 +109,9 @@ class AdaptConfig:
             raise ValueError(f"AdaptConfig.guard_factor: expected > 1, got {self.guard_factor}")
         if not 0.0 <= self.guard_ema < 1.0:
             raise ValueError(f"AdaptConfig.guard_ema: expected in [0, 1), got {self.guard_ema}")
+        if self.time_budget_s is not None and not (isinstance(self.time_budget_s, (int, float))
+                                                   and self.time_budget_s > 0):
+            raise ValueError(f"AdaptConfig.time_budget_s: expected seconds > 0 or None, got {self.time_budget_s!r}")
 
 
 @dataclass

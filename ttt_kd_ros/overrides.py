@@ -10,12 +10,19 @@ import dataclasses
 import json
 
 
-def _parse_value(text: str, current: object, where: str) -> object:
-    """A command-line value for a dataclass field, typed like the field's current value."""
+def _parse_value(text: str, current: object, where: str, optional: bool = False) -> object:
+    """A command-line value for a dataclass field, typed like the field's current value; ``null`` unsets an
+    ``optional`` field (one whose default is None)."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
         value = text
+    if value is None and optional:
+        return None
+    if current is None:  # an optional field left unset (e.g. a time budget): a number, true/false, or null again
+        if isinstance(value, (list, dict)):
+            raise ValueError(f"{where}: expected a number, true/false or null, got {text!r}")
+        return value
     if isinstance(current, tuple):
         if not isinstance(value, list):
             raise ValueError(f"{where}: expected a JSON list like [1.0, 2.0] for a tuple field, got {text!r}")
@@ -39,12 +46,13 @@ def _parse_value(text: str, current: object, where: str) -> object:
 
 def replace_fields(obj: object, changes: dict[str, str], where: str) -> object:
     """One dataclasses.replace with every change (typed like the current values), so validation sees them together."""
-    names = {f.name for f in dataclasses.fields(obj)}
+    fields = {f.name: f for f in dataclasses.fields(obj)}
     typed = {}
     for key, text in changes.items():
-        if key not in names:
-            raise ValueError(f"{where}: unknown field {key!r} of {type(obj).__name__}; known: {sorted(names)}")
-        typed[key] = _parse_value(text, getattr(obj, key), f"{where}, field {key!r}")
+        if key not in fields:
+            raise ValueError(f"{where}: unknown field {key!r} of {type(obj).__name__}; known: {sorted(fields)}")
+        typed[key] = _parse_value(text, getattr(obj, key), f"{where}, field {key!r}",
+                                  optional=fields[key].default is None)
     try:
         return dataclasses.replace(obj, **typed)
     except (TypeError, ValueError) as err:

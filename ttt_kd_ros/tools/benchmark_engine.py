@@ -165,6 +165,9 @@ def bench_case(model: TTTKDNet, teacher, scan: Scan, adapt: AdaptConfig, reps: i
 
         t_rebuild, _ = _timed(rebuilt_step, device)
         rebuild.reset()
+        with _autocast(device, amp):
+            t_plain, _ = _timed(lambda p=prepared: plain_forward_backward(model, p), device)
+        strategy.reset()  # the train-mode pass moved BN running statistics: back to the source state
         if keep:
             record("voxelise", t_vox)
             record("maps", t_maps)
@@ -172,6 +175,7 @@ def bench_case(model: TTTKDNet, teacher, scan: Scan, adapt: AdaptConfig, reps: i
             record("projection", t_proj)
             record("ttt_step", statistics.median(result.step_times_s))
             record("ttt_step_rebuild", t_rebuild)
+            record("forward_backward", t_plain)
             record("forward", t_fwd)
             record("restore", t_restore)
         sizes = {"voxels": voxels.num_voxels, "visible": targets.num_targets, "steps": result.steps_run}
@@ -179,6 +183,18 @@ def bench_case(model: TTTKDNet, teacher, scan: Scan, adapt: AdaptConfig, reps: i
     stats.update(sizes)
     stats["peak_mib"] = _peak_memory_mib(device)
     return stats
+
+
+def plain_forward_backward(model: TTTKDNet, prepared: PreparedScan) -> None:
+    """The yardstick of a TTT step: one training-mode forward of the segmentation network on the whole scan and a
+    backward through every parameter (a CE-shaped loss on all points), no optimiser, no distillation."""
+    was_training = model.training
+    model.train()
+    model.zero_grad(set_to_none=True)
+    logits = model(prepared, with_kd=False).logits
+    logits.float().logsumexp(dim=1).mean().backward()
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
 
 
 def summarise(stats: dict[str, float], steps: int) -> dict[str, float]:
@@ -190,12 +206,14 @@ def summarise(stats: dict[str, float], steps: int) -> dict[str, float]:
     # steadier on a shared CPU than dividing two separately timed passes (both are printed).
     derived = stats["ttt_step"] / (stats["ttt_step"] + stats["voxelise"] + stats["maps"])
     return {"total": total, "non_network_share": non_network / total, "reuse_ratio": derived,
-            "reuse_ratio_measured": stats["ttt_step"] / stats["ttt_step_rebuild"]}
+            "reuse_ratio_measured": stats["ttt_step"] / stats["ttt_step_rebuild"],
+            "step_vs_forward_backward": stats["ttt_step"] / stats["forward_backward"],
+            "voxels_per_s_step": stats["voxels"] / stats["ttt_step"]}
 
 
 HEADER = ("| points | cams | voxels | visible | voxelise | maps | teacher | projection | TTT step | "
-          "step + rebuilt maps | reuse / rebuild (derived; measured) | forward | restore | "
-          "scan total ({steps} steps) | non-network share | peak mem |")
+          "step + rebuilt maps | reuse / rebuild (derived; measured) | forward + backward | step / (fwd + bwd) | "
+          "voxels/s per step | forward | restore | scan total ({steps} steps) | non-network share | peak mem |")
 
 
 def format_row(points: int, cameras: int, stats: dict[str, float], summary: dict[str, float]) -> str:
@@ -204,7 +222,9 @@ def format_row(points: int, cameras: int, stats: dict[str, float], summary: dict
 
     return (f"| {points // 1000}k | {cameras} | {int(stats['voxels'])} | {int(stats['visible'])} | {ms('voxelise')} "
             f"| {ms('maps')} | {ms('teacher')} | {ms('projection')} | {ms('ttt_step')} | {ms('ttt_step_rebuild')} | "
-            f"{summary['reuse_ratio']:.2f}; {summary['reuse_ratio_measured']:.2f} | {ms('forward')} | "
+            f"{summary['reuse_ratio']:.2f}; {summary['reuse_ratio_measured']:.2f} | {ms('forward_backward')} | "
+            f"{summary['step_vs_forward_backward']:.2f} | {summary['voxels_per_s_step'] / 1000:.0f}k | "
+            f"{ms('forward')} | "
             f"{ms('restore')} | {1000 * summary['total']:.0f} | {100 * summary['non_network_share']:.1f} % | "
             f"{stats['peak_mib']:.0f} MiB |")
 
@@ -288,14 +308,17 @@ def _append_json(path: Path, record: dict) -> None:
 
 def markdown_from_json(path: Path) -> str:
     """The rows of a --json file as one markdown table: scan total and TTT step per setting, peak memory."""
-    lines = ["| device | backend | amp | points | cameras | steps | TTT step (ms) | forward (ms) | teacher (ms) | "
-             "scan total (ms) | peak mem (MiB) |", "|" + " --- |" * 11]
+    lines = ["| device | backend | amp | points | cameras | steps | TTT step (ms) | forward + backward (ms) | "
+             "step / (fwd + bwd) | voxels/s per step | forward (ms) | teacher (ms) | scan total (ms) | "
+             "peak mem (MiB) |", "|" + " --- |" * 14]
     for text in path.read_text().splitlines():
         r = json.loads(text)
         st, sm = r["stats_s"], r["summary"]
         amp = "on" if r["amp"] else "off"
         lines.append(f"| {r['device_name']} | {r['backend']} | {amp} | {r['points'] // 1000}k | {r['cameras']} | "
-                     f"{r['steps']} | {1000 * st['ttt_step']:.1f} | {1000 * st['forward']:.1f} | "
+                     f"{r['steps']} | {1000 * st['ttt_step']:.1f} | {1000 * st['forward_backward']:.1f} | "
+                     f"{sm['step_vs_forward_backward']:.2f} | {sm['voxels_per_s_step'] / 1000:.0f}k | "
+                     f"{1000 * st['forward']:.1f} | "
                      f"{1000 * st['teacher']:.1f} | {1000 * sm['total']:.0f} | {st['peak_mib']:.0f} |")
     return "\n".join(lines) + "\n"
 

@@ -1,0 +1,83 @@
+"""The anytime engine on real scans: adapted-scan latency under a time budget, and how many steps fit.
+
+    python scripts/benchmark_budget.py --data kitti:../shared/data/real/kitti_object --budgets 0.5 1 2 --passes 3
+
+Runs the node's engine (``Segmenter.segment``, what the node calls per scan)
+with the node's model and teacher, ``adapt.steps`` large (1000) so the budget,
+not the step count, ends every scan, and times each scan from the call to the
+returned labels (the budget counts from the scan's arrival at the engine and
+holds back the final forward). The first pass warms the allocator and caches
+and is not reported. Prints one JSON line per budget and a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from ttt_kd_ros.adapt import AdaptConfig
+from ttt_kd_ros.data.sources import open_source
+from ttt_kd_ros.segmenter import BUILTIN, Segmenter, SegmenterConfig
+
+
+def run_budget(source, budget_s: float, passes: int, checkpoint: str, teacher: str, steps: int) -> dict:
+    """Latency and steps of every scan of ``source`` over ``passes`` passes (the first one discarded)."""
+    config = SegmenterConfig(checkpoint=checkpoint, teacher=teacher, device="cpu",
+                             adapt=AdaptConfig(steps=steps, time_budget_s=budget_s))
+    segmenter = Segmenter.from_config(config)
+    latencies, steps_run, stages = [], [], []
+    for p in range(passes):
+        for i in range(len(source)):
+            scan = source[i]
+            start = time.perf_counter()
+            pred = segmenter.segment(scan)
+            wall = time.perf_counter() - start
+            if p == 0:
+                continue
+            latencies.append(wall)
+            steps_run.append(pred.steps_run)
+            stages.append(pred.timings_s)
+    names = stages[0].keys()
+    return {"budget_s": budget_s, "scans": len(latencies), "points": source[0].num_points,
+            "latency_median_s": statistics.median(latencies), "latency_max_s": max(latencies),
+            "over_budget": sum(t > budget_s for t in latencies), "steps_median": statistics.median(steps_run),
+            "steps_min": min(steps_run), "steps_max": max(steps_run),
+            "stage_median_s": {k: statistics.median(s.get(k, 0.0) for s in stages) for k in names}}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default="kitti:../shared/data/real/kitti_object", help="data-source spec")
+    p.add_argument("--budgets", type=float, nargs="+", default=[0.5, 1.0, 2.0])
+    p.add_argument("--passes", type=int, default=3, help="passes over the scans; the first is a warm-up")
+    p.add_argument("--checkpoint", default=BUILTIN)
+    p.add_argument("--teacher", default=BUILTIN)
+    p.add_argument("--steps", type=int, default=1000, help="adapt.steps: large, so the budget ends each scan")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    source = open_source(args.data)
+    rows = []
+    for budget in args.budgets:
+        row = run_budget(source, budget, args.passes, args.checkpoint, args.teacher, args.steps)
+        row.update(data=args.data, threads=args.threads, checkpoint=args.checkpoint, teacher=args.teacher)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    print("\n| budget (s) | scans | points | latency median (s) | latency max (s) | over budget | steps median "
+          "(min-max) | teacher (s) | targets (s) | forward (s) |")
+    print("|" + " --- |" * 10)
+    for r in rows:
+        st = r["stage_median_s"]
+        print(f"| {r['budget_s']:g} | {r['scans']} | {r['points'] // 1000}k | {r['latency_median_s']:.3f} | "
+              f"{r['latency_max_s']:.3f} | {r['over_budget']} | {r['steps_median']:g} ({r['steps_min']}-"
+              f"{r['steps_max']}) | {st.get('teacher', 0):.3f} | {st.get('targets', 0):.3f} | "
+              f"{st.get('forward', 0):.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
