@@ -148,3 +148,14 @@ def test_fine_tuning_starts_from_a_checkpoint_and_keeps_its_classes(tmp_path: Pa
     with pytest.raises(SystemExit):  # another teacher than the checkpoint's: refused
         train_tool.main(["--data", bag_spec, "--init", str(base / "model.safetensors"), "--teacher", "random-vits14",
                          "--val-scans", "0", "--out", str(tmp_path / "bad"), "--epochs", "1", "--no-progress"])
+
+
+def test_evaluating_an_unlabeled_or_missing_source_is_a_clear_usage_error(tmp_path: Path, capsys) -> None:
+    root = write_semantickitti(tmp_path / "test_seq", {"11": 2}, labels=False)
+    args = ["--out", str(tmp_path / "eval"), "--strategies", "joint_train", "--curve-scans", "0", "--scans", "1"]
+    with pytest.raises(SystemExit):
+        evaluate_tool.main([*args, "--split", "source", "--split", f"k11=semantickitti:{root}"])
+    assert "has no labels" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate_tool.main([*args, "--split", "source", "--split", f"gone=semantickitti:{tmp_path / 'gone'}"])
+    assert "not found" in capsys.readouterr().err

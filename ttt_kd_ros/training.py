@@ -64,6 +64,7 @@ from ttt_kd_ros.train_data import (
     estimate_target_center,
     prepare_shard,
     random_similarity,
+    scan_name,
     training_scan,
     transform_scan,
 )
@@ -191,12 +192,18 @@ def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
 
 @torch.no_grad()
 def evaluate_miou(model: TTTKDNet, scans: Sequence[Scan], device: torch.device) -> float:
-    """mIoU of plain predictions (no adaptation) over ``scans``; a quick in-training check."""
+    """mIoU of plain predictions (no adaptation) over ``scans`` (a list or a DataSource, read one scan at a time);
+    a quick in-training check. A scan that fails to load or has no labels is logged and left out."""
     was_training = model.training
     model.eval()
     matrix = ConfusionMatrix(model.config.num_classes)
-    for scan in scans:
-        scan = training_scan(scan, model.config.label_set, "validation scan")
+    for i in range(len(scans)):
+        where = scan_name(scans, i)
+        try:
+            scan = training_scan(scans[i], model.config.label_set, where)
+        except (ValueError, FileNotFoundError, OSError) as err:
+            LOG.warning("validation: skipping %s: %s", where, err)
+            continue
         out = model(model.prepare(scan, device), with_kd=False)
         matrix.update(scan.labels, out.logits.argmax(1).cpu().numpy())
     model.train(was_training)

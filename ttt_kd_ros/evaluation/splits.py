@@ -148,6 +148,9 @@ def generate_split(spec: SplitSpec, num_scans: int, base_seed: int = DEFAULT_EVA
         raise ValueError(f"scans per split: expected >= 1, got {num_scans}")
     start = time.perf_counter()
     source = spec.open(num_scans, base_seed)
+    if not source.labeled:
+        raise ValueError(f"split {spec.name}: {source.spec} has no labels; evaluation scores against labels (an "
+                         "unlabeled source can still adapt: ttt_kd_replay, or training with --data)")
     scans, seeds, skipped = [], [], {}
     for i in range(min(num_scans, len(source))):
         try:

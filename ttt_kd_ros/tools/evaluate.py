@@ -319,19 +319,25 @@ class Evaluation:
 
     # ------------------------------------------------------------------------------------------ run
 
+    def load_splits(self) -> None:
+        """Every split's scans, once (before any row runs, so a bad data spec fails before hours of work)."""
+        args = self.args
+        if args.skip_table and not args.curve_scans:
+            return
+        scans = args.scans if not args.skip_table else max(1, args.curve_scans)
+        for spec in [self.id_split, *self.shifts]:
+            if args.skip_table and spec.name not in self.curve_splits:
+                continue
+            split = generate_split(spec, scans, args.seed, args.max_points, args.subsample)
+            LOG.info("split %s: %d scans (%d skipped), %.0f points on average, loaded in %.1f s", spec.name,
+                     len(split.scans), split.notes["skipped"], split.notes["mean_points"], split.generation_s)
+            self.splits.append(split)
+
     def run(self) -> int:
         args = self.args
         self.out.mkdir(parents=True, exist_ok=True)
-        needs_scans = not args.skip_table or args.curve_scans > 0
-        if needs_scans:
-            scans = args.scans if not args.skip_table else max(1, args.curve_scans)
-            for spec in [self.id_split, *self.shifts]:
-                if args.skip_table and spec.name not in self.curve_splits:
-                    continue
-                split = generate_split(spec, scans, args.seed, args.max_points, args.subsample)
-                LOG.info("split %s: %d scans (%d skipped), %.0f points on average, loaded in %.1f s", spec.name,
-                         len(split.scans), split.notes["skipped"], split.notes["mean_points"], split.generation_s)
-                self.splits.append(split)
+        if not self.splits:
+            self.load_splits()
         if not args.skip_table:
             run_table(self.settings, self.rows, self.splits, on_result=self._on_result)
             self.write_table()
@@ -480,6 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _validate(args)
         evaluation = Evaluation(args, argv)
+        evaluation.load_splits()
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     return evaluation.run()

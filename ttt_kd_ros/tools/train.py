@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                 "torch": torch.__version__}
     LOG.info("training %s on %s (labels %s), teacher %s, device %s, amp %s, %d worker(s)", model.config.name,
              data.describe(), label_set, teacher.teacher_id, ctx.device, amp, args.workers)
-    val_scans = list(val) if (val is not None and ctx.is_main) else []
+    val_scans = val if (val is not None and ctx.is_main) else []  # read lazily, one scan at a time
     result = train(config, model, data, teacher, args.out, ctx, resume=args.resume, val_scans=val_scans,
                    metadata=metadata, progress=ctx.is_main and not args.no_progress,
                    stop_after_epoch=args.stop_after_epoch, cache_dir=args.cache)
