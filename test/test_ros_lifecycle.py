@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -23,7 +24,7 @@ def node() -> Iterator[SegmenterNode]:
     if not tf_stand_in.install():
         pytest.skip("neither tf2_msgs nor the test stand-in's type support is usable here")
     context = Context()
-    rclpy.init(context=context, args=[])
+    rclpy.init(context=context, args=[], domain_id=224 + os.getpid() % 9)  # this module's own (test_ros_params)
     made = SegmenterNode(context=context, cli_args=[
         "--ros-args", "-p", "autostart:=false", "-p", "checkpoint:=''", "-p", "teacher:=tiny", "-p", "device:=cpu",
         "-p", "cloud_topic:=/lifecycle_test/points", "-p", "cameras:=[side]", "-p", "adapt.time_budget_s:=0.0",

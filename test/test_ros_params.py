@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,7 +40,10 @@ LAUNCH_FILE = REPO_ROOT / "launch" / "segment.launch.py"
 @pytest.fixture(scope="module")
 def context() -> Iterator[Context]:
     ctx = Context()
-    rclpy.init(context=ctx, args=[])
+    # A domain of this module's own (215-223; test_ros_node uses 100-199, test_ros_transforms 50-99, the
+    # lifecycle test 224-232): a participant of an earlier test's killed process on the default domain 0 must
+    # not be able to stall this one's DDS teardown (seen once: destroy_node spinning in the middleware).
+    rclpy.init(context=ctx, args=[], domain_id=215 + os.getpid() % 9)
     yield ctx
     ctx.try_shutdown()
 
