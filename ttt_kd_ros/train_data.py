@@ -18,6 +18,7 @@ DataLoader workers and DDP ranks:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -211,9 +212,9 @@ def training_scan(scan: Scan, label_set: str, where: str) -> Scan:
         raise ValueError(f"{where}: empty scan (0 points)")
     if scan.labels is None:
         raise ValueError(f"{where}: no labels; training needs a labelled data source")
-    if scan.label_set and scan.label_set != label_set:
-        scan.labels = map_to_label_set(scan.labels, scan.label_set, label_set)
-        scan.label_set = label_set
+    if scan.label_set and scan.label_set != label_set:  # a copy: a source may keep (and hand out again) its scans
+        return dataclasses.replace(scan, labels=map_to_label_set(scan.labels, scan.label_set, label_set),
+                                   label_set=label_set)
     return scan
 
 
