@@ -144,7 +144,7 @@ def load_train_state(path: Path) -> dict[str, Any]:
 class TrainConfig:
     """Every knob of a training run; recorded in the checkpoint metadata."""
 
-    domain: str = "source"
+    data: str = "synthetic:source"  # the data-source spec trained on (recorded; the tool opens it)
     preset: str = "ttt_kd_small"
     epochs: int = 6
     lr: float = 2e-3

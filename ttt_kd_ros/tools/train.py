@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", default=None, metavar="SPEC",
                    help="validation source for a per-epoch mIoU (its first --val-scans scans; default: synthetic "
                         "--domain rooms the training scans do not show, only when --data is synthetic)")
-    p.add_argument("--domain", default=d.domain, choices=sorted(DOMAINS), help="synthetic domain to train on")
+    p.add_argument("--domain", default="source", choices=sorted(DOMAINS), help="synthetic domain to train on")
     p.add_argument("--scans", type=int, default=64, help="synthetic training scans (--data synthetic:...?scans=)")
     p.add_argument("--val-scans", type=int, default=8, help="validation scans for a per-epoch mIoU (0 = none)")
     p.add_argument("--label-set", default=None, choices=sorted(LABEL_SETS),
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     augment = None if args.no_augment else Augmentation(scale=tuple(args.scale), flip_prob=args.flip_prob,
                                                         jitter_m=args.jitter_m, crop_points=args.crop_points)
     amp = args.amp if args.amp is not None else ctx.device.type == "cuda"
-    config = TrainConfig(domain=data.spec, preset=args.preset, epochs=args.epochs, lr=args.lr,
+    config = TrainConfig(data=data.spec, preset=args.preset, epochs=args.epochs, lr=args.lr,
                          weight_decay=args.weight_decay, lambda_kd=args.lambda_kd, kd_loss=args.kd_loss,
                          source_only=args.source_only, batch_scans=args.batch_scans, kd_points=args.kd_points,
                          seed=args.seed, augment=augment, workers=args.workers, amp=amp)
