@@ -136,3 +136,14 @@ def test_real_kitti_frames_load_unlabeled_with_their_camera(real_data) -> None:
     assert scan.labels is None and len(scan.cameras) == 1 and scan.num_points > 100_000
     visible = project_points(scan.points_xyz_m, scan.cameras[0], occlusion=False).visible
     assert 0.05 < visible.mean() < 0.5  # the front camera sees a forward wedge of the 360-degree sweep
+
+
+def test_a_synthetic_source_split_takes_the_evaluation_seed_unless_it_names_one() -> None:
+    from ttt_kd_ros.data.synthetic import scan_seed
+    from ttt_kd_ros.evaluation.splits import parse_split
+
+    plain = parse_split("office2=synthetic:office").open(2, base_seed=20261121)
+    assert plain.seed == 20261121 and len(plain) == 2
+    assert plain.item_name(1).endswith(f"(seed {scan_seed(20261121, 1)})")
+    named = parse_split("office3=synthetic:office?seed=5&scans=3").open(2, base_seed=20261121)
+    assert named.base.seed == 5 and len(named) == 2

@@ -65,7 +65,8 @@ class SplitSpec:
         """The split's first ``num_scans`` scans as a DataSource (synthetic: generated from ``base_seed``)."""
         if self.domain is not None:
             return SyntheticSource(self.domain, num_scans, base_seed, spec=self.spec, keep=0)
-        source = open_source(self.source_spec)
+        # A synthetic source spec without scans= / seed= takes the evaluation's, never the training tool's seed 0.
+        source = open_source(self.source_spec, scans=num_scans, seed=base_seed)
         return source if len(source) <= num_scans else SubsetSource(source, range(num_scans), source.spec)
 
 
