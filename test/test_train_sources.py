@@ -159,3 +159,15 @@ def test_evaluating_an_unlabeled_or_missing_source_is_a_clear_usage_error(tmp_pa
     with pytest.raises(SystemExit):
         evaluate_tool.main([*args, "--split", "source", "--split", f"gone=semantickitti:{tmp_path / 'gone'}"])
     assert "not found" in capsys.readouterr().err
+
+
+def test_synthetic_training_validates_on_unseen_rooms_of_its_own_domain() -> None:
+    args = train_tool.build_parser().parse_args(["--out", "unused", "--data", "synthetic:office?scans=3&seed=5",
+                                                 "--val-scans", "2"])
+    data, val = train_tool.open_data(args)
+    assert data.domain.name == "office" and data.seed == 5 and len(data) == 3
+    assert val.domain.name == "office" and val.seed == 5 + train_tool.VAL_SEED_OFFSET and len(val) == 2
+    default_data, default_val = train_tool.open_data(train_tool.build_parser().parse_args(
+        ["--out", "unused", "--scans", "4", "--seed", "2"]))
+    assert (default_data.domain.name, default_data.seed, len(default_data)) == ("source", 2, 4)
+    assert default_val.seed == 2 + train_tool.VAL_SEED_OFFSET

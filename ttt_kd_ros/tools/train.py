@@ -27,7 +27,7 @@ import torch
 
 from ttt_kd_ros.checkpoint_format import load_checkpoint, read_checkpoint_metadata
 from ttt_kd_ros.checkpoints import default_teacher, default_teacher_resolution
-from ttt_kd_ros.data.sources import DataSource, SubsetSource, open_source
+from ttt_kd_ros.data.sources import DataSource, SubsetSource, SyntheticSource, open_source
 from ttt_kd_ros.data.synthetic import DOMAINS
 from ttt_kd_ros.labels import LABEL_SETS
 from ttt_kd_ros.losses import KD_LOSS_KINDS
@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     metadata = {"command": command, "teacher_id": teacher.teacher_id, "teacher_spec": args.teacher,
                 "init": str(args.init) if args.init is not None else "",
                 "data": data.spec, "val": val.spec if val is not None else "", "domain": args.domain,
-                "seed": args.seed, "data_seed": args.seed, "val_data_seed": args.seed + VAL_SEED_OFFSET,
+                "seed": args.seed, "data_seed": getattr(getattr(data, "base", data), "seed", args.seed),
+                "val_data_seed": getattr(getattr(val, "base", val), "seed", None),
                 "torch": torch.__version__}
     LOG.info("training %s on %s (labels %s), teacher %s, device %s, amp %s, %d worker(s)", model.config.name,
              data.describe(), label_set, teacher.teacher_id, ctx.device, amp, args.workers)
@@ -182,15 +183,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def open_data(args: argparse.Namespace) -> tuple[DataSource, DataSource | None]:
-    """The training source and the validation source (None without one) the arguments name."""
-    data = open_source(args.data or f"synthetic:{args.domain}?scans={args.scans}&seed={args.seed}")
-    val = None
+    """The training source and the validation source (None without one) the arguments name.
+
+    --scans / --seed fill a synthetic spec's missing scans= / seed=. Without --val, synthetic training validates
+    on the same domain's rooms of data seed (seed + VAL_SEED_OFFSET), which training never shows.
+    """
+    data = open_source(args.data or f"synthetic:{args.domain}", scans=args.scans, seed=args.seed)
+    val: DataSource | None = None
     if args.val_scans > 0:
         if args.val:
-            val = open_source(args.val, max_scans=args.val_scans)
+            val = open_source(args.val, scans=args.val_scans, seed=args.seed + VAL_SEED_OFFSET)
             val = val if len(val) <= args.val_scans else SubsetSource(val, range(args.val_scans), val.spec)
-        elif data.kind == "synthetic":
-            val = open_source(f"synthetic:{args.domain}?scans={args.val_scans}&seed={args.seed + VAL_SEED_OFFSET}")
+        elif isinstance(getattr(data, "base", data), SyntheticSource):
+            train_world = getattr(data, "base", data)
+            val = SyntheticSource(train_world.domain, args.val_scans, train_world.seed + VAL_SEED_OFFSET,
+                                  spec=f"{train_world.spec} (validation rooms, seed + {VAL_SEED_OFFSET})")
     return data, val
 
 
