@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ttt_kd_ros.scan import CameraView
 from ttt_kd_ros.teacher import FeatureMap, Teacher
@@ -136,8 +136,7 @@ class FeatureCache:
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-            tensors = load_file(str(path))
-            features = tensors["features"]
+                features = f.get_tensor("features")
             image_size = tuple(int(v) for v in meta["image_size"].split(","))
             input_size = tuple(int(v) for v in meta["input_size"].split(","))
         except (SafetensorError, OSError, KeyError, ValueError) as err:

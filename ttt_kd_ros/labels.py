@@ -121,7 +121,7 @@ LIDARSEG_TO_SEMANTIC_KITTI = _lookup_table(
 )
 
 
-def _map_ids(table: np.ndarray, raw: np.ndarray) -> np.ndarray:
+def map_ids(table: np.ndarray, raw: np.ndarray) -> np.ndarray:
     """Raw ids through a lookup table; ids outside it become IGNORE_LABEL."""
     ids = np.asarray(raw).astype(np.int64)
     out = np.full(ids.shape, IGNORE_LABEL, dtype=np.int64)
@@ -132,17 +132,17 @@ def _map_ids(table: np.ndarray, raw: np.ndarray) -> np.ndarray:
 
 def semantic_kitti_to_train(raw_label: np.ndarray) -> np.ndarray:
     """uint32 .label words (low 16 bits class, high 16 instance) -> training ids."""
-    return _map_ids(SEMANTIC_KITTI_LEARNING_MAP, np.asarray(raw_label).astype(np.uint32) & 0xFFFF)
+    return map_ids(SEMANTIC_KITTI_LEARNING_MAP, np.asarray(raw_label).astype(np.uint32) & 0xFFFF)
 
 
 def nyu40_to_scannet20(nyu40: np.ndarray) -> np.ndarray:
     """NYU40 ids (0 = unannotated) -> SCANNET20 training ids."""
-    return _map_ids(NYU40_TO_SCANNET20, nyu40)
+    return map_ids(NYU40_TO_SCANNET20, nyu40)
 
 
 def lidarseg_to_semantic_kitti(raw: np.ndarray) -> np.ndarray:
     """nuScenes-lidarseg class indices (0..31) -> SEMANTIC_KITTI19 training ids."""
-    return _map_ids(LIDARSEG_TO_SEMANTIC_KITTI, raw)
+    return map_ids(LIDARSEG_TO_SEMANTIC_KITTI, raw)
 
 
 # Every id a SemanticKITTI .label file may hold (semantic-kitti.yaml's "labels"): ids outside it mean a file from
@@ -230,7 +230,7 @@ def map_to_label_set(labels: np.ndarray, from_set: str, to_set: str) -> np.ndarr
     for to_id in range(len(common.b_to_common) - 1, -1, -1):
         if common.b_to_common[to_id] != IGNORE_LABEL:
             first_of_group[common.b_to_common[to_id]] = to_id
-    in_common = _map_ids(common.a_to_common, labels)
+    in_common = map_ids(common.a_to_common, labels)
     out = np.full(in_common.shape, IGNORE_LABEL, dtype=np.int64)
     known = in_common != IGNORE_LABEL
     out[known] = first_of_group[in_common[known]]

@@ -224,6 +224,19 @@ def scan_name(dataset: Sequence[Scan], index: int) -> str:
     return namer(index) if namer is not None else f"scan {index}"
 
 
+def training_scan_at(dataset: Sequence[Scan], index: int, label_set: str) -> Scan:
+    """Scan ``index`` of ``dataset`` ready to train or validate on (training_scan, errors naming its file)."""
+    return training_scan(dataset[index], label_set, scan_name(dataset, index))
+
+
+def example_at(dataset: Sequence[Scan], index: int, teacher: Teacher | None, label_set: str, kd_points: int,
+               seed: int) -> TrainExample:
+    """Scan ``index`` and its targets, with the scan's own fixed subset seed: the first pass and every epoch
+    build the same example."""
+    scan = training_scan_at(dataset, index, label_set)
+    return build_example(scan, teacher, kd_points, np.random.default_rng([seed, index, 1]))
+
+
 @dataclass
 class ShardPlan:
     """The scans of this rank that train, what was skipped and why, and the targets' mean (when estimated)."""
@@ -244,14 +257,11 @@ def prepare_shard(dataset: Sequence[Scan], shard: Sequence[int], teacher: Teache
     center = TargetCenter(teacher.feature_dim) if teacher is not None and estimate_center else None
     for i in tqdm(sorted(set(shard)), desc=f"scans + teacher targets (rank {ctx.rank})", disable=not progress,
                   unit="scan"):
-        where = scan_name(dataset, i)
         try:
-            scan = training_scan(dataset[i], label_set, where)
-            example = build_example(scan, teacher, kd_points, np.random.default_rng([seed, i, 1]))
+            example = example_at(dataset, i, teacher, label_set, kd_points, seed)
         except (ValueError, FileNotFoundError, OSError) as err:
-            reason = type(err).__name__
-            plan.skipped[reason] += 1
-            LOG.warning("skipping %s: %s", where, err)
+            plan.skipped[type(err).__name__] += 1
+            LOG.warning("skipping %s: %s", scan_name(dataset, i), err)
             continue
         if center is not None:
             center.add(example)
@@ -286,8 +296,7 @@ class ExampleSet(torch.utils.data.Dataset):
 
     def __getitem__(self, k: int) -> tuple[int, Scan, np.ndarray, torch.Tensor]:
         i = self.order[k]
-        scan = training_scan(self.dataset[i], self.label_set, scan_name(self.dataset, i))
-        example = build_example(scan, self.teacher, self.kd_points, np.random.default_rng([self.seed, i, 1]))
+        example = example_at(self.dataset, i, self.teacher, self.label_set, self.kd_points, self.seed)
         if self.center:
             example = center_example(example, self.center)
         rng = np.random.default_rng([self.seed, self.epoch, i, 2])

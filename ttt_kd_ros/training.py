@@ -65,7 +65,7 @@ from ttt_kd_ros.train_data import (
     prepare_shard,
     random_similarity,
     scan_name,
-    training_scan,
+    training_scan_at,
     transform_scan,
 )
 from ttt_kd_ros.train_report import plot_history
@@ -198,11 +198,10 @@ def evaluate_miou(model: TTTKDNet, scans: Sequence[Scan], device: torch.device) 
     model.eval()
     matrix = ConfusionMatrix(model.config.num_classes)
     for i in range(len(scans)):
-        where = scan_name(scans, i)
         try:
-            scan = training_scan(scans[i], model.config.label_set, where)
+            scan = training_scan_at(scans, i, model.config.label_set)
         except (ValueError, FileNotFoundError, OSError) as err:
-            LOG.warning("validation: skipping %s: %s", where, err)
+            LOG.warning("validation: skipping %s: %s", scan_name(scans, i), err)
             continue
         out = model(model.prepare(scan, device), with_kd=False)
         matrix.update(scan.labels, out.logits.argmax(1).cpu().numpy())

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ttt_kd_ros.data.semantic_kitti import SemanticKittiScans
 from ttt_kd_ros.data.source_spec import SourceSpec, parse_source_spec
-from ttt_kd_ros.data.synthetic import Domain, generate_scan, scan_seed
+from ttt_kd_ros.data.synthetic import Domain, SyntheticDataset, scan_seed
 from ttt_kd_ros.data.synthetic.domains import parse_domain
 from ttt_kd_ros.labels import SEMANTIC_KITTI19, SYNTHETIC_INDOOR
 from ttt_kd_ros.scan import Scan
@@ -101,23 +101,19 @@ class SyntheticSource(DataSource):
     def __init__(self, domain: Domain, num_scans: int, seed: int, spec: str, keep: int = 256,
                  period_ns: int = 100_000_000) -> None:
         super().__init__(spec)
-        if num_scans < 0:
-            raise ValueError(f"{spec}: scans must be >= 0, got {num_scans}")
+        self.world = SyntheticDataset(domain, num_scans, seed=seed, period_ns=period_ns)
         self.domain = domain
-        self.num_scans = num_scans
         self.seed = seed
         self.keep = keep
-        self.period_ns = period_ns
         self._kept: OrderedDict[int, Scan] = OrderedDict()
 
     def __len__(self) -> int:
-        return self.num_scans
+        return len(self.world)
 
     def load(self, index: int) -> Scan:
         scan = self._kept.get(index)
         if scan is None:
-            scan = generate_scan(self.domain, scan_seed(self.seed, index))
-            scan.stamp_ns = index * self.period_ns
+            scan = self.world[index]
             if self.keep > 0:
                 self._kept[index] = scan
                 while len(self._kept) > self.keep:
@@ -126,6 +122,12 @@ class SyntheticSource(DataSource):
 
     def item_name(self, index: int) -> str:
         return f"synthetic {self.domain.name} scan {index} (seed {scan_seed(self.seed, index)})"
+
+
+def synthetic_world(source: DataSource | None) -> SyntheticSource | None:
+    """The synthetic world a source draws from (through a max_scans / every subset), or None for real data."""
+    base = getattr(source, "base", source)
+    return base if isinstance(base, SyntheticSource) else None
 
 
 def _synthetic(spec: SourceSpec, defaults: dict[str, int]) -> DataSource:

@@ -23,10 +23,10 @@ import torch
 from ttt_kd_ros.adapt import STRATEGIES, AdaptConfig, build_strategy
 from ttt_kd_ros.checkpoint_format import load_checkpoint
 from ttt_kd_ros.evaluation.splits import SplitData, SplitSpec, split_scan
-from ttt_kd_ros.labels import LABEL_SETS, common_classes, get_label_set
+from ttt_kd_ros.labels import LABEL_SETS, common_classes, get_label_set, map_ids
 from ttt_kd_ros.metrics import ConfusionMatrix
 from ttt_kd_ros.model import TTTKDNet
-from ttt_kd_ros.scan import IGNORE_LABEL, Scan
+from ttt_kd_ros.scan import Scan
 from ttt_kd_ros.segmenter import Segmenter
 from ttt_kd_ros.teacher import Teacher
 
@@ -135,16 +135,8 @@ class Scoring:
 
     def update(self, matrix: ConfusionMatrix, truth: np.ndarray, predicted: np.ndarray) -> None:
         if self.truth_map is not None:
-            truth, predicted = _through(self.truth_map, truth), _through(self.pred_map, predicted)
+            truth, predicted = map_ids(self.truth_map, truth), map_ids(self.pred_map, predicted)
         matrix.update(truth, predicted)
-
-
-def _through(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    ids = np.asarray(ids).astype(np.int64)
-    known = (ids >= 0) & (ids < len(table))
-    out = np.full(ids.shape, IGNORE_LABEL, dtype=np.int64)
-    out[known] = table[ids[known]]
-    return out
 
 
 def scoring_for(split_label_set: str, model_label_set: str, model_classes: Sequence[str]) -> Scoring:

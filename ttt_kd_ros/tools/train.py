@@ -27,7 +27,7 @@ import torch
 
 from ttt_kd_ros.checkpoint_format import load_checkpoint, read_checkpoint_metadata
 from ttt_kd_ros.checkpoints import default_teacher, default_teacher_resolution
-from ttt_kd_ros.data.sources import DataSource, SubsetSource, SyntheticSource, open_source
+from ttt_kd_ros.data.sources import DataSource, SubsetSource, SyntheticSource, open_source, synthetic_world
 from ttt_kd_ros.data.synthetic import DOMAINS
 from ttt_kd_ros.labels import LABEL_SETS
 from ttt_kd_ros.losses import KD_LOSS_KINDS
@@ -164,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     metadata = {"command": command, "teacher_id": teacher.teacher_id, "teacher_spec": args.teacher,
                 "init": str(args.init) if args.init is not None else "",
                 "data": data.spec, "val": val.spec if val is not None else "", "domain": args.domain,
-                "seed": args.seed, "data_seed": getattr(getattr(data, "base", data), "seed", args.seed),
-                "val_data_seed": getattr(getattr(val, "base", val), "seed", None),
+                "seed": args.seed, "data_seed": getattr(synthetic_world(data), "seed", None),
+                "val_data_seed": getattr(synthetic_world(val), "seed", None),
                 "torch": torch.__version__}
     LOG.info("training %s on %s (labels %s), teacher %s, device %s, amp %s, %d worker(s)", model.config.name,
              data.describe(), label_set, teacher.teacher_id, ctx.device, amp, args.workers)
@@ -194,8 +194,7 @@ def open_data(args: argparse.Namespace) -> tuple[DataSource, DataSource | None]:
         if args.val:
             val = open_source(args.val, scans=args.val_scans, seed=args.seed + VAL_SEED_OFFSET)
             val = val if len(val) <= args.val_scans else SubsetSource(val, range(args.val_scans), val.spec)
-        elif isinstance(getattr(data, "base", data), SyntheticSource):
-            train_world = getattr(data, "base", data)
+        elif (train_world := synthetic_world(data)) is not None:
             val = SyntheticSource(train_world.domain, args.val_scans, train_world.seed + VAL_SEED_OFFSET,
                                   spec=f"{train_world.spec} (validation rooms, seed + {VAL_SEED_OFFSET})")
     return data, val
