@@ -17,6 +17,7 @@ CONSOLE_SCRIPTS = [
     "ttt_kd_benchmark_engine = ttt_kd_ros.tools.benchmark_engine:main",
     "ttt_kd_train = ttt_kd_ros.tools.train:main",
     "ttt_kd_pretrain_teacher = ttt_kd_ros.tools.pretrain_teacher:main",
+    "ttt_kd_pretrain_dense_teacher = ttt_kd_ros.tools.pretrain_dense_teacher:main",
     "ttt_kd_make_bag = ttt_kd_ros.tools.make_bag:main",
     "ttt_kd_replay = ttt_kd_ros.tools.replay:main",
     "ttt_kd_demo = ttt_kd_ros.tools.demo:main",

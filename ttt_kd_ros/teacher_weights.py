@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ttt_kd_ros.dense_teacher import is_dense_teacher_folder, load_dense_teacher
 from ttt_kd_ros.teacher import DEFAULT_RESOLUTION, Teacher
 
 
@@ -25,11 +26,14 @@ def load_teacher(
 ) -> Teacher:
     """A Teacher from local weights only; nothing is downloaded.
 
-    spec: a Hugging Face model folder (config.json + weights), an official
-    ``dinov2_vit*14*.pth`` file, or a hub id such as ``facebook/dinov2-small``
-    that is already in the local Hugging Face cache.
+    spec: a Hugging Face model folder (config.json + weights), a dense stand-in
+    teacher folder (dense_teacher.json + model.safetensors, dense_teacher.py),
+    an official ``dinov2_vit*14*.pth`` file, or a hub id such as
+    ``facebook/dinov2-small`` that is already in the local Hugging Face cache.
     """
     path = Path(spec)
+    if path.is_dir() and is_dense_teacher_folder(path):
+        return load_dense_teacher(path, resolution=resolution, device=device)
     if path.is_dir():
         return Teacher(_load_hf(str(path), spec_kind="folder"), f"hf-folder:{path.resolve().name}", resolution, device)
     if path.is_file():

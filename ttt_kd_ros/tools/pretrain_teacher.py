@@ -280,7 +280,7 @@ def report_only(out_dir: Path, config: PretrainConfig) -> dict:
     for the trained weights and for the same architecture's seeded random initialisation."""
     from transformers import Dinov2Model
 
-    train_set, test_set, _ = _renders(config, out_dir)
+    train_set, test_set, _ = cached_renders(config, out_dir)
     model = Dinov2Model.from_pretrained(str(out_dir)).eval()
     patch = int(model.config.patch_size)
     report_path = out_dir / "pretrain_report.json"
@@ -296,7 +296,7 @@ def report_only(out_dir: Path, config: PretrainConfig) -> dict:
     return report
 
 
-def _renders(config: PretrainConfig, out_dir: Path) -> tuple[RenderSet, RenderSet, float]:
+def cached_renders(config: PretrainConfig, out_dir: Path) -> tuple[RenderSet, RenderSet, float]:
     """Training and held-out renders, from out_dir's cache when a previous run of the same config made them."""
     key = json.dumps({k: getattr(config, k) for k in ("rooms_per_domain", "randomised_rooms", "views_per_room",
                                                        "data_seed", "held_out_rooms")}, sort_keys=True)
@@ -330,7 +330,7 @@ def pretrain(config: PretrainConfig, out_dir: Path, command: str = "", progress:
     from tqdm import tqdm
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    train_set, test_set, render_s = _renders(config, out_dir)
+    train_set, test_set, render_s = cached_renders(config, out_dir)
     image_hw = tuple(train_set.images.shape[2:])
     num_classes = SYNTHETIC_INDOOR.num_classes
     model = build_model(config, image_hw)
