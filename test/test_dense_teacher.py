@@ -172,3 +172,11 @@ def test_init_continues_from_a_teacher_folder(renders, tmp_path) -> None:
     after = load_file(str(tmp_path / "t" / "model.safetensors"))
     conv = "encoder.0.0.weight"
     torch.testing.assert_close(after[conv], before[conv], rtol=0, atol=1e-9)
+
+
+def test_reports_name_the_dense_stand_in_and_say_it_is_not_dinov2(tmp_path) -> None:
+    from ttt_kd_ros.tools.evaluate import teacher_kind
+
+    save_dense_teacher(DenseSegNet(SMALL), SMALL, tmp_path / "t")
+    words = teacher_kind(str(tmp_path / "t"), load_teacher(tmp_path / "t"))
+    assert "dense stand-in" in words and "NOT real DINOv2" in words and "features" in words

@@ -38,6 +38,7 @@ from ttt_kd_ros.checkpoints import (
     default_teacher_resolution,
     source_only_checkpoint,
 )
+from ttt_kd_ros.dense_teacher import DenseTeacher
 from ttt_kd_ros.evaluation.pool import pool_runs, read_results
 from ttt_kd_ros.evaluation.report import (
     markdown_table,
@@ -152,6 +153,10 @@ def teacher_kind(spec: str, teacher: Teacher) -> str:
     if spec in RANDOM_TEACHERS:
         return f"random control: random-weight DINOv2-architecture ViT ({spec}), no learnt features"
     path = Path(spec)
+    if isinstance(teacher, DenseTeacher):
+        config = teacher.config
+        return (f"dense stand-in: an image-only U-Net trained on synthetic renders ({path.name}, {config.output} "
+                f"pooled to {config.patch}-px patches); NOT real DINOv2 weights")
     if path.is_dir() and (path / "pretrain_report.json").is_file():
         return (f"stand-in: DINOv2-architecture ViT pretrained on synthetic renders ({path.name}); "
                 "NOT real DINOv2 weights")
