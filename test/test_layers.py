@@ -12,12 +12,13 @@ import pytest
 from conftest import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "ttt_kd_ros"
-CORE = ("scan", "geometry", "model", "checkpoint_format", "adapt", "teacher", "teacher_weights", "oracle_teacher",
-        "teacher_probe", "targets", "segmenter", "sparse", "labels", "metrics", "losses")
+CORE = ("scan", "geometry", "model", "checkpoint_format", "adapt", "teacher", "teacher_weights", "dense_teacher",
+        "oracle_teacher", "teacher_probe", "targets", "segmenter", "sparse", "labels", "metrics", "losses")
 """The core: plain Python + numpy + torch, knows nothing of messages, files, datasets or ROS."""
 MESSAGE_LAYER = ("msgs", "transforms")
 """Message codecs, the one scan path and transform math: no rclpy, no ROS layer."""
-ABOVE_CORE = ("msgs", "transforms", "data", "replay", "evaluation", "tools", "ros", "compose", "node_parameters")
+ABOVE_CORE = ("msgs", "transforms", "data", "replay", "evaluation", "tools", "ros", "compose", "node_parameters",
+              "demo_figures")
 
 
 def _module_name(path: Path) -> str:
