@@ -24,9 +24,16 @@ def test_resolve_builtin_names_the_shipped_files() -> None:
 def test_resolve_builtin_missing_file_names_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import ttt_kd_ros.checkpoints as shipped
 
-    monkeypatch.setattr(shipped, "default_checkpoint", lambda: tmp_path / "absent.safetensors")
-    with pytest.raises(ValueError, match=r"absent\.safetensors"):
+    monkeypatch.setattr(shipped, "default_checkpoint", lambda sensor="rgbd": tmp_path / f"absent_{sensor}.safetensors")
+    with pytest.raises(ValueError, match=r"absent_rgbd\.safetensors"):
         resolve_builtin(BUILTIN, "tiny")
+    with pytest.raises(ValueError, match=r"absent_lidar\.safetensors"):
+        resolve_builtin("builtin:lidar", "tiny")
+
+
+def test_resolve_builtin_unknown_sensor_lists_the_shipped_models() -> None:
+    with pytest.raises(ValueError, match="builtin:rgbd, builtin:lidar"):
+        resolve_builtin("builtin:sonar", "tiny")
 
 
 def test_node_defaults_are_the_builtin_model() -> None:

@@ -65,8 +65,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("tf_tolerance_s", 0.1, "When tf has no transform at the cloud's stamp, the latest one is used if it is "
               "stamped within this (s) of the cloud; 0: exact stamps only.", minimum=0.0),
     ParamSpec("diagnostics_period_s", 1.0, "Period (s) of the /diagnostics message.", minimum=0.01),
-    ParamSpec("checkpoint", "builtin", "Model checkpoint (.safetensors); 'builtin': the model shipped with the "
-              "package; empty: an untrained network (plumbing tests only)."),
+    ParamSpec("checkpoint", "builtin", "Model checkpoint (.safetensors); 'builtin' or 'builtin:rgbd': the RGB-D "
+              "model shipped with the package, 'builtin:lidar': the shipped LiDAR model; empty: an untrained "
+              "network (plumbing tests only)."),
     ParamSpec("teacher", "builtin", "2D teacher: 'builtin' (the shipped stand-in the builtin model was trained "
               "with), a Hugging Face DINOv2 folder, a cached hub id, a dinov2_vit*14_pretrain.pth file, or 'tiny' "
               "(random weights, tests)."),

@@ -55,16 +55,21 @@ def resolve_builtin(checkpoint: str | None, teacher: str) -> tuple[str | None, s
     tools and the docs cannot disagree. A missing shipped file is a
     ValueError naming it (a source tree whose checkpoints were not trained).
     """
-    from ttt_kd_ros.checkpoints import default_checkpoint, default_teacher
+    from ttt_kd_ros.checkpoints import DEFAULT_SENSOR, SENSORS, default_checkpoint, default_teacher
+    from ttt_kd_ros.dense_teacher import DENSE_CONFIG_NAME
 
-    if checkpoint == BUILTIN:
-        path = default_checkpoint()
+    if checkpoint is not None and (checkpoint == BUILTIN or checkpoint.startswith(BUILTIN + ":")):
+        sensor = checkpoint.partition(":")[2] or DEFAULT_SENSOR
+        if sensor not in SENSORS:
+            raise ValueError(f"checkpoint {checkpoint!r}: the shipped models are "
+                             f"{', '.join(f'{BUILTIN}:{s}' for s in SENSORS)} ({BUILTIN} = {BUILTIN}:{DEFAULT_SENSOR})")
+        path = default_checkpoint(sensor)
         if not path.is_file():
-            raise ValueError(f"checkpoint {BUILTIN!r}: the shipped file {path} is missing")
+            raise ValueError(f"checkpoint {checkpoint!r}: the shipped file {path} is missing")
         checkpoint = str(path)
     if teacher == BUILTIN:
         folder = default_teacher()
-        if not (folder / "config.json").is_file():
+        if not any((folder / name).is_file() for name in ("config.json", DENSE_CONFIG_NAME)):
             raise ValueError(f"teacher {BUILTIN!r}: the shipped teacher folder {folder} is missing")
         teacher = str(folder)
     return checkpoint, teacher

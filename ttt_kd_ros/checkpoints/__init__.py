@@ -24,14 +24,36 @@ DEFAULT_TEACHER_RESOLUTION = (120, 160)
 """(H, W) the stand-in teacher was trained at: the synthetic cameras' native size (patch 8 -> 15 x 20)."""
 
 
-def default_checkpoint() -> Path:
-    """The shipped joint-trained model (may be absent in a source tree that has not trained it yet)."""
-    return CHECKPOINT_DIR / DEFAULT_CHECKPOINT_NAME
+LIDAR_CHECKPOINT_NAME = "ttt_kd_small_synthetic_lidar.safetensors"
+"""ttt_kd_small trained jointly on the synthetic "lidar" domain (32-beam LiDAR, three cameras) with the same teacher."""
+
+LIDAR_SOURCE_ONLY_CHECKPOINT_NAME = "ttt_kd_small_synthetic_lidar_source_only.safetensors"
+"""The LiDAR network trained with CE only."""
+
+SENSORS = {
+    "rgbd": (DEFAULT_CHECKPOINT_NAME, SOURCE_ONLY_CHECKPOINT_NAME),
+    "lidar": (LIDAR_CHECKPOINT_NAME, LIDAR_SOURCE_ONLY_CHECKPOINT_NAME),
+}
+"""Sensor kind -> (joint, source-only) file names. A robot picks its model by its sensor: the node's
+``checkpoint: builtin`` is the RGB-D pair, ``builtin:lidar`` the LiDAR one."""
+
+DEFAULT_SENSOR = "rgbd"
 
 
-def source_only_checkpoint() -> Path:
-    """The shipped source-only baseline, when it was trained."""
-    return CHECKPOINT_DIR / SOURCE_ONLY_CHECKPOINT_NAME
+def _sensor_files(sensor: str) -> tuple[str, str]:
+    if sensor not in SENSORS:
+        raise ValueError(f"shipped model for sensor {sensor!r}: expected one of {sorted(SENSORS)}")
+    return SENSORS[sensor]
+
+
+def default_checkpoint(sensor: str = DEFAULT_SENSOR) -> Path:
+    """The shipped joint-trained model for ``sensor`` (may be absent in a source tree that has not trained it)."""
+    return CHECKPOINT_DIR / _sensor_files(sensor)[0]
+
+
+def source_only_checkpoint(sensor: str = DEFAULT_SENSOR) -> Path:
+    """The shipped source-only baseline for ``sensor``, when it was trained."""
+    return CHECKPOINT_DIR / _sensor_files(sensor)[1]
 
 
 def default_teacher() -> Path:
@@ -46,7 +68,9 @@ def default_teacher_resolution() -> tuple[int, int]:
 
 __all__ = [
     "CHECKPOINT_DIR",
+    "DEFAULT_SENSOR",
     "DEFAULT_TEACHER_RESOLUTION",
+    "SENSORS",
     "default_checkpoint",
     "default_teacher",
     "default_teacher_resolution",
