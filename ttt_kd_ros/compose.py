@@ -75,11 +75,12 @@ class ModelChoice:
     trained: bool
 
 
-def default_model() -> ModelChoice:
-    """The shipped checkpoint and teacher when both are present, else an untrained net with the tiny teacher."""
+def default_model(sensor: str = "rgbd") -> ModelChoice:
+    """The shipped checkpoint for ``sensor`` and the teacher when both are present, else an untrained net with the
+    tiny teacher."""
     from ttt_kd_ros.checkpoints import default_checkpoint, default_teacher
 
-    checkpoint, teacher = default_checkpoint(), default_teacher()
+    checkpoint, teacher = default_checkpoint(sensor), default_teacher()
     if checkpoint.is_file() and teacher.exists():
         return ModelChoice(str(checkpoint), str(teacher), True)
     return ModelChoice("", "tiny", False)
