@@ -12,16 +12,16 @@ from pathlib import Path
 CHECKPOINT_DIR = Path(__file__).resolve().parent
 
 DEFAULT_CHECKPOINT_NAME = "ttt_kd_small_synthetic.safetensors"
-"""ttt_kd_small trained jointly (CE + KD) on the synthetic "source" domain with the stand-in teacher."""
+"""ttt_kd_small trained jointly (CE + KD) on the synthetic "source" domain (RGB-D) with the dense stand-in teacher."""
 
 SOURCE_ONLY_CHECKPOINT_NAME = "ttt_kd_small_synthetic_source_only.safetensors"
 """The same network, data and budget trained with CE only: the baseline TTT-KD is compared with."""
 
-DEFAULT_TEACHER_NAME = "teacher_synthetic_vit"
-"""Hugging Face folder of the stand-in DINOv2-architecture teacher (docs/TRAINING.md)."""
+DEFAULT_TEACHER_NAME = "teacher_synthetic_dense"
+"""Folder of the dense stand-in teacher (an image-only U-Net, dense_teacher.py; NOT DINOv2): docs/TRAINING.md 1c."""
 
 DEFAULT_TEACHER_RESOLUTION = (120, 160)
-"""(H, W) the stand-in teacher was trained at: the synthetic cameras' native size (patch 8 -> 15 x 20)."""
+"""(H, W) the stand-in teacher was trained at: the synthetic cameras' native size (8-px patches -> 15 x 20)."""
 
 
 LIDAR_CHECKPOINT_NAME = "ttt_kd_small_synthetic_lidar.safetensors"
@@ -57,7 +57,7 @@ def source_only_checkpoint(sensor: str = DEFAULT_SENSOR) -> Path:
 
 
 def default_teacher() -> Path:
-    """Folder of the stand-in teacher, a spec that ``teacher_weights.load_teacher`` reads like any DINOv2 folder."""
+    """Folder of the stand-in teacher, a spec that ``teacher_weights.load_teacher`` reads like any teacher folder."""
     return CHECKPOINT_DIR / DEFAULT_TEACHER_NAME
 
 

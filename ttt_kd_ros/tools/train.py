@@ -9,7 +9,7 @@ Several GPUs / nodes:     torchrun --nproc_per_node 8 -m ttt_kd_ros.tools.train 
 --data takes a data-source spec (data/sources.py, docs/DATA.md); --domain / --scans / --seed are the synthetic
 default's shorthand (``synthetic:DOMAIN?scans=N&seed=S``).
 
---teacher: "default" (the shipped stand-in teacher, ttt_kd_ros/checkpoints/teacher_synthetic_vit),
+--teacher: "default" (the shipped stand-in teacher, ttt_kd_ros/checkpoints/teacher_synthetic_dense),
 "tiny" (random weights: the control), or any load_teacher spec (a DINOv2 HF folder, an official
 .pth, a cached hub id). docs/TRAINING.md has the commands behind the shipped checkpoints.
 """
