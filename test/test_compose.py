@@ -59,3 +59,10 @@ def test_node_time_budget_default_is_bounded_and_engine_default_is_not() -> None
     assert parameter_defaults()["adapt.time_budget_s"] == 1.0
     assert segmenter_config_from_parameters({}).adapt.time_budget_s == 1.0
     assert AdaptConfig().time_budget_s is None  # offline evaluation keeps its step counts machine-independent
+
+
+def test_bn_train_parameter_reaches_the_strategy_and_refuses_strings() -> None:
+    assert segmenter_config_from_parameters({}).adapt.bn_train is True
+    assert segmenter_config_from_parameters({"adapt.bn_train": False}).adapt.bn_train is False
+    with pytest.raises(ParameterError, match=r"adapt\.bn_train"):
+        segmenter_config_from_parameters({"adapt.bn_train": "false"})

@@ -24,6 +24,13 @@ def engine_error_text(exc: Exception) -> str:
     return str(exc).replace("AdaptConfig.", "parameter adapt.").replace("SegmenterConfig.", "parameter ")
 
 
+def _flag(value: Any, name: str) -> bool:
+    """A boolean parameter: YAML and ros2 give bools; a string such as "false" is refused rather than read as True."""
+    if isinstance(value, bool):
+        return value
+    raise ParameterError(f"parameter {name}: expected true or false, got {value!r}")
+
+
 def segmenter_config_from_parameters(values: Mapping[str, Any]) -> SegmenterConfig:
     """SegmenterConfig from flat node parameters (``adapt.steps`` style); a name not given takes the node default.
 
@@ -43,6 +50,7 @@ def segmenter_config_from_parameters(values: Mapping[str, Any]) -> SegmenterConf
             optimizer=params["adapt.optimizer"],
             lr=float(params["adapt.lr"]),
             params=params["adapt.params"],
+            bn_train=_flag(params["adapt.bn_train"], "adapt.bn_train"),
             kd_points_per_step=int(params["adapt.kd_points_per_step"]),
             loss=params["adapt.loss"],
             time_budget_s=budget if budget > 0 else None,

@@ -90,6 +90,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("adapt.lr", _ADAPT.lr, "Learning rate of the test-time steps (> 0).", minimum=0.0, maximum=1.0,
               runtime=True),
     ParamSpec("adapt.params", _ADAPT.params, "Backbone parameters updated at test time.", choices=PARAM_SETS),
+    ParamSpec("adapt.bn_train", _ADAPT.bn_train, "Normalise with the scan's own batch statistics during the "
+              "TTT-KD steps (the RGB-D model's setting); false keeps the running statistics (the LiDAR model's: "
+              "docs/EVALUATION.md)."),
     ParamSpec("adapt.kd_points_per_step", _ADAPT.kd_points_per_step, "Visible points sampled per KD step; 0: all.",
               minimum=0, runtime=True),
     ParamSpec("adapt.loss", _ADAPT.loss, "KD loss form.", choices=KD_LOSS_KINDS, runtime=True),
