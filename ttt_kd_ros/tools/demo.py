@@ -27,12 +27,14 @@ import sys
 import time
 from pathlib import Path
 
+from ttt_kd_ros.adapt import AdaptConfig
 from ttt_kd_ros.replay.bag_source import plan_bag
 from ttt_kd_ros.tools.demo_scans import DemoCase
 
 CASES = (
     DemoCase("lidar", "builtin:lidar", "lidar16=lidar:sensor.rings=16,sensor.mount_height_m=[1.3,1.6]",
-             "LiDAR 32 -> 16 beams, mount 0.5-0.9 m -> 1.3-1.6 m", top_max_z_m=0.8),
+             "LiDAR 32 -> 16 beams, mount 0.5-0.9 m -> 1.3-1.6 m", top_max_z_m=0.8,
+             adapt=(("adapt.bn_train", False), ("adapt.lr", 3e-4))),  # the LiDAR model's validated setting
     DemoCase("rgbd", "builtin:rgbd", "office_warm=office:style.light_rgb=[1.0,0.8,0.6]",
              "RGB-D home -> office under warm light", top_max_z_m=2.0),
 )
@@ -60,8 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="default: node, or inprocess for a domain whose cameras move")
     parser.add_argument("--bag", type=Path, default=None, help="replay this bag instead of writing one")
     parser.add_argument("--pictures", type=int, default=3, help="scans per shipped model in the pictures (0: none)")
-    parser.add_argument("--picture-points", type=int, default=6000, help="points per picture scan (a crop)")
-    parser.add_argument("--picture-steps", type=int, default=10, help="TTT-KD steps of the pictures' adapted column")
+    parser.add_argument("--picture-points", type=int, default=16000,
+                        help="points per picture scan (a crop, as the models were trained and evaluated on)")
+    parser.add_argument("--picture-steps", type=int, default=AdaptConfig().steps,
+                        help="TTT-KD steps of the pictures' adapted column (default: the shipped setting)")
     parser.add_argument("--checkpoint", default=None,
                         help="live replay's checkpoint (default: the shipped LiDAR model if present)")
     parser.add_argument("--teacher", default=None, help="2D teacher spec (default: the shipped one, else 'tiny')")
@@ -126,12 +130,13 @@ def _pictures(args: argparse.Namespace, started: float) -> None:
     from ttt_kd_ros.tools.demo_scans import case_scans, run_case, table, write_case_figures
 
     results = []
-    steps = sorted({1, 2, 5, args.picture_steps} & set(range(1, args.picture_steps + 1)))
+    steps = sorted({1, 2, 5, 10, args.picture_steps} & set(range(1, args.picture_steps + 1)))
     for case in CASES:
         model = _model(case.sensor, args) if case is CASES[0] else _model(case.sensor, _no_override(args))
         # every step count is shown, so no time budget here; the live replay keeps the node's
         segmenter = compose.build_segmenter(model.checkpoint, model.teacher, "cpu",
-                                            {"adapt.strategy": "ttt_kd", "adapt.time_budget_s": 0.0})
+                                            {**dict(case.adapt), "adapt.strategy": "ttt_kd",
+                                             "adapt.time_budget_s": 0.0})
         scans = case_scans(case, args.pictures, args.seed, args.picture_points)
         result = run_case(case, segmenter, scans, steps)
         write_case_figures(result, args.out / "pictures" / case.sensor)
@@ -160,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         live = CASES[0]
         model = _model(live.sensor, args)
-        overrides = {"checkpoint": model.checkpoint, "teacher": model.teacher, "device": "cpu",
+        overrides = {**dict(live.adapt), "checkpoint": model.checkpoint, "teacher": model.teacher, "device": "cpu",
                      "adapt.steps": args.steps}
         if args.bag is not None:
             bag, moving = args.bag, bool(plan_bag(args.bag).moving_cameras)

@@ -33,6 +33,7 @@ class DemoCase:
     split: str
     description: str
     top_max_z_m: float | None = None  # leave ceilings out of the bird's-eye pictures (heights in the cloud's frame)
+    adapt: tuple[tuple[str, object], ...] = ()  # node parameters this model adapts with (e.g. adapt.bn_train)
 
 
 @dataclass
