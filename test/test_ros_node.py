@@ -428,7 +428,8 @@ def test_node_camera_frame_from_image_header_uses_latched_tf_static(system: Syst
     logs = system.logs_text()
     assert "extrinsics of ['side'] from tf (builtin)" in logs or "(tf2_ros)" in logs
     # the activation line a robot operator reads: device, model, teacher, adaptation settings, cameras
-    for part in ("active: device=cpu", "teacher=tiny-dinov2", "strategy=ttt_kd steps=1", "time_budget_s=None",
+    for part in ("active: device=cpu", "teacher=tiny-dinov2", "strategy=ttt_kd steps=1", "bn_train=True",
+                 "time_budget_s=None",
                  "front (extrinsics in 'test_lidar'", "side (tf, frame from image header)"):
         assert part in logs, part
 

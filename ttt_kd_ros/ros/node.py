@@ -250,8 +250,8 @@ class SegmenterNode(LifecycleNode):
             f"{c.name} ({'extrinsics in ' + repr(c.parent_frame) if c.cam_from_cloud is not None else 'tf'}, "
             f"frame {c.frame_id or 'from image header'})" for c in params.cameras) or "none"
         settings = (f"strategy={adapt.strategy} steps={adapt.steps} lr={adapt.lr:g} optimizer={adapt.optimizer} "
-                    f"params={adapt.params} kd_points_per_step={adapt.kd_points_per_step} loss={adapt.loss} "
-                    f"time_budget_s={adapt.time_budget_s}") if adapt is not None else "none"
+                    f"params={adapt.params} bn_train={adapt.bn_train} kd_points_per_step={adapt.kd_points_per_step} "
+                    f"loss={adapt.loss} time_budget_s={adapt.time_budget_s}") if adapt is not None else "none"
         self.get_logger().info(
             f"active: device={getattr(seg, 'device', '?')} threads={torch.get_num_threads()} "
             f"checkpoint={params['checkpoint']!r} label_set={self.label_set.name} "
