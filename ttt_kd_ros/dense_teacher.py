@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ttt_kd_ros.teacher import DEFAULT_CACHE_SIZE, IMAGENET_MEAN, IMAGENET_STD, FeatureMap, Teacher
+from ttt_kd_ros.teacher import DEFAULT_CACHE_SIZE, FeatureMap, Teacher
 
 DENSE_CONFIG_NAME = "dense_teacher.json"
 DENSE_WEIGHTS_NAME = "model.safetensors"
@@ -123,13 +123,6 @@ class DenseSegNet(nn.Module):
         return self.head(self.features(x))
 
 
-def normalise_pixels(pixels: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) float in [0, 1] -> ImageNet-normalised, as every teacher here sees its input."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
-    return (pixels - mean) / std
-
-
 def patch_outputs(net: DenseSegNet, config: DenseTeacherConfig, pixels: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) normalised pixels -> (B, D, H / patch, W / patch) L2-normalised patch vectors."""
     dense = net.features(pixels) if config.output == "features" else net(pixels).softmax(1)
@@ -157,14 +150,9 @@ class DenseTeacher(Teacher):
 
     @torch.no_grad()
     def _compute(self, image: np.ndarray) -> FeatureMap:
-        h, w = image.shape[:2]
-        w_in, h_in = self.input_size(w, h)
-        buffer = np.ascontiguousarray(image) if image.flags.writeable else np.array(image, order="C")
-        pixels = torch.from_numpy(buffer).to(self.device).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
-        if (h_in, w_in) != (h, w):
-            pixels = F.interpolate(pixels, size=(h_in, w_in), mode="bilinear", align_corners=False, antialias=True)
+        pixels, (w, h), (w_in, h_in) = self._input_pixels(image)
         dtype = next(self.model.parameters()).dtype
-        features = patch_outputs(self.model, self.config, normalise_pixels(pixels).to(dtype))[0].float()
+        features = patch_outputs(self.model, self.config, pixels.to(dtype))[0].float()
         self.forward_count += 1
         return FeatureMap(features.contiguous(), image_size_px=(w, h), input_size_px=(w_in, h_in))
 
@@ -223,5 +211,5 @@ def save_dense_teacher(net: DenseSegNet, config: DenseTeacherConfig, folder: str
 
 
 __all__ = ["DENSE_CONFIG_NAME", "DenseSegNet", "DenseTeacher", "DenseTeacherConfig", "is_dense_teacher_folder",
-           "load_dense_net", "load_dense_teacher", "normalise_pixels", "patch_outputs", "read_dense_config",
+           "load_dense_net", "load_dense_teacher", "patch_outputs", "read_dense_config",
            "save_dense_teacher"]

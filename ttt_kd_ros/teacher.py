@@ -73,9 +73,6 @@ class Teacher:
         self.model = model.to(self.device).eval()
         for param in self.model.parameters():
             param.requires_grad_(False)
-        mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
-        self._mean, self._std = mean.to(self.device), std.to(self.device)
 
     def _init_runtime(self, teacher_id: str, feature_dim: int, patch_size: int,
                       resolution: int | tuple[int, int], device: str | torch.device, cache_size: int) -> None:
@@ -146,9 +143,9 @@ class Teacher:
         with self._lock:
             self._cache.clear()
 
-    @torch.no_grad()
-    def _compute(self, image: np.ndarray) -> FeatureMap:
-        # no_grad, not inference_mode: the features become loss targets next to tensors that need grad.
+    def _input_pixels(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+        """(H, W, 3) uint8 -> ((1, 3, H_in, W_in) ImageNet-normalised float on the device, (W, H), (W_in, H_in)):
+        what every image-model teacher feeds its network, whatever the network."""
         h, w = image.shape[:2]
         w_in, h_in = self.input_size(w, h)
         # torch refuses to wrap read-only buffers (PIL's arrays are read-only) without a warning: copy those.
@@ -157,7 +154,12 @@ class Teacher:
         pixels = pixels.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
         if (h_in, w_in) != (h, w):
             pixels = F.interpolate(pixels, size=(h_in, w_in), mode="bilinear", align_corners=False, antialias=True)
-        pixels = (pixels - self._mean) / self._std
+        return normalise_pixels(pixels), (w, h), (w_in, h_in)
+
+    @torch.no_grad()
+    def _compute(self, image: np.ndarray) -> FeatureMap:
+        # no_grad, not inference_mode: the features become loss targets next to tensors that need grad.
+        pixels, (w, h), (w_in, h_in) = self._input_pixels(image)
         dtype = next(self.model.parameters()).dtype
         tokens = self.model(pixel_values=pixels.to(dtype)).last_hidden_state[0, self.num_prefix_tokens:]
         hp, wp = h_in // self.patch_size, w_in // self.patch_size
@@ -194,6 +196,13 @@ class Teacher:
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
+
+
+def normalise_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) float in [0, 1] -> ImageNet-normalised: the input every image teacher here is trained on."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
+    return (pixels - mean) / std
 
 
 def _check_resolution(resolution: int | tuple[int, int]) -> int | tuple[int, int]:

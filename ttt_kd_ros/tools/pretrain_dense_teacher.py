@@ -33,12 +33,12 @@ from ttt_kd_ros.dense_teacher import (
     DenseSegNet,
     DenseTeacherConfig,
     load_dense_net,
-    normalise_pixels,
     patch_outputs,
     read_dense_config,
     save_dense_teacher,
 )
 from ttt_kd_ros.metrics import miou
+from ttt_kd_ros.teacher import normalise_pixels
 from ttt_kd_ros.teacher_probe import fit_patch_probe, patch_miou, similarity_report
 from ttt_kd_ros.tools.pretrain_teacher import (
     PretrainConfig,

@@ -49,7 +49,7 @@ from ttt_kd_ros.data.synthetic import DOMAINS, scan_seed
 from ttt_kd_ros.data.synthetic.randomised import BEYOND_TRAINING, TRAINING, random_domain
 from ttt_kd_ros.data.synthetic.renders import render_labeled_images
 from ttt_kd_ros.labels import SYNTHETIC_INDOOR
-from ttt_kd_ros.teacher import IMAGENET_MEAN, IMAGENET_STD
+from ttt_kd_ros.teacher import normalise_pixels
 from ttt_kd_ros.teacher_probe import PatchProbe, fit_patch_probe, patch_miou, similarity_report
 
 RANDOMISED, BEYOND = "randomised", "beyond_training"
@@ -188,13 +188,6 @@ def photometric(images: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     return x.clamp(0.0, 1.0)
 
 
-def normalise(x: torch.Tensor) -> torch.Tensor:
-    """[0, 1] images -> the ImageNet-normalised input Teacher feeds its model (teacher.py)."""
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
 def build_model(config: PretrainConfig, image_hw: tuple[int, int]):
     """A randomly initialised transformers Dinov2Model of the configured size."""
     from transformers import Dinov2Config, Dinov2Model
@@ -235,8 +228,8 @@ def pretrain_losses(model, head: PrototypeHead, images: torch.Tensor, labels: to
                     invariance_weight: float, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Soft cross-entropy of patch class distributions on two photometric views, plus their token cosine distance."""
     target = patch_class_distribution(labels, patch, head.num_classes)
-    view_a = patch_tokens(model, normalise(photometric(images, generator)))
-    view_b = patch_tokens(model, normalise(photometric(images, generator)))
+    view_a = patch_tokens(model, normalise_pixels(photometric(images, generator)))
+    view_b = patch_tokens(model, normalise_pixels(photometric(images, generator)))
     ce = sum(-(target * F.log_softmax(head(t), dim=-1)).sum(-1).mean() for t in (view_a, view_b)) / 2
     invariance = (1.0 - F.cosine_similarity(view_a, view_b, dim=-1)).mean()
     return {"total": ce + invariance_weight * invariance, "class": ce, "invariance": invariance}
@@ -245,7 +238,7 @@ def pretrain_losses(model, head: PrototypeHead, images: torch.Tensor, labels: to
 @torch.no_grad()
 def patch_features(model, images: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W) uint8 -> (N * Hp * Wp, D) L2-normalised patch tokens, as Teacher gives them."""
-    toks = [F.normalize(patch_tokens(model, normalise(images[i:i + 32].float() / 255.0)), dim=-1)
+    toks = [F.normalize(patch_tokens(model, normalise_pixels(images[i:i + 32].float() / 255.0)), dim=-1)
             for i in range(0, len(images), 32)]
     return torch.cat(toks).flatten(0, 1)
 
