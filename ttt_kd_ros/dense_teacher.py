@@ -140,9 +140,7 @@ class DenseTeacher(Teacher):
         self._init_runtime(teacher_id, feature_dim=config.feature_dim, patch_size=grid, resolution=resolution,
                            device=device, cache_size=cache_size)
         self.config = config
-        self.model = net.to(self.device).eval()
-        for param in self.model.parameters():
-            param.requires_grad_(False)
+        self.model = self._frozen(net)
 
     def __repr__(self) -> str:
         return (f"DenseTeacher({self.teacher_id!r}, dim={self.feature_dim}, output={self.config.output}, "

@@ -70,9 +70,7 @@ class Teacher:
                            patch_size=int(patch[0] if isinstance(patch, (tuple, list)) else patch),
                            resolution=resolution, device=device, cache_size=cache_size)
         self.num_prefix_tokens = 1 + int(getattr(config, "num_register_tokens", 0) or 0)
-        self.model = model.to(self.device).eval()
-        for param in self.model.parameters():
-            param.requires_grad_(False)
+        self.model = self._frozen(model)
 
     def _init_runtime(self, teacher_id: str, feature_dim: int, patch_size: int,
                       resolution: int | tuple[int, int], device: str | torch.device, cache_size: int) -> None:
@@ -86,6 +84,13 @@ class Teacher:
         self._cache: OrderedDict[tuple, tuple[np.ndarray, FeatureMap]] = OrderedDict()
         self._lock = threading.Lock()
         self.forward_count = 0  # feature maps computed so far (cache misses)
+
+    def _frozen(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The network on this teacher's device, in eval mode, with no parameter that could take a gradient."""
+        model = model.to(self.device).eval()
+        for param in model.parameters():
+            param.requires_grad_(False)
+        return model
 
     def __repr__(self) -> str:
         return (f"Teacher({self.teacher_id!r}, dim={self.feature_dim}, patch={self.patch_size}, "

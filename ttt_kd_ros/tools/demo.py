@@ -72,15 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model(sensor: str, args: argparse.Namespace):
-    """The shipped model for ``sensor`` (or --checkpoint / --teacher), and whether it is trained."""
+def _model(sensor: str, checkpoint: str | None, teacher: str | None):
+    """The shipped model for ``sensor`` (or the given checkpoint / teacher), and whether it is trained."""
     from ttt_kd_ros import compose
 
     model = compose.default_model(sensor)
-    if args.checkpoint is not None or args.teacher is not None:
-        model = compose.ModelChoice(args.checkpoint if args.checkpoint is not None else model.checkpoint,
-                                    args.teacher if args.teacher is not None else model.teacher,
-                                    trained=bool(args.checkpoint or model.trained))
+    if checkpoint is not None or teacher is not None:
+        model = compose.ModelChoice(checkpoint if checkpoint is not None else model.checkpoint,
+                                    teacher if teacher is not None else model.teacher,
+                                    trained=bool(checkpoint or model.trained))
     if not model.trained:
         print(f"note: no trained {sensor} checkpoint shipped in this tree: an UNTRAINED network runs (plumbing "
               "only; mIoU is meaningless)")
@@ -124,15 +124,14 @@ def _replay(bag: Path, mode: str, out: Path, overrides: dict, args: argparse.Nam
     print()
 
 
-def _pictures(args: argparse.Namespace, started: float) -> None:
+def _pictures(args: argparse.Namespace, models: list, started: float) -> None:
     """Each shipped model on its shift: unadapted and adapted pictures, the curve, the table of this run."""
     from ttt_kd_ros import compose
     from ttt_kd_ros.tools.demo_scans import case_scans, run_case, table, write_case_figures
 
     results = []
     steps = sorted({1, 2, 5, 10, args.picture_steps} & set(range(1, args.picture_steps + 1)))
-    for case in CASES:
-        model = _model(case.sensor, args) if case is CASES[0] else _model(case.sensor, _no_override(args))
+    for case, model in zip(CASES, models, strict=True):
         # every step count is shown, so no time budget here; the live replay keeps the node's
         segmenter = compose.build_segmenter(model.checkpoint, model.teacher, "cpu",
                                             {**dict(case.adapt), "adapt.strategy": "ttt_kd",
@@ -154,17 +153,14 @@ def _pictures(args: argparse.Namespace, started: float) -> None:
     print()
 
 
-def _no_override(args: argparse.Namespace) -> argparse.Namespace:
-    """--checkpoint names the live model only; the other cases keep their shipped one (--teacher still applies)."""
-    return argparse.Namespace(**{**vars(args), "checkpoint": None})
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     started = time.monotonic()
     try:
-        live = CASES[0]
-        model = _model(live.sensor, args)
+        # --checkpoint names the live (first) case's model only; --teacher applies to every case
+        models = [_model(case.sensor, args.checkpoint if case is CASES[0] else None, args.teacher)
+                  for case in CASES]
+        live, model = CASES[0], models[0]
         overrides = {**dict(live.adapt), "checkpoint": model.checkpoint, "teacher": model.teacher, "device": "cpu",
                      "adapt.steps": args.steps}
         if args.bag is not None:
@@ -173,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             bag, moving = _write(args.domain, args.out / "bag", args, started)
         _replay(bag, args.mode or ("inprocess" if moving else "node"), args.out / "report", overrides, args, started)
         if args.pictures > 0:
-            _pictures(args, started)
+            _pictures(args, models, started)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"ttt_kd_demo: {exc}", file=sys.stderr)
         return 2

@@ -93,22 +93,22 @@ def _cosine(config: DenseTrainConfig):
     return lambda s: float(0.5 * (1 + np.cos(np.pi * min(1.0, s / config.steps))))
 
 
-@torch.no_grad()
-def pixel_predictions(net: DenseSegNet, images: torch.Tensor, batch: int = 32) -> torch.Tensor:
-    net.eval()
-    out = torch.cat([net(normalise_pixels(images[i:i + batch].float() / 255)).argmax(1)
-                     for i in range(0, len(images), batch)])
-    return out
+def pixel_predictions(net: DenseSegNet, images: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) uint8 -> (N, H, W) the head's class per pixel."""
+    return _in_batches(net, images, lambda pixels: net(pixels).argmax(1))
 
 
-@torch.no_grad()
-def patch_vectors(net: DenseSegNet, config: DenseTeacherConfig, images: torch.Tensor,
-                  batch: int = 32) -> torch.Tensor:
+def patch_vectors(net: DenseSegNet, config: DenseTeacherConfig, images: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W) uint8 -> (N * Hp * Wp, D) the patch vectors the 3D network would distil."""
+    maps = _in_batches(net, images, lambda pixels: patch_outputs(net, config, pixels))
+    return maps.permute(0, 2, 3, 1).flatten(0, 2)
+
+
+@torch.no_grad()
+def _in_batches(net: DenseSegNet, images: torch.Tensor, fn, batch: int = 32) -> torch.Tensor:
+    """fn over normalised batches of uint8 images, in eval mode (BN running statistics), concatenated."""
     net.eval()
-    parts = [patch_outputs(net, config, normalise_pixels(images[i:i + batch].float() / 255))
-             for i in range(0, len(images), batch)]
-    return torch.cat(parts).permute(0, 2, 3, 1).flatten(0, 2)
+    return torch.cat([fn(normalise_pixels(images[i:i + batch].float() / 255)) for i in range(0, len(images), batch)])
 
 
 def dense_report(net: DenseSegNet, config: DenseTeacherConfig, train: RenderSet,
