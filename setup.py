@@ -23,6 +23,7 @@ CONSOLE_SCRIPTS = [
     "ttt_kd_demo = ttt_kd_ros.tools.demo:main",
     "ttt_kd_evaluate = ttt_kd_ros.tools.evaluate:main",
     "ttt_kd_cache_features = ttt_kd_ros.tools.cache_features:main",
+    "ttt_kd_fit_fusion_head = ttt_kd_ros.tools.fit_fusion_head:main",
 ]
 
 setup(

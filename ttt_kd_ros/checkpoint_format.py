@@ -27,8 +27,13 @@ CHECKPOINT_FORMAT_VERSION = 1
 _METADATA_KEY = "ttt_kd_ros"
 
 
-def save_checkpoint(model: TTTKDNet, path: str | os.PathLike, extra: dict | None = None) -> Path:
+def save_checkpoint(model: TTTKDNet, path: str | os.PathLike, extra: dict | None = None,
+                    validated: dict | None = None) -> Path:
     """Weights + running statistics as safetensors; config, class names and ``extra`` as JSON metadata.
+
+    ``validated``: the adaptation and fusion settings chosen for this model on validation scans
+    (``{"adapt": {AdaptConfig fields}, "fusion": {FusionConfig fields}, "source": "how they were chosen"}``);
+    the node, the evaluator and the demo start from them (``validated_settings``).
 
     Written to a temporary file and renamed, so a crash never leaves half a checkpoint.
     """
@@ -42,6 +47,7 @@ def save_checkpoint(model: TTTKDNet, path: str | os.PathLike, extra: dict | None
         "teacher_id": config.teacher_id,
         "teacher_resolution": list(config.teacher_resolution),
         "extra": extra or {},
+        "validated": validated or {},
     }
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,7 +57,7 @@ def save_checkpoint(model: TTTKDNet, path: str | os.PathLike, extra: dict | None
     return path
 
 
-_OPTIONAL_CONFIG_FIELDS = {"kd_target_center": []}
+_OPTIONAL_CONFIG_FIELDS = {"kd_target_center": [], "fusion_head": False}
 """NetConfig fields added after checkpoints were shipped, with the value that reproduces the older behaviour."""
 
 _REQUIRED_META = ("format_version", "config", "class_names", "voxel_size_m", "teacher_id", "teacher_resolution")
@@ -81,6 +87,16 @@ def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, Any]:
             f"checkpoint {path}: format_version expected {CHECKPOINT_FORMAT_VERSION}, got {meta['format_version']}"
         )
     return meta
+
+
+def validated_settings(path: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint's validated settings (``save_checkpoint``'s ``validated``); {} for older checkpoints."""
+    meta = read_checkpoint_metadata(path)
+    validated = meta.get("validated") or {}
+    if not isinstance(validated, dict) or not all(isinstance(validated.get(k, {}), dict) for k in ("adapt", "fusion")):
+        raise ValueError(f"checkpoint {path}: metadata field 'validated' expected {{'adapt': {{...}}, "
+                         f"'fusion': {{...}}}}, got {validated!r}")
+    return validated
 
 
 def _config_from_meta(path: Path, meta: dict[str, Any], backend: str | None) -> NetConfig:
@@ -161,4 +177,5 @@ def load_checkpoint(
     return model.to(device).eval()
 
 
-__all__ = ["CHECKPOINT_FORMAT_VERSION", "load_checkpoint", "read_checkpoint_metadata", "save_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT_VERSION", "load_checkpoint", "read_checkpoint_metadata", "save_checkpoint",
+           "validated_settings"]

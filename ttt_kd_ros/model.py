@@ -62,6 +62,10 @@ class NetConfig:
     """Mean teacher feature subtracted from every distillation target before re-normalising
     (``targets.center_targets``); estimated once over the training targets and stored here so training and test
     time centre identically. Empty: targets used as the teacher gives them (checkpoints older than the field)."""
+    fusion_head: bool = False
+    """Whether the net carries rho_F, a linear head on teacher features (fusion.py) fitted on labelled source
+    scans: the teacher's own class prediction, fused with the 3D one on visible points. False in checkpoints
+    older than the field and in nets trained without images."""
 
     def __post_init__(self) -> None:
         for name in ("input_features", "encoder_planes", "encoder_blocks", "decoder_planes", "decoder_blocks",
@@ -362,6 +366,9 @@ class TTTKDNet(nn.Module):
         self.kd_head = nn.Sequential(
             nn.Linear(width, config.kd_hidden), nn.ReLU(inplace=True), nn.Linear(config.kd_hidden, config.teacher_dim)
         )
+        # rho_F reads teacher features, never the backbone: adaptation cannot move it (collect_params takes
+        # backbone parameters only), and it is fitted after the net, on frozen teacher features.
+        self.fusion_head = nn.Linear(config.teacher_dim, config.num_classes) if config.fusion_head else None
 
     @property
     def device(self) -> torch.device:

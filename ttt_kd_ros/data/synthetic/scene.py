@@ -81,6 +81,7 @@ class SceneStyle:
     light_intensity: tuple[float, float] = (0.5, 0.7)
     light_rgb: tuple[float, float, float] = (1.0, 0.92, 0.8)
     table_height_m: tuple[float, float] = (0.70, 0.78)
+    clutter_scale: float = 1.0  # multiplies both clutter counts: a tidy (< 1) or a cluttered (> 1) building
 
 
 @dataclass
@@ -198,6 +199,8 @@ class _SceneBuilder:
 
     def count(self, key: str) -> int:
         lo, hi = self.style.counts.get(key, (0, 0))
+        if key.startswith("clutter") and self.style.clutter_scale != 1.0:
+            lo, hi = round(lo * self.style.clutter_scale), round(hi * self.style.clutter_scale)
         return int(self.rng.integers(lo, hi + 1))
 
     def yaw(self) -> float:

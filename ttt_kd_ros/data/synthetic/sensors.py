@@ -42,6 +42,8 @@ class SensorConfig:
     hfov_deg: float = 65.0
     camera_depth: bool = True  # attach depth_m to each CameraView
     image_noise: float = 0.01  # std of per-pixel colour noise, colour in [0, 1]
+    image_blur_px: float = 0.0  # std (pixels) of a Gaussian blur: defocus, motion, a soft lens
+    image_block_px: int = 0  # side of square blocks that keep only their mean colour: heavy compression
     camera_height_m: tuple[float, float] = (1.2, 1.7)
     camera_pitch_deg: tuple[float, float] = (-30.0, 5.0)
     # rgbd
@@ -112,6 +114,30 @@ class RenderedView:
     world_from_cam: np.ndarray  # (4, 4)
 
 
+def gaussian_blur(image: np.ndarray, sigma_px: float) -> np.ndarray:
+    """(H, W, C) float image blurred by a separable Gaussian of std ``sigma_px`` (edges replicated)."""
+    radius = max(1, int(np.ceil(3.0 * sigma_px)))
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma_px) ** 2)
+    taps = (taps / taps.sum()).astype(np.float32)
+    out = image.astype(np.float32)
+    for axis in (0, 1):
+        padded = np.pad(out, [(radius, radius) if a == axis else (0, 0) for a in range(3)], mode="edge")
+        length = out.shape[axis]
+        out = sum(t * np.take(padded, np.arange(k, k + length), axis=axis) for k, t in enumerate(taps))
+    return out.astype(np.float32)
+
+
+def block_average(image: np.ndarray, block_px: int) -> np.ndarray:
+    """(H, W, C) image whose ``block_px`` square blocks keep only their mean (the last partial blocks too)."""
+    h, w, c = image.shape
+    out = np.empty_like(image, dtype=np.float32)
+    for top in range(0, h, block_px):
+        for left in range(0, w, block_px):
+            block = image[top:top + block_px, left:left + block_px]
+            out[top:top + block_px, left:left + block_px] = block.reshape(-1, c).mean(axis=0)
+    return out
+
+
 def render_view(scene: Scene, intr: CameraIntrinsics, world_from_cam: np.ndarray, sensor: SensorConfig,
                 rng: np.random.Generator) -> RenderedView:
     """Colour image and z-depth of one camera; depth noise follows the RGB-D model of ``sensor``."""
@@ -124,10 +150,14 @@ def render_view(scene: Scene, intr: CameraIntrinsics, world_from_cam: np.ndarray
     origin = world_from_cam[:3, 3]
     hits = cast_rays(scene, origin, ray_world)
     points = origin.astype(np.float32) + ray_world.astype(np.float32) * hits.t_m[:, None]
-    colour = shade(scene, hits, points)
+    colour = shade(scene, hits, points).reshape(h, w, 3)
+    if sensor.image_blur_px > 0:
+        colour = gaussian_blur(colour, sensor.image_blur_px)
     if sensor.image_noise > 0:
         colour = colour + rng.normal(0.0, sensor.image_noise, colour.shape).astype(np.float32)
-    image = (np.clip(colour, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).reshape(h, w, 3)
+    if sensor.image_block_px > 1:
+        colour = block_average(colour, sensor.image_block_px)
+    image = (np.clip(colour, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     z = hits.t_m * z_per_t.astype(np.float32)
     sigma = sensor.depth_noise_m + sensor.depth_noise_quad * z**2
     if sensor.kind == "rgbd" and np.any(sigma > 0):

@@ -1,0 +1,133 @@
+"""Cross-modal fusion: the 3D network's class probabilities and the teacher's, on the points a camera sees.
+
+Why: the two modalities fail on different shifts (METHOD.md, "Using both
+modalities"): the teacher's projected features hold up under light, sensor
+and LiDAR shifts where the 3D network collapses, and the 3D network holds up
+under camera-pose, room-size and image-grain shifts where the teacher's
+features drift. A linear head rho_F on teacher features (fitted on labelled
+source scans at training time, stored in the checkpoint as
+``TTTKDNet.fusion_head``) turns a teacher feature into class probabilities
+for any teacher, DINOv2 included: it never reads a teacher's own class
+output. Points no camera sees keep the 3D prediction.
+
+Fusion rules (``FUSION_MODES``), all per point on the visible points:
+- ``off``: the 3D prediction alone;
+- ``mean``: the average of the two distributions (xMUDA's "xM");
+- ``entropy``: a weighted average whose weights fall with each modality's
+  normalised entropy on that point, so the confident modality leads (in the
+  spirit of Latte's entropy weighting, per point rather than over a window).
+``weight_2d`` scales the teacher's side in both rules (0.5 = equal say).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FUSION_MODES = ("off", "mean", "entropy")
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """How the output combines the 3D and the teacher prediction on visible points."""
+
+    mode: str = "off"
+    weight_2d: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.mode not in FUSION_MODES:
+            raise ValueError(f"FusionConfig.mode: expected one of {FUSION_MODES}, got {self.mode!r}")
+        if not 0.0 <= self.weight_2d <= 1.0:
+            raise ValueError(f"FusionConfig.weight_2d: expected in [0, 1], got {self.weight_2d}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+
+def normalised_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """(M, K) probabilities -> (M,) entropy / log K in [0, 1] (1 = no idea, 0 = certain)."""
+    p = probs.float().clamp_min(1e-12)
+    return -(p * p.log()).sum(dim=1) / math.log(probs.shape[1])
+
+
+def fuse_probabilities(probs_3d: torch.Tensor, probs_2d: torch.Tensor, config: FusionConfig) -> torch.Tensor:
+    """(M, K) 3D and (M, K) teacher probabilities on the same points -> (M, K) fused probabilities."""
+    if probs_3d.shape != probs_2d.shape:
+        raise ValueError(f"fuse_probabilities: expected equal (M, K) shapes, got {tuple(probs_3d.shape)} and "
+                         f"{tuple(probs_2d.shape)}")
+    if config.mode == "off":
+        return probs_3d
+    w2 = torch.full((probs_3d.shape[0], 1), config.weight_2d, device=probs_3d.device)
+    w3 = 1.0 - w2
+    if config.mode == "entropy":
+        w2 = w2 * (1.0 - normalised_entropy(probs_2d)).unsqueeze(1)
+        w3 = w3 * (1.0 - normalised_entropy(probs_3d)).unsqueeze(1)
+    total = (w2 + w3).clamp_min(1e-6)
+    return (w3 * probs_3d.float() + w2 * probs_2d.float()) / total
+
+
+def teacher_probabilities(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """(M, D) (centred) teacher features -> (M, K) class probabilities through the fusion head."""
+    with torch.no_grad():
+        return torch.softmax(head(features.float()).float(), dim=1)
+
+
+def fit_fusion_head(features: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, num_classes: int,
+                    steps: int = 400, lr: float = 0.05, weight_decay: float = 1e-4, seed: int = 0) -> nn.Linear:
+    """A linear classifier (D -> K) on teacher features of labelled points: multinomial logistic regression.
+
+    features: (P, D) float, the same (centred, normalised) features the distillation targets use; labels: (P,)
+    class ids in [0, K), ignore labels removed by the caller. Full-batch Adam on the cross-entropy with classes
+    weighted by the inverse square root of their frequency, so a floor-dominated scan does not reduce the head
+    to "floor". Deterministic for a seed.
+    """
+    x = torch.as_tensor(features, dtype=torch.float32)
+    y = torch.as_tensor(labels, dtype=torch.long)
+    if x.ndim != 2 or y.shape != (x.shape[0],) or x.shape[0] == 0:
+        raise ValueError(f"fit_fusion_head: expected (P, D) features and (P,) labels with P > 0, got "
+                         f"{tuple(x.shape)} and {tuple(y.shape)}")
+    if int(y.min()) < 0 or int(y.max()) >= num_classes:
+        raise ValueError(f"fit_fusion_head: labels must lie in [0, {num_classes}), got [{int(y.min())}, "
+                         f"{int(y.max())}]")
+    counts = torch.bincount(y, minlength=num_classes).float()
+    weight = torch.where(counts > 0, counts.clamp_min(1).rsqrt(), torch.zeros_like(counts))
+    weight = weight / (weight[counts > 0].mean())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = nn.Linear(x.shape[1], num_classes)
+    optimizer = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
+    with torch.enable_grad():
+        for _ in range(steps):
+            optimizer.zero_grad()
+            loss = F.cross_entropy(head(x), y, weight=weight)
+            loss.backward()
+            optimizer.step()
+    head.eval()
+    for p in head.parameters():
+        p.requires_grad_(False)
+    return head
+
+
+def head_examples(scan: Any, teacher: Any, center: Any, max_points: int, rng: np.random.Generator
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(m, D) teacher features and (m,) labels of up to ``max_points`` labelled points some camera of ``scan``
+    sees: what the fusion head learns from. Features are the distillation targets' own (same projection,
+    sampling and centring), so the head reads at test time exactly what it was fitted on."""
+    from ttt_kd_ros.scan import IGNORE_LABEL
+    from ttt_kd_ros.targets import distillation_targets
+
+    targets = distillation_targets(scan, teacher, center=center)
+    index = targets.point_index.cpu().numpy()
+    labels = np.asarray(scan.labels)[index]
+    keep = np.flatnonzero(labels != IGNORE_LABEL)
+    if max_points and keep.size > max_points:
+        keep = np.sort(rng.choice(keep, max_points, replace=False))
+    rows = torch.from_numpy(keep).to(targets.features.device)
+    return targets.features.index_select(0, rows).cpu(), torch.from_numpy(labels[keep].astype(np.int64))
