@@ -133,6 +133,8 @@ class Prediction:
     kd_loss_after: float | None = None
     skip_reason: str = ""  # why adaptation did not run ("" when it did or was not asked)
     strategy: str = "none"
+    visible_points: int = 0  # points some camera sees (the distillation targets; coverage = this / N)
+    fused: np.ndarray | None = None  # (N,) bool: the label fuses the teacher's prediction (None: fusion off)
 
     @property
     def total_s(self) -> float:

@@ -29,12 +29,14 @@ import numpy as np
 import torch
 
 from ttt_kd_ros.adapt import AdaptConfig, AdaptResult, Strategy, build_strategy
-from ttt_kd_ros.checkpoint_format import load_checkpoint
+from ttt_kd_ros.checkpoint_format import load_checkpoint, validated_settings
+from ttt_kd_ros.fusion import FusionConfig, fuse_probabilities, teacher_probabilities
 from ttt_kd_ros.model import PreparedScan, TTTKDNet, net_config
 from ttt_kd_ros.scan import IGNORE_LABEL, Prediction, Scan
 from ttt_kd_ros.targets import DistillTargets, distillation_targets
 from ttt_kd_ros.teacher import Teacher
 from ttt_kd_ros.teacher_weights import load_teacher, tiny_teacher
+from ttt_kd_ros.validated_settings import ValidatedSettings
 
 LOG = logging.getLogger(__name__)
 
@@ -93,14 +95,26 @@ class SegmenterConfig:
     device: str = "auto"
     amp: bool = False  # bfloat16 autocast for adaptation and the final forward, CUDA only
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
     max_points: int = 0
     seed: int = 0
+    given: tuple[str, ...] | None = None
+    """Which ``adapt.*`` / ``fusion.*`` fields the caller set on purpose. None: all of them (the configs are used
+    as they are). A tuple: every other field takes the checkpoint's validated value (validated_settings.py),
+    which is how the node and the tools run a model with the settings chosen for it."""
 
     def __post_init__(self) -> None:
         if self.max_points < 0:
             raise ValueError(f"SegmenterConfig.max_points: expected >= 0 (0 = no cap), got {self.max_points}")
         if isinstance(self.adapt, dict):
             self.adapt = AdaptConfig(**self.adapt)
+        if isinstance(self.fusion, dict):
+            self.fusion = FusionConfig(**self.fusion)
+
+
+def checkpoint_settings(checkpoint: str) -> ValidatedSettings:
+    """The validated settings stored in ``checkpoint`` (empty for checkpoints written before they existed)."""
+    return ValidatedSettings.from_meta(validated_settings(checkpoint), f"checkpoint {checkpoint}")
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -183,6 +197,7 @@ class Segmenter:
         amp: bool = False,
         max_points: int = 0,
         seed: int = 0,
+        fusion: FusionConfig | None = None,
     ) -> None:
         self.device = torch.device(device)
         # The strategy holds references to the model's tensors (restore copies, optimizer state), so the model
@@ -196,6 +211,11 @@ class Segmenter:
         self.strategy = strategy
         if strategy.needs_targets and teacher is None:
             raise ValueError(f"Segmenter: strategy {strategy.name!r} distils from a teacher, but teacher is None")
+        self.fusion = fusion or FusionConfig()
+        if self.fusion.enabled and (teacher is None or model.fusion_head is None):
+            missing = "teacher is None" if teacher is None else "the checkpoint has no fusion head (NetConfig." \
+                "fusion_head is false; ttt_kd_fit_fusion_head adds one)"
+            raise ValueError(f"Segmenter: fusion mode {self.fusion.mode!r} asked for, but {missing}")
         if teacher is not None and teacher.feature_dim != model.config.teacher_dim:
             raise ValueError(f"Segmenter: teacher {teacher.teacher_id} gives {teacher.feature_dim}-dim features but "
                              f"the model's kd head outputs NetConfig.teacher_dim = {model.config.teacher_dim}")
@@ -239,8 +259,15 @@ class Segmenter:
             LOG.warning("checkpoint %s was trained against teacher %s but %s is loaded; distillation targets may "
                         "not be the feature space its kd head learnt", checkpoint, model.config.teacher_id,
                         teacher.teacher_id)
-        strategy = build_strategy(model, config.adapt)
-        return cls(model, teacher, strategy, device, amp=config.amp, max_points=config.max_points, seed=config.seed)
+        adapt, fusion = config.adapt, config.fusion
+        if checkpoint and config.given is not None:
+            adapt, fusion = checkpoint_settings(checkpoint).apply(adapt, fusion, config.given)
+        if fusion.enabled and model.fusion_head is None:
+            raise ValueError(f"checkpoint {checkpoint}: fusion mode {fusion.mode!r} asked for, but the checkpoint has "
+                             "no fusion head (ttt_kd_fit_fusion_head adds one; fusion.mode off turns fusion off)")
+        strategy = build_strategy(model, adapt)
+        return cls(model, teacher, strategy, device, amp=config.amp, max_points=config.max_points, seed=config.seed,
+                   fusion=fusion)
 
     @property
     def label_set(self) -> str:
@@ -325,20 +352,22 @@ class Segmenter:
         self._sync()
         timings["prepare"] = time.perf_counter() - t
 
-        targets, skip = self._targets(work, timings) if self.strategy.needs_targets else (None, "")
+        wants_targets = self.strategy.needs_targets or self.fusion.enabled
+        targets, skip = self._targets(work, timings) if wants_targets else (None, "")
         predictions = []
         done = 0
         for k in schedule if schedule is not None else [None]:
             step_timings = dict(timings)
             result = AdaptResult()
-            if self.strategy.name != "none" and not skip:
+            if self.strategy.name != "none" and not (skip and self.strategy.needs_targets):
                 more = None if k is None else k - done
                 result, skip = self._adapt(prepared, targets, more, resume=k is not None and done > 0,
                                            time_budget_s=self._adapt_budget(scan_start))
                 done = done if k is None else k
             pred = Prediction(np.full(n, IGNORE_LABEL, dtype=np.int64), np.zeros(n, dtype=np.float32), step_timings,
                               strategy=self.strategy.name)
-            self._record_adaptation(pred, result, skip, predictions[-1] if predictions else None)
+            self._record_adaptation(pred, result, skip if self.strategy.needs_targets else "",
+                                    predictions[-1] if predictions else None)
             self._predict(pred, prepared, targets, points, keep, work_index)
             predictions.append(pred)
         t = time.perf_counter()
@@ -384,20 +413,47 @@ class Segmenter:
             output = self.strategy.predict(prepared)
         with torch.no_grad():
             probs = torch.softmax(output.logits.float(), dim=1)
-            conf_t, label_t = probs.max(dim=1)
-        if targets is not None and targets.point_index.numel() > 0:
-            pred.kd_loss_after = self.strategy.kd_loss_of(output, targets)
-        work_labels = label_t.cpu().numpy()
-        work_conf = conf_t.cpu().numpy().astype(np.float32)
+        visible = targets is not None and targets.point_index.numel() > 0
+        if visible and self.strategy.needs_targets:
+            loss = self.strategy.kd_loss_of(output, targets)
+            if pred.steps_run > 0:
+                pred.kd_loss_after = loss
+            else:  # no step ran: this forward's loss is the scan's unadapted KD loss, there is no "after"
+                pred.kd_loss_before = loss
         pred.timings_s["forward"] = time.perf_counter() - t
         self._last_forward_s = pred.timings_s["forward"]
+        work_fused = None
+        if visible:
+            pred.visible_points = int(targets.point_index.numel())
+        if self.fusion.enabled:
+            t = time.perf_counter()
+            work_fused = np.zeros(len(probs), dtype=bool)
+            if visible:
+                probs = self._fuse(probs, targets)
+                work_fused[targets.point_index.cpu().numpy()] = True
+            pred.timings_s["fusion"] = time.perf_counter() - t
+        conf_t, label_t = probs.max(dim=1)
+        work_labels = label_t.cpu().numpy()
+        work_conf = conf_t.cpu().numpy().astype(np.float32)
 
         t = time.perf_counter()
         if work_index.size == keep.size:
             pred.labels[keep], pred.confidence[keep] = work_labels, work_conf
         else:
             pred.labels[keep], pred.confidence[keep] = self._upsample(points[keep], prepared, work_labels, work_conf)
+        if work_fused is not None:
+            pred.fused = np.zeros(len(pred.labels), dtype=bool)
+            # only the points the network saw carry a camera's view; upsampled neighbours keep the 3D label
+            pred.fused[work_index] = work_fused
         pred.timings_s["upsample"] = time.perf_counter() - t
+
+    def _fuse(self, probs: torch.Tensor, targets: DistillTargets) -> torch.Tensor:
+        """(N, K) 3D probabilities with the teacher head's fused in on the visible rows (fusion.py)."""
+        rows = targets.point_index.to(probs.device)
+        probs_2d = teacher_probabilities(self.model.fusion_head, targets.features.to(probs.device))
+        out = probs.clone()
+        out[rows] = fuse_probabilities(probs.index_select(0, rows), probs_2d, self.fusion)
+        return out
 
     def _targets(self, work: Scan, timings: dict[str, float]) -> tuple[DistillTargets | None, str]:
         """Teacher feature maps (cached per image), then projection + sampling; a reason instead when unusable."""

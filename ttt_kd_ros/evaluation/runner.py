@@ -23,6 +23,7 @@ import torch
 from ttt_kd_ros.adapt import STRATEGIES, AdaptConfig, build_strategy
 from ttt_kd_ros.checkpoint_format import load_checkpoint
 from ttt_kd_ros.evaluation.splits import SplitData, SplitSpec, split_scan
+from ttt_kd_ros.fusion import FusionConfig
 from ttt_kd_ros.labels import LABEL_SETS, common_classes, get_label_set, map_ids
 from ttt_kd_ros.metrics import ConfusionMatrix
 from ttt_kd_ros.model import TTTKDNet
@@ -40,7 +41,8 @@ class EvalStrategy:
     """A table row: which checkpoint it runs and which adaptation strategy (adapt.STRATEGIES) it uses.
 
     ``config`` is a named row's own AdaptConfig (e.g. the KD-only control, ``ttt_kd`` with bn_train off);
-    None takes the run's shared config of ``adapt``.
+    None takes the run's shared config of ``adapt``. ``fusion``: how the row's output fuses the teacher head's
+    prediction on visible points (None: off; the checkpoint needs a fusion head otherwise).
     """
 
     name: str
@@ -48,6 +50,11 @@ class EvalStrategy:
     checkpoint: str  # SOURCE_ONLY or JOINT
     adapt: str
     config: AdaptConfig | None = None
+    fusion: FusionConfig | None = None
+
+    @property
+    def needs_teacher(self) -> bool:
+        return STRATEGIES[self.adapt].needs_targets or (self.fusion is not None and self.fusion.enabled)
 
 
 EVAL_STRATEGIES: dict[str, EvalStrategy] = {
@@ -59,9 +66,14 @@ EVAL_STRATEGIES: dict[str, EvalStrategy] = {
         EvalStrategy("tent", "TENT", JOINT, "tent"),
         EvalStrategy("ttt_kd_online", "TTT-KD-O (online)", JOINT, "ttt_kd_online"),
         EvalStrategy("ttt_kd", "TTT-KD (per scan)", JOINT, "ttt_kd"),
+        # the teacher's own prediction through the fusion head on visible points, the 3D one elsewhere
+        EvalStrategy("teacher_projection", "Teacher projection (no adaptation)", JOINT, "none",
+                     fusion=FusionConfig("mean", 1.0)),
     )
 }
-"""Rows of the paper-style table; the adapted rows all start from the joint-trained checkpoint, as in the paper."""
+"""Rows of the paper-style table; the adapted rows all start from the joint-trained checkpoint, as in the paper.
+The rows that depend on the checkpoint's validated settings (``fusion_only``, ``default``) are added by the
+evaluator (tools/evaluate.py), which reads them."""
 
 
 @dataclass
@@ -74,6 +86,8 @@ class SplitResult:
     scan_miou: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)  # per scan, a cold teacher forward included
     steps_run: list[int] = field(default_factory=list)
+    coverage: list[float] = field(default_factory=list)  # per scan: share of points some camera sees
+    fused: list[float] = field(default_factory=list)  # per scan: share of points whose label is fused
     skips: Counter = field(default_factory=Counter)
     resets: int = 0
     stage_s: dict[str, float] = field(default_factory=dict)  # mean seconds per scan per Segmenter stage
@@ -113,8 +127,8 @@ def build_segmenter(settings: RunSettings, row: EvalStrategy) -> Segmenter:
     if config.strategy != row.adapt:
         raise ValueError(f"adapt config for row {row.name!r}: expected strategy {row.adapt!r}, got {config.strategy!r}")
     strategy = build_strategy(model, config)
-    teacher = settings.teacher if strategy.needs_targets else None
-    return Segmenter(model, teacher, strategy, settings.device)
+    teacher = settings.teacher if row.needs_teacher else None
+    return Segmenter(model, teacher, strategy, settings.device, fusion=row.fusion)
 
 
 @dataclass(frozen=True)
@@ -188,10 +202,13 @@ def evaluate_split(segmenter: Segmenter, row: EvalStrategy, split: SplitData,
         scoring.update(one, scan.labels, pred.labels)
         result.scan_miou.append(one.miou())
         seconds = pred.total_s
-        if segmenter.strategy.needs_targets and teacher_cost_s is not None:
+        if row.needs_teacher and teacher_cost_s is not None:
             seconds += teacher_cost_s[i] - pred.timings_s.get("teacher", 0.0)
         result.seconds.append(seconds)
         result.steps_run.append(pred.steps_run)
+        result.coverage.append(pred.visible_points / max(1, len(pred.labels)))
+        if pred.fused is not None:
+            result.fused.append(float(pred.fused.mean()) if len(pred.fused) else 0.0)
         if pred.skip_reason:
             result.skips[pred.skip_reason] += 1
         stages.update(pred.timings_s)
@@ -206,7 +223,7 @@ def run_table(settings: RunSettings, rows: Sequence[EvalStrategy], splits: Seque
     results = []
     teacher_cost: dict[str, list[float]] = {}
     for split in splits:
-        if settings.teacher is not None and any(STRATEGIES[r.adapt].needs_targets for r in rows):
+        if settings.teacher is not None and any(r.needs_teacher for r in rows):
             teacher_cost[split.name] = warm_teacher(settings.teacher, split)
         for row in rows:
             segmenter = build_segmenter(settings, row)
@@ -266,8 +283,9 @@ def run_curve(settings: RunSettings, splits: Sequence[SplitData], steps: Sequenc
         for scan in split.scans[:max_scans]:
             for k, pred in zip(steps, segmenter.segment_steps(scan, steps), strict=True):
                 scoring.update(matrices[k], scan.labels, pred.labels)
-                if pred.kd_loss_after is not None:
-                    losses[k].append(pred.kd_loss_after)
+                loss = pred.kd_loss_after if pred.kd_loss_after is not None else pred.kd_loss_before
+                if loss is not None:
+                    losses[k].append(loss)
         miou_curve[split.name] = {k: matrices[k].miou() for k in steps}
         kd_curve[split.name] = {k: float(np.mean(v)) if v else float("nan") for k, v in losses.items()}
         LOG.info("curve on %s: %s", split.name, {k: round(v, 4) for k, v in miou_curve[split.name].items()})

@@ -33,6 +33,8 @@ import torch
 from ttt_kd_ros.adapt import STRATEGIES, AdaptConfig
 from ttt_kd_ros.checkpoint_format import read_checkpoint_metadata
 from ttt_kd_ros.checkpoints import (
+    DEFAULT_SENSOR,
+    SENSORS,
     default_checkpoint,
     default_teacher,
     default_teacher_resolution,
@@ -71,12 +73,15 @@ from ttt_kd_ros.evaluation.splits import (
     generate_split,
     parse_split,
 )
+from ttt_kd_ros.evaluation.suites import SUITES, suite_splits
 from ttt_kd_ros.feature_cache import CachedTeacher
+from ttt_kd_ros.fusion import FusionConfig
 from ttt_kd_ros.labels import LABEL_SETS, common_classes
 from ttt_kd_ros.oracle_teacher import build_offline_teacher, is_oracle
 from ttt_kd_ros.overrides import apply_overrides
 from ttt_kd_ros.segmenter import RANDOM_TEACHERS, resolve_device
 from ttt_kd_ros.teacher import Teacher
+from ttt_kd_ros.validated_settings import ValidatedSettings
 
 LOG = logging.getLogger("ttt_kd_evaluate")
 
@@ -91,17 +96,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ttt_kd_evaluate", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_JOINT, help="joint-trained checkpoint")
-    p.add_argument("--source-only-checkpoint", type=Path, default=DEFAULT_SOURCE_ONLY,
-                   help="source-only checkpoint (the source_only row)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help=f"joint-trained checkpoint (default: the shipped one of --suite's sensor, else {DEFAULT_JOINT})")
+    p.add_argument("--source-only-checkpoint", type=Path, default=None,
+                   help=f"source-only checkpoint (the source_only row; default: the shipped one of --suite's sensor, "
+                        f"else {DEFAULT_SOURCE_ONLY})")
     p.add_argument("--teacher", default=None,
                    help=f"teacher: a folder / hub id / .pth for load_teacher, a random lower bound "
                         f"{sorted(RANDOM_TEACHERS)}, or the oracle upper bound 'oracle[:corrupt=0.5,dim=96]' "
                         f"(synthetic scans only); default {DEFAULT_TEACHER} when it exists")
     p.add_argument("--teacher-resolution", type=int, nargs="+", default=None,
                    help="short side or H W; default: the joint checkpoint's")
-    p.add_argument("--strategies", default=",".join(EVAL_STRATEGIES),
-                   help=f"comma-separated rows from {list(EVAL_STRATEGIES)}")
+    p.add_argument("--strategies", default=None,
+                   help=f"comma-separated rows from {list(EVAL_STRATEGIES) + list(VALIDATED_ROWS)} (default: all; "
+                        "rows that read the fusion head or the validated settings only when the joint checkpoint "
+                        "has them)")
+    p.add_argument("--suite", default=None, choices=sorted(SUITES),
+                   help="a validation suite's in-distribution split and shifts as the columns (evaluation/suites.py; "
+                        "use it with the validation seed 777), and that sensor's shipped checkpoints by default")
     p.add_argument("--row", action="append", default=[], metavar="NAME=STRATEGY[:FIELD=VALUE,...]",
                    help="an extra named row on the joint checkpoint with its own AdaptConfig (the strategy's "
                         "config after the shared flags and --adapt, then these fields), e.g. "
@@ -196,13 +208,68 @@ def adapt_configs(args: argparse.Namespace) -> dict[str, AdaptConfig]:
     return configs
 
 
+VALIDATED_ROWS = {
+    "fusion_only": "Fusion only (no adaptation; the checkpoint's fusion)",
+    "default": "Default output (the checkpoint's validated settings)",
+}
+"""Rows built from the joint checkpoint's validated settings (validated_settings.py): what the node runs."""
+
+
 def _strategies(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in EVAL_STRATEGIES]
+    unknown = [n for n in names if n not in EVAL_STRATEGIES and n not in VALIDATED_ROWS]
     if unknown or not names:
         raise ValueError(f"--strategies: unknown {unknown or 'empty list'}; "
-                         f"expected names from {list(EVAL_STRATEGIES)}")
+                         f"expected names from {list(EVAL_STRATEGIES) + list(VALIDATED_ROWS)}")
     return names
+
+
+def validated_rows(names: Sequence[str], settings: ValidatedSettings, base: dict[str, AdaptConfig]
+                   ) -> list[EvalStrategy]:
+    """The VALIDATED_ROWS among ``names``: fusion alone, and the checkpoint's whole default output."""
+    strategy = settings.adapt.get("strategy", "ttt_kd")
+    adapt, fusion = settings.apply(base.get(strategy, AdaptConfig(strategy=strategy)), FusionConfig())
+    if not fusion.enabled:
+        fusion = None
+    rows = []
+    for name in names:
+        if name == "fusion_only":
+            rows.append(EvalStrategy(name, VALIDATED_ROWS[name], JOINT, "none",
+                                     fusion=fusion or FusionConfig("mean", 0.5)))
+        elif name == "default":
+            rows.append(EvalStrategy(name, VALIDATED_ROWS[name], JOINT, strategy, adapt, fusion))
+    return rows
+
+
+def rows_for_checkpoint(requested: str | None, joint_meta: dict[str, Any] | None, checkpoint: Path,
+                        base: dict[str, AdaptConfig]) -> list[EvalStrategy]:
+    """The table rows: those asked for, or every row this joint checkpoint can run. Rows reading the fusion head
+    (teacher_projection, fusion_only) need one, the default row needs validated settings; by default a row the
+    checkpoint cannot run is left out with a log line, asked for by name it is an error."""
+    has_head = bool(joint_meta and joint_meta["config"].get("fusion_head"))
+    settings = (ValidatedSettings.from_meta(joint_meta.get("validated") or {}, f"checkpoint {checkpoint}")
+                if joint_meta else ValidatedSettings())
+
+    def missing(name: str) -> str:
+        if name in ("teacher_projection", "fusion_only") and not has_head:
+            return "has no fusion head (ttt_kd_fit_fusion_head adds one)"
+        if name == "default" and not (settings.adapt or settings.fusion):
+            return "has no validated settings"
+        return ""
+
+    if requested is None:
+        names = list(EVAL_STRATEGIES) + list(VALIDATED_ROWS)
+        dropped = {n: missing(n) for n in names if missing(n)}
+        if dropped:
+            LOG.info("rows left out, checkpoint %s: %s", checkpoint, dropped)
+        names = [n for n in names if n not in dropped]
+    else:
+        names = _strategies(requested)
+        for name in names:
+            if missing(name):
+                raise ValueError(f"--strategies {name}: checkpoint {checkpoint} {missing(name)}")
+    rows = [EVAL_STRATEGIES[n] for n in names if n in EVAL_STRATEGIES]
+    return rows + validated_rows([n for n in names if n in VALIDATED_ROWS], settings, base)
 
 
 def named_rows(texts: Sequence[str], configs: dict[str, AdaptConfig], taken: Sequence[str]) -> list[EvalStrategy]:
@@ -226,7 +293,12 @@ def named_rows(texts: Sequence[str], configs: dict[str, AdaptConfig], taken: Seq
 
 
 def columns(args: argparse.Namespace) -> tuple[SplitSpec, list[SplitSpec]]:
-    """(in-distribution split, shifts) from --in-distribution, --split and --shift."""
+    """(in-distribution split, shifts) from --suite, --in-distribution, --split and --shift."""
+    if args.suite:
+        suite_id, suite_shifts = suite_splits(args.suite)
+        id_text = args.in_distribution or suite_id
+        return parse_split(id_text), [parse_split(s) for s in [*suite_shifts, *(args.split or []),
+                                                                *(args.shift or [])]]
     given = list(args.split or [])
     if args.in_distribution is not None:
         id_text = args.in_distribution
@@ -276,7 +348,11 @@ class Evaluation:
         self.out: Path = args.out
         self.command = "ttt_kd_evaluate " + " ".join(shlex.quote(a) for a in argv)
         self.adapt = adapt_configs(args)
-        self.rows = [EVAL_STRATEGIES[n] for n in _strategies(args.strategies)]
+        sensor = args.suite if args.suite in SENSORS else DEFAULT_SENSOR
+        args.checkpoint = args.checkpoint or default_checkpoint(sensor)
+        args.source_only_checkpoint = args.source_only_checkpoint or source_only_checkpoint(sensor)
+        joint_meta = _check_checkpoint(args.checkpoint, "--checkpoint") if args.checkpoint.is_file() else None
+        self.rows = rows_for_checkpoint(args.strategies, joint_meta, args.checkpoint, self.adapt)
         self.rows += named_rows(args.row, self.adapt, [r.name for r in self.rows])
         self.id_split, self.shifts = columns(args)
         names = [self.id_split.name] + [s.name for s in self.shifts]
@@ -303,7 +379,7 @@ class Evaluation:
                 self.meta[role] = _check_checkpoint(path, flag)
                 checkpoints[role] = path
         uses_teacher = (args.curve_scans > 0 or args.online_scans > 0
-                        or any(STRATEGIES[r.adapt].needs_targets for r in self.rows))
+                        or any(r.needs_teacher for r in self.rows))
         self.teacher_spec = args.teacher or (str(DEFAULT_TEACHER) if DEFAULT_TEACHER.is_dir() else None)
         self.device = resolve_device(args.device)
         teacher = None
