@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--checkpoint", type=Path, default=None,
-                   help=f"joint-trained checkpoint (default: the shipped one of --suite's sensor, else {DEFAULT_JOINT})")
+                   help=f"joint-trained checkpoint (default: the shipped one of --suite's sensor, "
+                        f"else {DEFAULT_JOINT})")
     p.add_argument("--source-only-checkpoint", type=Path, default=None,
                    help=f"source-only checkpoint (the source_only row; default: the shipped one of --suite's sensor, "
                         f"else {DEFAULT_SOURCE_ONLY})")

@@ -67,7 +67,7 @@ def fit_on_source(model: TTTKDNet, dataset: Sequence, teacher: Teacher, points_p
     head = fit_fusion_head(x, y, model.config.num_classes, seed=seed)
     with torch.no_grad():
         accuracy = float((head(x).argmax(dim=1) == y).float().mean())
-    return head, {"points": int(len(y)), "scans": len(features), "skipped_scans": skipped,
+    return head, {"points": len(y), "scans": len(features), "skipped_scans": skipped,
                   "train_accuracy": round(accuracy, 4), "teacher_id": teacher.teacher_id}
 
 
