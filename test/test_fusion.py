@@ -1,0 +1,162 @@
+"""Fusion: the teacher head's prediction combined with the 3D one on visible points, and only there."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ttt_kd_ros.adapt import AdaptConfig, build_strategy
+from ttt_kd_ros.checkpoint_format import load_checkpoint, read_checkpoint_metadata, save_checkpoint
+from ttt_kd_ros.fusion import FusionConfig, fit_fusion_head, fuse_probabilities, normalised_entropy
+from ttt_kd_ros.geometry import project_points
+from ttt_kd_ros.model import TTTKDNet, net_config
+from ttt_kd_ros.scan import CameraIntrinsics, CameraView, Scan
+from ttt_kd_ros.segmenter import Segmenter, SegmenterConfig
+from ttt_kd_ros.targets import distillation_targets
+from ttt_kd_ros.teacher import Teacher
+from ttt_kd_ros.teacher_weights import tiny_teacher
+from ttt_kd_ros.tools.fit_fusion_head import with_fusion_head
+
+TINY_NET = {"encoder_planes": (8, 16), "encoder_blocks": (1, 1), "decoder_planes": (8,), "decoder_blocks": (1,),
+            "kd_hidden": 16, "teacher_dim": 32, "voxel_size_m": 0.1}
+
+
+@functools.cache
+def _teacher() -> Teacher:
+    return tiny_teacher(resolution=56)
+
+
+def _scan(seed: int = 0) -> Scan:
+    """A wall at z = 3 m in front of a camera looking along +z, and as many points behind the camera."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    intrinsics = CameraIntrinsics(K=np.array([[40.0, 0, 32], [0, 40.0, 24], [0, 0, 1]]), width_px=64, height_px=48)
+    front = np.c_[rng.uniform(-1, 1, (200, 2)), np.full(200, 3.0)]
+    behind = np.c_[rng.uniform(-1, 1, (200, 2)), np.full(200, -3.0)]
+    labels = np.r_[np.zeros(200), np.ones(200)].astype(np.int64)
+    return Scan(np.concatenate([front, behind]).astype(np.float32), labels=labels,
+                cameras=[CameraView(image, intrinsics, np.eye(4), name="front")])
+
+
+def _net(head: bool = True, seed: int = 0) -> TTTKDNet:
+    torch.manual_seed(seed)
+    return TTTKDNet(net_config("ttt_kd_small", fusion_head=head, **TINY_NET)).eval()
+
+
+def _segmenter(model: TTTKDNet, fusion: FusionConfig, strategy: str = "none") -> Segmenter:
+    config = AdaptConfig(strategy=strategy, steps=2, lr=1e-2, kd_points_per_step=64)
+    return Segmenter(model, _teacher(), build_strategy(model, config), fusion=fusion)
+
+
+def test_fuse_probabilities_mean_averages_and_full_teacher_weight_is_the_teacher() -> None:
+    p3 = torch.tensor([[0.8, 0.2], [0.5, 0.5]])
+    p2 = torch.tensor([[0.2, 0.8], [0.9, 0.1]])
+    assert torch.allclose(fuse_probabilities(p3, p2, FusionConfig("mean", 0.5)), (p3 + p2) / 2)
+    assert torch.allclose(fuse_probabilities(p3, p2, FusionConfig("mean", 1.0)), p2)
+    assert torch.equal(fuse_probabilities(p3, p2, FusionConfig("off")), p3)
+
+
+def test_fuse_probabilities_entropy_lets_the_confident_modality_lead() -> None:
+    confident = torch.tensor([[0.97, 0.01, 0.01, 0.01]])
+    unsure = torch.tensor([[0.24, 0.26, 0.25, 0.25]])
+    fused = fuse_probabilities(unsure, confident, FusionConfig("entropy", 0.5))
+    assert fused.argmax().item() == 0 and fused[0, 0] > 0.9
+    fused = fuse_probabilities(confident, unsure, FusionConfig("entropy", 0.5))
+    assert fused.argmax().item() == 0 and fused[0, 0] > 0.9
+    assert torch.allclose(fused.sum(dim=1), torch.ones(1))
+    assert normalised_entropy(unsure).item() > 0.99 and normalised_entropy(confident).item() < 0.15
+
+
+def test_fusion_config_refuses_unknown_modes_and_weights() -> None:
+    with pytest.raises(ValueError, match="mode"):
+        FusionConfig("max")
+    with pytest.raises(ValueError, match="weight_2d"):
+        FusionConfig("mean", 1.5)
+
+
+def test_fit_fusion_head_separates_classes_and_is_deterministic() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 16))
+    labels = rng.integers(0, 3, 600)
+    features = centres[labels] + 0.3 * rng.normal(size=(600, 16))
+    head = fit_fusion_head(features, labels, num_classes=4, seed=1)
+    predicted = head(torch.as_tensor(features, dtype=torch.float32)).argmax(dim=1).numpy()
+    assert (predicted == labels).mean() > 0.95
+    again = fit_fusion_head(features, labels, num_classes=4, seed=1)
+    assert torch.equal(head.weight, again.weight)
+    with pytest.raises(ValueError, match="labels must lie"):
+        fit_fusion_head(features, np.full(600, 4), num_classes=4)
+
+
+def test_segment_fuses_exactly_the_visible_points_and_keeps_the_3d_label_elsewhere() -> None:
+    scan = _scan()
+    model = _net()
+    plain = _segmenter(model, FusionConfig("off")).segment(scan)
+    teacher_only = _segmenter(model, FusionConfig("mean", 1.0)).segment(scan)
+    visible = project_points(scan.points_xyz_m, scan.cameras[0]).visible
+    assert visible[:200].all() and not visible[200:].any()
+    assert plain.fused is None
+    assert np.array_equal(teacher_only.fused, visible) and teacher_only.visible_points == 200
+    assert np.array_equal(teacher_only.labels[~visible], plain.labels[~visible])
+    targets = distillation_targets(scan, _teacher(), center=model.config.kd_target_center)
+    with torch.no_grad():
+        head_labels = model.fusion_head(targets.features).argmax(dim=1).numpy()
+    assert np.array_equal(teacher_only.labels[targets.point_index.numpy()], head_labels)
+    assert "fusion" in teacher_only.timings_s
+
+
+def test_segment_with_fusion_and_no_camera_keeps_every_3d_label() -> None:
+    scan = dataclasses.replace(_scan(), cameras=[])
+    model = _net()
+    plain = _segmenter(model, FusionConfig("off")).segment(scan)
+    fused = _segmenter(model, FusionConfig("mean", 0.5)).segment(scan)
+    assert np.array_equal(plain.labels, fused.labels)
+    assert fused.fused is not None and not fused.fused.any() and fused.visible_points == 0
+
+
+def test_segmenter_refuses_fusion_without_a_head() -> None:
+    with pytest.raises(ValueError, match="no fusion head"):
+        _segmenter(_net(head=False), FusionConfig("mean", 0.5))
+
+
+def test_checkpoint_keeps_the_head_and_the_validated_settings(tmp_path: Path) -> None:
+    model = _net()
+    validated = {"adapt": {"strategy": "ttt_kd", "lr": 3e-4, "bn_train": False}, "fusion": {"mode": "mean"}}
+    path = save_checkpoint(model, tmp_path / "m.safetensors", validated=validated)
+    loaded = load_checkpoint(path)
+    assert torch.equal(loaded.fusion_head.weight, model.fusion_head.weight)
+    assert read_checkpoint_metadata(path)["validated"] == validated
+    old = save_checkpoint(_net(head=False), tmp_path / "old.safetensors")
+    assert load_checkpoint(old).fusion_head is None
+
+
+def test_from_config_runs_the_checkpoints_validated_settings_unless_given(tmp_path: Path) -> None:
+    validated = {"adapt": {"strategy": "ttt_kd", "lr": 3e-4, "bn_train": False, "steps": 3},
+                 "fusion": {"mode": "mean", "weight_2d": 0.4}}
+    path = save_checkpoint(_net(), tmp_path / "m.safetensors", validated=validated)
+    base = SegmenterConfig(checkpoint=str(path), teacher="tiny", teacher_resolution=56, device="cpu",
+                           adapt=AdaptConfig(steps=1))
+    as_given = Segmenter.from_config(base)  # given=None: the configs are used as they are
+    assert as_given.strategy.config.steps == 1 and as_given.strategy.config.bn_train
+    assert not as_given.fusion.enabled
+    validated_run = Segmenter.from_config(dataclasses.replace(base, given=("adapt.steps",)))
+    cfg = validated_run.strategy.config
+    assert (cfg.steps, cfg.lr, cfg.bn_train) == (1, 3e-4, False)
+    assert validated_run.fusion == FusionConfig("mean", 0.4)
+    tent = Segmenter.from_config(dataclasses.replace(base, adapt=AdaptConfig(strategy="tent"), given=()))
+    assert tent.strategy.config.lr == AdaptConfig().lr  # TTT-KD's learning rate is not TENT's
+    assert tent.fusion.enabled
+
+
+def test_with_fusion_head_keeps_every_network_weight() -> None:
+    model = _net(head=False)
+    head = torch.nn.Linear(32, model.config.num_classes)
+    out = with_fusion_head(model, head)
+    assert out.config.fusion_head and torch.equal(out.fusion_head.weight, head.weight)
+    for key, value in model.state_dict().items():
+        assert torch.equal(out.state_dict()[key], value)
