@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ttt_kd_ros.fusion import FusionConfig, fuse_probabilities
+from ttt_kd_ros.fusion import FusionConfig, fuse_probabilities, normalised_entropy
 from ttt_kd_ros.metrics import ConfusionMatrix
 from ttt_kd_ros.scan import IGNORE_LABEL
 
@@ -84,6 +84,18 @@ def mixed(inner: Rule, other: str, weight: float) -> Rule:
     return lambda scan, stat: (1 - weight) * inner(scan, stat) + weight * scan[other].astype(np.float32)
 
 
+def entropy_mix(names: tuple[str, ...], priors: tuple[float, ...]) -> Rule:
+    """Per point, sum_i prior_i (1 - H_i) p_i / sum_i prior_i (1 - H_i) over 3D variants (before fusion)."""
+    def rule(scan: Scan, stat: dict) -> np.ndarray:
+        total, weights = 0.0, 0.0
+        for name, prior in zip(names, priors, strict=True):
+            p = torch.from_numpy(scan[name].astype(np.float32))
+            w = prior * (1.0 - normalised_entropy(p)).unsqueeze(1)
+            total, weights = total + w * p, weights + w
+        return (total / weights.clamp_min(1e-6)).numpy()
+    return rule
+
+
 def score(splits: dict, rule: Rule, fusion: FusionConfig, classes: int) -> dict[str, float]:
     out = {}
     for name, (scans, stats) in splits.items():
@@ -120,10 +132,15 @@ def main() -> int:
         rules[f"min_kd({a},{b})"] = bn_mode_by_kd(a, b)
     for name in list(rules):
         if name.startswith(("kd_", "min_kd")):
-            for margin in (0.1, 0.2, 0.3):
+            for margin in (0.2, 0.3, 0.35, 0.4, 0.45, 0.5):
                 rules[f"guard{margin}[{name}]"] = guarded(rules[name], tuple(kd), "joint", margin)
+                for w in (0.3, 0.5):
+                    rules[f"mix{w}joint[guard{margin}[{name}]]"] = mixed(rules[f"guard{margin}[{name}]"], "joint", w)
             for w in (0.3, 0.5):
                 rules[f"mix{w}joint[{name}]"] = mixed(rules[name], "joint", w)
+    for name in kd:
+        for prior in (0.3, 0.5, 0.7):
+            rules[f"ent{prior}joint[{name}]"] = entropy_mix(("joint", name), (prior, 1 - prior))
     fusions = [FusionConfig("off")] + [FusionConfig(m, w) for m in ("mean", "entropy") for w in (0.3, 0.5, 0.7)]
     src = score(splits, variant("src"), FusionConfig("off"), classes)
     rows = []

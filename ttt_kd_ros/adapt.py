@@ -89,6 +89,10 @@ class AdaptConfig:
     guard_warmup_scans: int = 3  # scans seen before the relative test applies
     guard_ema: float = 0.9  # running average: avg = ema * avg + (1 - ema) * loss
     seed: int = 0  # sampling of points per step
+    # Output safety, applied by the Segmenter after the steps (it runs one unadapted forward first to compare):
+    guard_kd_ratio: float | None = None  # ttt_kd*: keep the adapted prediction only when its KD loss over all
+    # visible points is below this fraction of the unadapted one; else the unadapted prediction is the output
+    unadapted_weight: float = 0.0  # weight of the unadapted prediction averaged into the adapted one (0 = none)
 
     def __post_init__(self) -> None:
         checks = (
@@ -111,6 +115,10 @@ class AdaptConfig:
             raise ValueError(f"AdaptConfig.guard_factor: expected > 1, got {self.guard_factor}")
         if not 0.0 <= self.guard_ema < 1.0:
             raise ValueError(f"AdaptConfig.guard_ema: expected in [0, 1), got {self.guard_ema}")
+        if self.guard_kd_ratio is not None and not 0.0 < self.guard_kd_ratio <= 1.0:
+            raise ValueError(f"AdaptConfig.guard_kd_ratio: expected in (0, 1] or None, got {self.guard_kd_ratio}")
+        if not 0.0 <= self.unadapted_weight < 1.0:
+            raise ValueError(f"AdaptConfig.unadapted_weight: expected in [0, 1), got {self.unadapted_weight}")
         if self.time_budget_s is not None and not (isinstance(self.time_budget_s, (int, float))
                                                    and self.time_budget_s > 0):
             raise ValueError(f"AdaptConfig.time_budget_s: expected seconds > 0 or None, got {self.time_budget_s!r}")

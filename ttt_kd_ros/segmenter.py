@@ -354,6 +354,7 @@ class Segmenter:
 
         wants_targets = self.strategy.needs_targets or self.fusion.enabled
         targets, skip = self._targets(work, timings) if wants_targets else (None, "")
+        reference = self._reference(prepared, targets, timings) if self._wants_reference(skip) else None
         predictions = []
         done = 0
         for k in schedule if schedule is not None else [None]:
@@ -368,7 +369,7 @@ class Segmenter:
                               strategy=self.strategy.name)
             self._record_adaptation(pred, result, skip if self.strategy.needs_targets else "",
                                     predictions[-1] if predictions else None)
-            self._predict(pred, prepared, targets, points, keep, work_index)
+            self._predict(pred, prepared, targets, points, keep, work_index, reference)
             predictions.append(pred)
         t = time.perf_counter()
         if self.strategy.episodic:
@@ -405,8 +406,53 @@ class Segmenter:
         if not pred.adapted:
             pred.skip_reason = skip or result.reason
 
+    def _wants_reference(self, skip: str) -> bool:
+        """Whether the output safety needs the unadapted prediction of this scan (one extra forward)."""
+        config = getattr(self.strategy, "config", None)
+        if self.strategy.name == "none" or config is None or (skip and self.strategy.needs_targets):
+            return False
+        guard = config.guard_kd_ratio is not None and self.strategy.needs_targets
+        return guard or config.unadapted_weight > 0
+
+    def _reference(self, prepared: PreparedScan, targets: DistillTargets | None,
+                   timings: dict[str, float]) -> Reference:
+        """The unadapted prediction and KD loss of the scan: what the safety compares the adapted one with."""
+        t = time.perf_counter()
+        with self._autocast():
+            output = self.strategy.predict(prepared)
+        with torch.no_grad():
+            probs = torch.softmax(output.logits.float(), dim=1)
+        kd = None
+        if targets is not None and targets.point_index.numel() > 0 and self.strategy.needs_targets:
+            kd = self.strategy.kd_loss_of(output, targets)
+        timings["reference"] = time.perf_counter() - t
+        return Reference(probs, kd)
+
+    def _safe(self, pred: Prediction, probs: torch.Tensor, reference: Reference | None) -> torch.Tensor:
+        """The adapted probabilities, the unadapted ones when the guard rejects the adaptation, or their mix.
+
+        Why: how much an adaptation helped is unknown without labels, but the distillation loss says how much it
+        did its own job: on the validation suite, scans whose KD loss fell little were the ones adaptation made
+        worse (docs/EVALUATION.md). Such a scan is labelled as if it had not adapted.
+        """
+        config = self.strategy.config
+        if reference is None or pred.steps_run == 0:
+            return probs
+        if reference.kd_loss is not None:
+            pred.kd_loss_before = reference.kd_loss
+        ratio = config.guard_kd_ratio
+        if (ratio is not None and reference.kd_loss is not None and pred.kd_loss_after is not None
+                and not pred.kd_loss_after < ratio * reference.kd_loss):
+            pred.adapted = False
+            pred.skip_reason = GUARD_REJECTED
+            return reference.probs
+        if config.unadapted_weight > 0:
+            w = config.unadapted_weight
+            return (1.0 - w) * probs + w * reference.probs
+        return probs
+
     def _predict(self, pred: Prediction, prepared: PreparedScan, targets: DistillTargets | None, points: np.ndarray,
-                 keep: np.ndarray, work_index: np.ndarray) -> None:
+                 keep: np.ndarray, work_index: np.ndarray, reference: Reference | None = None) -> None:
         """The final forward with the current weights, the post-adaptation KD loss, labels for every point."""
         t = time.perf_counter()
         with self._autocast():
@@ -420,6 +466,7 @@ class Segmenter:
                 pred.kd_loss_after = loss
             else:  # no step ran: this forward's loss is the scan's unadapted KD loss, there is no "after"
                 pred.kd_loss_before = loss
+        probs = self._safe(pred, probs, reference)
         pred.timings_s["forward"] = time.perf_counter() - t
         self._last_forward_s = pred.timings_s["forward"]
         work_fused = None
@@ -507,6 +554,19 @@ class Segmenter:
         self._warned.add(reason)
         LOG.log(level, "scan predicted without adaptation: %s", reason)
         return reason
+
+
+GUARD_REJECTED = "adaptation rejected: its KD loss fell too little"
+"""skip_reason of a scan whose adaptation the guard rejected (AdaptConfig.guard_kd_ratio): a fixed name, so logs and
+diagnostics count it under one key; the losses are in the Prediction's kd_loss_before / kd_loss_after."""
+
+
+@dataclass
+class Reference:
+    """A scan's unadapted prediction (N, K) probabilities and KD loss over its visible points (None: none)."""
+
+    probs: torch.Tensor
+    kd_loss: float | None
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:

@@ -1,0 +1,111 @@
+"""Output safety: an adaptation that did not do its job is not published; a mix keeps the unadapted vote."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+from ttt_kd_ros.adapt import AdaptConfig, build_strategy
+from ttt_kd_ros.metrics import ConfusionMatrix
+from ttt_kd_ros.model import TTTKDNet, net_config
+from ttt_kd_ros.scan import CameraIntrinsics, CameraView, Scan
+from ttt_kd_ros.segmenter import GUARD_REJECTED, Segmenter
+from ttt_kd_ros.targets import distillation_targets
+from ttt_kd_ros.teacher import Teacher
+from ttt_kd_ros.teacher_weights import tiny_teacher
+
+TINY_NET = {"encoder_planes": (8, 16), "encoder_blocks": (1, 1), "decoder_planes": (8,), "decoder_blocks": (1,),
+            "kd_hidden": 16, "teacher_dim": 32, "voxel_size_m": 0.1}
+
+
+@functools.cache
+def _teacher() -> Teacher:
+    return tiny_teacher(resolution=56)
+
+
+def _scan(labels: np.ndarray | None = None) -> Scan:
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    intrinsics = CameraIntrinsics(K=np.array([[40.0, 0, 32], [0, 40.0, 24], [0, 0, 1]]), width_px=64, height_px=48)
+    wall = np.c_[rng.uniform(-1, 1, (300, 2)), np.full(300, 3.0)]
+    box = np.c_[rng.uniform(-0.3, 0.3, (300, 2)), rng.uniform(2.0, 2.4, 300)]
+    return Scan(np.concatenate([wall, box]).astype(np.float32), labels=labels,
+                cameras=[CameraView(image, intrinsics, np.eye(4), name="front")])
+
+
+def _segmenter(fitted: bool = False, **adapt: object) -> Segmenter:
+    torch.manual_seed(0)
+    model = TTTKDNet(net_config("ttt_kd_small", **TINY_NET))
+    if fitted:
+        _fit_kd_head(model)
+    config = AdaptConfig(**{"strategy": "ttt_kd", "steps": 5, "kd_points_per_step": 128, **adapt})
+    return Segmenter(model, _teacher(), build_strategy(model, config))
+
+
+def _fit_kd_head(model: TTTKDNet) -> None:
+    """Train the whole net on the scan's KD task (no reset), like a joint model whose features fit this scene:
+    its KD loss starts low, so an adaptation that wrecks the weights shows in the loss."""
+    scan = _scan()
+    prepared = model.prepare(scan)
+    targets = distillation_targets(scan, _teacher())
+    strategy = build_strategy(model, AdaptConfig(strategy="ttt_kd", steps=150, lr=1e-2, kd_points_per_step=0,
+                                                 bn_train=False))
+    strategy.adapt(prepared, targets)
+    model.eval()
+
+
+def _miou(truth: np.ndarray, labels: np.ndarray, classes: int) -> float:
+    cm = ConfusionMatrix(classes)
+    cm.update(truth, labels)
+    return cm.miou()
+
+
+def test_guard_falls_back_to_the_unadapted_labels_when_adaptation_diverges() -> None:
+    unadapted = _segmenter(fitted=True, strategy="none").segment(_scan())
+    scan = _scan(labels=unadapted.labels)  # a scan the unadapted model labels perfectly
+    classes = unadapted.labels.max() + 1
+    # Adam at lr 1 throws every weight far off: the KD loss rises and the labels get worse
+    diverging = {"lr": 1.0, "fitted": True, "bn_train": False}
+    hurt = _segmenter(**diverging).segment(scan)
+    assert hurt.adapted
+    assert _miou(scan.labels, hurt.labels, classes) < 0.9
+    guarded = _segmenter(guard_kd_ratio=0.9, **diverging).segment(scan)
+    assert not guarded.adapted and guarded.skip_reason == GUARD_REJECTED and guarded.steps_run == 5
+    assert np.array_equal(guarded.labels, unadapted.labels)
+    assert _miou(scan.labels, guarded.labels, classes) == pytest.approx(1.0)
+    assert guarded.kd_loss_after >= 0.9 * guarded.kd_loss_before  # the loss said so (the unadapted one is before)
+    assert guarded.kd_loss_after == pytest.approx(hurt.kd_loss_after)
+    assert "reference" in guarded.timings_s
+
+
+def test_guard_keeps_an_adaptation_whose_kd_loss_fell_enough() -> None:
+    scan = _scan()
+    plain = _segmenter(lr=3e-3, steps=20).segment(scan)
+    guarded = _segmenter(lr=3e-3, steps=20, guard_kd_ratio=0.95).segment(scan)
+    assert plain.kd_loss_after < 0.95 * guarded.kd_loss_before  # the loss did fall: the guard must keep it
+    assert guarded.adapted and guarded.skip_reason == ""
+    assert np.array_equal(guarded.labels, plain.labels)
+
+
+def test_unadapted_weight_mixes_the_two_predictions() -> None:
+    scan = _scan()
+    unadapted = _segmenter(strategy="none").segment(scan)
+    adapted = _segmenter(lr=3e-2, steps=10).segment(scan)
+    mixed = _segmenter(lr=3e-2, steps=10, unadapted_weight=0.5).segment(scan)
+    changed = adapted.labels != unadapted.labels
+    assert changed.any()  # the adaptation moved some labels ...
+    same = ~changed
+    assert np.array_equal(mixed.labels[same], adapted.labels[same])  # ... where both agree, so does the mix
+    assert np.isin(mixed.labels[changed], np.stack([adapted.labels[changed], unadapted.labels[changed]])).all()
+    nearly_unadapted = _segmenter(lr=3e-2, steps=10, unadapted_weight=0.99).segment(scan)
+    assert (nearly_unadapted.labels == unadapted.labels).mean() > (adapted.labels == unadapted.labels).mean()
+
+
+def test_safety_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="guard_kd_ratio"):
+        AdaptConfig(guard_kd_ratio=1.5)
+    with pytest.raises(ValueError, match="unadapted_weight"):
+        AdaptConfig(unadapted_weight=1.0)
