@@ -538,6 +538,34 @@ def test_node_unmatched_cloud_is_answered_alone_and_the_books_balance(system: Sy
     assert diag is not None, f"{system.listener.diagnostics.get(_node_fqn())}\n{system.logs_text()}"
 
 
+def test_node_unmatched_cloud_ended_by_the_next_match_is_answered_not_dropped(system: System) -> None:
+    """A stream faster than camera_timeout_s: the next cloud's match ends the unmatched one in the same callback.
+
+    Both are answered; the unmatched one counts as unadapted.sync_unmatched, never as dropped.stale (it used to
+    be replaced in the one-scan slot by the matched cloud handed over right after it).
+    """
+    system.good()
+    unmatched_before = _diag_count(system, "unadapted.sync_unmatched")
+    stale_before = _diag_count(system, "dropped.stale")
+    # a scan that keeps the worker busy for about its 1 s budget, so the next two wait in the slot together
+    assert all(r.successful for r in _set_parameters(system, adapt__steps=1000, adapt__time_budget_s=1.0))
+    try:
+        busy = system.sensors.send("good")["stamp_ns"]
+        time.sleep(0.2)  # the worker has taken it (the slot is empty again)
+        now = time.time_ns()  # stamps further apart than sync_slop_s: the next images cannot pair the first cloud
+        unmatched = system.sensors.send("unmatched", stamp_ns=now)["stamp_ns"]
+        matched = system.sensors.send("good", stamp_ns=now + 300_000_000)["stamp_ns"]
+        for stamp in (busy, matched, unmatched):
+            assert system.listener.output(stamp) is not None, (
+                f"{stamp} not answered: {system.listener.diagnostics.get(_node_fqn())}\n{system.logs_text()}")
+    finally:
+        assert all(r.successful for r in _set_parameters(system, adapt__steps=1, adapt__time_budget_s=0.0))
+    diag = system.listener.diag(_node_fqn(), lambda d: int(d.get("unadapted.sync_unmatched", 0)) >= unmatched_before + 1
+                                and _books_balance(d))
+    assert diag is not None, f"{system.listener.diagnostics.get(_node_fqn())}\n{system.logs_text()}"
+    assert int(diag.get("dropped.stale", 0)) == stale_before, diag
+
+
 def test_node_synchroniser_overflow_is_in_diagnostics(system: System) -> None:
     key = "sync.overflow.front/image"
     before = _diag_count(system, key)

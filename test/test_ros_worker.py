@@ -24,6 +24,14 @@ def test_latest_slot_put_take_returns_newest_and_counts_replaced() -> None:
     assert slot.take(timeout_s=0.01) is None
 
 
+def test_latest_slot_replace_returns_the_replaced_group_whole() -> None:
+    slot: LatestSlot[list[str]] = LatestSlot()
+    assert slot.replace(["unmatched", "matched"]) is None
+    assert slot.replace(["newer"]) == ["unmatched", "matched"]  # the caller counts both clouds as dropped
+    assert slot.take(timeout_s=0.1) == ["newer"]
+    assert slot.replace(["after a take"]) is None
+
+
 def test_latest_slot_take_after_take_does_not_count_drop() -> None:
     slot: LatestSlot[str] = LatestSlot()
     for item in ("a", "b", "c"):

@@ -24,7 +24,8 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,8 +122,9 @@ class SegmenterNode(LifecycleNode):
         self._scan_policy = ScanPolicy()
         self._cameras: dict[str, CameraParams] = {}
         self._problems = ReasonLog(self.get_logger().warning, LOG_SUMMARY_PERIOD_S)
-        self._slot: LatestSlot[Job] = LatestSlot()
-        self._worker: SlotWorker[Job] | None = None
+        self._slot: LatestSlot[list[Job]] = LatestSlot()
+        self._worker: SlotWorker[list[Job]] | None = None
+        self._handoff = threading.local()  # .jobs: what this thread's callback hands over at once (or None)
         self._pending = PendingClouds(1)
         self._output_pub = None
         self._diag_pub = None
@@ -198,7 +200,7 @@ class SegmenterNode(LifecycleNode):
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         params = self.params
         self._slot = LatestSlot()
-        self._worker = SlotWorker(self._slot, self._process, self._on_worker_error)
+        self._worker = SlotWorker(self._slot, self._process_jobs, self._on_jobs_error)
         self._worker.start()
         self._active_since_s = time.monotonic()
         self._camera_seen_s = {}
@@ -346,7 +348,33 @@ class SegmenterNode(LifecycleNode):
                        for c in self.params.cameras}
         return {name: at for name, at in went_silent.items() if at < now}
 
+    @contextmanager
+    def _one_handoff(self) -> Iterator[None]:
+        """Every job a callback submits (nested synchroniser callbacks included) reaches the slot as one group.
+
+        WHY: a cloud answered alone and the matched cloud that ends it come
+        out of the same callback; handed over one by one, the second replaced
+        the first in the latest-wins slot and the unmatched cloud was counted
+        as dropped.stale, never answered. A group replaces only an older group.
+        """
+        if getattr(self._handoff, "jobs", None) is not None:  # nested: the outer callback hands over
+            yield
+            return
+        self._handoff.jobs = []
+        try:
+            yield
+        finally:
+            jobs, self._handoff.jobs = self._handoff.jobs, None
+            if jobs:
+                replaced = self._slot.replace(jobs)
+                if replaced:
+                    self.stats.count_dropped("stale", len(replaced))
+
     def _on_cloud(self, msg: PointCloud2) -> None:
+        with self._one_handoff():
+            self._take_cloud(msg)
+
+    def _take_cloud(self, msg: PointCloud2) -> None:
         self.stats.count_received()
         received_s = time.monotonic()
         try:
@@ -371,6 +399,10 @@ class SegmenterNode(LifecycleNode):
             sync.add(0, msg)
 
     def _on_matched(self, cloud_msg: PointCloud2, *camera_msgs: Any) -> None:
+        with self._one_handoff():
+            self._take_match(cloud_msg, camera_msgs)
+
+    def _take_match(self, cloud_msg: PointCloud2, camera_msgs: tuple[Any, ...]) -> None:
         cloud, older = self._pending.matched(cloud_msg)
         for expired, reason in older:
             self._answer_alone(expired, reason)
@@ -387,14 +419,15 @@ class SegmenterNode(LifecycleNode):
         """Answer clouds whose images will not come (timer): a silent camera, or waiting camera_timeout_s."""
         silent = self._silent_cameras()
         grace = max(self.params["sync_slop_s"], SILENT_CAMERA_GRACE_S)
-        for expired, reason in self._pending.sweep(time.monotonic(), self.params["camera_timeout_s"],
-                                                   min(silent.values(), default=None), grace):
-            if reason == CAMERA_TIMEOUT and not self._alone_logged:
-                self._alone_logged = True
-                self.get_logger().warning(
-                    f"no message from camera(s) {sorted(silent)} for {self.params['camera_timeout_s']} s: segmenting "
-                    "clouds alone (no adaptation) until they are back")
-            self._answer_alone(expired, reason)
+        with self._one_handoff():
+            for expired, reason in self._pending.sweep(time.monotonic(), self.params["camera_timeout_s"],
+                                                       min(silent.values(), default=None), grace):
+                if reason == CAMERA_TIMEOUT and not self._alone_logged:
+                    self._alone_logged = True
+                    self.get_logger().warning(
+                        f"no message from camera(s) {sorted(silent)} for {self.params['camera_timeout_s']} s: "
+                        "segmenting clouds alone (no adaptation) until they are back")
+                self._answer_alone(expired, reason)
 
     def _answer_alone(self, cloud: PendingCloud, reason: str) -> None:
         """A cloud its images did not match: segmented without cameras, ``unadapted.<reason>`` on /diagnostics."""
@@ -413,8 +446,13 @@ class SegmenterNode(LifecycleNode):
         return ""
 
     def _submit(self, job: Job) -> None:
-        if self._slot.put(job):
-            self.stats.count_dropped("stale")
+        """Hand ``job`` to the worker with the rest of this callback's jobs (see _one_handoff)."""
+        jobs = getattr(self._handoff, "jobs", None)
+        if jobs is not None:
+            jobs.append(job)
+            return
+        with self._one_handoff():
+            self._handoff.jobs.append(job)
 
     def _skip_cloud(self, exc: ValueError) -> None:
         self.stats.count_skipped("bad_cloud")
@@ -482,6 +520,18 @@ class SegmenterNode(LifecycleNode):
         with self._views_lock:
             self._views_by_camera.update(view.name for view in decoded.scan.cameras)
         return decoded
+
+    def _process_jobs(self, jobs: list[Job]) -> None:
+        """One hand-off's clouds, oldest first; an exception costs only the scan that raised it."""
+        for job in jobs:
+            try:
+                self._process(job)
+            except Exception as exc:  # counted per scan (dropped.worker_error); the group's other scans go on
+                self._on_worker_error(job, exc)
+
+    def _on_jobs_error(self, jobs: list[Job], exc: Exception) -> None:
+        for job in jobs:
+            self._on_worker_error(job, exc)
 
     def _process(self, job: Job) -> None:
         start = time.monotonic()
