@@ -181,12 +181,16 @@ class SensorPublisher(Node):
                 info = make_info(stamp, width=IMAGE_W // 2, height=IMAGE_H // 2, frame_id=frame)
             elif case == "zero_k":
                 info.k = [0.0] * 9
+            elif case == "nan_k":
+                info.k = [float("nan")] + list(info.k)[1:]
+            elif case == "inf_p":
+                info.p = list(info.p)[:2] + [float("inf")] + list(info.p)[3:]
             image_pub.publish(image)
             info_pub.publish(info)
 
 
 CASES = ("good", "foreign_frame", "big", "cloud_only", "empty", "all_nan", "some_nan", "missing_xyz", "wrong_length",
-         "bad_encoding", "size_mismatch", "zero_k", "cloud_first", "unmatched", "images_only")
+         "bad_encoding", "size_mismatch", "zero_k", "nan_k", "inf_p", "cloud_first", "unmatched", "images_only")
 
 
 def main() -> int:

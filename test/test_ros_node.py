@@ -476,13 +476,17 @@ def test_node_unparsable_clouds_are_skipped_then_serves(system: System) -> None:
 
 
 def test_node_bad_camera_messages_leave_camera_out_then_serves(system: System) -> None:
-    for case in ("bad_encoding", "size_mismatch", "zero_k"):
+    before = _diag_count(system, "left_out.bad_camera.front")
+    cases = ("bad_encoding", "size_mismatch", "zero_k", "nan_k", "inf_p")
+    for case in cases:
         sent = system.sensors.send(case)
         out = system.listener.output(sent["stamp_ns"])
         assert out is not None and out.width == sent["valid_points"], f"{case}\n{system.logs_text()}"
         system.good()
-    diag = system.listener.diag(_node_fqn(), lambda d: int(d.get("left_out.bad_camera.front", 0)) >= 3)
-    assert diag is not None, system.logs_text()
+    diag = system.listener.diag(_node_fqn(), lambda d: int(d.get("left_out.bad_camera.front", 0)) >= before + 5)
+    assert diag is not None, f"{system.listener.diagnostics.get(_node_fqn())}\n{system.logs_text()}"
+    for refused in ("CameraInfo k: expected finite numbers", "CameraInfo p: expected finite numbers"):
+        assert system.listener.wait_for(lambda r=refused: r in system.logs_text(), timeout_s=5.0), refused
 
 
 def test_node_refuses_clouds_from_future_and_past_then_serves(system: System) -> None:
