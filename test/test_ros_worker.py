@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticStatus
 
-from ttt_kd_ros.ros.diagnostics import UNADAPTED_WARN_SCANS, NodeStats, snapshot_to_status
+from ttt_kd_ros.ros.diagnostics import UNADAPTED_WARN_SCANS, NodeStats, reason_key, snapshot_to_status
 from ttt_kd_ros.ros.worker import LatestSlot, SlotWorker
 from ttt_kd_ros.scan import IGNORE_LABEL
 
@@ -127,10 +127,43 @@ def test_node_stats_snapshot_rate_latency_and_counts() -> None:
     assert abs(snap.rate_hz - 2.0) < 1e-9  # 6 scans over 2.5 s
     assert abs(snap.latency_ms["model"] - 30.0) < 1e-9  # median of 10..50 ms
     assert snap.skipped == {"bad_cloud": 1}  # outcomes only: unadapted scans and left-out cameras are apart
-    assert snap.unadapted == {"no visible point": 2, "no_valid_points": 1}
+    assert snap.unadapted == {"no_visible_point": 2, "no_valid_points": 1}
     assert snap.left_out == {"no_transform.side": 1}
     assert snap.kd_loss_before == 0.9 and snap.kd_loss_after == 4.5  # the last scan that reported one
     assert abs(snap.adapted_fraction - 3 / 6) < 1e-9
+
+
+def test_node_stats_engine_reasons_are_fixed_keys_and_the_values_stay_in_the_message() -> None:
+    stats = NodeStats(strategy="ttt_kd")
+    for remaining_s in (0.539, 0.412, 0.0, 1.25):
+        stats.record_scan({}, adapted=False, kd_loss_before=None, kd_loss_after=None,
+                          skip_reason=f"time budget {remaining_s:.3f} s")
+    stats.record_scan({}, adapted=False, kd_loss_before=None, kd_loss_after=None,
+                      skip_reason="out of memory during adaptation: CUDA out of memory. Tried to allocate 2 GiB")
+    snap = stats.snapshot()
+    assert snap.unadapted == {"time_budget": 4, "out_of_memory_during_adaptation": 1}
+    assert snap.last_unadapted_reason.startswith("out of memory during adaptation: CUDA")
+
+
+@pytest.mark.parametrize(("reason", "key"), [
+    ("time budget 0.539 s", "time_budget"), ("no visible point", "no_visible_point"), ("no camera", "no_camera"),
+    ("sync_unmatched", "sync_unmatched"), ("drift guard: KD loss 3.1000 > guard_abs_max 2.0", "drift_guard"),
+    ("non-finite KD loss (nan) at step 3; source weights restored", "non_finite_kd_loss"), ("", "unknown")])
+def test_reason_key_keeps_the_name_and_drops_values(reason: str, key: str) -> None:
+    assert reason_key(reason) == key
+
+
+def test_node_stats_kd_losses_come_from_adapted_scans_only() -> None:
+    stats = NodeStats(strategy="ttt_kd")
+    assert stats.record_scan({}, adapted=True, kd_loss_before=0.9, kd_loss_after=0.4) == 0
+    # a scan that ran no step: the engine may still know the loss before; nothing was adapted "after"
+    assert stats.record_scan({}, adapted=False, kd_loss_before=0.8, kd_loss_after=0.8,
+                             skip_reason="time budget 0.000 s") == 1
+    snap = stats.snapshot()
+    assert (snap.kd_loss_before, snap.kd_loss_after) == (0.9, 0.4)
+    fresh = NodeStats(strategy="ttt_kd")
+    fresh.record_scan({}, adapted=False, kd_loss_before=0.8, kd_loss_after=0.8, skip_reason="time budget 0.000 s")
+    assert fresh.snapshot().kd_loss_after is None  # /diagnostics says nan, not a loss no step produced
 
 
 def test_node_stats_books_balance_with_every_outcome_named() -> None:

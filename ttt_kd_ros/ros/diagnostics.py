@@ -16,7 +16,8 @@ balance by the node's own counters:
 
 Processed scans that did not adapt say why in ``unadapted.<reason>``
 (``camera_timeout``, ``sync_unmatched``, ``sync_overflow``, or the engine's
-reason such as ``no visible point``), and cameras left out of a scan in
+reason as a fixed key, ``reason_key``: ``time_budget``, ``no_visible_point``,
+``no_camera``), and cameras left out of a scan in
 ``left_out.<reason>.<camera>``: these describe processed scans, they are not
 outcomes. Counters are totals since start so a reader can difference them;
 latencies are medians over a short window so one slow scan does not hide the
@@ -25,6 +26,7 @@ steady state.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import Counter, deque
@@ -37,6 +39,24 @@ WINDOW = 50
 """Scans kept for rates and latency medians."""
 UNADAPTED_WARN_SCANS = 10
 """WARN when this many processed scans in a row did not adapt although a strategy that adapts is configured."""
+
+
+def reason_key(reason: str) -> str:
+    """The fixed diagnostics key of an unadaptation reason: its leading words in snake_case, no numbers or details.
+
+    WHY: the engine's reasons carry values ("time budget 0.539 s", "out of
+    memory during adaptation: <the error>"), and a key per value gave 185
+    distinct keys after 1405 scans. Keys are names; the full text stays in
+    the WARN message and the log. "time budget 0.539 s" -> "time_budget",
+    "no visible point" -> "no_visible_point", "sync_unmatched" unchanged.
+    """
+    head = re.split(r"[:;(]|\s[-+]?\.?\d", reason, maxsplit=1)[0]
+    return "_".join(word.lower() for word in re.findall(r"[A-Za-z_]+", head)) or "unknown"
+
+
+def expects_adaptation(mode: str, strategy: str) -> bool:
+    """Whether scans are expected to adapt: a strategy that adapts, with cameras in use."""
+    return mode == "adapt" and strategy != "none"
 
 
 @dataclass
@@ -72,7 +92,7 @@ class StatsSnapshot:
     @property
     def adapts(self) -> bool:
         """Whether scans are expected to adapt (a strategy that adapts, cameras in use)."""
-        return self.mode == "adapt" and self.strategy != "none"
+        return expects_adaptation(self.mode, self.strategy)
 
 
 @dataclass
@@ -149,8 +169,13 @@ class NodeStats:
         skip_reason: str = "",
         steps_run: int = 0,
         now_s: float | None = None,
-    ) -> None:
-        """One published scan: per-stage seconds, whether it adapted (else why not), the KD losses."""
+    ) -> int:
+        """One published scan: per-stage seconds, whether it adapted (else why not), the KD losses.
+
+        The KD losses count only for a scan that adapted (the diagnostics show
+        the last adapted scan's); the reason is counted under ``reason_key``.
+        Returns the processed scans since the last adapted one, this one included.
+        """
         with self._lock:
             self._processed += 1
             self._steps_run = int(steps_run)
@@ -160,15 +185,20 @@ class NodeStats:
             self._adapted.append(bool(adapted))
             if adapted:
                 self._unadapted_in_a_row = 0
+                self._record_losses(kd_loss_before, kd_loss_after)
             else:
                 self._unadapted_in_a_row += 1
                 if skip_reason:
-                    self._unadapted[skip_reason] += 1
+                    self._unadapted[reason_key(skip_reason)] += 1
                     self._last_unadapted_reason = skip_reason
-            if kd_loss_before is not None:
-                self._kd_before = float(kd_loss_before)
-            if kd_loss_after is not None:
-                self._kd_after = float(kd_loss_after)
+            return self._unadapted_in_a_row
+
+    def _record_losses(self, kd_loss_before: float | None, kd_loss_after: float | None) -> None:
+        """The KD losses of an adapted scan (the lock is held)."""
+        if kd_loss_before is not None:
+            self._kd_before = float(kd_loss_before)
+        if kd_loss_after is not None:
+            self._kd_after = float(kd_loss_after)
 
     def snapshot(self) -> StatsSnapshot:
         with self._lock:

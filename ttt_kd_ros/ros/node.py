@@ -20,6 +20,7 @@ in a set-parameters callback; adaptation knobs reach the engine between scans.
 
 from __future__ import annotations
 
+import copy
 import sys
 import threading
 import time
@@ -38,6 +39,7 @@ from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.task import Future
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_srvs.srv import Trigger
 
@@ -65,17 +67,24 @@ from ttt_kd_ros.ros.compat import (
     make_tf_lookup,
     release_tf_lookup,
 )
-from ttt_kd_ros.ros.diagnostics import NodeStats, diagnostic_array
+from ttt_kd_ros.ros.diagnostics import (
+    UNADAPTED_WARN_SCANS,
+    NodeStats,
+    diagnostic_array,
+    expects_adaptation,
+    reason_key,
+)
 from ttt_kd_ros.ros.params import (
     CameraParams,
     NodeParams,
     ParameterError,
+    accept_integers_for_doubles,
     check_update,
     declare_label_parameters,
     read_parameters,
     segmenter_config,
 )
-from ttt_kd_ros.ros.pending import CAMERA_TIMEOUT, PendingCloud, PendingClouds
+from ttt_kd_ros.ros.pending import CAMERA_TIMEOUT, SYNC_OVERFLOW, SYNC_UNMATCHED, PendingCloud, PendingClouds
 from ttt_kd_ros.ros.reason_log import ReasonLog
 from ttt_kd_ros.ros.worker import LatestSlot, SlotWorker
 from ttt_kd_ros.segmenter import Segmenter
@@ -87,6 +96,16 @@ SWEEP_PERIOD_S = 0.05
 """How often clouds waiting for their images are checked for expiry (ros/pending.py)."""
 SILENT_CAMERA_GRACE_S = 0.1
 """While a camera is silent, a cloud still waits this long (or sync_slop_s, if longer) for images sent after it."""
+ALONE_REASONS = frozenset({CAMERA_TIMEOUT, SYNC_UNMATCHED, SYNC_OVERFLOW})
+"""Reasons the node logs where it answers the cloud alone (ros/pending.py), not again after segmenting it."""
+UNADAPTED_HINTS = {
+    "time_budget": "adapt.time_budget_s left no time for a step after the checks, voxels, teacher and targets: "
+                   "raise it, lower max_points or teacher_resolution, or run on a GPU",
+    "no_visible_point": "no point of the cloud projects into a camera image: check the extrinsics (tf or "
+                        "camera.<name>.extrinsics) and the Image frame_id",
+    "no_camera": "no camera view reached this scan (see left_out.* on /diagnostics)",
+}
+"""What an operator can do about an engine reason, appended to its first log line."""
 
 
 @dataclass
@@ -98,6 +117,18 @@ class Job:
     cameras: list[tuple[str, Any, Any]]  # (camera name, Image, CameraInfo), matched by the synchroniser
     received_s: float  # time.monotonic() when the cloud reached the node
     alone_reason: str = ""  # camera_timeout / sync_unmatched / sync_overflow: segmented without its cameras
+
+
+def own_qos(profile: QoSProfile) -> QoSProfile:
+    """A copy of ``profile`` for one entity.
+
+    WHY: rclpy writes a topic's ``qos_overrides`` into the profile object it
+    is handed, so one shared object (``qos_profile_sensor_data``) carried the
+    cloud's override into every subscription created after it: a reliable
+    cloud made both cameras reliable and a best-effort camera driver no
+    longer connected.
+    """
+    return copy.copy(profile)
 
 
 def fallback_label_set(num_classes: int) -> LabelSet:
@@ -144,6 +175,8 @@ class SegmenterNode(LifecycleNode):
         self._adapt_changes: dict[str, Any] = {}  # runtime adaptation knobs waiting for the next scan
         self._reset_requested = False
         self._visible_sampled_s = 0.0
+        self.finished = Future()  # done after the lifecycle shutdown transition: main() then returns
+        accept_integers_for_doubles(self)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
@@ -186,7 +219,7 @@ class SegmenterNode(LifecycleNode):
         self.stats.strategy = params["adapt.strategy"]
         self.stats.mode = "cloud_only" if params.cloud_only else "adapt"
         self.stats.label_set = self.label_set.name
-        self._output_pub = self.create_publisher(PointCloud2, params["output_topic"], OUTPUT_QOS,
+        self._output_pub = self.create_publisher(PointCloud2, params["output_topic"], own_qos(OUTPUT_QOS),
                                                  qos_overriding_options=QoSOverridingOptions.with_default_policies())
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._label_info_pub = label_info_publisher(self, "~/label_info")
@@ -207,7 +240,7 @@ class SegmenterNode(LifecycleNode):
         self._pending = PendingClouds(params["sync_queue_size"])
         qos_options = QoSOverridingOptions.with_default_policies
         self._input_subscriptions = [self.create_subscription(
-            PointCloud2, params["cloud_topic"], self._on_cloud, qos_profile_sensor_data,
+            PointCloud2, params["cloud_topic"], self._on_cloud, own_qos(qos_profile_sensor_data),
             qos_overriding_options=qos_options())]
         if not params.cloud_only:
             names = ["cloud"]
@@ -216,10 +249,11 @@ class SegmenterNode(LifecycleNode):
             self._sync = make_synchronizer(names, params["sync_queue_size"], params["sync_slop_s"], self._on_matched)
             for i, cam in enumerate(params.cameras):
                 self._input_subscriptions.append(self.create_subscription(
-                    Image, cam.image_topic, self._camera_feed(cam.name, 1 + 2 * i), qos_profile_sensor_data,
+                    Image, cam.image_topic, self._camera_feed(cam.name, 1 + 2 * i), own_qos(qos_profile_sensor_data),
                     qos_overriding_options=qos_options()))
                 self._input_subscriptions.append(self.create_subscription(
-                    CameraInfo, cam.info_topic, self._camera_feed(cam.name, 2 + 2 * i), qos_profile_sensor_data,
+                    CameraInfo, cam.info_topic, self._camera_feed(cam.name, 2 + 2 * i),
+                    own_qos(qos_profile_sensor_data),
                     qos_overriding_options=qos_options()))
             self._timers.append(self.create_timer(SWEEP_PERIOD_S, self._sweep_pending))
         self._timers.append(self.create_timer(params["diagnostics_period_s"], self._publish_diagnostics))
@@ -237,8 +271,10 @@ class SegmenterNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        """Stop and release everything, and let main() return: a supervisor expects the process to exit."""
         self._stop_inputs()
         self._release()
+        self.finished.set_result(True)
         return TransitionCallbackReturn.SUCCESS
 
     def _log_activation(self) -> None:
@@ -554,9 +590,27 @@ class SegmenterNode(LifecycleNode):
                         "publish": done - t_publish})
         timings["total"] = time.monotonic() - job.received_s
         reason = "" if prediction.adapted else (job.alone_reason or prediction.skip_reason)
-        self.stats.record_scan(timings, prediction.adapted, prediction.kd_loss_before, prediction.kd_loss_after,
-                               skip_reason=reason, steps_run=prediction.steps_run)
+        in_a_row = self.stats.record_scan(timings, prediction.adapted, prediction.kd_loss_before,
+                                          prediction.kd_loss_after, skip_reason=reason, steps_run=prediction.steps_run)
+        self._log_unadapted(reason, in_a_row)
         self._sample_visible_points(decoded)
+
+    def _log_unadapted(self, reason: str, in_a_row: int) -> None:
+        """The engine's reasons and the switch to WARN in the log, by reason: first in full, then summarised.
+
+        WHY: with the default budget on a CPU nothing adapted for a whole run
+        and only /diagnostics said so. Reasons the node gave itself (a cloud
+        answered alone) were logged when it answered them.
+        """
+        if reason and reason not in ALONE_REASONS:
+            key = reason_key(reason)
+            hint = UNADAPTED_HINTS.get(key)
+            self._problems.report(f"unadapted.{key}", f"scan segmented without adaptation: {reason}"
+                                                      + (f" ({hint})" if hint else ""))
+        if in_a_row == UNADAPTED_WARN_SCANS and expects_adaptation(self.stats.mode, self.stats.strategy):
+            self._problems.report("no_adaptation", f"/diagnostics is WARN: no adaptation in the last {in_a_row} "
+                                                   f"scans (strategy {self.stats.strategy}); last reason: "
+                                                   f"{reason or 'unknown'}")
 
     def _sample_visible_points(self, decoded: DecodedScan) -> None:
         """Visible points per camera of one scan about every diagnostics period (a projection costs milliseconds)."""
@@ -600,7 +654,8 @@ class SegmenterNode(LifecycleNode):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the node until Ctrl-C or ROS shutdown; 1 when configure or activate fails."""
+    """Run the node until Ctrl-C, ROS shutdown or the lifecycle shutdown transition; 1 when configure or activate
+    fails."""
     rclpy.init(args=sys.argv if argv is None else argv)
     node: SegmenterNode | None = None
     code = 0
@@ -611,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
                 return 1
-        rclpy.spin(node)
+        rclpy.spin_until_future_complete(node, node.finished)  # the response to `shutdown` is sent before
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except ParameterError as exc:
