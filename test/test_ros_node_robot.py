@@ -21,10 +21,12 @@ import yaml
 rclpy = pytest.importorskip("rclpy")
 
 import test_ros_node as dds  # noqa: E402  (the DDS helpers: listener, sensors, node processes)
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState  # noqa: E402
 from rcl_interfaces.msg import ParameterType  # noqa: E402
 from rcl_interfaces.srv import GetParameters  # noqa: E402
+from std_msgs.msg import Float64  # noqa: E402
 
 from ttt_kd_ros.node_parameters import NODE_NAME  # noqa: E402
 from ttt_kd_ros.ros.diagnostics import UNADAPTED_WARN_SCANS  # noqa: E402
@@ -168,6 +170,51 @@ def test_robot_engine_reason_is_one_fixed_key_logged_once_and_the_warn_switch_is
         assert "/diagnostics is WARN: no adaptation in the last" in log, log[-3000:]
     finally:
         assert all(r.successful for r in robot.set_parameters(adapt__steps=0, adapt__time_budget_s=0.0))
+
+
+def _collect(robot: Robot, message_type: type, topic: str) -> list:
+    """Messages of ``topic`` received from now on (a subscription of the listener's node)."""
+    got: list = []
+
+    def keep(msg: object) -> None:
+        with robot.listener.lock:
+            got.append(msg)
+
+    robot.listener.node.create_subscription(message_type, topic, keep, 10)
+    return got
+
+
+def test_robot_late_scans_warn_then_error_and_debug_topics_carry_stage_times_and_latency(robot: Robot) -> None:
+    """Every scan is late against 1 us: ERROR after late_scans_error of them, logged; each scan's stage times and
+    its pipeline latency (now - the cloud's stamp) on ~/debug/*, stamped with the cloud's stamp."""
+    timings = _collect(robot, DiagnosticArray, f"{FQN}/debug/timings")
+    latency = _collect(robot, Float64, f"{FQN}/debug/latency_ms")
+    results = robot.set_parameters(late_scan_s=1e-6, late_scans_error=2)
+    assert all(r.successful for r in results), [r.reason for r in results]
+    try:
+        stamps = []
+        for _ in range(10):  # until the node's debug writers have matched this reader (best effort discovery)
+            stamps.append(robot.good())
+            if robot.listener.wait_for(lambda: timings and latency, timeout_s=2.0):
+                break
+        assert timings and latency, f"no message on ~/debug/*\n{robot.logs_text()}"
+        with robot.listener.lock:
+            status = timings[-1].status[0]
+            stamp_ns = timings[-1].header.stamp.sec * 1_000_000_000 + timings[-1].header.stamp.nanosec
+            last_latency_ms = latency[-1].data
+        assert stamp_ns in stamps
+        values = {kv.key: float(kv.value) for kv in status.values}
+        assert {"convert_ms", "forward_ms", "encode_ms", "publish_ms", "total_ms", "pipeline_ms"} <= set(values)
+        assert values["pipeline_ms"] >= values["total_ms"] > 0  # the stamp is older than the cloud's arrival
+        assert last_latency_ms > 0
+        robot.good()
+        diag = robot.diag_after(lambda d: d["_level"] == dds._level(DiagnosticStatus.ERROR))
+        assert diag is not None, f"{robot.listener.diagnostics.get(FQN)}\n{robot.logs_text()}"
+        assert "late scans in a row" in diag["_message"] and int(diag["late_in_a_row"]) >= 2
+        assert float(diag["latency_ms.pipeline"]) > 0
+        assert "/diagnostics is ERROR: 2 scans in a row took longer than late_scan_s" in robot.logs_text()
+    finally:
+        assert all(r.successful for r in robot.set_parameters(late_scan_s=0.0, late_scans_error=5))
 
 
 def test_lifecycle_shutdown_transition_ends_the_process(robot: Robot) -> None:

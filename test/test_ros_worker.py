@@ -246,3 +246,21 @@ def test_benchmark_node_run_times_every_stage() -> None:
     results = run(points=2000, reps=2, publish=False)
     assert set(results) == {"decode", "sync", "scan_assembly", "encode", "decode_and_assembly", "total"}
     assert all(ms > 0 for ms in results.values())
+
+
+def test_snapshot_to_status_late_scans_warn_then_error_then_recover() -> None:
+    stats = NodeStats(strategy="ttt_kd")
+    stats.record_scan({"total": 5.0}, adapted=True, kd_loss_before=None, kd_loss_after=None)
+    assert snapshot_to_status(stats.snapshot(), "seg", "hw").level == DiagnosticStatus.OK  # late_scan_s 0: off
+    stats.set_late_limits(late_scan_s=0.2, late_scans_error=3)
+    levels = []
+    for total_s in (0.1, 0.3, 0.25, 0.4, 0.15):
+        stats.record_scan({"total": total_s}, adapted=True, kd_loss_before=None, kd_loss_after=None)
+        levels.append(snapshot_to_status(stats.snapshot(), "seg", "hw").level)
+    assert levels == [DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.WARN, DiagnosticStatus.ERROR,
+                      DiagnosticStatus.OK]
+    stats.record_scan({"total": 0.3}, adapted=True, kd_loss_before=None, kd_loss_after=None)
+    status = snapshot_to_status(stats.snapshot(), "seg", "hw")
+    values = {kv.key: kv.value for kv in status.values}
+    assert values["late_scans"] == "4" and values["late_in_a_row"] == "1"
+    assert "late" in status.message and "0.300 s" in status.message

@@ -65,6 +65,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("tf_tolerance_s", 0.1, "When tf has no transform at the cloud's stamp, the latest one is used if it is "
               "stamped within this (s) of the cloud; 0: exact stamps only.", minimum=0.0),
     ParamSpec("diagnostics_period_s", 1.0, "Period (s) of the /diagnostics message.", minimum=0.01),
+    ParamSpec("late_scan_s", 0.0, "A scan whose processing time (arrival at the node to its output published) "
+              "exceeds this (s) is late: /diagnostics is WARN while the last scan was late; 0: off.", minimum=0.0,
+              runtime=True),
+    ParamSpec("late_scans_error", 5, "/diagnostics is ERROR once this many scans in a row were late (with "
+              "late_scan_s > 0).", minimum=1, runtime=True),
     ParamSpec("checkpoint", "builtin", "Model checkpoint (.safetensors); 'builtin' or 'builtin:rgbd': the RGB-D "
               "model shipped with the package, 'builtin:lidar': the shipped LiDAR model; empty: an untrained "
               "network (plumbing tests only)."),

@@ -84,6 +84,11 @@ class StatsSnapshot:
     visible_points: dict[str, int]  # camera -> visible points of the last sampled scan
     sync_overflow: dict[str, int]  # synchroniser input -> messages it pushed out unmatched
     resets: int
+    late_scans: int = 0  # processed scans whose processing time exceeded late_scan_s
+    late_in_a_row: int = 0
+    late_scan_s: float = 0.0  # 0: lateness is not judged
+    late_scans_error: int = 5
+    last_total_s: float = 0.0  # processing time of the last scan
 
     @property
     def in_flight(self) -> int:
@@ -121,6 +126,16 @@ class NodeStats:
     _visible: dict = field(default_factory=dict)
     _sync_overflow: dict = field(default_factory=dict)
     _resets: int = 0
+    _late_scan_s: float = 0.0
+    _late_scans_error: int = 5
+    _late: int = 0
+    _late_in_a_row: int = 0
+    _last_total_s: float = 0.0
+
+    def set_late_limits(self, late_scan_s: float, late_scans_error: int) -> None:
+        """A scan slower than ``late_scan_s`` (0: off) is late; ``late_scans_error`` late ones in a row: ERROR."""
+        with self._lock:
+            self._late_scan_s, self._late_scans_error = float(late_scan_s), int(late_scans_error)
 
     def count_received(self) -> None:
         with self._lock:
@@ -182,6 +197,7 @@ class NodeStats:
             self._done_at.append(time.monotonic() if now_s is None else now_s)
             for stage, seconds in stage_s.items():
                 self._stage_ms.setdefault(stage, deque(maxlen=WINDOW)).append(1000.0 * float(seconds))
+            self._judge_lateness(float(stage_s.get("total", 0.0)))
             self._adapted.append(bool(adapted))
             if adapted:
                 self._unadapted_in_a_row = 0
@@ -192,6 +208,19 @@ class NodeStats:
                     self._unadapted[reason_key(skip_reason)] += 1
                     self._last_unadapted_reason = skip_reason
             return self._unadapted_in_a_row
+
+    def _judge_lateness(self, total_s: float) -> None:
+        """Count the scan as late when its processing time exceeds the limit (the lock is held)."""
+        self._last_total_s = total_s
+        if self._late_scan_s > 0 and total_s > self._late_scan_s:
+            self._late += 1
+            self._late_in_a_row += 1
+        else:
+            self._late_in_a_row = 0
+
+    def late_in_a_row(self) -> int:
+        with self._lock:
+            return self._late_in_a_row
 
     def _record_losses(self, kd_loss_before: float | None, kd_loss_after: float | None) -> None:
         """The KD losses of an adapted scan (the lock is held)."""
@@ -228,6 +257,11 @@ class NodeStats:
                 visible_points=dict(self._visible),
                 sync_overflow=dict(self._sync_overflow),
                 resets=self._resets,
+                late_scans=self._late,
+                late_in_a_row=self._late_in_a_row,
+                late_scan_s=self._late_scan_s,
+                late_scans_error=self._late_scans_error,
+                last_total_s=self._last_total_s,
             )
 
 
@@ -246,7 +280,11 @@ def _counts(prefix: str, counts: dict[str, int]) -> list[KeyValue]:
 
 
 def status_level(snap: StatsSnapshot) -> tuple[bytes, str]:
-    """(level, message): WARN before the first scan, after worker errors, or while nothing adapts; OK otherwise."""
+    """(level, message): ERROR after late_scans_error late scans in a row; WARN before the first scan, after
+    worker errors, while nothing adapts, or while the last scan was late; OK otherwise."""
+    late = f"(processing > late_scan_s {snap.late_scan_s:g} s; last {snap.last_total_s:.3f} s)"
+    if snap.late_scan_s > 0 and snap.late_in_a_row >= snap.late_scans_error:
+        return DiagnosticStatus.ERROR, f"{snap.late_in_a_row} late scans in a row {late}"
     if snap.errors:
         return DiagnosticStatus.WARN, f"{sum(snap.errors.values())} scans failed in the worker"
     if snap.processed == 0:
@@ -254,6 +292,8 @@ def status_level(snap: StatsSnapshot) -> tuple[bytes, str]:
     if snap.adapts and snap.unadapted_in_a_row >= UNADAPTED_WARN_SCANS:
         return DiagnosticStatus.WARN, (f"no adaptation in the last {snap.unadapted_in_a_row} scans (strategy "
                                        f"{snap.strategy}); last reason: {snap.last_unadapted_reason or 'unknown'}")
+    if snap.late_scan_s > 0 and snap.late_in_a_row > 0:
+        return DiagnosticStatus.WARN, f"the last scan was late {late}"
     return DiagnosticStatus.OK, f"{snap.rate_hz:.2f} Hz, {sum(snap.dropped.values())} dropped"
 
 
@@ -275,6 +315,8 @@ def snapshot_to_status(snap: StatsSnapshot, name: str, hardware_id: str) -> Diag
         KeyValue(key="kd_loss_before", value=_fmt(snap.kd_loss_before)),
         KeyValue(key="kd_loss_after", value=_fmt(snap.kd_loss_after)),
         KeyValue(key="resets", value=str(snap.resets)),
+        KeyValue(key="late_scans", value=str(snap.late_scans)),
+        KeyValue(key="late_in_a_row", value=str(snap.late_in_a_row)),
     ]
     values += [KeyValue(key=f"latency_ms.{stage}", value=f"{ms:.3f}") for stage, ms in sorted(snap.latency_ms.items())]
     for prefix, counts in (("dropped", snap.dropped), ("skipped", snap.skipped), ("unadapted", snap.unadapted),

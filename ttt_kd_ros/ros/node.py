@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import Node as LifecycleNode
@@ -41,6 +41,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.task import Future
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from std_msgs.msg import Float64
 from std_srvs.srv import Trigger
 
 from ttt_kd_ros.compose import RUNTIME_ADAPT_FIELDS, engine_error_text, retune
@@ -159,6 +160,8 @@ class SegmenterNode(LifecycleNode):
         self._pending = PendingClouds(1)
         self._output_pub = None
         self._diag_pub = None
+        self._timings_pub = None  # ~/debug/timings: per-stage times of each scan
+        self._latency_pub = None  # ~/debug/latency_ms: now minus the cloud's stamp when its output went out
         self._label_info_pub = None
         self._reset_srv = None
         self._timers: list[Any] = []
@@ -222,6 +225,9 @@ class SegmenterNode(LifecycleNode):
         self._output_pub = self.create_publisher(PointCloud2, params["output_topic"], own_qos(OUTPUT_QOS),
                                                  qos_overriding_options=QoSOverridingOptions.with_default_policies())
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._timings_pub = self.create_publisher(DiagnosticArray, "~/debug/timings", 10)
+        self._latency_pub = self.create_publisher(Float64, "~/debug/latency_ms", 10)
+        self.stats.set_late_limits(params["late_scan_s"], params["late_scans_error"])
         self._label_info_pub = label_info_publisher(self, "~/label_info")
         self._reset_srv = self.create_service(Trigger, "~/reset", self._on_reset)
         self.get_logger().info(
@@ -314,10 +320,10 @@ class SegmenterNode(LifecycleNode):
             self._worker = None
 
     def _release(self) -> None:
-        for pub in (self._output_pub, self._diag_pub):
+        for pub in (self._output_pub, self._diag_pub, self._timings_pub, self._latency_pub):
             if pub is not None:
                 self.destroy_publisher(pub)
-        self._output_pub = self._diag_pub = None
+        self._output_pub = self._diag_pub = self._timings_pub = self._latency_pub = None
         if self._label_info_pub is not None:
             self._label_info_pub.destroy()
             self._label_info_pub = None
@@ -345,6 +351,8 @@ class SegmenterNode(LifecycleNode):
         except ParameterError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         self.params.values.update(checked)  # node-level values (thresholds, timeouts) apply at once
+        if {"late_scan_s", "late_scans_error"} & set(checked):
+            self.stats.set_late_limits(self.params["late_scan_s"], self.params["late_scans_error"])
         adapt = {name: value for name, value in checked.items() if name in RUNTIME_ADAPT_FIELDS}
         if adapt:
             with self._changes_lock:
@@ -589,11 +597,41 @@ class SegmenterNode(LifecycleNode):
         timings.update({"convert": convert_s, "wait": start - job.received_s, "encode": t_publish - t_encode,
                         "publish": done - t_publish})
         timings["total"] = time.monotonic() - job.received_s
+        # pipeline latency: the node's clock (sim time when used) minus the cloud's stamp, sensor to output
+        timings["pipeline"] = (self.get_clock().now().nanoseconds - job.header.stamp_ns) / 1e9
         reason = "" if prediction.adapted else (job.alone_reason or prediction.skip_reason)
         in_a_row = self.stats.record_scan(timings, prediction.adapted, prediction.kd_loss_before,
                                           prediction.kd_loss_after, skip_reason=reason, steps_run=prediction.steps_run)
         self._log_unadapted(reason, in_a_row)
+        self._log_late(timings["total"])
+        self._publish_debug(job.header, timings)
         self._sample_visible_points(decoded)
+
+    def _log_late(self, total_s: float) -> None:
+        """The switch of /diagnostics to ERROR (late_scans_error late scans in a row), by reason like the rest."""
+        limit, in_a_row = self.params["late_scans_error"], self.stats.late_in_a_row()
+        if self.params["late_scan_s"] > 0 and in_a_row == limit:
+            self._problems.report("late_scans", f"/diagnostics is ERROR: {in_a_row} scans in a row took longer than "
+                                                f"late_scan_s {self.params['late_scan_s']:g} s (last {total_s:.3f} s)")
+
+    def _publish_debug(self, header: CloudHeader, timings: dict[str, float]) -> None:
+        """~/debug/timings (each stage of this scan, ms) and ~/debug/latency_ms (now - the cloud's stamp), when read.
+
+        Stamped with the cloud's stamp, so a plot lines a scan's stages up
+        with its latency; nothing is built while nobody subscribes.
+        """
+        latency_ms = 1000.0 * timings["pipeline"]
+        if self._latency_pub.get_subscription_count() > 0:
+            self._latency_pub.publish(Float64(data=latency_ms))
+        if self._timings_pub.get_subscription_count() == 0:
+            return
+        msg = DiagnosticArray()
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(header.stamp_ns, 1_000_000_000)
+        msg.header.frame_id = header.frame_id
+        values = [KeyValue(key=f"{stage}_ms", value=f"{1000.0 * seconds:.3f}") for stage, seconds in timings.items()]
+        msg.status = [DiagnosticStatus(level=DiagnosticStatus.OK, name=f"{self.get_name()}: scan timings",
+                                       hardware_id=self.get_fully_qualified_name(), values=values)]
+        self._timings_pub.publish(msg)
 
     def _log_unadapted(self, reason: str, in_a_row: int) -> None:
         """The engine's reasons and the switch to WARN in the log, by reason: first in full, then summarised.
