@@ -27,6 +27,7 @@ from lifecycle_msgs.srv import ChangeState  # noqa: E402
 from rcl_interfaces.msg import ParameterType  # noqa: E402
 from rcl_interfaces.srv import GetParameters  # noqa: E402
 from std_msgs.msg import Float64  # noqa: E402
+from std_srvs.srv import SetBool  # noqa: E402
 
 from ttt_kd_ros.node_parameters import NODE_NAME  # noqa: E402
 from ttt_kd_ros.ros.diagnostics import UNADAPTED_WARN_SCANS  # noqa: E402
@@ -215,6 +216,36 @@ def test_robot_late_scans_warn_then_error_and_debug_topics_carry_stage_times_and
         assert "/diagnostics is ERROR: 2 scans in a row took longer than late_scan_s" in robot.logs_text()
     finally:
         assert all(r.successful for r in robot.set_parameters(late_scan_s=0.0, late_scans_error=5))
+
+
+def _enable(robot: Robot, on: bool) -> str:
+    reply = robot.listener.call(SetBool, f"{FQN}/enable", SetBool.Request(data=on))
+    assert reply is not None and reply.success, robot.logs_text()
+    return reply.message
+
+
+def test_robot_enable_service_unsubscribes_and_stops_work_then_resumes(robot: Robot) -> None:
+    count_readers = robot.listener.node.count_subscribers
+    assert "disabled" in _enable(robot, False)
+    try:
+        gone = robot.listener.wait_for(lambda: count_readers(CLOUD_TOPIC) == 0
+                                       and count_readers(f"{dds.PREFIX}/front/image") == 0)
+        assert gone, "the node kept its subscriptions"
+        before = robot.diag_after(lambda d: d["enabled"] == "false")
+        assert before is not None and before["_level"] == dds.OK, f"{robot.listener.diagnostics.get(FQN)}\n{robot.logs_text()[-3000:]}"
+        stamp = robot.sensors.send("good")["stamp_ns"]  # nobody reads it
+        later = robot.diag_after(lambda d: True)
+        later = robot.diag_after(lambda d: int(d["_seq"]) > int(later["_seq"]))  # two periods after the send
+        assert later is not None and later["received"] == before["received"], (before, later)
+        with robot.listener.lock:
+            assert stamp not in robot.listener.clouds[dds.LABELED_TOPIC]
+    finally:
+        assert "enabled" in _enable(robot, True)
+    views = int(robot.diag_after(lambda d: d["enabled"] == "true")["camera_views.front"])
+    for _ in range(6):  # the sensors' writers match the new readers after a discovery round
+        if robot.listener.output(robot.sensors.send("good")["stamp_ns"], timeout_s=5.0) is not None:
+            break
+    assert robot.diag_after(lambda d: int(d["camera_views.front"]) > views) is not None, robot.logs_text()
 
 
 def test_lifecycle_shutdown_transition_ends_the_process(robot: Robot) -> None:

@@ -89,6 +89,7 @@ class StatsSnapshot:
     late_scan_s: float = 0.0  # 0: lateness is not judged
     late_scans_error: int = 5
     last_total_s: float = 0.0  # processing time of the last scan
+    enabled: bool = True
 
     @property
     def in_flight(self) -> int:
@@ -107,6 +108,7 @@ class NodeStats:
     strategy: str = "none"
     mode: str = "adapt"
     label_set: str = ""
+    enabled: bool = True  # ~/enable: false while the node has no subscription and does no work
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _received: int = 0
     _processed: int = 0
@@ -262,6 +264,7 @@ class NodeStats:
                 late_scan_s=self._late_scan_s,
                 late_scans_error=self._late_scans_error,
                 last_total_s=self._last_total_s,
+                enabled=self.enabled,
             )
 
 
@@ -282,6 +285,8 @@ def _counts(prefix: str, counts: dict[str, int]) -> list[KeyValue]:
 def status_level(snap: StatsSnapshot) -> tuple[bytes, str]:
     """(level, message): ERROR after late_scans_error late scans in a row; WARN before the first scan, after
     worker errors, while nothing adapts, or while the last scan was late; OK otherwise."""
+    if not snap.enabled:
+        return DiagnosticStatus.OK, "disabled by ~/enable: no subscription, no work"
     late = f"(processing > late_scan_s {snap.late_scan_s:g} s; last {snap.last_total_s:.3f} s)"
     if snap.late_scan_s > 0 and snap.late_in_a_row >= snap.late_scans_error:
         return DiagnosticStatus.ERROR, f"{snap.late_in_a_row} late scans in a row {late}"
@@ -300,6 +305,7 @@ def status_level(snap: StatsSnapshot) -> tuple[bytes, str]:
 def snapshot_to_status(snap: StatsSnapshot, name: str, hardware_id: str) -> DiagnosticStatus:
     """The node's one DiagnosticStatus: the books (every outcome named), rates, latencies, adaptation, cameras."""
     values = [
+        KeyValue(key="enabled", value=str(snap.enabled).lower()),
         KeyValue(key="strategy", value=snap.strategy),
         KeyValue(key="mode", value=snap.mode),
         KeyValue(key="label_set", value=snap.label_set),

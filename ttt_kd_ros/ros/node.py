@@ -42,7 +42,7 @@ from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.task import Future
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Float64
-from std_srvs.srv import Trigger
+from std_srvs.srv import SetBool, Trigger
 
 from ttt_kd_ros.compose import RUNTIME_ADAPT_FIELDS, engine_error_text, retune
 from ttt_kd_ros.geometry import project_points
@@ -164,7 +164,11 @@ class SegmenterNode(LifecycleNode):
         self._latency_pub = None  # ~/debug/latency_ms: now minus the cloud's stamp when its output went out
         self._label_info_pub = None
         self._reset_srv = None
-        self._timers: list[Any] = []
+        self._enable_srv = None
+        self._active = False  # the lifecycle state is active
+        self._enabled = True  # ~/enable: inputs subscribed and the worker running while active
+        self._diag_timer = None
+        self._input_timers: list[Any] = []  # the pending clouds' sweep (not `_timers`: rclpy Node's own list)
         self._input_subscriptions: list[Any] = []  # not `_subscriptions`: that is rclpy Node's own list
         self._sync = None
         self._tf: Any = None  # compat.make_tf_lookup's object (lookup / lookup_latest / why_not)
@@ -230,6 +234,7 @@ class SegmenterNode(LifecycleNode):
         self.stats.set_late_limits(params["late_scan_s"], params["late_scans_error"])
         self._label_info_pub = label_info_publisher(self, "~/label_info")
         self._reset_srv = self.create_service(Trigger, "~/reset", self._on_reset)
+        self._enable_srv = self.create_service(SetBool, "~/enable", self._on_enable)
         self.get_logger().info(
             f"configured: mode={self.stats.mode} strategy={self.stats.strategy} cameras="
             f"{[c.name for c in params.cameras]} cloud={params['cloud_topic']} output={params['output_topic']} "
@@ -237,6 +242,19 @@ class SegmenterNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
+        self._active = True
+        if self._enabled:
+            self._start_inputs()
+        else:
+            self.get_logger().info("active, but disabled by ~/enable: not subscribing until enabled")
+        self._diag_timer = self.create_timer(self.params["diagnostics_period_s"], self._publish_diagnostics)
+        if self._label_info_pub is not None:
+            self._label_info_pub.publish(self.label_set, self.get_clock().now().to_msg())
+        self._log_activation()
+        return super().on_activate(state)
+
+    def _start_inputs(self) -> None:
+        """Worker, pairing and subscriptions: what activation and ``~/enable`` true start."""
         params = self.params
         self._slot = LatestSlot()
         self._worker = SlotWorker(self._slot, self._process_jobs, self._on_jobs_error)
@@ -261,15 +279,12 @@ class SegmenterNode(LifecycleNode):
                     CameraInfo, cam.info_topic, self._camera_feed(cam.name, 2 + 2 * i),
                     own_qos(qos_profile_sensor_data),
                     qos_overriding_options=qos_options()))
-            self._timers.append(self.create_timer(SWEEP_PERIOD_S, self._sweep_pending))
-        self._timers.append(self.create_timer(params["diagnostics_period_s"], self._publish_diagnostics))
-        if self._label_info_pub is not None:
-            self._label_info_pub.publish(self.label_set, self.get_clock().now().to_msg())
-        self._log_activation()
-        return super().on_activate(state)
+            self._input_timers.append(self.create_timer(SWEEP_PERIOD_S, self._sweep_pending))
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        self._active = False
         self._stop_inputs()
+        self._stop_diagnostics()
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: State) -> TransitionCallbackReturn:
@@ -278,7 +293,9 @@ class SegmenterNode(LifecycleNode):
 
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
         """Stop and release everything, and let main() return: a supervisor expects the process to exit."""
+        self._active = False
         self._stop_inputs()
+        self._stop_diagnostics()
         self._release()
         self.finished.set_result(True)
         return TransitionCallbackReturn.SUCCESS
@@ -303,17 +320,23 @@ class SegmenterNode(LifecycleNode):
             f"adaptation: {settings}; mode={self.stats.mode}; cameras: {cameras}; "
             f"output={params['output_topic']} ({params['output_layout']}); backends={backends()}")
 
-    def _stop_inputs(self) -> None:
+    def _stop_diagnostics(self) -> None:
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = None
+
+    def _stop_inputs(self, reason: str = "shutdown") -> None:
+        """Unsubscribe, stop pairing and the worker (its scan finishes); clouds still waiting: ``dropped.<reason>``."""
         for sub in self._input_subscriptions:
             self.destroy_subscription(sub)
         self._input_subscriptions = []
         self._sync = None
-        for timer in self._timers:
+        for timer in self._input_timers:
             self.destroy_timer(timer)
-        self._timers = []
+        self._input_timers = []
         waiting = self._pending.drain()
         if waiting:
-            self.stats.count_dropped("shutdown", len(waiting))
+            self.stats.count_dropped(reason, len(waiting))
         if self._worker is not None:
             if not self._worker.stop(timeout_s=10.0):
                 self.get_logger().warning("worker did not finish its scan within 10 s")
@@ -327,9 +350,10 @@ class SegmenterNode(LifecycleNode):
         if self._label_info_pub is not None:
             self._label_info_pub.destroy()
             self._label_info_pub = None
-        if self._reset_srv is not None:
-            self.destroy_service(self._reset_srv)
-            self._reset_srv = None
+        for srv in (self._reset_srv, self._enable_srv):
+            if srv is not None:
+                self.destroy_service(srv)
+        self._reset_srv = self._enable_srv = None
         release_tf_lookup(self, self._tf, self._tf_subscriptions)
         self._tf_subscriptions, self._tf = [], None
         self.segmenter = None
@@ -369,6 +393,26 @@ class SegmenterNode(LifecycleNode):
         response.message = ("online adaptation state returns to the checkpoint before the next scan" if online else
                             f"strategy {self.stats.strategy} keeps nothing between scans; reset before the next scan")
         self.get_logger().info(f"~/reset: {response.message}")
+        return response
+
+    def _on_enable(self, request: Any, response: Any) -> Any:
+        """~/enable (std_srvs/SetBool): false unsubscribes and stops the worker, true subscribes again; no transition.
+
+        WHY: an operator pauses perception (a docked robot, a CPU needed
+        elsewhere) without a lifecycle manager; /diagnostics goes on saying so.
+        """
+        wanted = bool(request.data)
+        changed = wanted != self._enabled
+        self._enabled = self.stats.enabled = wanted
+        if changed and self._active:
+            if wanted:
+                self._start_inputs()
+            else:
+                self._stop_inputs(reason="disabled")
+        state = "enabled: subscribed, segmenting" if wanted else "disabled: unsubscribed, no work"
+        response.success = True
+        response.message = (state if self._active else f"{state} once active") + ("" if changed else " (already)")
+        self.get_logger().info(f"~/enable: {response.message}")
         return response
 
     # ---- callbacks (executor threads: keep them cheap) -------------------------------------------------------
