@@ -232,7 +232,8 @@ def test_robot_enable_service_unsubscribes_and_stops_work_then_resumes(robot: Ro
                                        and count_readers(f"{dds.PREFIX}/front/image") == 0)
         assert gone, "the node kept its subscriptions"
         before = robot.diag_after(lambda d: d["enabled"] == "false")
-        assert before is not None and before["_level"] == dds.OK, f"{robot.listener.diagnostics.get(FQN)}\n{robot.logs_text()[-3000:]}"
+        assert before is not None and before["_level"] == dds.OK, (
+            f"{robot.listener.diagnostics.get(FQN)}\n{robot.logs_text()[-3000:]}")
         stamp = robot.sensors.send("good")["stamp_ns"]  # nobody reads it
         later = robot.diag_after(lambda d: True)
         later = robot.diag_after(lambda d: int(d["_seq"]) > int(later["_seq"]))  # two periods after the send
