@@ -249,6 +249,39 @@ def test_robot_enable_service_unsubscribes_and_stops_work_then_resumes(robot: Ro
     assert robot.diag_after(lambda d: int(d["camera_views.front"]) > views) is not None, robot.logs_text()
 
 
+def test_robot_per_scan_strategy_does_no_work_while_nothing_reads_the_output(robot: Robot) -> None:
+    node = robot.listener.node
+    reader = next(sub for sub in node.subscriptions if sub.topic_name == dds.LABELED_TOPIC)
+    node.destroy_subscription(reader)
+    try:
+        before = robot.diag_after(lambda d: d["in_flight"] == "0")
+        assert before is not None, robot.logs_text()
+        skipped = None
+        for _ in range(20):  # until the node's writer has seen the reader go
+            robot.sensors.send("good")
+            skipped = robot.diag_after(lambda d: int(d.get("skipped.no_subscriber", 0)) > 0 and d["in_flight"] == "0",
+                                       timeout_s=1.0)
+            if skipped is not None:
+                break
+        assert skipped is not None, f"{robot.listener.diagnostics.get(FQN)}\n{robot.logs_text()}"
+        robot.sensors.send("good")
+        after = robot.diag_after(lambda d: d["in_flight"] == "0" and int(d["received"]) > int(skipped["received"]))
+        assert after is not None, robot.logs_text()
+        # the last cloud was refused on arrival: not segmented, the books still balance
+        assert int(after["skipped.no_subscriber"]) == int(skipped["skipped.no_subscriber"]) + 1, after
+        assert after["processed"] == skipped["processed"] and dds._books_balance(after), after
+        assert "nothing subscribes to /ttt_test/labeled" in robot.logs_text()
+    finally:
+        node.create_subscription(dds.PointCloud2, dds.LABELED_TOPIC, robot.listener._cloud_callback(dds.LABELED_TOPIC),
+                                 dds.QoSProfile(depth=20, reliability=dds.ReliabilityPolicy.RELIABLE))
+    answered = False
+    for _ in range(10):  # the reader is back: scans are segmented again once the node's writer has matched it
+        if robot.listener.output(robot.sensors.send("good")["stamp_ns"], timeout_s=3.0) is not None:
+            answered = True
+            break
+    assert answered, robot.logs_text()
+
+
 def test_lifecycle_shutdown_transition_ends_the_process(robot: Robot) -> None:
     """`ros2 lifecycle set <node> shutdown`: the transition is answered, then the process exits with 0."""
     namespace = "shutdown_test"

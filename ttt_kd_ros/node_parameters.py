@@ -50,6 +50,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               choices=OUTPUT_LAYOUTS),
     ParamSpec("output_min_confidence", 0.0, "Points whose confidence is below this get the ignore label (65535, "
               "black) in the output; 0 keeps every label.", minimum=0.0, maximum=1.0, runtime=True),
+    ParamSpec("skip_without_subscriber", True, "While nothing subscribes to the output, clouds are refused on "
+              "arrival (skipped.no_subscriber) when the strategy keeps nothing between scans (per-scan ttt_kd, tent, "
+              "bn_stats, none); an online strategy (ttt_kd_online) segments on, since every scan moves its weights."),
     ParamSpec("mode", "adapt", "adapt: pair clouds with the cameras and adapt; cloud_only: ignore cameras, no "
               "adaptation. With no cameras listed the node runs cloud_only.", choices=MODES),
     ParamSpec("sync_queue_size", 10, "Messages kept per input by the approximate-time synchroniser; a cloud "

@@ -8,9 +8,11 @@ balance by the node's own counters:
 - processed: answered (a labeled cloud was published), adapted or not;
 - dropped.<reason>: lost after it was accepted: ``stale`` (a newer scan
   replaced it in the worker's slot), ``worker_error`` (an exception while
-  segmenting it), ``shutdown`` (still waiting when the node deactivated);
+  segmenting it), ``shutdown`` (still waiting when the node deactivated),
+  ``disabled`` (still waiting when ``~/enable`` turned the inputs off);
 - skipped.<reason>: refused on arrival: ``bad_cloud``, ``stamp_too_old``,
-  ``stamp_in_future``;
+  ``stamp_in_future``, ``no_subscriber`` (nothing reads the output and
+  the strategy keeps nothing between scans);
 - in_flight: accepted and not yet answered (waiting for its images, in the
   slot or in the worker); 0 once the node is idle.
 
@@ -149,7 +151,7 @@ class NodeStats:
             self._dropped[reason] += n
 
     def count_skipped(self, reason: str) -> None:
-        """A cloud refused on arrival (bad_cloud, stamp_too_old, stamp_in_future)."""
+        """A cloud refused on arrival (bad_cloud, stamp_too_old, stamp_in_future, no_subscriber)."""
         with self._lock:
             self._skipped[reason] += 1
 

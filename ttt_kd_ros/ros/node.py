@@ -470,10 +470,13 @@ class SegmenterNode(LifecycleNode):
         except ValueError as exc:
             self._skip_cloud(exc)
             return
-        refusal = self._stamp_refusal(header.stamp_ns)
+        refusal = self._stamp_refusal(header.stamp_ns) or self._output_refusal()
         if refusal:
             self.stats.count_skipped(refusal)
-            self._problems.report(refusal, f"cloud refused: {refusal}")
+            self._problems.report(refusal, f"cloud refused: {refusal}" + (
+                f" (nothing subscribes to {self.params['output_topic']}; strategy {self.stats.strategy} keeps "
+                "nothing between scans, so the scan is not segmented; skip_without_subscriber: false to segment "
+                "anyway)" if refusal == "no_subscriber" else ""))
             return
         if self.params.cloud_only:
             self._submit(Job(msg, header, [], received_s))
@@ -523,6 +526,19 @@ class SegmenterNode(LifecycleNode):
             self._problems.report(reason, f"cloud at {cloud.stamp_ns} ns answered without adaptation: {reason} "
                                           "(no image set matched it within sync_slop_s)")
         self._submit(Job(cloud.msg, cloud.header, [], cloud.arrived_s, alone_reason=reason))
+
+    def _output_refusal(self) -> str:
+        """"no_subscriber" while nothing reads the output and the strategy keeps nothing between scans.
+
+        WHY: segmenting a scan nobody reads costs a robot's CPU or GPU for
+        nothing; a per-scan strategy loses nothing by skipping it, an online
+        one would miss an update, so it segments on.
+        """
+        if not self.params["skip_without_subscriber"] or self._output_pub.get_subscription_count() > 0:
+            return ""
+        strategy = self.segmenter.strategy
+        online = strategy.name != "none" and not getattr(strategy, "episodic", True)
+        return "" if online else "no_subscriber"
 
     def _stamp_refusal(self, stamp_ns: int) -> str:
         now_ns = self.get_clock().now().nanoseconds
