@@ -132,6 +132,12 @@ def test_robot_reliable_cloud_override_leaves_the_cameras_best_effort_and_paired
     assert diag is not None, f"the camera's images never reached the node\n{robot.logs_text()}"
 
 
+def test_robot_activation_warms_the_engine_up_before_it_subscribes(robot: Robot) -> None:
+    log = robot.logs_text()
+    warm, active = log.find("warm-up: one synthetic scan in"), log.find("]: active: ")
+    assert 0 <= warm < active, log[-3000:]
+
+
 def test_robot_scans_that_ran_no_step_report_no_kd_loss_after(robot: Robot) -> None:
     robot.good()  # adapt.steps 0: the camera sees the points (targets exist) but no step runs
     diag = robot.diag_after(lambda d: int(d["processed"]) >= 2 and d["in_flight"] == "0")

@@ -91,6 +91,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "latency and output size stay bounded); the output then has this many points. 0: no cap.",
               minimum=0),
     ParamSpec("seed", 0, "Seed for point sampling and the tiny models."),
+    ParamSpec("warm_up", True, "At the first activation after configure, run one synthetic scan (with a camera "
+              "when cameras are listed, at most one step) through the engine and restore the strategy, so the first "
+              "real scan does not pay for lazy initialisation."),
     ParamSpec("adapt.strategy", _ADAPT.strategy, "Adaptation per scan (TTT-KD resets the weights every scan, "
               "ttt_kd_online keeps them).", choices=tuple(STRATEGIES)),
     ParamSpec("adapt.steps", _ADAPT.steps, "Gradient steps per scan.", minimum=0, maximum=1000, runtime=True),
