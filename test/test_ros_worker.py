@@ -264,3 +264,41 @@ def test_snapshot_to_status_late_scans_warn_then_error_then_recover() -> None:
     values = {kv.key: kv.value for kv in status.values}
     assert values["late_scans"] == "4" and values["late_in_a_row"] == "1"
     assert "late" in status.message and "0.300 s" in status.message
+
+
+def test_label_info_publisher_maps_class_ids_to_names_latched() -> None:
+    """The LabelInfo code path with a stand-in message module: vision_msgs has no wheel here (README says so)."""
+    from types import SimpleNamespace
+
+    from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
+
+    from ttt_kd_ros.labels import LABEL_SETS
+    from ttt_kd_ros.ros.compat import LabelInfoPublisher
+
+    class LabelInfo:
+        def __init__(self) -> None:
+            self.header = SimpleNamespace(stamp=None)
+            self.class_map: list = []
+            self.threshold = -1.0
+
+    class VisionClass(SimpleNamespace):
+        pass
+
+    sent: list = []
+    made: dict = {}
+
+    class FakeNode:
+        def create_publisher(self, message_type: type, topic: str, qos: object) -> SimpleNamespace:
+            made.update(type=message_type, topic=topic, qos=qos)
+            return SimpleNamespace(publish=sent.append)
+
+    publisher = LabelInfoPublisher(FakeNode(), "~/label_info", SimpleNamespace(LabelInfo=LabelInfo,
+                                                                                VisionClass=VisionClass))
+    label_set = LABEL_SETS["synthetic_indoor"]
+    publisher.publish(label_set, "stamp")
+    assert made["type"] is LabelInfo and made["topic"] == "~/label_info"
+    assert made["qos"].durability == DurabilityPolicy.TRANSIENT_LOCAL
+    assert made["qos"].reliability == ReliabilityPolicy.RELIABLE and made["qos"].depth == 1
+    (msg,) = sent
+    assert msg.header.stamp == "stamp" and msg.threshold == 0.0
+    assert [(c.class_id, c.class_name) for c in msg.class_map] == list(enumerate(label_set.class_names))
