@@ -1,8 +1,9 @@
 """segment_node: the ROS 2 lifecycle node that segments every incoming cloud with TTT-KD.
 
 Callbacks stay thin: subscriptions feed the approximate-time synchroniser and
-put each matched (or expired, see ros/pending.py) cloud, with its camera
-messages, into a latest-wins slot; one worker thread turns it into a Scan
+put the clouds each callback answers (matched, or expired: see ros/pending.py),
+with their camera messages, into a latest-wins slot as one group; one worker
+thread turns each into a Scan
 (decoding, tf lookups: off the executor), runs ``Segmenter.segment`` and
 publishes. A slow model therefore drops stale scans (counted) instead of
 queueing them. Configure reads the parameters and loads the model (a failure
