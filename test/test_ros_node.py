@@ -352,14 +352,16 @@ def _unadapted_counts(d: dict[str, str]) -> dict[str, int]:
     return {key: int(value) for key, value in d.items() if key.startswith("unadapted.")}
 
 
-def test_node_time_budget_stops_steps_and_a_2hz_stream_is_answered_with_adaptation(system: System) -> None:
-    """Steps until a 0.5 s budget, never the configured 1000: every scan of a 2 Hz stream is answered.
+def test_node_time_budget_stops_steps_and_a_stream_at_its_rate_is_answered_with_adaptation(system: System) -> None:
+    """Steps until a 1 s budget, never the configured 1000: every scan of a 1 Hz stream is answered.
 
     How many steps fit depends on the machine's load (a step that would not fit is not started), so the test
     asserts what the budget guarantees: no scan runs the 1000 steps, the only reason a scan goes unadapted is
-    the budget, and the stream is adapted at all.
+    the budget, and the stream is adapted at all. The budget is 1 s, not 0.5 s: with the tiny model's forward
+    and steps at 100-300 ms each on the shared 2-core machine (load 3), 0.5 s once left no step room in any of
+    the four scans.
     """
-    results = _set_parameters(system, adapt__steps=1000, adapt__time_budget_s=0.5)
+    results = _set_parameters(system, adapt__steps=1000, adapt__time_budget_s=1.0)
     assert all(r.successful for r in results), [r.reason for r in results]
     try:
         with system.listener.lock:
@@ -367,10 +369,10 @@ def test_node_time_budget_stops_steps_and_a_2hz_stream_is_answered_with_adaptati
         first = system.listener.diag(_node_fqn(), lambda d: int(d["_seq"]) >= asked and d["in_flight"] == "0")
         assert first is not None, system.logs_text()
         stamps = []
-        for _ in range(4):  # 2 Hz: one scan every 0.5 s, whatever the node is doing
+        for _ in range(4):  # 1 Hz: one scan per budget, whatever the node is doing
             started = time.monotonic()
             stamps.append(system.sensors.send("good")["stamp_ns"])
-            time.sleep(max(0.0, 0.5 - (time.monotonic() - started)))
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
         missing = [s for s in stamps if system.listener.output(s) is None]
         assert not missing, f"scans not answered: {missing}\n{system.logs_text()}"
         last = system.listener.diag(_node_fqn(), lambda d: int(d["processed"]) >= int(first["processed"]) + 4
