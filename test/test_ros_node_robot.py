@@ -241,8 +241,9 @@ def test_robot_enable_service_unsubscribes_and_stops_work_then_resumes(robot: Ro
         assert before is not None and before["_level"] == dds.OK, (
             f"{robot.listener.diagnostics.get(FQN)}\n{robot.logs_text()[-3000:]}")
         stamp = robot.sensors.send("good")["stamp_ns"]  # nobody reads it
-        later = robot.diag_after(lambda d: True)
-        later = robot.diag_after(lambda d: int(d["_seq"]) > int(later["_seq"]))  # two periods after the send
+        first = robot.diag_after(lambda d: True)
+        assert first is not None, robot.logs_text()
+        later = robot.diag_after(lambda d: int(d["_seq"]) > int(first["_seq"]))  # two periods after the send
         assert later is not None and later["received"] == before["received"], (before, later)
         with robot.listener.lock:
             assert stamp not in robot.listener.clouds[dds.LABELED_TOPIC]
