@@ -227,7 +227,12 @@ class System:
         self.listener, self.sensors, self.logs = listener, sensors, logs
 
     def logs_text(self) -> str:
+        """The end of each node's log, for failure messages."""
         return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in self.logs if p.exists())
+
+    def full_logs(self) -> str:
+        """Every line the nodes logged: what assertions search (a line logged early stays findable)."""
+        return "\n".join(p.read_text() for p in self.logs if p.exists())
 
     def warm_up(self, tries: int = 6, timeout_s: float = 10.0) -> bool:
         """Serve good scans until both nodes answer one.
@@ -430,7 +435,7 @@ def test_node_camera_frame_from_image_header_uses_latched_tf_static(system: Syst
     diag = system.listener.diag(_node_fqn(), lambda d: int(d.get(f"camera_views.{SIDE}", 0)) >= before + 2)
     assert diag is not None, f"{system.listener.diagnostics.get(_node_fqn())}\n{system.logs_text()}"
     assert float(diag["adapted_fraction"]) > 0
-    logs = system.logs_text()
+    logs = system.full_logs()
     assert "extrinsics of ['side'] from tf (builtin)" in logs or "(tf2_ros)" in logs
     # the activation line a robot operator reads: device, model, teacher, adaptation settings, cameras
     for part in ("active: device=cpu", "teacher=tiny-dinov2", "strategy=ttt_kd steps=1", "bn_train=True",
@@ -450,7 +455,7 @@ def test_node_missing_transform_leaves_camera_out_counted_and_serves(system: Sys
     assert diag is not None, system.logs_text()
     # the first failure of each (reason, camera) is logged, whatever was logged before it
     logged = system.listener.wait_for(
-        lambda: "no transform from 'test_lidar_not_in_tf' to 'test_side'" in system.logs_text(), timeout_s=5.0)
+        lambda: "no transform from 'test_lidar_not_in_tf' to 'test_side'" in system.full_logs(), timeout_s=5.0)
     assert logged, system.logs_text()
     system.good()
 
@@ -491,7 +496,7 @@ def test_node_bad_camera_messages_leave_camera_out_then_serves(system: System) -
     diag = system.listener.diag(_node_fqn(), lambda d: int(d.get("left_out.bad_camera.front", 0)) >= before + 5)
     assert diag is not None, f"{system.listener.diagnostics.get(_node_fqn())}\n{system.logs_text()}"
     for refused in ("CameraInfo k: expected finite numbers", "CameraInfo p: expected finite numbers"):
-        assert system.listener.wait_for(lambda r=refused: r in system.logs_text(), timeout_s=5.0), refused
+        assert system.listener.wait_for(lambda r=refused: r in system.full_logs(), timeout_s=5.0), refused
 
 
 def test_node_refuses_clouds_from_future_and_past_then_serves(system: System) -> None:
@@ -531,7 +536,7 @@ def test_node_parameter_extrinsics_in_another_frame_are_not_applied(system: Syst
     assert system.listener.output(sent["stamp_ns"]) is not None, system.logs_text()
     assert system.listener.diag(_node_fqn(), lambda d: int(d.get(key, 0)) >= before + 1) is not None
     logged = system.listener.wait_for(
-        lambda: "camera.front.extrinsics are given in 'test_lidar'" in system.logs_text(), timeout_s=5.0)
+        lambda: "camera.front.extrinsics are given in 'test_lidar'" in system.full_logs(), timeout_s=5.0)
     assert logged, system.logs_text()
     system.good()
 
@@ -596,7 +601,7 @@ def test_node_camera_never_arriving_lets_clouds_through_alone_and_warns(system: 
                                     and int(d["unadapted_in_a_row"]) >= 10 and d["_level"] == WARN, timeout_s=0.4)
     assert diag is not None, f"{system.listener.diagnostics.get(_node_fqn())}\n{system.logs_text()}"
     assert "no adaptation in the last" in diag["_message"]
-    assert "segmenting clouds alone" in system.logs_text()
+    assert "segmenting clouds alone" in system.full_logs()
 
 
 def test_node_cloud_after_camera_silence_pairs_with_images_sent_just_after_it(system: System) -> None:
