@@ -26,7 +26,7 @@ import rclpy
 import tf_stand_in
 from builtin_interfaces.msg import Time
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 
 from ttt_kd_ros.msgs.tf_message import tf_message_from_cdr, tf_message_to_cdr
@@ -100,7 +100,7 @@ def make_info(stamp: Time, width: int = IMAGE_W, height: int = IMAGE_H, focal_px
 
 class SensorPublisher(Node):
     def __init__(self, cloud_topic: str, cameras: list[tuple[str, str, str, str]],
-                 tf_static: list[tuple[str, str, np.ndarray]] = ()) -> None:
+                 tf_static: list[tuple[str, str, np.ndarray]] = (), reliable_cloud: bool = False) -> None:
         super().__init__("ttt_kd_test_sensors")
         self.tf_static_pub = None
         if tf_static:  # latched (TRANSIENT_LOCAL), so a node that subscribes later still gets it
@@ -109,7 +109,10 @@ class SensorPublisher(Node):
                                                        compat.tf_qos(True))
             payload = tf_message_to_cdr([(parent, child, T, 0) for parent, child, T in tf_static])
             self.tf_static_pub.publish(payload if message_type.raw else tf_message_from_cdr(payload))
-        self.cloud_pub = self.create_publisher(PointCloud2, cloud_topic, qos_profile_sensor_data)
+        # a reliable cloud writer (a driver configured so) matches only a node whose cloud reader is reliable
+        cloud_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE) if reliable_cloud else \
+            qos_profile_sensor_data
+        self.cloud_pub = self.create_publisher(PointCloud2, cloud_topic, cloud_qos)
         self.camera_pubs = [
             (self.create_publisher(Image, image, qos_profile_sensor_data),
              self.create_publisher(CameraInfo, info, qos_profile_sensor_data))
@@ -181,12 +184,16 @@ class SensorPublisher(Node):
                 info = make_info(stamp, width=IMAGE_W // 2, height=IMAGE_H // 2, frame_id=frame)
             elif case == "zero_k":
                 info.k = [0.0] * 9
+            elif case == "nan_k":
+                info.k = [float("nan"), *list(info.k)[1:]]
+            elif case == "inf_p":
+                info.p = [*list(info.p)[:2], float("inf"), *list(info.p)[3:]]
             image_pub.publish(image)
             info_pub.publish(info)
 
 
 CASES = ("good", "foreign_frame", "big", "cloud_only", "empty", "all_nan", "some_nan", "missing_xyz", "wrong_length",
-         "bad_encoding", "size_mismatch", "zero_k", "cloud_first", "unmatched", "images_only")
+         "bad_encoding", "size_mismatch", "zero_k", "nan_k", "inf_p", "cloud_first", "unmatched", "images_only")
 
 
 def main() -> int:
@@ -198,6 +205,8 @@ def main() -> int:
     parser.add_argument("--cloud-subscribers", type=int, default=1, help="readers to wait for on the cloud topic")
     parser.add_argument("--tf-static", action="append", default=[], metavar="PARENT:CHILD:X:Y:Z",
                         help="a latched /tf_static link (translation only), repeatable")
+    parser.add_argument("--reliable-cloud", action="store_true",
+                        help="publish clouds RELIABLE (cameras stay best effort, as camera drivers publish)")
     args = parser.parse_args()
     cameras = [tuple([*spec.split(":"), CAMERA_FRAME_ID][:4]) for spec in args.camera]
     links = []
@@ -207,7 +216,7 @@ def main() -> int:
         T[:3, 3] = [float(v) for v in xyz]
         links.append((parent, child, T))
     rclpy.init()
-    node = SensorPublisher(args.cloud_topic, cameras, links)
+    node = SensorPublisher(args.cloud_topic, cameras, links, reliable_cloud=args.reliable_cloud)
     try:
         ready = node.wait_for_subscribers(args.wait_s, args.cloud_subscribers)
         print(json.dumps({"ready": ready}), flush=True)

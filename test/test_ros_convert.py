@@ -342,6 +342,17 @@ def test_camera_info_to_intrinsics_rejects_zero_k_and_unknown_model() -> None:
         camera_info_to_intrinsics(msg)
 
 
+@pytest.mark.parametrize(("field", "index", "value"), [("k", 0, float("nan")), ("k", 4, float("inf")),
+                                                      ("p", 2, float("nan")), ("p", 3, float("-inf"))])
+def test_camera_info_to_intrinsics_rejects_nan_or_inf_k_and_p(field: str, index: int, value: float) -> None:
+    msg = intrinsics_to_camera_info(_kitti_like_intrinsics())
+    values = np.array(getattr(msg, field), dtype=np.float64)
+    values[index] = value
+    setattr(msg, field, values)
+    with pytest.raises(ValueError, match=f"CameraInfo {field}: expected finite numbers"):
+        camera_info_to_intrinsics(msg)
+
+
 def test_check_image_matches_info_size_mismatch() -> None:
     info = intrinsics_to_camera_info(_kitti_like_intrinsics(), _header("cam"))
     image = rgb_to_image(np.zeros((375, 1242, 3), np.uint8), header=_header("cam"))

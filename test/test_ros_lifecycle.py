@@ -62,3 +62,40 @@ def test_node_lifecycle_cleanup_destroys_the_tf_listener_and_what_configure_made
     # configure again after cleanup: a second listener, parameters already declared are reused
     assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
     assert _subscribed(node) >= TF_TOPICS
+
+
+@pytest.fixture
+def online_node() -> Iterator[SegmenterNode]:
+    """A cloud_only-free node with the online strategy: the one whose weights a warm-up could leave moved."""
+    context = Context()
+    rclpy.init(context=context, args=[], domain_id=224 + os.getpid() % 9)
+    made = SegmenterNode(context=context, cli_args=[
+        "--ros-args", "-p", "autostart:=false", "-p", "checkpoint:=''", "-p", "teacher:=tiny", "-p", "device:=cpu",
+        "-p", "cloud_topic:=/lifecycle_test/points", "-p", "cameras:=[front]",
+        "-p", "camera.front.parent_frame:=lidar", "-p", "camera.front.extrinsics:=[0, 0, 0, 0, 0, 0, 1]",
+        "-p", "adapt.strategy:=ttt_kd_online", "-p", "adapt.steps:=3", "-p", "adapt.lr:=0.1",
+        "-p", "adapt.optimizer:=sgd", "-p", "adapt.time_budget_s:=0", "-p", "threads:=1"])
+    try:
+        yield made
+    finally:
+        made.destroy_node()
+        context.try_shutdown()
+
+
+def test_node_activation_warms_up_once_and_leaves_an_online_strategy_at_the_checkpoint(
+        online_node: SegmenterNode) -> None:
+    assert online_node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    import torch
+
+    model = online_node.segmenter.model
+    source = {name: value.detach().clone() for name, value in model.state_dict().items()}
+    assert online_node.warm_up_s is None
+    assert online_node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    assert online_node.warm_up_s is not None and online_node.warm_up_s > 0  # it ran (and did not fail: 0.0)
+    strategy = online_node.segmenter.strategy
+    assert strategy.scans_seen == 0 and strategy.running_loss is None  # the drift guard starts afresh
+    assert all(torch.equal(value, source[name]) for name, value in model.state_dict().items())
+    first = online_node.warm_up_s
+    assert online_node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    assert online_node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    assert online_node.warm_up_s == first  # once per configure: a re-activation keeps the online state

@@ -178,13 +178,15 @@ class Listener:
 class Sensors:
     """The publisher process, driven one JSON line at a time."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    DEFAULT_ARGS = ("--camera", f"front:{PREFIX}/front/image:{PREFIX}/front/camera_info",
+                    "--camera", f"{SIDE}:{PREFIX}/{SIDE}/image:{PREFIX}/{SIDE}/camera_info:{SIDE_FRAME}",
+                    "--tf-static", f"test_lidar:{SIDE_FRAME}:0.1:0:0", "--wait-s", str(WAIT_S * 2),
+                    "--cloud-subscribers", "2")
+    """This module's two nodes: front and side cameras, side through /tf_static; other modules pass their own."""
+
+    def __init__(self, env: dict[str, str], args: tuple[str, ...] = DEFAULT_ARGS) -> None:
         self.proc = subprocess.Popen(
-            [PY, str(REPO_ROOT / "test" / "ros_publisher.py"), "--cloud-topic", f"{PREFIX}/points",
-             "--camera", f"front:{PREFIX}/front/image:{PREFIX}/front/camera_info",
-             "--camera", f"{SIDE}:{PREFIX}/{SIDE}/image:{PREFIX}/{SIDE}/camera_info:{SIDE_FRAME}",
-             "--tf-static", f"test_lidar:{SIDE_FRAME}:0.1:0:0", "--wait-s", str(WAIT_S * 2),
-             "--cloud-subscribers", "2"],
+            [PY, str(REPO_ROOT / "test" / "ros_publisher.py"), "--cloud-topic", f"{PREFIX}/points", *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.ready = json.loads(self.proc.stdout.readline() or "{}").get("ready", False)
 
@@ -210,9 +212,10 @@ def _start_node(args: list[str], env: dict[str, str], log: Path) -> subprocess.P
                             stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
-def _ros_env() -> dict[str, str]:
+def _ros_env(domain_id: int | None = None) -> dict[str, str]:
+    """Processes on this run's own domain (this module's: 100-199), localhost only, the worktree's code."""
     env = dict(os.environ)
-    env["ROS_DOMAIN_ID"] = str(100 + os.getpid() % 100)
+    env["ROS_DOMAIN_ID"] = str(100 + os.getpid() % 100 if domain_id is None else domain_id)
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     env.pop("FASTRTPS_DEFAULT_PROFILES_FILE", None)  # the runner must set the shipped one
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
@@ -224,7 +227,12 @@ class System:
         self.listener, self.sensors, self.logs = listener, sensors, logs
 
     def logs_text(self) -> str:
+        """The end of each node's log, for failure messages."""
         return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in self.logs if p.exists())
+
+    def full_logs(self) -> str:
+        """Every line the nodes logged: what assertions search (a line logged early stays findable)."""
+        return "\n".join(p.read_text() for p in self.logs if p.exists())
 
     def warm_up(self, tries: int = 6, timeout_s: float = 10.0) -> bool:
         """Serve good scans until both nodes answer one.
@@ -349,14 +357,16 @@ def _unadapted_counts(d: dict[str, str]) -> dict[str, int]:
     return {key: int(value) for key, value in d.items() if key.startswith("unadapted.")}
 
 
-def test_node_time_budget_stops_steps_and_a_2hz_stream_is_answered_with_adaptation(system: System) -> None:
-    """Steps until a 0.5 s budget, never the configured 1000: every scan of a 2 Hz stream is answered.
+def test_node_time_budget_stops_steps_and_a_stream_at_its_rate_is_answered_with_adaptation(system: System) -> None:
+    """Steps until a 1 s budget, never the configured 1000: every scan of a 1 Hz stream is answered.
 
     How many steps fit depends on the machine's load (a step that would not fit is not started), so the test
     asserts what the budget guarantees: no scan runs the 1000 steps, the only reason a scan goes unadapted is
-    the budget, and the stream is adapted at all.
+    the budget, and the stream is adapted at all. The budget is 1 s, not 0.5 s: with the tiny model's forward
+    and steps at 100-300 ms each on the shared 2-core machine (load 3), 0.5 s once left no step room in any of
+    the four scans.
     """
-    results = _set_parameters(system, adapt__steps=1000, adapt__time_budget_s=0.5)
+    results = _set_parameters(system, adapt__steps=1000, adapt__time_budget_s=1.0)
     assert all(r.successful for r in results), [r.reason for r in results]
     try:
         with system.listener.lock:
@@ -364,10 +374,10 @@ def test_node_time_budget_stops_steps_and_a_2hz_stream_is_answered_with_adaptati
         first = system.listener.diag(_node_fqn(), lambda d: int(d["_seq"]) >= asked and d["in_flight"] == "0")
         assert first is not None, system.logs_text()
         stamps = []
-        for _ in range(4):  # 2 Hz: one scan every 0.5 s, whatever the node is doing
+        for _ in range(4):  # 1 Hz: one scan per budget, whatever the node is doing
             started = time.monotonic()
             stamps.append(system.sensors.send("good")["stamp_ns"])
-            time.sleep(max(0.0, 0.5 - (time.monotonic() - started)))
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
         missing = [s for s in stamps if system.listener.output(s) is None]
         assert not missing, f"scans not answered: {missing}\n{system.logs_text()}"
         last = system.listener.diag(_node_fqn(), lambda d: int(d["processed"]) >= int(first["processed"]) + 4
@@ -376,7 +386,7 @@ def test_node_time_budget_stops_steps_and_a_2hz_stream_is_answered_with_adaptati
         assert int(last["steps_run"]) < 1000, json.dumps(last)  # the budget, not the step count, ended the scan
         before, after = _unadapted_counts(first), _unadapted_counts(last)
         new = {key: count - before.get(key, 0) for key, count in after.items() if count > before.get(key, 0)}
-        assert all(key.startswith("unadapted.time budget") for key in new), new
+        assert set(new) <= {"unadapted.time_budget"}, new  # one fixed key, whatever time was left
         assert sum(new.values()) < 4, f"no scan of the stream adapted: {new}"
     finally:
         assert all(r.successful for r in _set_parameters(system, adapt__steps=1, adapt__time_budget_s=0.0))
@@ -425,7 +435,7 @@ def test_node_camera_frame_from_image_header_uses_latched_tf_static(system: Syst
     diag = system.listener.diag(_node_fqn(), lambda d: int(d.get(f"camera_views.{SIDE}", 0)) >= before + 2)
     assert diag is not None, f"{system.listener.diagnostics.get(_node_fqn())}\n{system.logs_text()}"
     assert float(diag["adapted_fraction"]) > 0
-    logs = system.logs_text()
+    logs = system.full_logs()
     assert "extrinsics of ['side'] from tf (builtin)" in logs or "(tf2_ros)" in logs
     # the activation line a robot operator reads: device, model, teacher, adaptation settings, cameras
     for part in ("active: device=cpu", "teacher=tiny-dinov2", "strategy=ttt_kd steps=1", "bn_train=True",
@@ -445,7 +455,7 @@ def test_node_missing_transform_leaves_camera_out_counted_and_serves(system: Sys
     assert diag is not None, system.logs_text()
     # the first failure of each (reason, camera) is logged, whatever was logged before it
     logged = system.listener.wait_for(
-        lambda: "no transform from 'test_lidar_not_in_tf' to 'test_side'" in system.logs_text(), timeout_s=5.0)
+        lambda: "no transform from 'test_lidar_not_in_tf' to 'test_side'" in system.full_logs(), timeout_s=5.0)
     assert logged, system.logs_text()
     system.good()
 
@@ -476,13 +486,17 @@ def test_node_unparsable_clouds_are_skipped_then_serves(system: System) -> None:
 
 
 def test_node_bad_camera_messages_leave_camera_out_then_serves(system: System) -> None:
-    for case in ("bad_encoding", "size_mismatch", "zero_k"):
+    before = _diag_count(system, "left_out.bad_camera.front")
+    cases = ("bad_encoding", "size_mismatch", "zero_k", "nan_k", "inf_p")
+    for case in cases:
         sent = system.sensors.send(case)
         out = system.listener.output(sent["stamp_ns"])
         assert out is not None and out.width == sent["valid_points"], f"{case}\n{system.logs_text()}"
         system.good()
-    diag = system.listener.diag(_node_fqn(), lambda d: int(d.get("left_out.bad_camera.front", 0)) >= 3)
-    assert diag is not None, system.logs_text()
+    diag = system.listener.diag(_node_fqn(), lambda d: int(d.get("left_out.bad_camera.front", 0)) >= before + 5)
+    assert diag is not None, f"{system.listener.diagnostics.get(_node_fqn())}\n{system.logs_text()}"
+    for refused in ("CameraInfo k: expected finite numbers", "CameraInfo p: expected finite numbers"):
+        assert system.listener.wait_for(lambda r=refused: r in system.full_logs(), timeout_s=5.0), refused
 
 
 def test_node_refuses_clouds_from_future_and_past_then_serves(system: System) -> None:
@@ -522,7 +536,7 @@ def test_node_parameter_extrinsics_in_another_frame_are_not_applied(system: Syst
     assert system.listener.output(sent["stamp_ns"]) is not None, system.logs_text()
     assert system.listener.diag(_node_fqn(), lambda d: int(d.get(key, 0)) >= before + 1) is not None
     logged = system.listener.wait_for(
-        lambda: "camera.front.extrinsics are given in 'test_lidar'" in system.logs_text(), timeout_s=5.0)
+        lambda: "camera.front.extrinsics are given in 'test_lidar'" in system.full_logs(), timeout_s=5.0)
     assert logged, system.logs_text()
     system.good()
 
@@ -534,6 +548,33 @@ def test_node_unmatched_cloud_is_answered_alone_and_the_books_balance(system: Sy
     out = system.listener.output(sent["stamp_ns"])
     assert out is not None and out.width == sent["valid_points"], system.logs_text()
     diag = system.listener.diag(_node_fqn(), lambda d: int(d.get("unadapted.sync_unmatched", 0)) >= before + 1
+                                and _books_balance(d))
+    assert diag is not None, f"{system.listener.diagnostics.get(_node_fqn())}\n{system.logs_text()}"
+
+
+def test_node_unmatched_cloud_ended_by_the_next_match_is_answered_not_dropped(system: System) -> None:
+    """A stream faster than camera_timeout_s: the next cloud's match ends the unmatched one in the same callback.
+
+    Both are answered; the unmatched one counts as unadapted.sync_unmatched, never as dropped.stale (it used to
+    be replaced in the one-scan slot by the matched cloud handed over right after it).
+    """
+    system.good()
+    unmatched_before = _diag_count(system, "unadapted.sync_unmatched")
+    # a scan that keeps the worker busy for about its 1 s budget, so the next two wait in the slot (as under a
+    # robot's stream); whether the worker took it before they came does not change what is asserted
+    assert all(r.successful for r in _set_parameters(system, adapt__steps=1000, adapt__time_budget_s=1.0))
+    try:
+        system.sensors.send("good")
+        time.sleep(0.2)
+        now = time.time_ns()  # stamps further apart than sync_slop_s: the next images cannot pair the first cloud
+        unmatched = system.sensors.send("unmatched", stamp_ns=now)["stamp_ns"]
+        matched = system.sensors.send("good", stamp_ns=now + 300_000_000)["stamp_ns"]
+        for stamp in (matched, unmatched):
+            assert system.listener.output(stamp) is not None, (
+                f"{stamp} not answered: {system.listener.diagnostics.get(_node_fqn())}\n{system.logs_text()}")
+    finally:
+        assert all(r.successful for r in _set_parameters(system, adapt__steps=1, adapt__time_budget_s=0.0))
+    diag = system.listener.diag(_node_fqn(), lambda d: int(d.get("unadapted.sync_unmatched", 0)) >= unmatched_before + 1
                                 and _books_balance(d))
     assert diag is not None, f"{system.listener.diagnostics.get(_node_fqn())}\n{system.logs_text()}"
 
@@ -560,7 +601,7 @@ def test_node_camera_never_arriving_lets_clouds_through_alone_and_warns(system: 
                                     and int(d["unadapted_in_a_row"]) >= 10 and d["_level"] == WARN, timeout_s=0.4)
     assert diag is not None, f"{system.listener.diagnostics.get(_node_fqn())}\n{system.logs_text()}"
     assert "no adaptation in the last" in diag["_message"]
-    assert "segmenting clouds alone" in system.logs_text()
+    assert "segmenting clouds alone" in system.full_logs()
 
 
 def test_node_cloud_after_camera_silence_pairs_with_images_sent_just_after_it(system: System) -> None:

@@ -21,6 +21,7 @@ rclpy = pytest.importorskip("rclpy")
 
 from rclpy.context import Context  # noqa: E402
 from rclpy.node import Node  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
 
 from ttt_kd_ros.geometry import project_points  # noqa: E402
 from ttt_kd_ros.node_parameters import NODE_NAME, RUNTIME_PARAMETERS  # noqa: E402
@@ -28,6 +29,7 @@ from ttt_kd_ros.ros import runner  # noqa: E402
 from ttt_kd_ros.ros.params import (  # noqa: E402
     PARAMETERS,
     ParameterError,
+    accept_integers_for_doubles,
     check_update,
     read_parameters,
 )
@@ -129,6 +131,28 @@ def test_read_parameters_p_override_beats_yaml(make_node, tmp_path: Path) -> Non
     assert params["cloud_topic"] == "/from_yaml"
     assert params["adapt.steps"] == 7
     assert params["adapt.lr"] == 0.01
+
+
+def test_read_parameters_integers_for_double_parameters_are_doubles(make_node, tmp_path: Path) -> None:
+    path = _write_yaml(tmp_path / "ints.yaml", {"camera_timeout_s": 2, "cameras": ["front"], "camera": {
+        "front": {"parent_frame": "lidar", "extrinsics": [1, 0, 0, 0, 0, 0, 1]}}})
+    params = read_parameters(make_node("--params-file", str(path), "-p", "adapt.time_budget_s:=0",
+                                       "-p", "max_future_s:=3"))
+    for name, value in (("camera_timeout_s", 2.0), ("adapt.time_budget_s", 0.0), ("max_future_s", 3.0)):
+        assert params[name] == value and isinstance(params[name], float), name
+    assert params.cameras[0].cam_from_cloud[0, 3] == -1.0  # the integer extrinsics, read as the doubles they are
+
+
+def test_set_parameters_integer_for_a_double_is_accepted_as_a_double(make_node) -> None:
+    node = make_node()
+    accept_integers_for_doubles(node)
+    read_parameters(node)
+    results = node.set_parameters([Parameter("max_future_s", value=3), Parameter("adapt.time_budget_s", value=0)])
+    assert all(r.successful for r in results), [r.reason for r in results]
+    assert node.get_parameter("max_future_s").value == 3.0
+    assert node.get_parameter("max_future_s").type_ == Parameter.Type.DOUBLE
+    assert not node.set_parameters([Parameter("max_future_s", value="3")])[0].successful  # a string stays refused
+    assert node.set_parameters([Parameter("adapt.steps", value=4)])[0].successful  # integers stay integers
 
 
 @pytest.mark.parametrize(("override", "named"), [

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticStatus
 
-from ttt_kd_ros.ros.diagnostics import UNADAPTED_WARN_SCANS, NodeStats, snapshot_to_status
+from ttt_kd_ros.ros.diagnostics import UNADAPTED_WARN_SCANS, NodeStats, reason_key, snapshot_to_status
 from ttt_kd_ros.ros.worker import LatestSlot, SlotWorker
 from ttt_kd_ros.scan import IGNORE_LABEL
 
@@ -22,6 +22,14 @@ def test_latest_slot_put_take_returns_newest_and_counts_replaced() -> None:
     assert slot.take(timeout_s=0.1) == 3
     assert slot.dropped == 2
     assert slot.take(timeout_s=0.01) is None
+
+
+def test_latest_slot_replace_returns_the_replaced_group_whole() -> None:
+    slot: LatestSlot[list[str]] = LatestSlot()
+    assert slot.replace(["unmatched", "matched"]) is None
+    assert slot.replace(["newer"]) == ["unmatched", "matched"]  # the caller counts both clouds as dropped
+    assert slot.take(timeout_s=0.1) == ["newer"]
+    assert slot.replace(["after a take"]) is None
 
 
 def test_latest_slot_take_after_take_does_not_count_drop() -> None:
@@ -119,10 +127,43 @@ def test_node_stats_snapshot_rate_latency_and_counts() -> None:
     assert abs(snap.rate_hz - 2.0) < 1e-9  # 6 scans over 2.5 s
     assert abs(snap.latency_ms["model"] - 30.0) < 1e-9  # median of 10..50 ms
     assert snap.skipped == {"bad_cloud": 1}  # outcomes only: unadapted scans and left-out cameras are apart
-    assert snap.unadapted == {"no visible point": 2, "no_valid_points": 1}
+    assert snap.unadapted == {"no_visible_point": 2, "no_valid_points": 1}
     assert snap.left_out == {"no_transform.side": 1}
     assert snap.kd_loss_before == 0.9 and snap.kd_loss_after == 4.5  # the last scan that reported one
     assert abs(snap.adapted_fraction - 3 / 6) < 1e-9
+
+
+def test_node_stats_engine_reasons_are_fixed_keys_and_the_values_stay_in_the_message() -> None:
+    stats = NodeStats(strategy="ttt_kd")
+    for remaining_s in (0.539, 0.412, 0.0, 1.25):
+        stats.record_scan({}, adapted=False, kd_loss_before=None, kd_loss_after=None,
+                          skip_reason=f"time budget {remaining_s:.3f} s")
+    stats.record_scan({}, adapted=False, kd_loss_before=None, kd_loss_after=None,
+                      skip_reason="out of memory during adaptation: CUDA out of memory. Tried to allocate 2 GiB")
+    snap = stats.snapshot()
+    assert snap.unadapted == {"time_budget": 4, "out_of_memory_during_adaptation": 1}
+    assert snap.last_unadapted_reason.startswith("out of memory during adaptation: CUDA")
+
+
+@pytest.mark.parametrize(("reason", "key"), [
+    ("time budget 0.539 s", "time_budget"), ("no visible point", "no_visible_point"), ("no camera", "no_camera"),
+    ("sync_unmatched", "sync_unmatched"), ("drift guard: KD loss 3.1000 > guard_abs_max 2.0", "drift_guard"),
+    ("non-finite KD loss (nan) at step 3; source weights restored", "non_finite_kd_loss"), ("", "unknown")])
+def test_reason_key_keeps_the_name_and_drops_values(reason: str, key: str) -> None:
+    assert reason_key(reason) == key
+
+
+def test_node_stats_kd_losses_come_from_adapted_scans_only() -> None:
+    stats = NodeStats(strategy="ttt_kd")
+    assert stats.record_scan({}, adapted=True, kd_loss_before=0.9, kd_loss_after=0.4) == 0
+    # a scan that ran no step: the engine may still know the loss before; nothing was adapted "after"
+    assert stats.record_scan({}, adapted=False, kd_loss_before=0.8, kd_loss_after=0.8,
+                             skip_reason="time budget 0.000 s") == 1
+    snap = stats.snapshot()
+    assert (snap.kd_loss_before, snap.kd_loss_after) == (0.9, 0.4)
+    fresh = NodeStats(strategy="ttt_kd")
+    fresh.record_scan({}, adapted=False, kd_loss_before=0.8, kd_loss_after=0.8, skip_reason="time budget 0.000 s")
+    assert fresh.snapshot().kd_loss_after is None  # /diagnostics says nan, not a loss no step produced
 
 
 def test_node_stats_books_balance_with_every_outcome_named() -> None:
@@ -205,3 +246,59 @@ def test_benchmark_node_run_times_every_stage() -> None:
     results = run(points=2000, reps=2, publish=False)
     assert set(results) == {"decode", "sync", "scan_assembly", "encode", "decode_and_assembly", "total"}
     assert all(ms > 0 for ms in results.values())
+
+
+def test_snapshot_to_status_late_scans_warn_then_error_then_recover() -> None:
+    stats = NodeStats(strategy="ttt_kd")
+    stats.record_scan({"total": 5.0}, adapted=True, kd_loss_before=None, kd_loss_after=None)
+    assert snapshot_to_status(stats.snapshot(), "seg", "hw").level == DiagnosticStatus.OK  # late_scan_s 0: off
+    stats.set_late_limits(late_scan_s=0.2, late_scans_error=3)
+    levels = []
+    for total_s in (0.1, 0.3, 0.25, 0.4, 0.15):
+        stats.record_scan({"total": total_s}, adapted=True, kd_loss_before=None, kd_loss_after=None)
+        levels.append(snapshot_to_status(stats.snapshot(), "seg", "hw").level)
+    assert levels == [DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.WARN, DiagnosticStatus.ERROR,
+                      DiagnosticStatus.OK]
+    stats.record_scan({"total": 0.3}, adapted=True, kd_loss_before=None, kd_loss_after=None)
+    status = snapshot_to_status(stats.snapshot(), "seg", "hw")
+    values = {kv.key: kv.value for kv in status.values}
+    assert values["late_scans"] == "4" and values["late_in_a_row"] == "1"
+    assert "late" in status.message and "0.300 s" in status.message
+
+
+def test_label_info_publisher_maps_class_ids_to_names_latched() -> None:
+    """The LabelInfo code path with a stand-in message module: vision_msgs has no wheel here (README says so)."""
+    from types import SimpleNamespace
+
+    from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
+
+    from ttt_kd_ros.labels import LABEL_SETS
+    from ttt_kd_ros.ros.compat import LabelInfoPublisher
+
+    class LabelInfo:
+        def __init__(self) -> None:
+            self.header = SimpleNamespace(stamp=None)
+            self.class_map: list = []
+            self.threshold = -1.0
+
+    class VisionClass(SimpleNamespace):
+        pass
+
+    sent: list = []
+    made: dict = {}
+
+    class FakeNode:
+        def create_publisher(self, message_type: type, topic: str, qos: object) -> SimpleNamespace:
+            made.update(type=message_type, topic=topic, qos=qos)
+            return SimpleNamespace(publish=sent.append)
+
+    publisher = LabelInfoPublisher(FakeNode(), "~/label_info", SimpleNamespace(LabelInfo=LabelInfo,
+                                                                                VisionClass=VisionClass))
+    label_set = LABEL_SETS["synthetic_indoor"]
+    publisher.publish(label_set, "stamp")
+    assert made["type"] is LabelInfo and made["topic"] == "~/label_info"
+    assert made["qos"].durability == DurabilityPolicy.TRANSIENT_LOCAL
+    assert made["qos"].reliability == ReliabilityPolicy.RELIABLE and made["qos"].depth == 1
+    (msg,) = sent
+    assert msg.header.stamp == "stamp" and msg.threshold == 0.0
+    assert [(c.class_id, c.class_name) for c in msg.class_map] == list(enumerate(label_set.class_names))

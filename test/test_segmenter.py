@@ -88,6 +88,15 @@ def test_segment_without_camera_predicts_unadapted() -> None:
     np.testing.assert_array_equal(pred.labels, unadapted.labels)
 
 
+def test_segment_zero_steps_reports_no_kd_loss_after_but_the_steps_curve_keeps_k0() -> None:
+    scan = _scan()
+    pred = _segmenter(steps=0).segment(scan)  # targets exist, but no step ran: there is no "after"
+    assert pred.steps_run == 0 and not pred.adapted
+    assert pred.kd_loss_after is None
+    curve = _segmenter(steps=2).segment_steps(scan, [0, 2])
+    assert curve[0].kd_loss_after is not None  # the evaluator's curve starts at the source network's loss
+
+
 def test_segment_camera_seeing_nothing_skips_with_reason() -> None:
     seg = _segmenter()
     scan = _scan()

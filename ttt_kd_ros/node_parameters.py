@@ -50,6 +50,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               choices=OUTPUT_LAYOUTS),
     ParamSpec("output_min_confidence", 0.0, "Points whose confidence is below this get the ignore label (65535, "
               "black) in the output; 0 keeps every label.", minimum=0.0, maximum=1.0, runtime=True),
+    ParamSpec("skip_without_subscriber", True, "While nothing subscribes to the output, clouds are refused on "
+              "arrival (skipped.no_subscriber) when the strategy keeps nothing between scans (per-scan ttt_kd, tent, "
+              "bn_stats, none); an online strategy (ttt_kd_online) segments on, since every scan moves its weights."),
     ParamSpec("mode", "adapt", "adapt: pair clouds with the cameras and adapt; cloud_only: ignore cameras, no "
               "adaptation. With no cameras listed the node runs cloud_only.", choices=MODES),
     ParamSpec("sync_queue_size", 10, "Messages kept per input by the approximate-time synchroniser; a cloud "
@@ -65,6 +68,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("tf_tolerance_s", 0.1, "When tf has no transform at the cloud's stamp, the latest one is used if it is "
               "stamped within this (s) of the cloud; 0: exact stamps only.", minimum=0.0),
     ParamSpec("diagnostics_period_s", 1.0, "Period (s) of the /diagnostics message.", minimum=0.01),
+    ParamSpec("late_scan_s", 0.0, "A scan whose processing time (arrival at the node to its output published) "
+              "exceeds this (s) is late: /diagnostics is WARN while the last scan was late; 0: off.", minimum=0.0,
+              runtime=True),
+    ParamSpec("late_scans_error", 5, "/diagnostics is ERROR once this many scans in a row were late (with "
+              "late_scan_s > 0).", minimum=1, runtime=True),
     ParamSpec("checkpoint", "builtin", "Model checkpoint (.safetensors); 'builtin' or 'builtin:rgbd': the RGB-D "
               "model shipped with the package, 'builtin:lidar': the shipped LiDAR model; empty: an untrained "
               "network (plumbing tests only)."),
@@ -83,6 +91,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "latency and output size stay bounded); the output then has this many points. 0: no cap.",
               minimum=0),
     ParamSpec("seed", 0, "Seed for point sampling and the tiny models."),
+    ParamSpec("warm_up", True, "At the first activation after configure, run one synthetic scan (with a camera "
+              "when cameras are listed, at most one step) through the engine and restore the strategy, so the first "
+              "real scan does not pay for lazy initialisation."),
     ParamSpec("adapt.strategy", _ADAPT.strategy, "Adaptation per scan (TTT-KD resets the weights every scan, "
               "ttt_kd_online keeps them).", choices=tuple(STRATEGIES)),
     ParamSpec("adapt.steps", _ADAPT.steps, "Gradient steps per scan.", minimum=0, maximum=1000, runtime=True),

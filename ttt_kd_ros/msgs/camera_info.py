@@ -23,6 +23,20 @@ def _is_plain_pinhole(K: np.ndarray, R: np.ndarray, P: np.ndarray) -> bool:
     return bool(np.allclose(R, np.eye(3)) and np.allclose(P[:, :3], K) and not np.any(P[:, 3]))
 
 
+def _check_finite(msg: Any) -> None:
+    """ValueError naming the first CameraInfo matrix (k, d, r, p) holding a NaN or an infinity.
+
+    WHY: a NaN in K or P passes every other check and projects every point to
+    NaN pixels, so the camera would count as a view that sees nothing; it is
+    refused like an all-zero K instead, and the node leaves the camera out
+    with a line saying why.
+    """
+    for name in ("k", "d", "r", "p"):
+        values = _info_array(msg, name)
+        if not np.isfinite(values).all():
+            raise ValueError(f"CameraInfo {name}: expected finite numbers, got {values.tolist()}")
+
+
 def camera_info_to_intrinsics(msg: Any, rectified_image: bool | None = None) -> CameraIntrinsics:
     """CameraInfo -> CameraIntrinsics.
 
@@ -37,6 +51,7 @@ def camera_info_to_intrinsics(msg: Any, rectified_image: bool | None = None) -> 
     if K.size != 9 or not np.any(K):
         raise ValueError(f"CameraInfo k: expected a non-zero 3x3 matrix, got {K.tolist()}")
     D = _info_array(msg, "d")
+    _check_finite(msg)
     model = str(msg.distortion_model)
     if not np.any(D):
         model = "none"

@@ -1,8 +1,9 @@
 """segment_node: the ROS 2 lifecycle node that segments every incoming cloud with TTT-KD.
 
 Callbacks stay thin: subscriptions feed the approximate-time synchroniser and
-put each matched (or expired, see ros/pending.py) cloud, with its camera
-messages, into a latest-wins slot; one worker thread turns it into a Scan
+put the clouds each callback answers (matched, or expired: see ros/pending.py),
+with their camera messages, into a latest-wins slot as one group; one worker
+thread turns each into a Scan
 (decoding, tf lookups: off the executor), runs ``Segmenter.segment`` and
 publishes. A slow model therefore drops stale scans (counted) instead of
 queueing them. Configure reads the parameters and loads the model (a failure
@@ -20,25 +21,29 @@ in a set-parameters callback; adaptation knobs reach the engine between scans.
 
 from __future__ import annotations
 
+import copy
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.task import Future
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
-from std_srvs.srv import Trigger
+from std_msgs.msg import Float64
+from std_srvs.srv import SetBool, Trigger
 
 from ttt_kd_ros.compose import RUNTIME_ADAPT_FIELDS, engine_error_text, retune
 from ttt_kd_ros.geometry import project_points
@@ -64,19 +69,27 @@ from ttt_kd_ros.ros.compat import (
     make_tf_lookup,
     release_tf_lookup,
 )
-from ttt_kd_ros.ros.diagnostics import NodeStats, diagnostic_array
+from ttt_kd_ros.ros.diagnostics import (
+    UNADAPTED_WARN_SCANS,
+    NodeStats,
+    diagnostic_array,
+    expects_adaptation,
+    reason_key,
+)
 from ttt_kd_ros.ros.params import (
     CameraParams,
     NodeParams,
     ParameterError,
+    accept_integers_for_doubles,
     check_update,
     declare_label_parameters,
     read_parameters,
     segmenter_config,
 )
-from ttt_kd_ros.ros.pending import CAMERA_TIMEOUT, PendingCloud, PendingClouds
+from ttt_kd_ros.ros.pending import CAMERA_TIMEOUT, SYNC_OVERFLOW, SYNC_UNMATCHED, PendingCloud, PendingClouds
 from ttt_kd_ros.ros.reason_log import ReasonLog
 from ttt_kd_ros.ros.worker import LatestSlot, SlotWorker
+from ttt_kd_ros.scan import CameraIntrinsics, CameraView, Scan
 from ttt_kd_ros.segmenter import Segmenter
 
 OUTPUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
@@ -86,6 +99,16 @@ SWEEP_PERIOD_S = 0.05
 """How often clouds waiting for their images are checked for expiry (ros/pending.py)."""
 SILENT_CAMERA_GRACE_S = 0.1
 """While a camera is silent, a cloud still waits this long (or sync_slop_s, if longer) for images sent after it."""
+ALONE_REASONS = frozenset({CAMERA_TIMEOUT, SYNC_UNMATCHED, SYNC_OVERFLOW})
+"""Reasons the node logs where it answers the cloud alone (ros/pending.py), not again after segmenting it."""
+UNADAPTED_HINTS = {
+    "time_budget": "adapt.time_budget_s left no time for a step after the checks, voxels, teacher and targets: "
+                   "raise it, lower max_points or teacher_resolution, or run on a GPU",
+    "no_visible_point": "no point of the cloud projects into a camera image: check the extrinsics (tf or "
+                        "camera.<name>.extrinsics) and the Image frame_id",
+    "no_camera": "no camera view reached this scan (see left_out.* on /diagnostics)",
+}
+"""What an operator can do about an engine reason, appended to its first log line."""
 
 
 @dataclass
@@ -97,6 +120,39 @@ class Job:
     cameras: list[tuple[str, Any, Any]]  # (camera name, Image, CameraInfo), matched by the synchroniser
     received_s: float  # time.monotonic() when the cloud reached the node
     alone_reason: str = ""  # camera_timeout / sync_unmatched / sync_overflow: segmented without its cameras
+
+
+def own_qos(profile: QoSProfile) -> QoSProfile:
+    """A copy of ``profile`` for one entity.
+
+    WHY: rclpy writes a topic's ``qos_overrides`` into the profile object it
+    is handed, so one shared object (``qos_profile_sensor_data``) carried the
+    cloud's override into every subscription created after it: a reliable
+    cloud made both cameras reliable and a best-effort camera driver no
+    longer connected.
+    """
+    return copy.copy(profile)
+
+
+WARM_UP_POINTS = 2000
+WARM_UP_IMAGE_PX = (640, 480)
+
+
+def warm_up_scan(with_camera: bool, seed: int = 0) -> Scan:
+    """A synthetic scan for the warm-up: points 2-5 m in front of one 640x480 pinhole camera at the cloud's origin."""
+    rng = np.random.default_rng(seed)
+    depth = rng.uniform(2.0, 5.0, WARM_UP_POINTS)
+    points = np.stack([rng.uniform(-0.6, 0.6, WARM_UP_POINTS) * depth,
+                       rng.uniform(-0.45, 0.45, WARM_UP_POINTS) * depth, depth], axis=1).astype(np.float32)
+    width, height = WARM_UP_IMAGE_PX
+    cameras = []
+    if with_camera:
+        intrinsics = CameraIntrinsics(K=np.array([[500.0, 0.0, width / 2], [0.0, 500.0, height / 2], [0, 0, 1]]),
+                                      width_px=width, height_px=height)
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        cameras.append(CameraView(image_rgb=image, intrinsics=intrinsics, cam_from_cloud=np.eye(4), name="warm_up"))
+    return Scan(points_xyz_m=points, intensity=np.full(WARM_UP_POINTS, 0.5, dtype=np.float32), cameras=cameras,
+                frame_id="warm_up")
 
 
 def fallback_label_set(num_classes: int) -> LabelSet:
@@ -121,14 +177,22 @@ class SegmenterNode(LifecycleNode):
         self._scan_policy = ScanPolicy()
         self._cameras: dict[str, CameraParams] = {}
         self._problems = ReasonLog(self.get_logger().warning, LOG_SUMMARY_PERIOD_S)
-        self._slot: LatestSlot[Job] = LatestSlot()
-        self._worker: SlotWorker[Job] | None = None
+        self._slot: LatestSlot[list[Job]] = LatestSlot()
+        self._worker: SlotWorker[list[Job]] | None = None
+        self._handoff = threading.local()  # .jobs: what this thread's callback hands over at once (or None)
         self._pending = PendingClouds(1)
         self._output_pub = None
         self._diag_pub = None
+        self._timings_pub = None  # ~/debug/timings: per-stage times of each scan
+        self._latency_pub = None  # ~/debug/latency_ms: now minus the cloud's stamp when its output went out
         self._label_info_pub = None
         self._reset_srv = None
-        self._timers: list[Any] = []
+        self._enable_srv = None
+        self._active = False  # the lifecycle state is active
+        self._enabled = True  # ~/enable: inputs subscribed and the worker running while active
+        self._diag_timer = None
+        self.warm_up_s: float | None = None  # how long the last warm-up took; None: none since configure
+        self._input_timers: list[Any] = []  # the pending clouds' sweep (not `_timers`: rclpy Node's own list)
         self._input_subscriptions: list[Any] = []  # not `_subscriptions`: that is rclpy Node's own list
         self._sync = None
         self._tf: Any = None  # compat.make_tf_lookup's object (lookup / lookup_latest / why_not)
@@ -142,6 +206,8 @@ class SegmenterNode(LifecycleNode):
         self._adapt_changes: dict[str, Any] = {}  # runtime adaptation knobs waiting for the next scan
         self._reset_requested = False
         self._visible_sampled_s = 0.0
+        self.finished = Future()  # done after the lifecycle shutdown transition: main() then returns
+        accept_integers_for_doubles(self)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
@@ -175,6 +241,7 @@ class SegmenterNode(LifecycleNode):
             self.get_logger().info(f"extrinsics of {needs_tf} from tf ({self._tf.backend})")
         self.params = params
         self.segmenter = segmenter
+        self.warm_up_s = None
         self.label_set = self._label_set_of(segmenter)
         declare_label_parameters(self, self.label_set)
         self._rng = np.random.default_rng(params["seed"])
@@ -184,11 +251,15 @@ class SegmenterNode(LifecycleNode):
         self.stats.strategy = params["adapt.strategy"]
         self.stats.mode = "cloud_only" if params.cloud_only else "adapt"
         self.stats.label_set = self.label_set.name
-        self._output_pub = self.create_publisher(PointCloud2, params["output_topic"], OUTPUT_QOS,
+        self._output_pub = self.create_publisher(PointCloud2, params["output_topic"], own_qos(OUTPUT_QOS),
                                                  qos_overriding_options=QoSOverridingOptions.with_default_policies())
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._timings_pub = self.create_publisher(DiagnosticArray, "~/debug/timings", 10)
+        self._latency_pub = self.create_publisher(Float64, "~/debug/latency_ms", 10)
+        self.stats.set_late_limits(params["late_scan_s"], params["late_scans_error"])
         self._label_info_pub = label_info_publisher(self, "~/label_info")
         self._reset_srv = self.create_service(Trigger, "~/reset", self._on_reset)
+        self._enable_srv = self.create_service(SetBool, "~/enable", self._on_enable)
         self.get_logger().info(
             f"configured: mode={self.stats.mode} strategy={self.stats.strategy} cameras="
             f"{[c.name for c in params.cameras]} cloud={params['cloud_topic']} output={params['output_topic']} "
@@ -196,16 +267,53 @@ class SegmenterNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
+        if self.params["warm_up"] and self.warm_up_s is None:
+            self._warm_up()
+        self._active = True
+        if self._enabled:
+            self._start_inputs()
+        else:
+            self.get_logger().info("active, but disabled by ~/enable: not subscribing until enabled")
+        self._diag_timer = self.create_timer(self.params["diagnostics_period_s"], self._publish_diagnostics)
+        if self._label_info_pub is not None:
+            self._label_info_pub.publish(self.label_set, self.get_clock().now().to_msg())
+        self._log_activation()
+        return super().on_activate(state)
+
+    def _warm_up(self) -> None:
+        """One synthetic scan through the engine before the first real one, then the strategy restored.
+
+        WHY: the first scan after start-up paid for lazy initialisation
+        (kernels, allocator pools, the teacher's first pass) and, with no step
+        time measured yet, could overrun its time budget. A failure here is
+        logged and never stops activation: the real scans then pay instead.
+        """
+        start = time.perf_counter()
+        try:
+            steps = min(1, int(self.params["adapt.steps"]))
+            prediction = self.segmenter.segment_steps(warm_up_scan(not self.params.cloud_only), [steps])[-1]
+            self.segmenter.reset()  # an online strategy starts from the checkpoint, as without a warm-up
+        except Exception as exc:  # any engine failure: activation goes on without the warm-up
+            self.warm_up_s = 0.0
+            self.get_logger().warning(f"warm-up failed, the first scan pays for initialisation: "
+                                      f"{type(exc).__name__}: {exc}")
+            return
+        self.warm_up_s = time.perf_counter() - start
+        self.get_logger().info(f"warm-up: one synthetic scan in {self.warm_up_s:.3f} s (steps_run "
+                               f"{prediction.steps_run}; strategy restored)")
+
+    def _start_inputs(self) -> None:
+        """Worker, pairing and subscriptions: what activation and ``~/enable`` true start."""
         params = self.params
         self._slot = LatestSlot()
-        self._worker = SlotWorker(self._slot, self._process, self._on_worker_error)
+        self._worker = SlotWorker(self._slot, self._process_jobs, self._on_jobs_error)
         self._worker.start()
         self._active_since_s = time.monotonic()
         self._camera_seen_s = {}
         self._pending = PendingClouds(params["sync_queue_size"])
         qos_options = QoSOverridingOptions.with_default_policies
         self._input_subscriptions = [self.create_subscription(
-            PointCloud2, params["cloud_topic"], self._on_cloud, qos_profile_sensor_data,
+            PointCloud2, params["cloud_topic"], self._on_cloud, own_qos(qos_profile_sensor_data),
             qos_overriding_options=qos_options())]
         if not params.cloud_only:
             names = ["cloud"]
@@ -214,20 +322,18 @@ class SegmenterNode(LifecycleNode):
             self._sync = make_synchronizer(names, params["sync_queue_size"], params["sync_slop_s"], self._on_matched)
             for i, cam in enumerate(params.cameras):
                 self._input_subscriptions.append(self.create_subscription(
-                    Image, cam.image_topic, self._camera_feed(cam.name, 1 + 2 * i), qos_profile_sensor_data,
+                    Image, cam.image_topic, self._camera_feed(cam.name, 1 + 2 * i), own_qos(qos_profile_sensor_data),
                     qos_overriding_options=qos_options()))
                 self._input_subscriptions.append(self.create_subscription(
-                    CameraInfo, cam.info_topic, self._camera_feed(cam.name, 2 + 2 * i), qos_profile_sensor_data,
+                    CameraInfo, cam.info_topic, self._camera_feed(cam.name, 2 + 2 * i),
+                    own_qos(qos_profile_sensor_data),
                     qos_overriding_options=qos_options()))
-            self._timers.append(self.create_timer(SWEEP_PERIOD_S, self._sweep_pending))
-        self._timers.append(self.create_timer(params["diagnostics_period_s"], self._publish_diagnostics))
-        if self._label_info_pub is not None:
-            self._label_info_pub.publish(self.label_set, self.get_clock().now().to_msg())
-        self._log_activation()
-        return super().on_activate(state)
+            self._input_timers.append(self.create_timer(SWEEP_PERIOD_S, self._sweep_pending))
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        self._active = False
         self._stop_inputs()
+        self._stop_diagnostics()
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: State) -> TransitionCallbackReturn:
@@ -235,8 +341,12 @@ class SegmenterNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        """Stop and release everything, and let main() return: a supervisor expects the process to exit."""
+        self._active = False
         self._stop_inputs()
+        self._stop_diagnostics()
         self._release()
+        self.finished.set_result(True)
         return TransitionCallbackReturn.SUCCESS
 
     def _log_activation(self) -> None:
@@ -259,33 +369,40 @@ class SegmenterNode(LifecycleNode):
             f"adaptation: {settings}; mode={self.stats.mode}; cameras: {cameras}; "
             f"output={params['output_topic']} ({params['output_layout']}); backends={backends()}")
 
-    def _stop_inputs(self) -> None:
+    def _stop_diagnostics(self) -> None:
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = None
+
+    def _stop_inputs(self, reason: str = "shutdown") -> None:
+        """Unsubscribe, stop pairing and the worker (its scan finishes); clouds still waiting: ``dropped.<reason>``."""
         for sub in self._input_subscriptions:
             self.destroy_subscription(sub)
         self._input_subscriptions = []
         self._sync = None
-        for timer in self._timers:
+        for timer in self._input_timers:
             self.destroy_timer(timer)
-        self._timers = []
+        self._input_timers = []
         waiting = self._pending.drain()
         if waiting:
-            self.stats.count_dropped("shutdown", len(waiting))
+            self.stats.count_dropped(reason, len(waiting))
         if self._worker is not None:
             if not self._worker.stop(timeout_s=10.0):
                 self.get_logger().warning("worker did not finish its scan within 10 s")
             self._worker = None
 
     def _release(self) -> None:
-        for pub in (self._output_pub, self._diag_pub):
+        for pub in (self._output_pub, self._diag_pub, self._timings_pub, self._latency_pub):
             if pub is not None:
                 self.destroy_publisher(pub)
-        self._output_pub = self._diag_pub = None
+        self._output_pub = self._diag_pub = self._timings_pub = self._latency_pub = None
         if self._label_info_pub is not None:
             self._label_info_pub.destroy()
             self._label_info_pub = None
-        if self._reset_srv is not None:
-            self.destroy_service(self._reset_srv)
-            self._reset_srv = None
+        for srv in (self._reset_srv, self._enable_srv):
+            if srv is not None:
+                self.destroy_service(srv)
+        self._reset_srv = self._enable_srv = None
         release_tf_lookup(self, self._tf, self._tf_subscriptions)
         self._tf_subscriptions, self._tf = [], None
         self.segmenter = None
@@ -307,6 +424,8 @@ class SegmenterNode(LifecycleNode):
         except ParameterError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         self.params.values.update(checked)  # node-level values (thresholds, timeouts) apply at once
+        if {"late_scan_s", "late_scans_error"} & set(checked):
+            self.stats.set_late_limits(self.params["late_scan_s"], self.params["late_scans_error"])
         adapt = {name: value for name, value in checked.items() if name in RUNTIME_ADAPT_FIELDS}
         if adapt:
             with self._changes_lock:
@@ -323,6 +442,26 @@ class SegmenterNode(LifecycleNode):
         response.message = ("online adaptation state returns to the checkpoint before the next scan" if online else
                             f"strategy {self.stats.strategy} keeps nothing between scans; reset before the next scan")
         self.get_logger().info(f"~/reset: {response.message}")
+        return response
+
+    def _on_enable(self, request: Any, response: Any) -> Any:
+        """~/enable (std_srvs/SetBool): false unsubscribes and stops the worker, true subscribes again; no transition.
+
+        WHY: an operator pauses perception (a docked robot, a CPU needed
+        elsewhere) without a lifecycle manager; /diagnostics goes on saying so.
+        """
+        wanted = bool(request.data)
+        changed = wanted != self._enabled
+        self._enabled = self.stats.enabled = wanted
+        if changed and self._active:
+            if wanted:
+                self._start_inputs()
+            else:
+                self._stop_inputs(reason="disabled")
+        state = "enabled: subscribed, segmenting" if wanted else "disabled: unsubscribed, no work"
+        response.success = True
+        response.message = (state if self._active else f"{state} once active") + ("" if changed else " (already)")
+        self.get_logger().info(f"~/enable: {response.message}")
         return response
 
     # ---- callbacks (executor threads: keep them cheap) -------------------------------------------------------
@@ -346,7 +485,33 @@ class SegmenterNode(LifecycleNode):
                        for c in self.params.cameras}
         return {name: at for name, at in went_silent.items() if at < now}
 
+    @contextmanager
+    def _one_handoff(self) -> Iterator[None]:
+        """Every job a callback submits (nested synchroniser callbacks included) reaches the slot as one group.
+
+        WHY: a cloud answered alone and the matched cloud that ends it come
+        out of the same callback; handed over one by one, the second replaced
+        the first in the latest-wins slot and the unmatched cloud was counted
+        as dropped.stale, never answered. A group replaces only an older group.
+        """
+        if getattr(self._handoff, "jobs", None) is not None:  # nested: the outer callback hands over
+            yield
+            return
+        self._handoff.jobs = []
+        try:
+            yield
+        finally:
+            jobs, self._handoff.jobs = self._handoff.jobs, None
+            if jobs:
+                replaced = self._slot.replace(jobs)
+                if replaced:
+                    self.stats.count_dropped("stale", len(replaced))
+
     def _on_cloud(self, msg: PointCloud2) -> None:
+        with self._one_handoff():
+            self._take_cloud(msg)
+
+    def _take_cloud(self, msg: PointCloud2) -> None:
         self.stats.count_received()
         received_s = time.monotonic()
         try:
@@ -354,10 +519,13 @@ class SegmenterNode(LifecycleNode):
         except ValueError as exc:
             self._skip_cloud(exc)
             return
-        refusal = self._stamp_refusal(header.stamp_ns)
+        refusal = self._stamp_refusal(header.stamp_ns) or self._output_refusal()
         if refusal:
             self.stats.count_skipped(refusal)
-            self._problems.report(refusal, f"cloud refused: {refusal}")
+            self._problems.report(refusal, f"cloud refused: {refusal}" + (
+                f" (nothing subscribes to {self.params['output_topic']}; strategy {self.stats.strategy} keeps "
+                "nothing between scans, so the scan is not segmented; skip_without_subscriber: false to segment "
+                "anyway)" if refusal == "no_subscriber" else ""))
             return
         if self.params.cloud_only:
             self._submit(Job(msg, header, [], received_s))
@@ -371,6 +539,10 @@ class SegmenterNode(LifecycleNode):
             sync.add(0, msg)
 
     def _on_matched(self, cloud_msg: PointCloud2, *camera_msgs: Any) -> None:
+        with self._one_handoff():
+            self._take_match(cloud_msg, camera_msgs)
+
+    def _take_match(self, cloud_msg: PointCloud2, camera_msgs: tuple[Any, ...]) -> None:
         cloud, older = self._pending.matched(cloud_msg)
         for expired, reason in older:
             self._answer_alone(expired, reason)
@@ -387,14 +559,15 @@ class SegmenterNode(LifecycleNode):
         """Answer clouds whose images will not come (timer): a silent camera, or waiting camera_timeout_s."""
         silent = self._silent_cameras()
         grace = max(self.params["sync_slop_s"], SILENT_CAMERA_GRACE_S)
-        for expired, reason in self._pending.sweep(time.monotonic(), self.params["camera_timeout_s"],
-                                                   min(silent.values(), default=None), grace):
-            if reason == CAMERA_TIMEOUT and not self._alone_logged:
-                self._alone_logged = True
-                self.get_logger().warning(
-                    f"no message from camera(s) {sorted(silent)} for {self.params['camera_timeout_s']} s: segmenting "
-                    "clouds alone (no adaptation) until they are back")
-            self._answer_alone(expired, reason)
+        with self._one_handoff():
+            for expired, reason in self._pending.sweep(time.monotonic(), self.params["camera_timeout_s"],
+                                                       min(silent.values(), default=None), grace):
+                if reason == CAMERA_TIMEOUT and not self._alone_logged:
+                    self._alone_logged = True
+                    self.get_logger().warning(
+                        f"no message from camera(s) {sorted(silent)} for {self.params['camera_timeout_s']} s: "
+                        "segmenting clouds alone (no adaptation) until they are back")
+                self._answer_alone(expired, reason)
 
     def _answer_alone(self, cloud: PendingCloud, reason: str) -> None:
         """A cloud its images did not match: segmented without cameras, ``unadapted.<reason>`` on /diagnostics."""
@@ -402,6 +575,19 @@ class SegmenterNode(LifecycleNode):
             self._problems.report(reason, f"cloud at {cloud.stamp_ns} ns answered without adaptation: {reason} "
                                           "(no image set matched it within sync_slop_s)")
         self._submit(Job(cloud.msg, cloud.header, [], cloud.arrived_s, alone_reason=reason))
+
+    def _output_refusal(self) -> str:
+        """"no_subscriber" while nothing reads the output and the strategy keeps nothing between scans.
+
+        WHY: segmenting a scan nobody reads costs a robot's CPU or GPU for
+        nothing; a per-scan strategy loses nothing by skipping it, an online
+        one would miss an update, so it segments on.
+        """
+        if not self.params["skip_without_subscriber"] or self._output_pub.get_subscription_count() > 0:
+            return ""
+        strategy = self.segmenter.strategy
+        online = strategy.name != "none" and not getattr(strategy, "episodic", True)
+        return "" if online else "no_subscriber"
 
     def _stamp_refusal(self, stamp_ns: int) -> str:
         now_ns = self.get_clock().now().nanoseconds
@@ -413,8 +599,13 @@ class SegmenterNode(LifecycleNode):
         return ""
 
     def _submit(self, job: Job) -> None:
-        if self._slot.put(job):
-            self.stats.count_dropped("stale")
+        """Hand ``job`` to the worker with the rest of this callback's jobs (see _one_handoff)."""
+        jobs = getattr(self._handoff, "jobs", None)
+        if jobs is not None:
+            jobs.append(job)
+            return
+        with self._one_handoff():
+            self._handoff.jobs.append(job)
 
     def _skip_cloud(self, exc: ValueError) -> None:
         self.stats.count_skipped("bad_cloud")
@@ -483,6 +674,18 @@ class SegmenterNode(LifecycleNode):
             self._views_by_camera.update(view.name for view in decoded.scan.cameras)
         return decoded
 
+    def _process_jobs(self, jobs: list[Job]) -> None:
+        """One hand-off's clouds, oldest first; an exception costs only the scan that raised it."""
+        for job in jobs:
+            try:
+                self._process(job)
+            except Exception as exc:  # counted per scan (dropped.worker_error); the group's other scans go on
+                self._on_worker_error(job, exc)
+
+    def _on_jobs_error(self, jobs: list[Job], exc: Exception) -> None:
+        for job in jobs:
+            self._on_worker_error(job, exc)
+
     def _process(self, job: Job) -> None:
         start = time.monotonic()
         self._apply_changes()
@@ -503,10 +706,58 @@ class SegmenterNode(LifecycleNode):
         timings.update({"convert": convert_s, "wait": start - job.received_s, "encode": t_publish - t_encode,
                         "publish": done - t_publish})
         timings["total"] = time.monotonic() - job.received_s
+        # pipeline latency: the node's clock (sim time when used) minus the cloud's stamp, sensor to output
+        timings["pipeline"] = (self.get_clock().now().nanoseconds - job.header.stamp_ns) / 1e9
         reason = "" if prediction.adapted else (job.alone_reason or prediction.skip_reason)
-        self.stats.record_scan(timings, prediction.adapted, prediction.kd_loss_before, prediction.kd_loss_after,
-                               skip_reason=reason, steps_run=prediction.steps_run)
+        in_a_row = self.stats.record_scan(timings, prediction.adapted, prediction.kd_loss_before,
+                                          prediction.kd_loss_after, skip_reason=reason, steps_run=prediction.steps_run)
+        self._log_unadapted(reason, in_a_row)
+        self._log_late(timings["total"])
+        self._publish_debug(job.header, timings)
         self._sample_visible_points(decoded)
+
+    def _log_late(self, total_s: float) -> None:
+        """The switch of /diagnostics to ERROR (late_scans_error late scans in a row), by reason like the rest."""
+        limit, in_a_row = self.params["late_scans_error"], self.stats.late_in_a_row()
+        if self.params["late_scan_s"] > 0 and in_a_row == limit:
+            self._problems.report("late_scans", f"/diagnostics is ERROR: {in_a_row} scans in a row took longer than "
+                                                f"late_scan_s {self.params['late_scan_s']:g} s (last {total_s:.3f} s)")
+
+    def _publish_debug(self, header: CloudHeader, timings: dict[str, float]) -> None:
+        """~/debug/timings (each stage of this scan, ms) and ~/debug/latency_ms (now - the cloud's stamp), when read.
+
+        Stamped with the cloud's stamp, so a plot lines a scan's stages up
+        with its latency; nothing is built while nobody subscribes.
+        """
+        latency_ms = 1000.0 * timings["pipeline"]
+        if self._latency_pub.get_subscription_count() > 0:
+            self._latency_pub.publish(Float64(data=latency_ms))
+        if self._timings_pub.get_subscription_count() == 0:
+            return
+        msg = DiagnosticArray()
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(header.stamp_ns, 1_000_000_000)
+        msg.header.frame_id = header.frame_id
+        values = [KeyValue(key=f"{stage}_ms", value=f"{1000.0 * seconds:.3f}") for stage, seconds in timings.items()]
+        msg.status = [DiagnosticStatus(level=DiagnosticStatus.OK, name=f"{self.get_name()}: scan timings",
+                                       hardware_id=self.get_fully_qualified_name(), values=values)]
+        self._timings_pub.publish(msg)
+
+    def _log_unadapted(self, reason: str, in_a_row: int) -> None:
+        """The engine's reasons and the switch to WARN in the log, by reason: first in full, then summarised.
+
+        WHY: with the default budget on a CPU nothing adapted for a whole run
+        and only /diagnostics said so. Reasons the node gave itself (a cloud
+        answered alone) were logged when it answered them.
+        """
+        if reason and reason not in ALONE_REASONS:
+            key = reason_key(reason)
+            hint = UNADAPTED_HINTS.get(key)
+            self._problems.report(f"unadapted.{key}", f"scan segmented without adaptation: {reason}"
+                                                      + (f" ({hint})" if hint else ""))
+        if in_a_row == UNADAPTED_WARN_SCANS and expects_adaptation(self.stats.mode, self.stats.strategy):
+            self._problems.report("no_adaptation", f"/diagnostics is WARN: no adaptation in the last {in_a_row} "
+                                                   f"scans (strategy {self.stats.strategy}); last reason: "
+                                                   f"{reason or 'unknown'}")
 
     def _sample_visible_points(self, decoded: DecodedScan) -> None:
         """Visible points per camera of one scan about every diagnostics period (a projection costs milliseconds)."""
@@ -550,7 +801,8 @@ class SegmenterNode(LifecycleNode):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the node until Ctrl-C or ROS shutdown; 1 when configure or activate fails."""
+    """Run the node until Ctrl-C, ROS shutdown or the lifecycle shutdown transition; 1 when configure or activate
+    fails."""
     rclpy.init(args=sys.argv if argv is None else argv)
     node: SegmenterNode | None = None
     code = 0
@@ -561,7 +813,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
                 return 1
-        rclpy.spin(node)
+        rclpy.spin_until_future_complete(node, node.finished)  # the response to `shutdown` is sent before
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except ParameterError as exc:

@@ -98,9 +98,53 @@ def descriptor(spec: ParamSpec) -> ParameterDescriptor:
     return desc
 
 
+DOUBLE_TYPES = {Parameter.Type.DOUBLE: Parameter.Type.INTEGER,
+                Parameter.Type.DOUBLE_ARRAY: Parameter.Type.INTEGER_ARRAY}
+"""A double (array) parameter -> the integer type a user may write it in (``3`` for ``3.0``)."""
+
+
+def integers_as_doubles(parameter: Parameter, declared: Parameter.Type) -> Parameter:
+    """``parameter`` with an integer (array) value turned into the double (array) ``declared``; else unchanged.
+
+    WHY: ``ros2 param set ... max_future_s 3`` and ``-p adapt.time_budget_s:=0``
+    arrive as integers, and rclpy refuses a value whose type differs from the
+    declared one; every double parameter takes an integer for its value.
+    """
+    if DOUBLE_TYPES.get(declared) != parameter.type_:
+        return parameter
+    value = parameter.value
+    return Parameter(parameter.name, declared, float(value) if declared == Parameter.Type.DOUBLE
+                     else [float(v) for v in value])
+
+
+def _declared_type(node: Node, name: str) -> Parameter.Type:
+    if not node.has_parameter(name):
+        return Parameter.Type.NOT_SET
+    return Parameter.Type(node.describe_parameter(name).type)
+
+
+def accept_integers_for_doubles(node: Node) -> None:
+    """Widen integers given for double parameters in every later ``ros2 param set`` (a pre-set callback)."""
+    node.add_pre_set_parameters_callback(
+        lambda parameters: [integers_as_doubles(p, _declared_type(node, p.name)) for p in parameters])
+
+
+def _widen_override(node: Node, name: str, default: Any) -> None:
+    """An integer override (params file, ``-p``) of a double parameter, made the double it stands for.
+
+    rclpy reads overrides inside ``declare_parameter`` and offers no hook
+    before that, so the node's own override table is edited here.
+    """
+    declared = default if isinstance(default, Parameter.Type) else Parameter.Type.from_parameter_value(default)
+    overrides = getattr(node, "_parameter_overrides", {})
+    if name in overrides and declared in DOUBLE_TYPES:
+        overrides[name] = integers_as_doubles(overrides[name], declared)
+
+
 def _declare(node: Node, name: str, default: Any, desc: ParameterDescriptor) -> Any:
     try:
         if not node.has_parameter(name):
+            _widen_override(node, name, default)
             node.declare_parameter(name, default, desc)
         return node.get_parameter(name).value
     except ParameterUninitializedException:

@@ -30,12 +30,27 @@ class LatestSlot(Generic[T]):
         """Store ``item``; True when it replaced one the worker never took (that one is dropped)."""
         with self._cond:
             replaced = self._has_item
-            if replaced:
-                self.dropped += 1
-            self._item = item
-            self._has_item = True
-            self._cond.notify()
+            self._store(item)
         return replaced
+
+    def replace(self, item: T) -> T | None:
+        """Store ``item``; the item it replaced (never taken, so dropped), or None.
+
+        WHY beside ``put``: the node hands over a group of clouds at once and
+        counts every cloud of a replaced group, not one per group.
+        """
+        with self._cond:
+            replaced = self._item if self._has_item else None
+            self._store(item)
+        return replaced
+
+    def _store(self, item: T) -> None:
+        """Put ``item`` in the slot and wake the taker (the condition's lock is held)."""
+        if self._has_item:
+            self.dropped += 1
+        self._item = item
+        self._has_item = True
+        self._cond.notify()
 
     def take(self, timeout_s: float | None = None) -> T | None:
         """The newest item, removing it; None after ``timeout_s`` or once closed and empty."""
