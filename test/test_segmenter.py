@@ -88,13 +88,15 @@ def test_segment_without_camera_predicts_unadapted() -> None:
     np.testing.assert_array_equal(pred.labels, unadapted.labels)
 
 
-def test_segment_zero_steps_reports_no_kd_loss_after_but_the_steps_curve_keeps_k0() -> None:
+def test_segment_zero_steps_reports_no_kd_loss_after_but_the_unadapted_loss_as_before() -> None:
     scan = _scan()
     pred = _segmenter(steps=0).segment(scan)  # targets exist, but no step ran: there is no "after"
     assert pred.steps_run == 0 and not pred.adapted
-    assert pred.kd_loss_after is None
+    assert pred.kd_loss_after is None and pred.kd_loss_before is not None
     curve = _segmenter(steps=2).segment_steps(scan, [0, 2])
-    assert curve[0].kd_loss_after is not None  # the evaluator's curve starts at the source network's loss
+    # the evaluator's curve starts at the source network's loss, reported as the scan's loss before adaptation
+    assert curve[0].kd_loss_after is None and curve[0].kd_loss_before == pytest.approx(pred.kd_loss_before)
+    assert curve[1].kd_loss_after is not None
 
 
 def test_segment_camera_seeing_nothing_skips_with_reason() -> None:

@@ -379,8 +379,6 @@ class Segmenter:
         if schedule is None:  # segment()'s stage order: restore before upsample
             last = predictions[-1].timings_s
             last["upsample"] = last.pop("upsample")
-        if schedule is None and predictions[-1].steps_run == 0:  # no step: no "after" (segment_steps keeps k=0's)
-            predictions[-1].kd_loss_after = None
         return predictions
 
     def _adapt_budget(self, scan_start: float) -> float | None:
