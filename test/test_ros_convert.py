@@ -225,7 +225,8 @@ def test_labeled_cloud_to_pointcloud2_round_trip() -> None:
     assert msg.height == 1 and msg.width == 25 and msg.is_dense
     assert msg.row_step == msg.point_step * 25 == len(msg.data)
     assert {f.name: f.datatype for f in msg.fields} == {"x": FLOAT32, "y": FLOAT32, "z": FLOAT32, "rgb": FLOAT32,
-                                                        "confidence": FLOAT32, "label": UINT16, "index": UINT32}
+                                                        "confidence": FLOAT32, "label": UINT16, "fused": UINT8,
+                                                        "index": UINT32}
     structured = pointcloud2_to_structured(msg)[0]
     np.testing.assert_array_equal(structured["index"], np.arange(25))  # no source_index given: the input rows
     np.testing.assert_array_equal(structured["label"], np.where(labels < 0, 65535, labels))

@@ -164,6 +164,23 @@ def test_prediction_to_pointcloud2_organized_keeps_height_width_and_marks_missin
     assert (dense.height, dense.width) == (1, 300)
 
 
+def test_prediction_to_pointcloud2_marks_the_fused_points_dense_and_organized() -> None:
+    msg, _, _ = _cloud_with_nans(np.random.default_rng(1))
+    decoded = scan_from_messages(msg, policy=ScanPolicy(max_points=300), rng=np.random.default_rng(2))
+    n = decoded.scan.num_points
+    fused = np.arange(n) % 3 == 0
+    prediction = Prediction(np.zeros(n, np.int64), np.full(n, 0.5, np.float32), fused=fused)
+    dense = read_points(prediction_to_pointcloud2(decoded, prediction, LABEL_SETS["synthetic_indoor"]))
+    np.testing.assert_array_equal(dense["fused"], fused.astype(np.uint8))
+    organized = read_points(prediction_to_pointcloud2(decoded, prediction, LABEL_SETS["synthetic_indoor"],
+                                                      organized=True))
+    np.testing.assert_array_equal(organized["fused"][decoded.source_index], fused.astype(np.uint8))
+    assert organized["fused"].sum() == fused.sum()  # rows with no scan point are never marked
+    unfused = read_points(prediction_to_pointcloud2(decoded, Prediction(np.zeros(n, np.int64), np.ones(n, np.float32)),
+                                                    LABEL_SETS["synthetic_indoor"]))
+    assert not unfused["fused"].any()
+
+
 def test_scan_from_messages_frame_mismatch_leaves_camera_out_with_its_reason() -> None:
     from ttt_kd_ros.msgs.scan_messages import FRAME_MISMATCH, FrameMismatchError
 

@@ -237,13 +237,17 @@ def _check_rows(name: str, values: np.ndarray | None, n: int) -> None:
 
 LABELED_CLOUD_DTYPE = np.dtype(
     {
-        "names": ["x", "y", "z", "rgb", "confidence", "label", "index"],
-        "formats": ["=f4", "=f4", "=f4", "=f4", "=f4", "=u2", "=u4"],
-        "offsets": [0, 4, 8, 12, 16, 20, 24],
+        "names": ["x", "y", "z", "rgb", "confidence", "label", "fused", "index"],
+        "formats": ["=f4", "=f4", "=f4", "=f4", "=f4", "=u2", "=u1", "=u4"],
+        "offsets": [0, 4, 8, 12, 16, 20, 22, 24],
         "itemsize": 28,
     }
 )
-"""Labeled output point: x, y, z, rgb (packed float), confidence, label (uint16), 2 bytes padding, index (uint32).
+"""Labeled output point: x, y, z, rgb (packed float), confidence, label (uint16), fused (uint8), 1 byte padding,
+index (uint32).
+
+``fused`` is 1 where the label combines the 3D network's and the teacher's prediction (a camera sees the point and
+fusion is on), 0 where it is the 3D network's alone; it sits in what was padding, so the point stays 28 bytes.
 
 ``index`` is the point's row in the input cloud's flattened (row-major,
 height * width) data, so a consumer maps every output point back to its
@@ -253,9 +257,11 @@ input point (and its ground truth) without matching coordinates.
 
 def labeled_cloud_to_pointcloud2(
     header: Any, xyz_m: np.ndarray, labels: np.ndarray, confidence: np.ndarray, colors_rgb: np.ndarray,
-    source_index: np.ndarray | None = None, height: int = 1,
+    source_index: np.ndarray | None = None, height: int = 1, fused: np.ndarray | None = None,
 ) -> Any:
     """The segmentation result as a PointCloud2 rviz2 can colour by "rgb" or "label".
+
+    fused (N,) bool: which labels fuse the teacher's prediction (None: none).
 
     xyz_m (N, 3) float, labels (N,) (values outside uint16 saturate to 65535,
     so IGNORE_LABEL = -1 reads 65535), confidence (N,) float, colors_rgb (N, 3)
@@ -268,7 +274,7 @@ def labeled_cloud_to_pointcloud2(
         raise ValueError(f"xyz_m: expected (N, 3), got {xyz.shape}")
     n = len(xyz)
     for name, values in (("labels", labels), ("confidence", confidence), ("colors_rgb", colors_rgb),
-                         ("source_index", source_index)):
+                         ("source_index", source_index), ("fused", fused)):
         _check_rows(name, values, n)
     data, out = _point_buffer(n, LABELED_CLOUD_DTYPE)
     out["x"], out["y"], out["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
@@ -277,6 +283,7 @@ def labeled_cloud_to_pointcloud2(
     label_values = np.asarray(labels, dtype=np.int64)
     out["label"] = np.where((label_values < 0) | (label_values > 65535), 65535, label_values)
     out["index"] = np.arange(n, dtype=np.uint32) if source_index is None else source_index
+    out["fused"] = 0 if fused is None else np.asarray(fused, dtype=np.uint8)
     if height < 1 or n % height:
         raise ValueError(f"height: expected a divisor of the {n} points, got {height}")
     return _new_pointcloud2(header, LABELED_CLOUD_DTYPE, n, data, is_dense=bool(np.isfinite(xyz).all()),

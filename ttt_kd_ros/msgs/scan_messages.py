@@ -193,7 +193,8 @@ def empty_prediction(reason: str) -> Prediction:
 
 def prediction_to_pointcloud2(decoded: DecodedScan, prediction: Prediction, label_set: LabelSet,
                               min_confidence: float = 0.0, organized: bool = False) -> Any:
-    """The labeled output cloud: x, y, z, rgb (palette), confidence, label (uint16), index (uint32), input header.
+    """The labeled output cloud: x, y, z, rgb (palette), confidence, label (uint16), fused (uint8), index (uint32),
+    input header.
 
     ``index`` is each point's row in the input message (``source_index``);
     labels below ``min_confidence`` become the ignore label (65535).
@@ -208,13 +209,17 @@ def prediction_to_pointcloud2(decoded: DecodedScan, prediction: Prediction, labe
     colors = label_set.colorize(labels)
     if not organized:
         return labeled_cloud_to_pointcloud2(decoded.header.header, decoded.scan.points_xyz_m, labels,
-                                            prediction.confidence, colors, decoded.source_index)
+                                            prediction.confidence, colors, decoded.source_index,
+                                            fused=prediction.fused)
     n, rows = decoded.num_input_points, decoded.source_index
     xyz = np.full((n, 3), np.nan, dtype=np.float32)
     full_labels = np.full(n, IGNORE_LABEL, dtype=np.int64)
     confidence = np.zeros(n, dtype=np.float32)
     full_colors = np.zeros((n, 3), dtype=np.uint8)
+    full_fused = np.zeros(n, dtype=bool)
     xyz[rows], full_labels[rows], confidence[rows], full_colors[rows] = (
         decoded.scan.points_xyz_m, labels, prediction.confidence, colors)
+    if prediction.fused is not None:
+        full_fused[rows] = prediction.fused
     return labeled_cloud_to_pointcloud2(decoded.header.header, xyz, full_labels, confidence, full_colors,
-                                        height=decoded.input_height)
+                                        height=decoded.input_height, fused=full_fused)
