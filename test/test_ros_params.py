@@ -316,9 +316,12 @@ def test_launch_file_imports_launch_only_inside_generate() -> None:
     assert '"segment_node"' in text and "segment.rviz" in text
 
 
-def test_shipped_yaml_adaptation_defaults_agree_with_adapt_config() -> None:
-    """AdaptConfig's defaults are the validated choice (docs/EVALUATION.md); the node and its YAML must not differ."""
+def test_shipped_yaml_leaves_the_validated_settings_to_the_checkpoint() -> None:
+    """The node's adapt.* defaults are AdaptConfig's; the YAML sets none of the fields a checkpoint's validated
+    settings carry (a value there would override the checkpoint's), and what it does set agrees with the engine."""
     from ttt_kd_ros.adapt import AdaptConfig
+    from ttt_kd_ros.checkpoints import SENSORS, default_checkpoint
+    from ttt_kd_ros.segmenter import checkpoint_settings
 
     engine = AdaptConfig()
     shipped = _flatten(yaml.safe_load(SHIPPED_YAML.read_text())[f"/**/{NODE_NAME}"]["ros__parameters"])
@@ -326,8 +329,16 @@ def test_shipped_yaml_adaptation_defaults_agree_with_adapt_config() -> None:
     assert len(adapt_specs) >= 6
     for spec in adapt_specs:
         field = spec.name.split(".", 1)[1]
-        assert spec.default == getattr(engine, field), f"node default {spec.name}"
-        assert shipped[spec.name] == getattr(engine, field), f"config/segment.yaml {spec.name}"
+        want = getattr(engine, field)
+        assert spec.default == (0.0 if want is None else want), f"node default {spec.name}"
+        if spec.name in shipped:
+            assert shipped[spec.name] == want, f"config/segment.yaml {spec.name}"
+    assert shipped["use_validated"] is True
+    for sensor in SENSORS:
+        settings = checkpoint_settings(str(default_checkpoint(sensor)))
+        assert settings.adapt and settings.fusion, f"shipped {sensor} checkpoint without validated settings"
+        carried = {f"adapt.{k}" for k in settings.adapt if k != "strategy"} | {f"fusion.{k}" for k in settings.fusion}
+        assert not carried & set(shipped), f"config/segment.yaml overrides {sorted(carried & set(shipped))}"
 
 
 def test_node_md_documents_every_parameter() -> None:

@@ -10,11 +10,12 @@ import this without ROS.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ttt_kd_ros.adapt import AdaptConfig
+from ttt_kd_ros.fusion import FusionConfig
 from ttt_kd_ros.node_parameters import ParameterError, parameter_defaults
 from ttt_kd_ros.segmenter import Segmenter, SegmenterConfig
 
@@ -31,14 +32,22 @@ def _flag(value: Any, name: str) -> bool:
     raise ParameterError(f"parameter {name}: expected true or false, got {value!r}")
 
 
-def segmenter_config_from_parameters(values: Mapping[str, Any]) -> SegmenterConfig:
+VALIDATED_PREFIXES = ("adapt.", "fusion.")
+"""Parameters a checkpoint's validated settings may set (validated_settings.py)."""
+
+
+def segmenter_config_from_parameters(values: Mapping[str, Any], given: Iterable[str] | None = None
+                                     ) -> SegmenterConfig:
     """SegmenterConfig from flat node parameters (``adapt.steps`` style); a name not given takes the node default.
 
-    Other names (topics, cameras) are ignored. ParameterError (a ValueError)
-    names the parameter when the engine refuses a value.
+    ``given``: the adapt.* / fusion.* names the user set; every other one then takes the checkpoint's validated
+    value (SegmenterConfig.given). None: the values are used as they are (``use_validated: false``). Other names
+    (topics, cameras) are ignored. ParameterError (a ValueError) names the parameter when the engine refuses a
+    value.
     """
     params = parameter_defaults()
     params.update(values)
+    guard = float(params["adapt.guard_kd_ratio"] or 0.0)
     budget = float(params["adapt.time_budget_s"] or 0.0)
     resolution = params["teacher_resolution"] or None  # 0: the checkpoint's own
     if isinstance(resolution, list):  # (H, W) from a YAML list
@@ -55,7 +64,13 @@ def segmenter_config_from_parameters(values: Mapping[str, Any]) -> SegmenterConf
             loss=params["adapt.loss"],
             time_budget_s=budget if budget > 0 else None,
             seed=int(params["seed"]),
+            guard_kd_ratio=guard if guard > 0 else None,
+            unadapted_weight=float(params["adapt.unadapted_weight"]),
         )
+        fusion = FusionConfig(params["fusion.mode"], float(params["fusion.weight_2d"]))
+        explicit = None
+        if given is not None and _flag(params["use_validated"], "use_validated"):
+            explicit = tuple(n for n in given if n.startswith(VALIDATED_PREFIXES))
         return SegmenterConfig(
             checkpoint=params["checkpoint"] or None,
             teacher=params["teacher"],
@@ -63,8 +78,10 @@ def segmenter_config_from_parameters(values: Mapping[str, Any]) -> SegmenterConf
             device=params["device"],
             amp=bool(params["amp"]),
             adapt=adapt,
+            fusion=fusion,
             max_points=int(params["max_points"]),
             seed=int(params["seed"]),
+            given=explicit,
         )
     except ValueError as exc:
         raise ParameterError(engine_error_text(exc)) from exc
@@ -96,10 +113,11 @@ def default_model(sensor: str = "rgbd") -> ModelChoice:
 
 def build_segmenter(checkpoint: str | None, teacher: str, device: str,
                     parameters: Mapping[str, Any] | None = None) -> Segmenter:
-    """A Segmenter from (checkpoint, teacher, device) plus any other node parameters, mapped as the node maps them."""
+    """A Segmenter from (checkpoint, teacher, device) plus any other node parameters, mapped as the node maps them;
+    the adapt.* / fusion.* names not in ``parameters`` take the checkpoint's validated values, as on the node."""
     values = dict(parameters or {})
     values.update({"checkpoint": checkpoint or "", "teacher": teacher, "device": device})
-    return Segmenter.from_config(segmenter_config_from_parameters(values))
+    return Segmenter.from_config(segmenter_config_from_parameters(values, given=tuple(parameters or ())))
 
 
 RUNTIME_ADAPT_FIELDS: dict[str, str] = {

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ttt_kd_ros.adapt import OPTIMIZERS, PARAM_SETS, STRATEGIES, AdaptConfig
+from ttt_kd_ros.fusion import FUSION_MODES
 from ttt_kd_ros.losses import KD_LOSS_KINDS
 
 NODE_NAME = "ttt_kd_segmenter"
@@ -107,6 +108,17 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("adapt.kd_points_per_step", _ADAPT.kd_points_per_step, "Visible points sampled per KD step; 0: all.",
               minimum=0, runtime=True),
     ParamSpec("adapt.loss", _ADAPT.loss, "KD loss form.", choices=KD_LOSS_KINDS, runtime=True),
+    ParamSpec("adapt.guard_kd_ratio", 0.0, "Keep a scan's adapted labels only when its KD loss over the visible "
+              "points fell below this fraction of the unadapted one, else publish the unadapted labels; 0: no "
+              "guard.", minimum=0.0, maximum=1.0),
+    ParamSpec("adapt.unadapted_weight", 0.0, "Weight of the unadapted prediction averaged into the adapted one.",
+              minimum=0.0, maximum=0.99),
+    ParamSpec("fusion.mode", "off", "On points a camera sees, combine the 3D prediction with the teacher's "
+              "(the checkpoint's fusion head): off, mean or entropy (docs/ADAPTATION.md).", choices=FUSION_MODES),
+    ParamSpec("fusion.weight_2d", 0.5, "The teacher's share in the fusion (0-1).", minimum=0.0, maximum=1.0),
+    ParamSpec("use_validated", True, "Start from the checkpoint's validated adaptation and fusion settings; each "
+              "adapt.* / fusion.* parameter given in a params file or with -p overrides its value. false: the "
+              "declared defaults above."),
     ParamSpec("adapt.time_budget_s", NODE_TIME_BUDGET_S, "Bound on a scan's time (s) from its arrival at the "
               "engine: steps stop so that the final forward (as long as the last one) still fits; 0: no limit.",
               minimum=0.0, runtime=True),

@@ -92,6 +92,8 @@ class StatsSnapshot:
     late_scans_error: int = 5
     last_total_s: float = 0.0  # processing time of the last scan
     enabled: bool = True
+    fusion: str = "off"  # the output's fusion mode (fusion.mode as the node runs it)
+    fused_points: int = 0  # points of the last scan whose label fuses the teacher's prediction
 
     @property
     def in_flight(self) -> int:
@@ -111,6 +113,7 @@ class NodeStats:
     mode: str = "adapt"
     label_set: str = ""
     enabled: bool = True  # ~/enable: false while the node has no subscription and does no work
+    fusion: str = "off"
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _received: int = 0
     _processed: int = 0
@@ -125,6 +128,7 @@ class NodeStats:
     _kd_before: float | None = None
     _kd_after: float | None = None
     _steps_run: int = 0
+    _fused_points: int = 0
     _unadapted_in_a_row: int = 0
     _last_unadapted_reason: str = ""
     _visible: dict = field(default_factory=dict)
@@ -188,6 +192,7 @@ class NodeStats:
         skip_reason: str = "",
         steps_run: int = 0,
         now_s: float | None = None,
+        fused_points: int = 0,
     ) -> int:
         """One published scan: per-stage seconds, whether it adapted (else why not), the KD losses.
 
@@ -198,6 +203,7 @@ class NodeStats:
         with self._lock:
             self._processed += 1
             self._steps_run = int(steps_run)
+            self._fused_points = int(fused_points)
             self._done_at.append(time.monotonic() if now_s is None else now_s)
             for stage, seconds in stage_s.items():
                 self._stage_ms.setdefault(stage, deque(maxlen=WINDOW)).append(1000.0 * float(seconds))
@@ -267,6 +273,8 @@ class NodeStats:
                 late_scans_error=self._late_scans_error,
                 last_total_s=self._last_total_s,
                 enabled=self.enabled,
+                fusion=self.fusion,
+                fused_points=self._fused_points,
             )
 
 
@@ -323,6 +331,8 @@ def snapshot_to_status(snap: StatsSnapshot, name: str, hardware_id: str) -> Diag
         KeyValue(key="kd_loss_before", value=_fmt(snap.kd_loss_before)),
         KeyValue(key="kd_loss_after", value=_fmt(snap.kd_loss_after)),
         KeyValue(key="resets", value=str(snap.resets)),
+        KeyValue(key="fusion", value=snap.fusion),
+        KeyValue(key="fused_points", value=str(snap.fused_points)),
         KeyValue(key="late_scans", value=str(snap.late_scans)),
         KeyValue(key="late_in_a_row", value=str(snap.late_in_a_row)),
     ]

@@ -249,6 +249,7 @@ class SegmenterNode(LifecycleNode):
         self._scan_policy = ScanPolicy(max_points=params["max_input_points"], label_set=self.label_set.name)
         self._cameras = {cam.name: cam for cam in params.cameras}
         self.stats.strategy = params["adapt.strategy"]
+        self.stats.fusion = segmenter.fusion.mode if not params.cloud_only else "off"
         self.stats.mode = "cloud_only" if params.cloud_only else "adapt"
         self.stats.label_set = self.label_set.name
         self._output_pub = self.create_publisher(PointCloud2, params["output_topic"], own_qos(OUTPUT_QOS),
@@ -361,12 +362,17 @@ class SegmenterNode(LifecycleNode):
             f"frame {c.frame_id or 'from image header'})" for c in params.cameras) or "none"
         settings = (f"strategy={adapt.strategy} steps={adapt.steps} lr={adapt.lr:g} optimizer={adapt.optimizer} "
                     f"params={adapt.params} bn_train={adapt.bn_train} kd_points_per_step={adapt.kd_points_per_step} "
-                    f"loss={adapt.loss} time_budget_s={adapt.time_budget_s}") if adapt is not None else "none"
+                    f"loss={adapt.loss} time_budget_s={adapt.time_budget_s} guard_kd_ratio={adapt.guard_kd_ratio} "
+                    f"unadapted_weight={adapt.unadapted_weight}") if adapt is not None else "none"
+        fusion = getattr(seg, "fusion", None)
+        settings += f"; fusion: {fusion.mode} weight_2d={fusion.weight_2d:g}" if fusion is not None else ""
+        validated = ("the checkpoint's validated settings except " + (", ".join(params.given) or "none")
+                     if params["use_validated"] else "the declared parameters (use_validated false)")
         self.get_logger().info(
             f"active: device={getattr(seg, 'device', '?')} threads={torch.get_num_threads()} "
             f"checkpoint={params['checkpoint']!r} label_set={self.label_set.name} "
             f"({self.label_set.num_classes} classes) teacher={teacher} max_points={params['max_points']}; "
-            f"adaptation: {settings}; mode={self.stats.mode}; cameras: {cameras}; "
+            f"adaptation: {settings} (from {validated}); mode={self.stats.mode}; cameras: {cameras}; "
             f"output={params['output_topic']} ({params['output_layout']}); backends={backends()}")
 
     def _stop_diagnostics(self) -> None:
@@ -709,8 +715,10 @@ class SegmenterNode(LifecycleNode):
         # pipeline latency: the node's clock (sim time when used) minus the cloud's stamp, sensor to output
         timings["pipeline"] = (self.get_clock().now().nanoseconds - job.header.stamp_ns) / 1e9
         reason = "" if prediction.adapted else (job.alone_reason or prediction.skip_reason)
+        fused = int(prediction.fused.sum()) if prediction.fused is not None else 0
         in_a_row = self.stats.record_scan(timings, prediction.adapted, prediction.kd_loss_before,
-                                          prediction.kd_loss_after, skip_reason=reason, steps_run=prediction.steps_run)
+                                          prediction.kd_loss_after, skip_reason=reason, steps_run=prediction.steps_run,
+                                          fused_points=fused)
         self._log_unadapted(reason, in_a_row)
         self._log_late(timings["total"])
         self._publish_debug(job.header, timings)

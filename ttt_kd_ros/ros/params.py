@@ -63,6 +63,7 @@ class CameraParams:
 class NodeParams:
     values: dict[str, Any]
     cameras: tuple[CameraParams, ...] = field(default_factory=tuple)
+    given: tuple[str, ...] = ()  # parameters set by a params file or -p (the rest are the declared defaults)
 
     def __getitem__(self, name: str) -> Any:
         return self.values[name]
@@ -217,12 +218,14 @@ def read_parameters(node: Node) -> NodeParams:
     for key in ("cloud_topic", "output_topic"):
         if not values[key]:
             raise ParameterError(f"parameter {key}: expected a topic name, got ''")
-    return NodeParams(values=values, cameras=tuple(cameras))
+    overrides = getattr(node, "_parameter_overrides", {})  # rclpy keeps the params file and -p values here
+    return NodeParams(values=values, cameras=tuple(cameras), given=tuple(n for n in values if n in overrides))
 
 
 def segmenter_config(params: NodeParams) -> SegmenterConfig:
-    """The engine's SegmenterConfig from the node's parameters (the one mapping, in compose.py)."""
-    return segmenter_config_from_parameters(params.values)
+    """The engine's SegmenterConfig from the node's parameters (the one mapping, in compose.py): the checkpoint's
+    validated settings for every adapt.* / fusion.* parameter the user did not give."""
+    return segmenter_config_from_parameters(params.values, given=params.given)
 
 
 def check_update(current: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:

@@ -33,8 +33,7 @@ from ttt_kd_ros.tools.demo_scans import DemoCase
 
 CASES = (
     DemoCase("lidar", "builtin:lidar", "lidar16=lidar:sensor.rings=16,sensor.mount_height_m=[1.3,1.6]",
-             "LiDAR 32 -> 16 beams, mount 0.5-0.9 m -> 1.3-1.6 m", top_max_z_m=0.8,
-             adapt=(("adapt.bn_train", False), ("adapt.lr", 3e-4))),  # the LiDAR model's validated setting
+             "LiDAR 32 -> 16 beams, mount 0.5-0.9 m -> 1.3-1.6 m", top_max_z_m=0.8),
     DemoCase("rgbd", "builtin:rgbd", "office_warm=office:style.light_rgb=[1.0,0.8,0.6]",
              "RGB-D home -> office under warm light", top_max_z_m=2.0),
 )
