@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ttt_kd_ros.fusion import FusionConfig, fuse_probabilities, normalised_entropy
+from ttt_kd_ros.fusion import FusionConfig, fuse_probabilities
 from ttt_kd_ros.metrics import ConfusionMatrix
 from ttt_kd_ros.scan import IGNORE_LABEL
 
@@ -57,16 +57,6 @@ def variant(name: str) -> Rule:
     return lambda scan, stat: scan[name].astype(np.float32)
 
 
-def bn_mode_by_kd(a: str, b: str) -> Rule:
-    """Per scan, the variant whose final KD loss over the visible points is lower."""
-    def rule(scan: Scan, stat: dict) -> np.ndarray:
-        la, lb = stat.get(f"kd_{a}"), stat.get(f"kd_{b}")
-        if la is None or lb is None:
-            return scan["joint"].astype(np.float32)
-        return scan[a if la <= lb else b].astype(np.float32)
-    return rule
-
-
 def guarded(inner: Rule, names: tuple[str, ...], fallback: str, margin: float) -> Rule:
     """The inner rule unless the chosen variant's KD loss fell by less than ``margin`` (relative) from the
     unadapted one; then the fallback variant."""
@@ -82,18 +72,6 @@ def guarded(inner: Rule, names: tuple[str, ...], fallback: str, margin: float) -
 def mixed(inner: Rule, other: str, weight: float) -> Rule:
     """(1 - weight) x inner + weight x another variant: an ensemble with the unadapted model."""
     return lambda scan, stat: (1 - weight) * inner(scan, stat) + weight * scan[other].astype(np.float32)
-
-
-def entropy_mix(names: tuple[str, ...], priors: tuple[float, ...]) -> Rule:
-    """Per point, sum_i prior_i (1 - H_i) p_i / sum_i prior_i (1 - H_i) over 3D variants (before fusion)."""
-    def rule(scan: Scan, stat: dict) -> np.ndarray:
-        total, weights = 0.0, 0.0
-        for name, prior in zip(names, priors, strict=True):
-            p = torch.from_numpy(scan[name].astype(np.float32))
-            w = prior * (1.0 - normalised_entropy(p)).unsqueeze(1)
-            total, weights = total + w * p, weights + w
-        return (total / weights.clamp_min(1e-6)).numpy()
-    return rule
 
 
 def score(splits: dict, rule: Rule, fusion: FusionConfig, classes: int) -> dict[str, float]:
@@ -128,20 +106,15 @@ def main() -> int:
     variants = [v for v in ("joint", "bn", "kd_bn", "kd_run", "kd_run3") if v in first]
     rules: dict[str, Rule] = {v: variant(v) for v in variants}
     kd = [v for v in variants if v.startswith("kd_")]
-    for a, b in itertools.combinations(kd, 2):
-        rules[f"min_kd({a},{b})"] = bn_mode_by_kd(a, b)
-    for name in list(rules):
-        if name.startswith(("kd_", "min_kd")):
-            for margin in (0.2, 0.3, 0.35, 0.4, 0.45, 0.5):
-                rules[f"guard{margin}[{name}]"] = guarded(rules[name], tuple(kd), "joint", margin)
-                for w in (0.3, 0.5):
-                    rules[f"mix{w}joint[guard{margin}[{name}]]"] = mixed(rules[f"guard{margin}[{name}]"], "joint", w)
-            for w in (0.3, 0.5):
-                rules[f"mix{w}joint[{name}]"] = mixed(rules[name], "joint", w)
     for name in kd:
-        for prior in (0.3, 0.5, 0.7):
-            rules[f"ent{prior}joint[{name}]"] = entropy_mix(("joint", name), (prior, 1 - prior))
-    fusions = [FusionConfig("off")] + [FusionConfig(m, w) for m in ("mean", "entropy") for w in (0.3, 0.5, 0.7)]
+        for margin in (0.2, 0.3, 0.35, 0.4, 0.45, 0.5):
+            guard = f"guard{margin}[{name}]"
+            rules[guard] = guarded(variant(name), (name,), "joint", margin)
+            for w in (0.3, 0.5):
+                rules[f"mix{w}joint[{guard}]"] = mixed(rules[guard], "joint", w)
+        for w in (0.3, 0.5):
+            rules[f"mix{w}joint[{name}]"] = mixed(variant(name), "joint", w)
+    fusions = [FusionConfig("off")] + [FusionConfig(m, w) for m in ("mean", "entropy") for w in (0.2, 0.3, 0.4, 0.5)]
     src = score(splits, variant("src"), FusionConfig("off"), classes)
     rows = []
     print(f"{len(splits) - 1} shifts; source-only: id {src['in_dist']:.1f}, ood "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -282,3 +283,37 @@ def test_online_summary_flags_collapse_and_counts_resets() -> None:
     ok = online_summary(healthy, window=2)
     assert not ok["collapsed"] and ok["resets"] == 1 and ok["miou_online"] == pytest.approx(1.0)
     assert online_summary(drifted, window=2)["collapsed"]
+
+
+def test_main_runs_the_fusion_rows_and_the_checkpoints_default_with_coverage(tmp_path: Path) -> None:
+    model = _tiny_net(0)
+    config = dataclasses.replace(model.config, fusion_head=True)
+    joint = TTTKDNet(config)
+    joint.load_state_dict({**model.state_dict(), **{f"fusion_head.{k}": v for k, v in
+                                                    torch.nn.Linear(32, config.num_classes).state_dict().items()}})
+    validated = {"adapt": {"strategy": "ttt_kd", "steps": 1, "lr": 1e-3, "guard_kd_ratio": 0.9},
+                 "fusion": {"mode": "mean", "weight_2d": 0.3}}
+    folder = tmp_path / "ckpt"
+    checkpoints = {"joint": save_checkpoint(joint, folder / "joint.safetensors", validated=validated),
+                   "source": save_checkpoint(_tiny_net(1), folder / "source.safetensors")}
+    out = tmp_path / "fusion"
+    assert main(_base_args(checkpoints, out, "--strategies", "joint_train,teacher_projection,fusion_only,default",
+                           "--shift", OFFICE_SPEC, "--curve-scans", "0", "--steps", "3")) == 0
+    results = json.loads((out / "results.json").read_text())
+    rows = {r["name"]: r for r in results["rows"]}
+    assert rows["default"]["adapt"]["steps"] == 1 and rows["default"]["adapt"]["guard_kd_ratio"] == 0.9
+    by = {(r["strategy"], r["split"]): r for r in results["results"]}
+    assert by[("default", "src")]["steps_run"] == [1, 1]
+    for name in ("teacher_projection", "fusion_only", "default"):
+        record = by[(name, "src")]
+        assert all(0 < c <= 1 for c in record["coverage"])
+        assert record["fused_share"] == pytest.approx(record["coverage"])  # fused exactly where a camera sees
+    assert by[("joint_train", "src")]["fused_share"] == []
+    table = (out / "table.md").read_text()
+    assert "Teacher projection" in table and "Default output" in table and "Coverage" in table
+
+
+def test_main_refuses_fusion_rows_for_a_checkpoint_without_a_head(checkpoints: dict[str, Path],
+                                                                  tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        main(_base_args(checkpoints, tmp_path / "x", "--strategies", "teacher_projection", "--curve-scans", "0"))

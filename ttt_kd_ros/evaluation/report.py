@@ -91,6 +91,15 @@ def markdown_table(rows: Sequence[dict[str, Any]], id_split: str, shifts: Sequen
     return "\n".join(lines) + "\n"
 
 
+def coverage_line(results: Sequence[SplitResult], splits: Sequence[str]) -> str:
+    """Per split, the mean share of points some camera sees (from the rows that project: a teacher was used)."""
+    cells = []
+    for split in splits:
+        shares = [c for r in results if r.split == split and r.coverage and any(r.coverage) for c in r.coverage]
+        cells.append(f"{split} {100.0 * float(np.mean(shares)):.0f} %" if shares else f"{split} –")
+    return "Coverage (points some camera sees, the points fusion can reach): " + ", ".join(cells) + ".\n"
+
+
 def result_record(result: SplitResult, class_names: Sequence[str]) -> dict[str, Any]:
     """Everything about one (strategy, split) pair, JSON-ready."""
     iou = result.confusion.iou()
@@ -106,6 +115,8 @@ def result_record(result: SplitResult, class_names: Sequence[str]) -> dict[str, 
         "seconds_per_scan": result.seconds_per_scan,
         "seconds": result.seconds,
         "steps_run": result.steps_run,
+        "coverage": result.coverage,
+        "fused_share": result.fused,
         "skip_reasons": dict(result.skips),
         "drift_resets": result.resets,
         "stage_seconds_per_scan": result.stage_s,

@@ -70,11 +70,47 @@ LIDAR_SHIFTS: tuple[tuple[str, str, str], ...] = (
 )
 """The LiDAR model's validation shifts: 20 columns."""
 
+RGBD_TEST_SHIFTS: tuple[tuple[str, str, str], ...] = (
+    ("camera pose", "pitch_mid", "source:sensor.camera_pitch_deg=[-45,-15]"),
+    ("camera pose", "fov_narrow", "source:sensor.hfov_deg=50"),
+    ("light", "darker", "source:style.ambient=[0.08,0.15],style.light_intensity=[0.3,0.4]"),
+    ("light", "warm_light", "source:style.light_rgb=[1.15,0.85,0.6]"),
+    ("image", "noise_blur", "source:sensor.image_noise=0.04,sensor.image_blur_px=1.0"),
+    ("image", "blocky8", "source:sensor.image_block_px=8"),
+    ("depth sensor", "noisy_sparse", "source:sensor.depth_noise_m=0.006,sensor.dropout=0.35"),
+    ("layout", "bigger_rooms", "source:style.room_width_m=[8,11],style.room_depth_m=[6.5,9]"),
+    ("layout", "tidy", "source:style.clutter_scale=0.3,style.texture_strength=0.1"),
+    ("combination", "office_cool", "office:style.light_rgb=[0.75,0.9,1.1],sensor.camera_height_m=[1.6,2.0]"),
+)
+"""Test shifts of the RGB-D model: the same families at other values, never used to choose a setting."""
+
+LIDAR_TEST_SHIFTS: tuple[tuple[str, str, str], ...] = (
+    ("lidar", "beams20", "lidar:sensor.rings=20"),
+    ("lidar", "mount_mid", "lidar:sensor.mount_height_m=[1.0,1.3]"),
+    ("lidar", "dropout_noise", "lidar:sensor.dropout=0.25,sensor.range_noise_m=0.03"),
+    ("camera pose", "cam_fov_wide", "lidar:sensor.hfov_deg=110"),
+    ("light", "darker", "lidar:style.ambient=[0.08,0.15],style.light_intensity=[0.3,0.4]"),
+    ("light", "cool_light", "lidar:style.light_rgb=[0.7,0.85,1.15]"),
+    ("image", "noise_blur", "lidar:sensor.image_noise=0.04,sensor.image_blur_px=1.0"),
+    ("layout", "bigger_rooms", "lidar:style.room_width_m=[8,11],style.room_depth_m=[6.5,9]"),
+    ("layout", "tidy", "lidar:style.clutter_scale=0.3,style.texture_strength=0.1"),
+    ("combination", "office_dim", "office_lidar:style.ambient=[0.15,0.25],sensor.rings=24"),
+)
+"""Test shifts of the LiDAR model."""
+
 SUITES: dict[str, tuple[str, tuple[tuple[str, str, str], ...]]] = {
     "rgbd": ("source", RGBD_SHIFTS),
     "lidar": ("lidar", LIDAR_SHIFTS),
+    "rgbd_test": ("source", RGBD_TEST_SHIFTS),
+    "lidar_test": ("lidar", LIDAR_TEST_SHIFTS),
 }
-"""Suite name -> (in-distribution split spec, shifts); the names match checkpoints.SENSORS."""
+"""Suite name -> (in-distribution split spec, shifts). ``rgbd`` / ``lidar`` (validation, seed 777) choose every
+setting; ``*_test`` (test seeds 20261121 / 20261122) only report."""
+
+
+def suite_sensor(name: str) -> str:
+    """The shipped model a suite belongs to (checkpoints.SENSORS): its name up to the first underscore."""
+    return name.split("_", 1)[0]
 
 
 def suite_splits(name: str) -> tuple[str, list[str]]:

@@ -43,6 +43,7 @@ from ttt_kd_ros.checkpoints import (
 from ttt_kd_ros.dense_teacher import DenseTeacher
 from ttt_kd_ros.evaluation.pool import pool_runs, read_results
 from ttt_kd_ros.evaluation.report import (
+    coverage_line,
     markdown_table,
     online_summary,
     plot_bars,
@@ -73,7 +74,7 @@ from ttt_kd_ros.evaluation.splits import (
     generate_split,
     parse_split,
 )
-from ttt_kd_ros.evaluation.suites import SUITES, suite_splits
+from ttt_kd_ros.evaluation.suites import SUITES, suite_sensor, suite_splits
 from ttt_kd_ros.feature_cache import CachedTeacher
 from ttt_kd_ros.fusion import FusionConfig
 from ttt_kd_ros.labels import LABEL_SETS, common_classes
@@ -349,7 +350,7 @@ class Evaluation:
         self.out: Path = args.out
         self.command = "ttt_kd_evaluate " + " ".join(shlex.quote(a) for a in argv)
         self.adapt = adapt_configs(args)
-        sensor = args.suite if args.suite in SENSORS else DEFAULT_SENSOR
+        sensor = suite_sensor(args.suite) if args.suite and suite_sensor(args.suite) in SENSORS else DEFAULT_SENSOR
         args.checkpoint = args.checkpoint or default_checkpoint(sensor)
         args.source_only_checkpoint = args.source_only_checkpoint or source_only_checkpoint(sensor)
         joint_meta = _check_checkpoint(args.checkpoint, "--checkpoint") if args.checkpoint.is_file() else None
@@ -488,6 +489,7 @@ class Evaluation:
                 "a cold teacher forward for the distilling strategies"
                 + (" (here read from the feature cache instead)" if self.args.cache else "") + ".\n",
                 markdown_table(rows, self.id_split.name, shifts),
+                coverage_line(self.results, [self.id_split.name, *shifts]),
                 f"\nCommand: `{self.command}`\n"]
         (self.out / "table.md").write_text("\n".join(text))
         if plot and self.results:
