@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import REPO_ROOT
 from layout_bag import write_bag
 from layout_nuscenes import write_nuscenes_tree
@@ -65,6 +66,7 @@ def test_train_one_epoch_then_evaluate_on_a_real_layout(layout: str, tmp_path: P
     assert meta["config"]["label_set"] == label_set
     assert meta["config"]["num_classes"] == get_label_set(label_set).num_classes
     assert meta["extra"]["data"] == train_spec and meta["extra"]["skipped_scans"] == {}
+    assert meta["config"]["fusion_head"] and meta["extra"]["fusion_head"]["points"] > 0  # rho_F fitted after training
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert len(history) == 1 and history[0]["kd_points"] > 0 and np.isfinite(history[0]["val_miou"])
     assert (run / "curves.png").stat().st_size > 1000 and "epoch 0" in (run / "train.log").read_text()
@@ -141,6 +143,7 @@ def test_fine_tuning_starts_from_a_checkpoint_and_keeps_its_classes(tmp_path: Pa
     before, after = load_checkpoint(base / "model.safetensors"), load_checkpoint(tuned / "model.safetensors")
     assert after.config.kd_target_center == before.config.kd_target_center
     assert after.config.label_set == "scannet20"
+    assert after.fusion_head is not None and not torch.equal(after.fusion_head.weight, before.fusion_head.weight)
     moved = [k for k, v in after.state_dict().items()
              if v.is_floating_point() and not v.equal(before.state_dict()[k])]
     assert any(k.startswith("backbone.") for k in moved)

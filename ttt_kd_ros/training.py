@@ -256,6 +256,9 @@ def train(
     if config.source_only:
         for param in model.kd_head.parameters():  # unused by CE: frozen, so DDP need not look for it
             param.requires_grad_(False)
+    if model.fusion_head is not None:  # rho_F (a fine-tuned checkpoint's) is refitted after training, not trained
+        for param in model.fusion_head.parameters():
+            param.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     use_cuda_amp = config.amp and ctx.device.type == "cuda"

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ttt_kd_ros.checkpoint_format import load_checkpoint, read_checkpoint_metadata
+from ttt_kd_ros.checkpoint_format import load_checkpoint, read_checkpoint_metadata, save_checkpoint
 from ttt_kd_ros.checkpoints import default_teacher, default_teacher_resolution
 from ttt_kd_ros.data.sources import DataSource, SubsetSource, SyntheticSource, open_source, synthetic_world
 from ttt_kd_ros.data.synthetic import DOMAINS
@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kd-loss", default=d.kd_loss, choices=KD_LOSS_KINDS)
     p.add_argument("--kd-points", type=int, default=d.kd_points, help="cached KD targets per scan (0 = all)")
     p.add_argument("--source-only", action="store_true", help="CE only: the source-only baseline")
+    p.add_argument("--fusion-head-scans", type=int, default=64,
+                   help="joint training: training scans (spread over the set) rho_F, the fusion head on teacher "
+                        "features, is fitted on after the network (0: no head)")
     p.add_argument("--preset", default=d.preset, choices=sorted(PRESETS))
     p.add_argument("--teacher", default="default",
                    help=f"'default' (stand-in ViT), {sorted(RANDOM_TEACHERS)} (random lower bound), "
@@ -173,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     result = train(config, model, data, teacher, args.out, ctx, resume=args.resume, val_scans=val_scans,
                    metadata=metadata, progress=ctx.is_main and not args.no_progress,
                    stop_after_epoch=args.stop_after_epoch, cache_dir=args.cache)
+    if ctx.is_main and result.final_checkpoint is not None and not args.source_only and args.fusion_head_scans:
+        add_fusion_head(result.final_checkpoint, data, teacher, args.cache or args.out / "feature_cache",
+                        args.fusion_head_scans, args.seed)
     if ctx.is_main:
         print(json.dumps(result.history[-1] if result.history else {}, indent=1))
         print(f"model written to {result.final_checkpoint}" if result.final_checkpoint else
@@ -180,6 +186,30 @@ def main(argv: list[str] | None = None) -> int:
     if ctx.distributed:
         torch.distributed.destroy_process_group()
     return 0
+
+
+def add_fusion_head(checkpoint: Path, data: DataSource, teacher: Teacher, cache: Path, scans: int, seed: int) -> None:
+    """Fit rho_F (the fusion head on teacher features) on the training scans and write it into ``checkpoint``.
+
+    The head is part of the joint model: it is fitted on the same labelled source scans, through the same feature
+    cache (no second teacher forward for a cached image), once the 3D network is trained.
+    """
+    from ttt_kd_ros.feature_cache import CachedTeacher
+    from ttt_kd_ros.tools.fit_fusion_head import fit_on_source, with_fusion_head
+
+    meta = read_checkpoint_metadata(checkpoint)
+    model = load_checkpoint(checkpoint, "cpu")
+    subset = data if len(data) <= scans else SubsetSource(data, range(0, len(data), -(-len(data) // scans)),
+                                                          data.spec)
+    cached = teacher if isinstance(teacher, CachedTeacher) else CachedTeacher(teacher, cache)
+    try:
+        head, report = fit_on_source(model, subset, cached, points_per_scan=2000, seed=seed)
+    except ValueError as err:  # e.g. no camera sees a labelled point: the model keeps no fusion head
+        LOG.warning("no fusion head fitted: %s", err)
+        return
+    save_checkpoint(with_fusion_head(model, head), checkpoint, extra={**meta["extra"], "fusion_head": report})
+    LOG.info("fusion head fitted on %d points of %d training scans (train accuracy %.3f)", report["points"],
+             report["scans"], report["train_accuracy"])
 
 
 def open_data(args: argparse.Namespace) -> tuple[DataSource, DataSource | None]:
