@@ -32,6 +32,7 @@ from ttt_kd_ros.ros.params import (  # noqa: E402
     accept_integers_for_doubles,
     check_update,
     read_parameters,
+    segmenter_config,
 )
 from ttt_kd_ros.scan import CameraIntrinsics, CameraView  # noqa: E402
 
@@ -131,6 +132,24 @@ def test_read_parameters_p_override_beats_yaml(make_node, tmp_path: Path) -> Non
     assert params["cloud_topic"] == "/from_yaml"
     assert params["adapt.steps"] == 7
     assert params["adapt.lr"] == 0.01
+
+
+def test_given_parameters_override_the_checkpoints_validated_settings_one_by_one(make_node, tmp_path: Path) -> None:
+    """builtin:lidar carries running BN statistics and a fusion rule; a user's adapt.lr changes only the lr."""
+    from ttt_kd_ros.segmenter import checkpoint_settings, resolve_builtin
+
+    path = _write_yaml(tmp_path / "p.yaml", {"checkpoint": "builtin:lidar", "teacher": "builtin",
+                                             "adapt": {"lr": 0.002}})
+    params = read_parameters(make_node("--params-file", str(path), "-p", "fusion.weight_2d:=0.2"))
+    assert {"adapt.lr", "fusion.weight_2d", "checkpoint"} <= set(params.given)
+    assert "adapt.bn_train" not in params.given and "adapt.steps" not in params.given
+    config = segmenter_config(params)
+    checkpoint, _ = resolve_builtin(config.checkpoint, config.teacher)
+    adapt, fusion = checkpoint_settings(checkpoint).apply(config.adapt, config.fusion, config.given)
+    assert adapt.lr == 0.002 and fusion.weight_2d == 0.2  # what the user gave
+    assert adapt.bn_train is False and adapt.guard_kd_ratio == 0.6 and fusion.mode == "mean"  # the checkpoint's
+    off = segmenter_config(read_parameters(make_node("--params-file", str(path), "-p", "use_validated:=false")))
+    assert off.given is None  # the declared values as they are
 
 
 def test_read_parameters_integers_for_double_parameters_are_doubles(make_node, tmp_path: Path) -> None:
