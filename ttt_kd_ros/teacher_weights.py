@@ -56,7 +56,7 @@ def _load_hf(spec: str, spec_kind: str) -> torch.nn.Module:
         raise FileNotFoundError(
             f"teacher {spec!r}: not a local folder or file, and not in the local Hugging Face cache. "
             "Weights are never downloaded at run time: fetch them once where a network is available "
-            "(huggingface-cli download, or save_pretrained into a folder) and pass that folder."
+            "(`hf download ID --local-dir DIR`, or save_pretrained into a folder) and pass that folder."
         ) from None
     model_cls = {"dinov2": Dinov2Model, "dinov2_with_registers": _registers_model_class()}.get(config.model_type)
     if model_cls is None:
