@@ -22,13 +22,17 @@ Fusion rules (``FUSION_MODES``), all per point on the visible points:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ttt_kd_ros.scan import IGNORE_LABEL, Scan
+from ttt_kd_ros.targets import distillation_targets
+from ttt_kd_ros.teacher import Teacher
 
 FUSION_MODES = ("off", "mean", "entropy")
 
@@ -115,14 +119,11 @@ def fit_fusion_head(features: np.ndarray | torch.Tensor, labels: np.ndarray | to
     return head
 
 
-def head_examples(scan: Any, teacher: Any, center: Any, max_points: int, rng: np.random.Generator
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def head_examples(scan: Scan, teacher: Teacher, center: Sequence[float] | None, max_points: int,
+                  rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """(m, D) teacher features and (m,) labels of up to ``max_points`` labelled points some camera of ``scan``
     sees: what the fusion head learns from. Features are the distillation targets' own (same projection,
     sampling and centring), so the head reads at test time exactly what it was fitted on."""
-    from ttt_kd_ros.scan import IGNORE_LABEL
-    from ttt_kd_ros.targets import distillation_targets
-
     targets = distillation_targets(scan, teacher, center=center)
     index = targets.point_index.cpu().numpy()
     labels = np.asarray(scan.labels)[index]

@@ -214,7 +214,7 @@ class Segmenter:
         self.fusion = fusion or FusionConfig()
         if self.fusion.enabled and (teacher is None or model.fusion_head is None):
             missing = "teacher is None" if teacher is None else "the checkpoint has no fusion head (NetConfig." \
-                "fusion_head is false; ttt_kd_fit_fusion_head adds one)"
+                "fusion_head is false; ttt_kd_fit_fusion_head adds one; fusion.mode off turns fusion off)"
             raise ValueError(f"Segmenter: fusion mode {self.fusion.mode!r} asked for, but {missing}")
         if teacher is not None and teacher.feature_dim != model.config.teacher_dim:
             raise ValueError(f"Segmenter: teacher {teacher.teacher_id} gives {teacher.feature_dim}-dim features but "
@@ -262,9 +262,6 @@ class Segmenter:
         adapt, fusion = config.adapt, config.fusion
         if checkpoint and config.given is not None:
             adapt, fusion = checkpoint_settings(checkpoint).apply(adapt, fusion, config.given)
-        if fusion.enabled and model.fusion_head is None:
-            raise ValueError(f"checkpoint {checkpoint}: fusion mode {fusion.mode!r} asked for, but the checkpoint has "
-                             "no fusion head (ttt_kd_fit_fusion_head adds one; fusion.mode off turns fusion off)")
         strategy = build_strategy(model, adapt)
         return cls(model, teacher, strategy, device, amp=config.amp, max_points=config.max_points, seed=config.seed,
                    fusion=fusion)
@@ -354,21 +351,22 @@ class Segmenter:
 
         wants_targets = self.strategy.needs_targets or self.fusion.enabled
         targets, skip = self._targets(work, timings) if wants_targets else (None, "")
+        if not self.strategy.needs_targets:
+            skip = ""  # fusion asked for the targets; a strategy that does not distil adapts without them
         reference = self._reference(prepared, targets, timings) if self._wants_reference(skip) else None
         predictions = []
         done = 0
         for k in schedule if schedule is not None else [None]:
             step_timings = dict(timings)
             result = AdaptResult()
-            if self.strategy.name != "none" and not (skip and self.strategy.needs_targets):
+            if self.strategy.name != "none" and not skip:
                 more = None if k is None else k - done
                 result, skip = self._adapt(prepared, targets, more, resume=k is not None and done > 0,
                                            time_budget_s=self._adapt_budget(scan_start))
                 done = done if k is None else k
             pred = Prediction(np.full(n, IGNORE_LABEL, dtype=np.int64), np.zeros(n, dtype=np.float32), step_timings,
                               strategy=self.strategy.name)
-            self._record_adaptation(pred, result, skip if self.strategy.needs_targets else "",
-                                    predictions[-1] if predictions else None)
+            self._record_adaptation(pred, result, skip, predictions[-1] if predictions else None)
             self._predict(pred, prepared, targets, points, keep, work_index, reference)
             predictions.append(pred)
         t = time.perf_counter()
@@ -408,8 +406,8 @@ class Segmenter:
 
     def _wants_reference(self, skip: str) -> bool:
         """Whether the output safety needs the unadapted prediction of this scan (one extra forward)."""
-        config = getattr(self.strategy, "config", None)
-        if self.strategy.name == "none" or config is None or (skip and self.strategy.needs_targets):
+        config = self.strategy.config
+        if self.strategy.name == "none" or skip:
             return False
         guard = config.guard_kd_ratio is not None and self.strategy.needs_targets
         return guard or config.unadapted_weight > 0

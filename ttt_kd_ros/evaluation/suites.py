@@ -119,8 +119,3 @@ def suite_splits(name: str) -> tuple[str, list[str]]:
         raise ValueError(f"--suite: expected one of {sorted(SUITES)}, got {name!r}")
     in_distribution, shifts = SUITES[name]
     return in_distribution, [f"{split}={spec}" for _, split, spec in shifts]
-
-
-def suite_families(name: str) -> dict[str, str]:
-    """Split name -> family of a suite (for the per-family rows of the reports)."""
-    return {split: family for family, split, _ in SUITES[name][1]}

@@ -80,7 +80,7 @@ from ttt_kd_ros.fusion import FusionConfig
 from ttt_kd_ros.labels import LABEL_SETS, common_classes
 from ttt_kd_ros.oracle_teacher import build_offline_teacher, is_oracle
 from ttt_kd_ros.overrides import apply_overrides
-from ttt_kd_ros.segmenter import RANDOM_TEACHERS, resolve_device
+from ttt_kd_ros.segmenter import RANDOM_TEACHERS, checkpoint_settings, resolve_device
 from ttt_kd_ros.teacher import Teacher
 from ttt_kd_ros.validated_settings import ValidatedSettings
 
@@ -249,8 +249,7 @@ def rows_for_checkpoint(requested: str | None, joint_meta: dict[str, Any] | None
     (teacher_projection, fusion_only) need one, the default row needs validated settings; by default a row the
     checkpoint cannot run is left out with a log line, asked for by name it is an error."""
     has_head = bool(joint_meta and joint_meta["config"].get("fusion_head"))
-    settings = (ValidatedSettings.from_meta(joint_meta.get("validated") or {}, f"checkpoint {checkpoint}")
-                if joint_meta else ValidatedSettings())
+    settings = checkpoint_settings(str(checkpoint)) if joint_meta else ValidatedSettings()
 
     def missing(name: str) -> str:
         if name in ("teacher_projection", "fusion_only") and not has_head:
