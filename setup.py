@@ -9,7 +9,7 @@ PACKAGE = "ttt_kd_ros"
 # One line per console command; package.xml is checked against this list in
 # test/test_package.py.
 CONSOLE_SCRIPTS = [
-    "ttt_kd_segment = ttt_kd_ros.ros.runner:main",
+    "ttt_kd_segment = ttt_kd_ros.ros.segment_command:main",
     "segment_node = ttt_kd_ros.ros.node:main",
     "ttt_kd_benchmark_node = ttt_kd_ros.ros.benchmark_node:main",
     "ttt_kd_benchmark_convert = ttt_kd_ros.tools.benchmark_convert:main",

@@ -5,7 +5,7 @@ Starts the ttt_kd_segmenter lifecycle node with config/segment.yaml (or your
 own file) and the FastDDS large-data profile, plus rviz2 showing the labeled
 cloud in the same namespace. With autostart (default) the node configures and
 activates itself; autostart:=false leaves it unconfigured for a lifecycle
-manager or `ros2 lifecycle set`. `ttt_kd_segment` (ttt_kd_ros/ros/runner.py)
+manager or `ros2 lifecycle set`. `ttt_kd_segment` (ttt_kd_ros/ros/segment_command.py)
 does the same without `launch`; keep the two in step. launch / launch_ros are
 imported inside generate_launch_description so this file parses anywhere.
 """

@@ -15,8 +15,8 @@ import sys
 
 from ttt_kd_ros.adapt import AdaptConfig
 from ttt_kd_ros.checkpoint_format import load_checkpoint, read_checkpoint_metadata, save_checkpoint
+from ttt_kd_ros.config_edits import apply_overrides, pairs
 from ttt_kd_ros.fusion import FusionConfig
-from ttt_kd_ros.overrides import apply_overrides, pairs
 from ttt_kd_ros.validated_settings import ValidatedSettings
 
 

@@ -1,6 +1,6 @@
 """Soak the segmenter node: N scans over DDS from this process, the node's RSS sampled, its books checked.
 
-The node runs as its own process (``python -m ttt_kd_ros.ros.runner``, tiny
+The node runs as its own process (``python -m ttt_kd_ros.ros.segment_command``, tiny
 teacher, untrained net, one camera with extrinsics parameters), fed small
 clouds with their Image + CameraInfo at a fixed rate. Every 50th cloud's
 images carry stamps no cloud matches (answered alone: sync_unmatched) and
@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         params_file = Path(tmp) / "soak.yaml"
         params_file.write_text(yaml.safe_dump(node_params(args.points)))
         log = (Path(tmp) / "node.log").open("w")
-        node = subprocess.Popen([sys.executable, "-m", "ttt_kd_ros.ros.runner", "--params-file", str(params_file)],
+        command = [sys.executable, "-m", "ttt_kd_ros.ros.segment_command", "--params-file", str(params_file)]
+        node = subprocess.Popen(command,
                                 env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
         feed = Feed()
         try:

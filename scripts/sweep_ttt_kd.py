@@ -24,13 +24,12 @@ import torch
 from ttt_kd_ros.adapt import AdaptConfig
 from ttt_kd_ros.checkpoints import (
     default_checkpoint,
-    default_teacher,
     default_teacher_resolution,
     source_only_checkpoint,
 )
-from ttt_kd_ros.evaluation.runner import JOINT, SOURCE_ONLY, RunSettings, run_curve
+from ttt_kd_ros.evaluation.evaluator import JOINT, SOURCE_ONLY, RunSettings, run_curve
 from ttt_kd_ros.evaluation.splits import DEFAULT_SHIFTS, IN_DISTRIBUTION, generate_split, parse_split
-from ttt_kd_ros.oracle_teacher import build_offline_teacher
+from ttt_kd_ros.teachers.resolve import resolve
 
 VALIDATION_SEED = 777  # not the table's 20261121, nor training's 0 / 7919
 
@@ -62,7 +61,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=VALIDATION_SEED)
     p.add_argument("--kd-points", type=int, default=8192)
     p.add_argument("--teacher", default="default",
-                   help="'default' (the shipped stand-in), 'oracle[:corrupt=..]', 'tiny' or a load_teacher spec")
+                   help="'default' (the shipped stand-in), 'oracle[:corrupt=..]', 'tiny' or a teachers.resolve spec")
     p.add_argument("--shift", action="append", default=None, help="shift split specs (default: the table's)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
@@ -72,8 +71,7 @@ def main() -> None:
     t0 = time.perf_counter()
     splits = [generate_split(parse_split(s), args.scans, args.seed, args.max_points, "crop")
               for s in (IN_DISTRIBUTION, *(args.shift or DEFAULT_SHIFTS))]
-    spec = str(default_teacher()) if args.teacher == "default" else args.teacher
-    teacher = build_offline_teacher(spec, default_teacher_resolution(), torch.device("cpu"))
+    teacher = resolve(args.teacher, default_teacher_resolution(), torch.device("cpu"), offline=True)
     teacher.cache_size = sum(len(s.cameras) for sp in splits for s in sp.scans) + 8
     print(f"splits + teacher: {time.perf_counter() - t0:.0f} s", flush=True)
     rows = []

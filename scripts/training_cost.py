@@ -24,10 +24,11 @@ import numpy as np
 import torch
 
 from ttt_kd_ros.data.sources import open_source
-from ttt_kd_ros.feature_cache import CachedTeacher
-from ttt_kd_ros.tools.train import resolve_teacher, teacher_input_hw
-from ttt_kd_ros.train_data import augmented, build_example, training_scan
-from ttt_kd_ros.training import Augmentation, TrainConfig, build_model, scan_loss
+from ttt_kd_ros.teachers.feature_cache import CachedTeacher
+from ttt_kd_ros.teachers.resolve import resolution_from_flag, resolve
+from ttt_kd_ros.tools.train import teacher_input_hw
+from ttt_kd_ros.training.examples import augmented, build_example, training_scan
+from ttt_kd_ros.training.loop import Augmentation, TrainConfig, build_model, scan_loss
 
 
 def main() -> int:
@@ -44,7 +45,7 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     data = open_source(args.data)
-    teacher = resolve_teacher(args.teacher, args.teacher_resolution, torch.device("cpu"), 0)
+    teacher = resolve(args.teacher, resolution_from_flag(args.teacher_resolution), torch.device("cpu"), offline=True)
     config = TrainConfig(preset=args.preset, kd_points=args.kd_points,
                          augment=Augmentation(crop_points=args.crop_points))
     first = data[0]

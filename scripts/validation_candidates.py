@@ -29,8 +29,8 @@ from ttt_kd_ros.checkpoint_format import load_checkpoint
 from ttt_kd_ros.evaluation.splits import generate_split, parse_split
 from ttt_kd_ros.evaluation.suites import VALIDATION_SEED, suite_splits
 from ttt_kd_ros.fusion import teacher_probabilities
-from ttt_kd_ros.segmenter import build_teacher, resolve_builtin
 from ttt_kd_ros.targets import distillation_targets
+from ttt_kd_ros.teachers.resolve import resolve
 
 VARIANTS = {
     "bn": AdaptConfig(strategy="bn_stats", steps=20),
@@ -60,12 +60,11 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    _, teacher_spec = resolve_builtin(None, args.teacher)
     joint = load_checkpoint(args.checkpoint, "cpu")
     source = load_checkpoint(args.source_only_checkpoint, "cpu")
     if joint.fusion_head is None:
         raise SystemExit(f"{args.checkpoint}: no fusion head (ttt_kd_fit_fusion_head adds one)")
-    teacher = build_teacher(teacher_spec, tuple(joint.config.teacher_resolution), torch.device("cpu"))
+    teacher = resolve(args.teacher, tuple(joint.config.teacher_resolution), torch.device("cpu"))
     center = joint.config.kd_target_center
     id_spec, shifts = suite_splits(args.suite)
     texts = [f"in_dist={id_spec}", *shifts]

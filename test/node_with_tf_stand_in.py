@@ -1,4 +1,4 @@
-"""Test support: ``ttt_kd_segment`` (ros/runner.py) with the TFMessage stand-in registered first.
+"""Test support: ``ttt_kd_segment`` (ros/segment_command.py) with the TFMessage stand-in registered first.
 
 Run as a process by test_ros_node: the node then follows the sensor
 process's latched /tf_static through its own tf buffer, although tf2_msgs is
@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tf_stand_in lives be
 
 import tf_stand_in
 
-from ttt_kd_ros.ros.runner import main
+from ttt_kd_ros.ros.segment_command import main
 
 if __name__ == "__main__":
     tf_stand_in.install()

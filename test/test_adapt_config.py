@@ -83,7 +83,7 @@ def test_build_strategy_returns_configured_class() -> None:
 
 def test_a_time_budget_is_set_and_unset_from_the_command_line_syntax() -> None:
     """--row / --adapt edit AdaptConfig as data: an optional field takes a number, and null unsets it again."""
-    from ttt_kd_ros.overrides import apply_overrides
+    from ttt_kd_ros.config_edits import apply_overrides
 
     budgeted = apply_overrides(AdaptConfig(), "time_budget_s=0.5,steps=1000", "--row b05")
     assert (budgeted.time_budget_s, budgeted.steps) == (0.5, 1000)

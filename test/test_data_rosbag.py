@@ -13,7 +13,7 @@ from ttt_kd_ros.data.rosbag import (
     read_bag_messages,
     resolve_camera_frame,
 )
-from ttt_kd_ros.transforms import TransformGraph
+from ttt_kd_ros.msgs.transforms import TransformGraph
 
 KITTI_CAMERA = "kitti/camera_color_left"
 

@@ -13,10 +13,10 @@ import pytest
 from conftest import REPO_ROOT
 from PIL import Image
 
-from ttt_kd_ros.demo_figures import ROW_TOP, TRUTH_COLUMN, ScanPanel, scan_figure_layout
+from ttt_kd_ros.demo.figures import ROW_TOP, TRUTH_COLUMN, ScanPanel, scan_figure_layout
+from ttt_kd_ros.demo.scans import ADAPTED, UNADAPTED, case_scans
 from ttt_kd_ros.labels import LABEL_SETS
 from ttt_kd_ros.tools import demo
-from ttt_kd_ros.tools.demo_scans import ADAPTED, UNADAPTED, case_scans
 
 
 @pytest.mark.ros

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from ttt_kd_ros.data.synthetic import generate_sample
-from ttt_kd_ros.demo_figures import (
+from ttt_kd_ros.demo.figures import (
     ROW_CAMERA,
     ROW_TOP,
     TRUTH_COLUMN,

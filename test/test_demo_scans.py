@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from ttt_kd_ros.adapt import AdaptConfig
+from ttt_kd_ros.demo.scans import ADAPTED, UNADAPTED, DemoCase, case_scans, run_case, table, write_case_figures
 from ttt_kd_ros.metrics import miou
 from ttt_kd_ros.segmenter import Segmenter, SegmenterConfig
-from ttt_kd_ros.tools.demo_scans import ADAPTED, UNADAPTED, DemoCase, case_scans, run_case, table, write_case_figures
 
 CASE = DemoCase("rgbd", "", "warm=office:style.light_rgb=[1.0,0.8,0.6]", "office, warm light", top_max_z_m=2.0)
 

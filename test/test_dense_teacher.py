@@ -1,4 +1,4 @@
-"""The dense (CNN) stand-in teacher: patch pooling, the folder format, load_teacher, and its training tool."""
+"""The dense (CNN) stand-in teacher: patch pooling, the folder format, teachers.resolve, and its training tool."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch.nn as nn
 from safetensors.torch import load_file
 
 from ttt_kd_ros.data.synthetic.renders import render_labeled_images
-from ttt_kd_ros.dense_teacher import (
+from ttt_kd_ros.teachers.dense import (
     DENSE_CONFIG_NAME,
     DenseSegNet,
     DenseTeacher,
@@ -21,7 +21,7 @@ from ttt_kd_ros.dense_teacher import (
     patch_outputs,
     save_dense_teacher,
 )
-from ttt_kd_ros.teacher_weights import load_teacher
+from ttt_kd_ros.teachers.resolve import resolve
 from ttt_kd_ros.tools import pretrain_dense_teacher as tool
 from ttt_kd_ros.tools.pretrain_teacher import render_set, save_render_set
 
@@ -72,12 +72,12 @@ def test_unet_keeps_the_image_size_and_the_config_width() -> None:
     assert net.features(x).shape == (2, 64, 24, 32) and net(x).shape == (2, 11, 24, 32)
 
 
-def test_folder_round_trip_through_load_teacher(tmp_path) -> None:
+def test_folder_round_trip_through_resolve(tmp_path) -> None:
     torch.manual_seed(0)
     net = DenseSegNet(SMALL)
     save_dense_teacher(net, SMALL, tmp_path / "t")
     image = render_labeled_images("source", 0, 1)[0].image_rgb
-    teacher = load_teacher(tmp_path / "t", resolution=(120, 160))
+    teacher = resolve(tmp_path / "t", resolution=(120, 160))
     assert isinstance(teacher, DenseTeacher) and teacher.feature_dim == 6
     fmap = teacher.feature_map(image)
     assert fmap.features.shape == (6, 15, 20)
@@ -94,16 +94,16 @@ def test_folder_errors_are_clear(tmp_path) -> None:
     save_dense_teacher(DenseSegNet(SMALL), SMALL, tmp_path / "t")
     (tmp_path / "t" / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="unreadable weights"):
-        load_teacher(tmp_path / "t")
+        resolve(tmp_path / "t")
     save_dense_teacher(DenseSegNet(SMALL), SMALL, tmp_path / "other")
     (tmp_path / "other" / DENSE_CONFIG_NAME).write_text(replace(SMALL, feature_width=9).to_json())
     with pytest.raises(ValueError, match="do not fit"):
-        load_teacher(tmp_path / "other")
+        resolve(tmp_path / "other")
     data = json.loads(SMALL.to_json())
     data["depth"] = 3
     (tmp_path / "other" / DENSE_CONFIG_NAME).write_text(json.dumps(data))
     with pytest.raises(ValueError, match="unknown dense teacher config keys"):
-        load_teacher(tmp_path / "other")
+        resolve(tmp_path / "other")
     with pytest.raises(ValueError, match="output"):
         DenseTeacherConfig(output="logits")
 
@@ -137,7 +137,7 @@ def test_training_lowers_the_loss_writes_a_loadable_folder_and_reports(renders, 
             "posterior_centroid_agreement"} <= set(report["held_out"]["office"])
     assert not (tmp_path / "t" / "train_state.pt").exists()
     assert json.loads((tmp_path / "t" / "pretrain_report.json").read_text())["train"]["steps"] == 30
-    assert load_teacher(tmp_path / "t", resolution=(120, 160)).feature_dim == SMALL.feature_width
+    assert resolve(tmp_path / "t", resolution=(120, 160)).feature_dim == SMALL.feature_width
 
 
 def test_stopped_run_resumes_to_the_same_weights(renders, tmp_path) -> None:
@@ -178,5 +178,5 @@ def test_reports_name_the_dense_stand_in_and_say_it_is_not_dinov2(tmp_path) -> N
     from ttt_kd_ros.tools.evaluate import teacher_kind
 
     save_dense_teacher(DenseSegNet(SMALL), SMALL, tmp_path / "t")
-    words = teacher_kind(str(tmp_path / "t"), load_teacher(tmp_path / "t"))
+    words = teacher_kind(str(tmp_path / "t"), resolve(tmp_path / "t"))
     assert "dense stand-in" in words and "NOT real DINOv2" in words and "features" in words

@@ -14,13 +14,13 @@ from PIL import Image
 
 from ttt_kd_ros.adapt import AdaptConfig, build_strategy
 from ttt_kd_ros.checkpoint_format import load_checkpoint, save_checkpoint
+from ttt_kd_ros.evaluation.evaluator import OnlineStream, SplitResult, window_miou
 from ttt_kd_ros.evaluation.report import online_summary, relative_gain, table_rows
-from ttt_kd_ros.evaluation.runner import OnlineStream, SplitResult, window_miou
 from ttt_kd_ros.evaluation.splits import generate_split, parse_split
 from ttt_kd_ros.metrics import ConfusionMatrix
 from ttt_kd_ros.model import TTTKDNet, net_config
 from ttt_kd_ros.segmenter import Segmenter
-from ttt_kd_ros.teacher_weights import tiny_teacher
+from ttt_kd_ros.teachers.weights import tiny_teacher
 from ttt_kd_ros.tools.evaluate import main
 
 SMALL_CAMERA = "sensor.num_cameras=1,sensor.image_width_px=40,sensor.image_height_px=30"

@@ -12,8 +12,8 @@ import torch
 from layout_semantickitti import write_semantickitti
 
 from ttt_kd_ros.data.sources import open_source
-from ttt_kd_ros.feature_cache import CachedTeacher, FeatureCache
-from ttt_kd_ros.teacher_weights import tiny_teacher
+from ttt_kd_ros.teachers.feature_cache import CachedTeacher, FeatureCache
+from ttt_kd_ros.teachers.weights import tiny_teacher
 from ttt_kd_ros.tools import cache_features
 from ttt_kd_ros.tools import train as train_tool
 

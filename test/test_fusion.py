@@ -18,8 +18,8 @@ from ttt_kd_ros.model import TTTKDNet, net_config
 from ttt_kd_ros.scan import CameraIntrinsics, CameraView, Scan
 from ttt_kd_ros.segmenter import Segmenter, SegmenterConfig
 from ttt_kd_ros.targets import distillation_targets
-from ttt_kd_ros.teacher import Teacher
-from ttt_kd_ros.teacher_weights import tiny_teacher
+from ttt_kd_ros.teachers.teacher import Teacher
+from ttt_kd_ros.teachers.weights import tiny_teacher
 from ttt_kd_ros.tools.fit_fusion_head import with_fusion_head
 
 TINY_NET = {"encoder_planes": (8, 16), "encoder_blocks": (1, 1), "decoder_planes": (8,), "decoder_blocks": (1,),

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from ttt_kd_ros.data.synthetic import generate_scan
-from ttt_kd_ros.oracle_teacher import OracleSpec, OracleTeacher, build_offline_teacher, is_oracle, parse_oracle
 from ttt_kd_ros.scan import CameraIntrinsics, CameraView
 from ttt_kd_ros.segmenter import Segmenter, SegmenterConfig
 from ttt_kd_ros.targets import distillation_targets
+from ttt_kd_ros.teachers.oracle import OracleSpec, OracleTeacher, is_oracle, parse_oracle
+from ttt_kd_ros.teachers.resolve import resolve
 
 
 def _view(labels: np.ndarray) -> CameraView:
@@ -67,16 +68,21 @@ def test_oracle_refuses_cameras_without_class_images_and_raw_images() -> None:
 
 def test_oracle_targets_on_a_synthetic_scan_follow_point_labels() -> None:
     scan = generate_scan("source", 3)
-    teacher = build_offline_teacher("oracle:dim=32", (120, 160), torch.device("cpu"))
+    teacher = resolve("oracle:dim=32", (120, 160), torch.device("cpu"), offline=True)
     targets = distillation_targets(scan, teacher)
     labels = torch.from_numpy(scan.labels[targets.point_index.numpy()])
     nearest = (targets.features @ teacher.class_vectors.T).argmax(dim=1)
     assert targets.num_targets > 1000 and (nearest == labels).float().mean() > 0.8
 
 
-def test_build_offline_teacher_passes_other_specs_to_the_segmenter() -> None:
-    teacher = build_offline_teacher("tiny", (28, 28), torch.device("cpu"))
+def test_resolve_offline_builds_other_specs_as_the_segmenter_does() -> None:
+    teacher = resolve("tiny", (28, 28), torch.device("cpu"), offline=True)
     assert teacher.feature_dim == 32 and not isinstance(teacher, OracleTeacher)
+
+
+def test_resolve_refuses_the_oracle_unless_offline() -> None:
+    with pytest.raises(ValueError, match="offline control"):
+        resolve("oracle:dim=8", (28, 28))
 
 
 def test_segmenter_config_refuses_the_oracle() -> None:

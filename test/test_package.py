@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT
 
-from ttt_kd_ros import share
+from ttt_kd_ros import package_files
 
 
 def _setup_py_console_scripts() -> list[str]:
@@ -88,15 +88,15 @@ def test_resource_marker_exists_for_ament_index() -> None:
 
 
 def test_share_file_resolves_from_source_tree(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(share, "_ament_share_dir", lambda: None)
-    monkeypatch.setattr(share, "_prefix_share_dir", lambda: None)
-    assert share.share_dir() == share.SOURCE_ROOT
-    assert share.share_file("package.xml") == share.SOURCE_ROOT / "package.xml"
+    monkeypatch.setattr(package_files, "_ament_share_dir", lambda: None)
+    monkeypatch.setattr(package_files, "_prefix_share_dir", lambda: None)
+    assert package_files.share_dir() == package_files.SOURCE_ROOT
+    assert package_files.share_file("package.xml") == package_files.SOURCE_ROOT / "package.xml"
 
 
 def test_share_file_missing_names_places_tried() -> None:
     with pytest.raises(FileNotFoundError, match="no_such_file"):
-        share.share_file("config", "no_such_file.yaml")
+        package_files.share_file("config", "no_such_file.yaml")
 
 
 def test_pip_install_put_share_files_under_prefix() -> None:
@@ -115,5 +115,5 @@ def test_share_file_resolves_through_ament_index_when_prefix_listed(monkeypatch:
     if not (installed / "package.xml").is_file():
         pytest.skip("package not installed with `pip install .`")
     monkeypatch.setenv("AMENT_PREFIX_PATH", sys.prefix)
-    assert share._ament_share_dir() == installed
-    assert share.share_file("launch", "segment.launch.py") == installed / "launch" / "segment.launch.py"
+    assert package_files._ament_share_dir() == installed
+    assert package_files.share_file("launch", "segment.launch.py") == installed / "launch" / "segment.launch.py"

@@ -1,4 +1,4 @@
-"""Stand-in teacher pre-training: label renders, patch targets, augmentations, and a folder load_teacher reads."""
+"""Stand-in teacher pre-training: label renders, patch targets, augmentations, and a folder teachers.resolve reads."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ttt_kd_ros.data.synthetic import generate_sample
 from ttt_kd_ros.data.synthetic.renders import render_labeled_images, scan_label_images
 from ttt_kd_ros.geometry import project_points
 from ttt_kd_ros.labels import SYNTHETIC_INDOOR
-from ttt_kd_ros.teacher_weights import load_teacher
+from ttt_kd_ros.teachers.resolve import resolve
 from ttt_kd_ros.tools import pretrain_teacher
 from ttt_kd_ros.tools.pretrain_teacher import (
     PretrainConfig,
@@ -80,7 +80,7 @@ def _tiny_config(**changes: object) -> PretrainConfig:
 
 
 @pytest.mark.slow
-def test_pretrain_tiny_writes_folder_load_teacher_reads(tmp_path) -> None:
+def test_pretrain_tiny_writes_folder_resolve_reads(tmp_path) -> None:
     report = pretrain(_tiny_config(), tmp_path / "teacher", command="test", progress=False)
     assert (tmp_path / "teacher" / "config.json").is_file()
     saved = json.loads((tmp_path / "teacher" / "pretrain_report.json").read_text())
@@ -91,7 +91,7 @@ def test_pretrain_tiny_writes_folder_load_teacher_reads(tmp_path) -> None:
     again = pretrain_teacher.report_only(tmp_path / "teacher", _tiny_config())
     assert again["probe_trained"] == saved["probe_trained"]
     assert not (tmp_path / "teacher" / "train_state.pt").exists()
-    teacher = load_teacher(tmp_path / "teacher", resolution=tuple(report["teacher_resolution_hw"]))
+    teacher = resolve(tmp_path / "teacher", resolution=tuple(report["teacher_resolution_hw"]))
     fmap = teacher.feature_map(render_labeled_images("source", 0, 1)[0].image_rgb)
     assert fmap.features.shape == (16, 120 // 8, 160 // 8)
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT
 
-from ttt_kd_ros.replay.bag_source import RawMessage, cdr_header_stamp_ns, plan_bag
+from ttt_kd_ros.msgs.transforms import invert_transform, pose_to_matrix
+from ttt_kd_ros.replay.bag_messages import RawMessage, cdr_header_stamp_ns, plan_bag
 from ttt_kd_ros.replay.report import FrameRecord, ReplayReport, StrategyRun
 from ttt_kd_ros.ros.replay_live import (
     flatten_params,
@@ -23,7 +24,6 @@ from ttt_kd_ros.ros.replay_live import (
     write_params_file,
 )
 from ttt_kd_ros.tools import make_bag, replay
-from ttt_kd_ros.transforms import invert_transform, pose_to_matrix
 
 COUNT = 3
 POINTS = 1500

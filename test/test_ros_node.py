@@ -40,7 +40,7 @@ from std_srvs.srv import Trigger  # noqa: E402
 from ttt_kd_ros.labels import LABEL_SETS  # noqa: E402
 from ttt_kd_ros.msgs.pointcloud2 import pointcloud2_to_structured  # noqa: E402
 from ttt_kd_ros.msgs.stamps import header_stamp_ns  # noqa: E402
-from ttt_kd_ros.node_parameters import NODE_NAME  # noqa: E402
+from ttt_kd_ros.parameters.table import NODE_NAME  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
@@ -628,7 +628,7 @@ def test_runner_bad_configuration_exits_naming_parameter_and_file(tmp_path: Path
         "adapt.steps": ["--params-file", str(config), "-p", "adapt.steps:=-3"],
         str(missing): ["--params-file", str(config), "--checkpoint", str(missing)],
     }
-    procs = {named: subprocess.Popen([PY, "-m", "ttt_kd_ros.ros.runner", *args], env=env, text=True,
+    procs = {named: subprocess.Popen([PY, "-m", "ttt_kd_ros.ros.segment_command", *args], env=env, text=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
              for named, args in runs.items()}
     for named, proc in procs.items():

@@ -29,7 +29,7 @@ from rcl_interfaces.srv import GetParameters  # noqa: E402
 from std_msgs.msg import Float64  # noqa: E402
 from std_srvs.srv import SetBool  # noqa: E402
 
-from ttt_kd_ros.node_parameters import NODE_NAME  # noqa: E402
+from ttt_kd_ros.parameters.table import NODE_NAME  # noqa: E402
 from ttt_kd_ros.ros.diagnostics import UNADAPTED_WARN_SCANS  # noqa: E402
 
 pytestmark = pytest.mark.ros

@@ -24,8 +24,8 @@ from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 
 from ttt_kd_ros.geometry import project_points  # noqa: E402
-from ttt_kd_ros.node_parameters import NODE_NAME, RUNTIME_PARAMETERS  # noqa: E402
-from ttt_kd_ros.ros import runner  # noqa: E402
+from ttt_kd_ros.parameters.table import NODE_NAME, RUNTIME_PARAMETERS  # noqa: E402
+from ttt_kd_ros.ros import segment_command  # noqa: E402
 from ttt_kd_ros.ros.params import (  # noqa: E402
     PARAMETERS,
     ParameterError,
@@ -144,7 +144,7 @@ def test_given_parameters_override_the_checkpoints_validated_settings_one_by_one
     assert {"adapt.lr", "fusion.weight_2d", "checkpoint"} <= set(params.given)
     assert "adapt.bn_train" not in params.given and "adapt.steps" not in params.given
     config = segmenter_config(params)
-    checkpoint, _ = resolve_builtin(config.checkpoint, config.teacher)
+    checkpoint = resolve_builtin(config.checkpoint)
     adapt, fusion = checkpoint_settings(checkpoint).apply(config.adapt, config.fusion, config.given)
     assert adapt.lr == 0.002 and fusion.weight_2d == 0.2  # what the user gave
     assert adapt.bn_train is False and adapt.guard_kd_ratio == 0.6 and fusion.mode == "mean"  # the checkpoint's
@@ -250,9 +250,9 @@ def test_check_update_accepts_runtime_knobs_and_names_refusals() -> None:
 
 
 def test_ros_arguments_default_params_file_and_overrides() -> None:
-    args = runner.build_parser().parse_args(
+    args = segment_command.build_parser().parse_args(
         ["--checkpoint", "m.safetensors", "--namespace", "robot1", "-p", "adapt.steps:=1", "--device", "cpu"])
-    ros_args = runner.ros_arguments(args)
+    ros_args = segment_command.ros_arguments(args)
     params_file = Path(ros_args[ros_args.index("--params-file") + 1])
     assert params_file.name == "segment.yaml" and params_file.is_file()
     assert ros_args[0] == "--ros-args"
@@ -265,22 +265,22 @@ def test_ros_arguments_default_params_file_and_overrides() -> None:
 
 
 def test_ros_arguments_empty_overrides_keep_file_values() -> None:
-    ros_args = runner.ros_arguments(runner.build_parser().parse_args([]))
+    ros_args = segment_command.ros_arguments(segment_command.build_parser().parse_args([]))
     assert not any(a.startswith(("checkpoint:=", "device:=", "__ns:=")) for a in ros_args)
 
 
 @pytest.mark.parametrize("argv", [["-p", "no_separator"], ["-p", ":=x"], ["--params-file", "/no/such/file.yaml"]])
 def test_runner_main_bad_arguments_exit_2_naming_them(argv: list[str], capsys: pytest.CaptureFixture) -> None:
-    assert runner.main(argv) == 2
+    assert segment_command.main(argv) == 2
     err = capsys.readouterr().err
     assert argv[1] in err
 
 
 def test_set_fastdds_profile_keeps_users_choice() -> None:
-    env = {runner.FASTDDS_PROFILE_ENV: "/mine.xml"}
-    assert runner.set_fastdds_profile(env) == "/mine.xml"
+    env = {segment_command.FASTDDS_PROFILE_ENV: "/mine.xml"}
+    assert segment_command.set_fastdds_profile(env) == "/mine.xml"
     env = {}
-    chosen = Path(runner.set_fastdds_profile(env))
+    chosen = Path(segment_command.set_fastdds_profile(env))
     assert chosen.name == "fastdds_large_data.xml" and chosen.is_file()
     assert "<segment_size>33554432</segment_size>" in chosen.read_text()
 
@@ -299,11 +299,11 @@ def test_launch_file_compiles_and_arguments_match_runner_options() -> None:
     arguments = _launch_constant("LAUNCH_ARGUMENTS")
     assert set(arguments) == {"params_file", "checkpoint", "device", "namespace", "use_rviz", "use_sim_time",
                               "log_level", "autostart"}
-    options = {a.dest for a in runner.build_parser()._actions}
+    options = {a.dest for a in segment_command.build_parser()._actions}
     for name in ("params_file", "checkpoint", "device", "namespace", "use_sim_time", "log_level", "autostart"):
         assert name in options, f"ttt_kd_segment lacks the launch file's {name}"
     choices = _launch_constant("CHOICES")
-    assert choices["log_level"] == list(runner.LOG_LEVELS)
+    assert choices["log_level"] == list(segment_command.LOG_LEVELS)
     assert set(choices) <= set(arguments) and all(set(c) == {"true", "false"} for n, c in choices.items()
                                                   if n != "log_level")
     text = LAUNCH_FILE.read_text()
@@ -313,13 +313,13 @@ def test_launch_file_compiles_and_arguments_match_runner_options() -> None:
 
 
 def test_ros_arguments_sim_time_autostart_and_log_level_as_the_launch_file_passes_them() -> None:
-    args = runner.build_parser().parse_args(["--use-sim-time", "--no-autostart", "--log-level", "debug"])
-    ros_args = runner.ros_arguments(args)
+    args = segment_command.build_parser().parse_args(["--use-sim-time", "--no-autostart", "--log-level", "debug"])
+    ros_args = segment_command.ros_arguments(args)
     pairs = list(itertools.pairwise(ros_args))
     for expected in (("-p", "use_sim_time:=true"), ("-p", "autostart:=false"), ("--log-level", "debug")):
         assert expected in pairs
     with pytest.raises(SystemExit):
-        runner.build_parser().parse_args(["--log-level", "loud"])
+        segment_command.build_parser().parse_args(["--log-level", "loud"])
 
 
 def test_launch_file_imports_launch_only_inside_generate() -> None:
@@ -331,7 +331,7 @@ def test_launch_file_imports_launch_only_inside_generate() -> None:
     inner = {n.module for n in ast.walk(generate) if isinstance(n, ast.ImportFrom)}
     assert inner >= {"launch", "launch_ros.actions"}
     text = LAUNCH_FILE.read_text()
-    assert "fastdds_large_data.xml" in text and runner.FASTDDS_PROFILE_ENV in text
+    assert "fastdds_large_data.xml" in text and segment_command.FASTDDS_PROFILE_ENV in text
     assert '"segment_node"' in text and "segment.rviz" in text
 
 

@@ -13,8 +13,7 @@ import tf_stand_in
 
 from ttt_kd_ros.msgs.stamps import stamp_to_ns
 from ttt_kd_ros.msgs.tf_message import tf_message_from_cdr, tf_message_to_cdr
-from ttt_kd_ros.ros import compat
-from ttt_kd_ros.transforms import (
+from ttt_kd_ros.msgs.transforms import (
     TransformBuffer,
     TransformGraph,
     cam_from_cloud_from_parameter,
@@ -25,6 +24,7 @@ from ttt_kd_ros.transforms import (
     transform_stamped_to_matrix,
     transform_to_matrix,
 )
+from ttt_kd_ros.ros import compat
 
 
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -124,7 +124,7 @@ def test_transform_graph_uses_value_valid_at_stamp() -> None:
 
 def test_transform_stamped_to_matrix_matches_geometry_msgs_round_trip() -> None:
     pytest.importorskip("geometry_msgs.msg", reason="geometry_msgs wheels not installed")
-    from ttt_kd_ros.transforms import matrix_to_transform_stamped
+    from ttt_kd_ros.msgs.transforms import matrix_to_transform_stamped
 
     T = _random_transform(np.random.default_rng(3))
     msg = matrix_to_transform_stamped(T, "base", "cam", stamp_ns=1_500_000_000)
@@ -360,7 +360,7 @@ def test_lookup_within_uses_latest_transform_only_inside_tf_tolerance() -> None:
 
 
 def test_pose_to_matrix_is_static_transform_publisher_order_and_round_trips() -> None:
-    from ttt_kd_ros.transforms import matrix_to_pose, pose_to_matrix
+    from ttt_kd_ros.msgs.transforms import matrix_to_pose, pose_to_matrix
 
     half = np.sqrt(0.5)  # child rotated 90 degrees about z: its x axis points along the parent's y
     parent_from_child = pose_to_matrix([1.0, 2.0, 3.0, 0.0, 0.0, half, half])

@@ -15,8 +15,8 @@ from ttt_kd_ros.checkpoint_format import save_checkpoint
 from ttt_kd_ros.model import TTTKDNet, net_config
 from ttt_kd_ros.scan import IGNORE_LABEL, CameraIntrinsics, CameraView, Scan
 from ttt_kd_ros.segmenter import Segmenter, SegmenterConfig, nearest_voxel_rows, resolve_device
-from ttt_kd_ros.teacher import Teacher
-from ttt_kd_ros.teacher_weights import tiny_teacher
+from ttt_kd_ros.teachers.teacher import Teacher
+from ttt_kd_ros.teachers.weights import tiny_teacher
 
 TEACHER_DIM = 32  # tiny_teacher's default hidden size
 TINY_NET = {"encoder_planes": (8, 16), "encoder_blocks": (1, 1), "decoder_planes": (8,), "decoder_blocks": (1,),

@@ -10,16 +10,26 @@ import pytest
 from ttt_kd_ros.adapt import AdaptConfig
 from ttt_kd_ros.checkpoints import default_checkpoint, default_teacher
 from ttt_kd_ros.data.synthetic import generate_scan
-from ttt_kd_ros.dense_teacher import DENSE_CONFIG_NAME
 from ttt_kd_ros.ros.params import PARAMETERS
-from ttt_kd_ros.segmenter import BUILTIN, Segmenter, SegmenterConfig, resolve_builtin
+from ttt_kd_ros.segmenter import Segmenter, SegmenterConfig, resolve_builtin
+from ttt_kd_ros.teachers.dense import DENSE_CONFIG_NAME
+from ttt_kd_ros.teachers.resolve import BUILTIN, builtin_folder, resolve
 
 
 def test_resolve_builtin_names_the_shipped_files() -> None:
-    checkpoint, teacher = resolve_builtin(BUILTIN, BUILTIN)
+    checkpoint = resolve_builtin(BUILTIN)
     assert Path(checkpoint) == default_checkpoint() and Path(checkpoint).is_file()
-    assert Path(teacher) == default_teacher() and (Path(teacher) / DENSE_CONFIG_NAME).is_file()
-    assert resolve_builtin("/some/model.safetensors", "tiny") == ("/some/model.safetensors", "tiny")
+    assert builtin_folder() == default_teacher() and (default_teacher() / DENSE_CONFIG_NAME).is_file()
+    assert resolve_builtin("/some/model.safetensors") == "/some/model.safetensors"
+    assert resolve(BUILTIN).teacher_id == resolve(str(default_teacher())).teacher_id  # both names, one teacher
+
+
+def test_resolve_builtin_teacher_missing_folder_names_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import ttt_kd_ros.checkpoints as shipped
+
+    monkeypatch.setattr(shipped, "default_teacher", lambda: tmp_path / "absent_teacher")
+    with pytest.raises(ValueError, match="absent_teacher"):
+        resolve(BUILTIN)
 
 
 def test_resolve_builtin_missing_file_names_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -27,14 +37,14 @@ def test_resolve_builtin_missing_file_names_it(monkeypatch: pytest.MonkeyPatch, 
 
     monkeypatch.setattr(shipped, "default_checkpoint", lambda sensor="rgbd": tmp_path / f"absent_{sensor}.safetensors")
     with pytest.raises(ValueError, match=r"absent_rgbd\.safetensors"):
-        resolve_builtin(BUILTIN, "tiny")
+        resolve_builtin(BUILTIN)
     with pytest.raises(ValueError, match=r"absent_lidar\.safetensors"):
-        resolve_builtin("builtin:lidar", "tiny")
+        resolve_builtin("builtin:lidar")
 
 
 def test_resolve_builtin_unknown_sensor_lists_the_shipped_models() -> None:
     with pytest.raises(ValueError, match="builtin:rgbd, builtin:lidar"):
-        resolve_builtin("builtin:sonar", "tiny")
+        resolve_builtin("builtin:sonar")
 
 
 def test_node_defaults_are_the_builtin_model() -> None:
@@ -61,11 +71,12 @@ def test_builtin_model_segments_an_unseen_room_well_above_chance() -> None:
 def test_builtin_lidar_model_loaded_as_the_node_loads_it_labels_lidar_scans() -> None:
     """`checkpoint: builtin:lidar` through the node's parameter mapping: unseen LiDAR rooms, pooled mIoU > 30 %
     (measured 0.38 / 0.49 / 0.32 per scan when shipped; chance is about 9 % for 11 classes)."""
-    from ttt_kd_ros import compose
     from ttt_kd_ros.checkpoints import default_checkpoint
     from ttt_kd_ros.metrics import ConfusionMatrix
+    from ttt_kd_ros.parameters import segmenter_config
 
-    segmenter = compose.build_segmenter(BUILTIN + ":lidar", BUILTIN, "cpu", {"adapt.strategy": "none"})
+    segmenter = segmenter_config.segmenter_from_parameters(BUILTIN + ":lidar", BUILTIN, "cpu",
+                                                           {"adapt.strategy": "none"})
     assert default_checkpoint("lidar").is_file()
     matrix = ConfusionMatrix(segmenter.num_classes)
     for seed in (424242, 424243, 424244):

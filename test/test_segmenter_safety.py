@@ -14,8 +14,8 @@ from ttt_kd_ros.model import TTTKDNet, net_config
 from ttt_kd_ros.scan import CameraIntrinsics, CameraView, Scan
 from ttt_kd_ros.segmenter import GUARD_REJECTED, Segmenter
 from ttt_kd_ros.targets import distillation_targets
-from ttt_kd_ros.teacher import Teacher
-from ttt_kd_ros.teacher_weights import tiny_teacher
+from ttt_kd_ros.teachers.teacher import Teacher
+from ttt_kd_ros.teachers.weights import tiny_teacher
 
 TINY_NET = {"encoder_planes": (8, 16), "encoder_blocks": (1, 1), "decoder_planes": (8,), "decoder_blocks": (1,),
             "kd_hidden": 16, "teacher_dim": 32, "voxel_size_m": 0.1}

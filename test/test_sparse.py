@@ -252,7 +252,7 @@ def test_ttt_kd_scan_on_other_backend_adapts_like_torch(other: str) -> None:
     from ttt_kd_ros.data.synthetic import generate_scan
     from ttt_kd_ros.model import TTTKDNet, net_config
     from ttt_kd_ros.segmenter import Segmenter
-    from ttt_kd_ros.teacher_weights import tiny_teacher
+    from ttt_kd_ros.teachers.weights import tiny_teacher
 
     scan = generate_scan("source", 4)
     scan = scan.select(torch.randperm(scan.num_points, generator=torch.Generator().manual_seed(0))[:3000].numpy())

@@ -11,8 +11,8 @@ from ttt_kd_ros.data import calib, pointfiles
 from ttt_kd_ros.geometry import project_points
 from ttt_kd_ros.scan import CameraIntrinsics, CameraView, Scan
 from ttt_kd_ros.targets import center_features, distillation_targets
-from ttt_kd_ros.teacher import Teacher
-from ttt_kd_ros.teacher_weights import tiny_teacher
+from ttt_kd_ros.teachers.teacher import Teacher
+from ttt_kd_ros.teachers.weights import tiny_teacher
 
 W, H = 80, 60
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from ttt_kd_ros.teacher import FeatureMap, Teacher
-from ttt_kd_ros.teacher_weights import load_official_dinov2, load_teacher, tiny_teacher
+from ttt_kd_ros.teachers.resolve import resolve
+from ttt_kd_ros.teachers.teacher import FeatureMap, Teacher
+from ttt_kd_ros.teachers.weights import load_official_dinov2, tiny_teacher
 
 
 def random_image(h: int = 60, w: int = 100, seed: int = 0) -> np.ndarray:
@@ -192,11 +193,11 @@ def tiny_reference(swiglu: bool, registers: int, heads: int = 1) -> torch.nn.Mod
 
 
 @pytest.mark.parametrize(("swiglu", "registers"), [(False, 0), (True, 4)])
-def test_load_teacher_official_pth_matches_direct_weights(tmp_path: Path, swiglu: bool, registers: int) -> None:
+def test_resolve_official_pth_matches_direct_weights(tmp_path: Path, swiglu: bool, registers: int) -> None:
     reference = tiny_reference(swiglu, registers)
     path = tmp_path / "tiny_dinov2_pretrain.pth"
     torch.save(official_state_dict(reference), path)
-    loaded = load_teacher(path, resolution=(42, 70))
+    loaded = resolve(path, resolution=(42, 70))
     direct = Teacher(reference, "direct", resolution=(42, 70))
     assert loaded.teacher_id == "dinov2-pth:tiny_dinov2_pretrain.pth"
     assert loaded.num_prefix_tokens == 1 + registers and loaded.feature_dim == 64
@@ -221,7 +222,7 @@ def test_load_official_dinov2_with_explicit_heads(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("change", ["missing", "extra"])
-def test_load_teacher_official_pth_key_mismatch_is_named(tmp_path: Path, change: str) -> None:
+def test_resolve_official_pth_key_mismatch_is_named(tmp_path: Path, change: str) -> None:
     state = official_state_dict(tiny_reference(swiglu=False, registers=0))
     if change == "missing":
         del state["blocks.1.ls2.gamma"]
@@ -232,51 +233,51 @@ def test_load_teacher_official_pth_key_mismatch_is_named(tmp_path: Path, change:
     path = tmp_path / "broken.pth"
     torch.save(state, path)
     with pytest.raises(ValueError, match=expected):
-        load_teacher(path)
+        resolve(path)
 
 
-def test_load_teacher_official_name_must_match_size(tmp_path: Path) -> None:
+def test_resolve_official_name_must_match_size(tmp_path: Path) -> None:
     path = tmp_path / "dinov2_vits14_pretrain.pth"
     torch.save(official_state_dict(tiny_reference(swiglu=False, registers=0)), path)
     with pytest.raises(ValueError, match="vits14"):
-        load_teacher(path)
+        resolve(path)
 
 
-def test_load_teacher_pth_not_a_state_dict(tmp_path: Path) -> None:
+def test_resolve_pth_not_a_state_dict(tmp_path: Path) -> None:
     path = tmp_path / "odd.pth"
     torch.save({"model": {"a": torch.zeros(1)}}, path)
     with pytest.raises(ValueError, match="flat state dict"):
-        load_teacher(path)
+        resolve(path)
 
 
 # --------------------------------------------------------------------------------- HF folders and hub ids
 
 
 @pytest.mark.parametrize("registers", [0, 4])
-def test_load_teacher_hf_folder_round_trip(tmp_path: Path, registers: int) -> None:
+def test_resolve_hf_folder_round_trip(tmp_path: Path, registers: int) -> None:
     original = tiny_teacher(seed=3, num_register_tokens=registers, resolution=42)
     original.model.save_pretrained(tmp_path / "tiny")
-    loaded = load_teacher(tmp_path / "tiny", resolution=42)
+    loaded = resolve(tmp_path / "tiny", resolution=42)
     assert loaded.teacher_id == "hf-folder:tiny"
     assert loaded.num_prefix_tokens == 1 + registers
     image = random_image(seed=12)
     torch.testing.assert_close(loaded.feature_map(image).features, original.feature_map(image).features)
 
 
-def test_load_teacher_uncached_hub_id_fails_clearly() -> None:
+def test_resolve_uncached_hub_id_fails_clearly() -> None:
     with pytest.raises(FileNotFoundError, match="local Hugging Face cache"):
-        load_teacher("ttt-kd-ros-tests/not-a-cached-model")
+        resolve("ttt-kd-ros-tests/not-a-cached-model")
 
 
-def test_load_teacher_bad_paths(tmp_path: Path) -> None:
+def test_resolve_bad_paths(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no such file"):
-        load_teacher(tmp_path / "missing.pth")
+        resolve(tmp_path / "missing.pth")
     (tmp_path / "weights.bin").write_bytes(b"\0")
     with pytest.raises(ValueError, match=r"\.pth"):
-        load_teacher(tmp_path / "weights.bin")
+        resolve(tmp_path / "weights.bin")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="not a Hugging Face model folder"):
-        load_teacher(tmp_path / "empty")
+        resolve(tmp_path / "empty")
 
 
 def test_feature_map_dataclass_fields() -> None:

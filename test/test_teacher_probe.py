@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ttt_kd_ros.teacher_probe import fit_patch_probe, patch_miou, similarity_report
+from ttt_kd_ros.teachers.probe import fit_patch_probe, patch_miou, similarity_report
 
 
 def test_probe_separates_one_hot_features_perfectly() -> None:

@@ -12,11 +12,11 @@ from ttt_kd_ros.checkpoint_format import load_checkpoint, read_checkpoint_metada
 from ttt_kd_ros.data.synthetic import generate_scan
 from ttt_kd_ros.geometry import project_points
 from ttt_kd_ros.model import NetConfig, TTTKDNet
-from ttt_kd_ros.oracle_teacher import build_offline_teacher
 from ttt_kd_ros.scan import Scan
 from ttt_kd_ros.targets import distillation_targets
-from ttt_kd_ros.teacher_weights import tiny_teacher
-from ttt_kd_ros.training import (
+from ttt_kd_ros.teachers.resolve import resolve
+from ttt_kd_ros.teachers.weights import tiny_teacher
+from ttt_kd_ros.training.loop import (
     FINAL_CHECKPOINT,
     LAST_CHECKPOINT,
     STATE_FILE,
@@ -92,7 +92,7 @@ def test_train_with_mixed_precision_on_the_cpu_lowers_both_losses(scans, tmp_pat
 
 
 def test_train_with_the_oracle_teacher_learns_its_class_vectors(scans, tmp_path) -> None:
-    teacher = build_offline_teacher("oracle:dim=32", (56, 56), torch.device("cpu"))
+    teacher = resolve("oracle:dim=32", (56, 56), torch.device("cpu"), offline=True)
     result = train(plain_config(6, center_targets=False), tiny_model(), scans, teacher, tmp_path, progress=False,
                    metadata={"teacher_id": teacher.teacher_id})
     first, last = result.history[0], result.history[-1]

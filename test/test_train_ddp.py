@@ -22,8 +22,8 @@ def _free_port() -> int:
 def _worker(rank: int, world: int, port: int, scans: list[Scan], out_dir: str) -> None:
     import test_train  # the spawned interpreter has test/ on sys.path like pytest's
 
-    from ttt_kd_ros.teacher_weights import tiny_teacher
-    from ttt_kd_ros.training import TrainConfig, init_distributed, train
+    from ttt_kd_ros.teachers.weights import tiny_teacher
+    from ttt_kd_ros.training.loop import TrainConfig, init_distributed, train
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))

@@ -32,7 +32,7 @@ from torch import nn
 
 from ttt_kd_ros.scan import IGNORE_LABEL, Scan
 from ttt_kd_ros.targets import distillation_targets
-from ttt_kd_ros.teacher import Teacher
+from ttt_kd_ros.teachers.teacher import Teacher
 
 FUSION_MODES = ("off", "mean", "entropy")
 

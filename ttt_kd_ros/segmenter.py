@@ -34,47 +34,33 @@ from ttt_kd_ros.fusion import FusionConfig, fuse_probabilities, teacher_probabil
 from ttt_kd_ros.model import PreparedScan, TTTKDNet, net_config
 from ttt_kd_ros.scan import IGNORE_LABEL, Prediction, Scan
 from ttt_kd_ros.targets import DistillTargets, distillation_targets
-from ttt_kd_ros.teacher import Teacher
-from ttt_kd_ros.teacher_weights import load_teacher, tiny_teacher
+from ttt_kd_ros.teachers.resolve import BUILTIN, resolve
+from ttt_kd_ros.teachers.teacher import Teacher
 from ttt_kd_ros.validated_settings import ValidatedSettings
 
 LOG = logging.getLogger(__name__)
 
-RANDOM_TEACHERS: dict[str, dict[str, int]] = {
-    "tiny": {},  # tiny_teacher's defaults: 32-dim, 2 layers, for tests and the demo
-    "random-vits14": {"hidden_size": 384, "num_layers": 12, "num_heads": 6},  # DINOv2 ViT-S/14's cost, no weights
-}
-"""Teacher specs that build a random-weight DINOv2 (no files needed); anything else goes to load_teacher."""
 
-BUILTIN = "builtin"
-"""Checkpoint / teacher spec naming the weights shipped in ttt_kd_ros/checkpoints (the node's default)."""
-
-
-def resolve_builtin(checkpoint: str | None, teacher: str) -> tuple[str | None, str]:
-    """(checkpoint, teacher) with BUILTIN replaced by the shipped files' paths.
+def resolve_builtin(checkpoint: str | None) -> str | None:
+    """``checkpoint`` with BUILTIN / ``builtin:<sensor>`` replaced by the shipped file's path.
 
     One place decides what "the package's own model" means, so the node, the
     tools and the docs cannot disagree. A missing shipped file is a
     ValueError naming it (a source tree whose checkpoints were not trained).
+    The teacher's BUILTIN is teachers.resolve's.
     """
-    from ttt_kd_ros.checkpoints import DEFAULT_SENSOR, SENSORS, default_checkpoint, default_teacher
-    from ttt_kd_ros.dense_teacher import DENSE_CONFIG_NAME
+    from ttt_kd_ros.checkpoints import DEFAULT_SENSOR, SENSORS, default_checkpoint
 
-    if checkpoint is not None and (checkpoint == BUILTIN or checkpoint.startswith(BUILTIN + ":")):
-        sensor = checkpoint.partition(":")[2] or DEFAULT_SENSOR
-        if sensor not in SENSORS:
-            raise ValueError(f"checkpoint {checkpoint!r}: the shipped models are "
-                             f"{', '.join(f'{BUILTIN}:{s}' for s in SENSORS)} ({BUILTIN} = {BUILTIN}:{DEFAULT_SENSOR})")
-        path = default_checkpoint(sensor)
-        if not path.is_file():
-            raise ValueError(f"checkpoint {checkpoint!r}: the shipped file {path} is missing")
-        checkpoint = str(path)
-    if teacher == BUILTIN:
-        folder = default_teacher()
-        if not any((folder / name).is_file() for name in ("config.json", DENSE_CONFIG_NAME)):
-            raise ValueError(f"teacher {BUILTIN!r}: the shipped teacher folder {folder} is missing")
-        teacher = str(folder)
-    return checkpoint, teacher
+    if checkpoint is None or not (checkpoint == BUILTIN or checkpoint.startswith(BUILTIN + ":")):
+        return checkpoint
+    sensor = checkpoint.partition(":")[2] or DEFAULT_SENSOR
+    if sensor not in SENSORS:
+        raise ValueError(f"checkpoint {checkpoint!r}: the shipped models are "
+                         f"{', '.join(f'{BUILTIN}:{s}' for s in SENSORS)} ({BUILTIN} = {BUILTIN}:{DEFAULT_SENSOR})")
+    path = default_checkpoint(sensor)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {checkpoint!r}: the shipped file {path} is missing")
+    return str(path)
 
 
 @dataclass
@@ -83,9 +69,9 @@ class SegmenterConfig:
 
     checkpoint: a .safetensors path, BUILTIN (the shipped model) or None (an
     untrained net, for plumbing tests). teacher: BUILTIN (the shipped stand-in),
-    a RANDOM_TEACHERS name or a load_teacher spec (HF folder, cached hub id,
-    official .pth). teacher_resolution: short side in pixels or
-    (H, W); None takes the checkpoint's. max_points: random subsample cap
+    or any teachers.resolve spec (a random control, HF folder, cached hub id,
+    official .pth; not the oracle). teacher_resolution: short side in pixels or
+    (H, W); None takes the checkpoint's (the teacher's own default without one). max_points: random subsample cap
     before the network (0 = none); every input point is still labelled.
     """
 
@@ -131,20 +117,6 @@ def resolve_device(spec: str) -> torch.device:
             raise ValueError(f"SegmenterConfig.device: {spec!r} but only {torch.cuda.device_count()} CUDA devices")
         return torch.device(spec)
     raise ValueError(f"SegmenterConfig.device: expected 'auto', 'cpu', 'cuda' or 'cuda:<i>', got {spec!r}")
-
-
-def build_teacher(spec: str, resolution: int | tuple[int, int], device: torch.device, seed: int = 0) -> Teacher:
-    """A RANDOM_TEACHERS entry (random weights, seeded) or whatever load_teacher reads from disk.
-
-    The oracle control (oracle_teacher.py) is refused here: it reads rendered class images, which a robot
-    never has, so the node and everything built from a SegmenterConfig cannot be pointed at it.
-    """
-    if spec == "oracle" or spec.startswith("oracle:"):
-        raise ValueError(f"teacher {spec!r}: the oracle is an offline control for synthetic scans "
-                         "(ttt_kd_train / ttt_kd_evaluate --teacher oracle), not a teacher a robot can run")
-    if spec in RANDOM_TEACHERS:
-        return tiny_teacher(seed=seed, resolution=resolution, device=device, **RANDOM_TEACHERS[spec])
-    return load_teacher(spec, resolution=resolution, device=device)
 
 
 def nearest_voxel_rows(points_xyz_m: np.ndarray, coords: np.ndarray, voxel_size_m: float) -> np.ndarray:
@@ -235,14 +207,14 @@ class Segmenter:
         head does not fit the teacher's feature dimension.
         """
         device = resolve_device(config.device)
-        checkpoint, teacher_spec = resolve_builtin(config.checkpoint, config.teacher)
+        checkpoint = resolve_builtin(config.checkpoint)
         model: TTTKDNet | None = None
         if checkpoint:
             model = load_checkpoint(checkpoint, device)
         resolution = config.teacher_resolution
-        if resolution is None:
-            resolution = tuple(model.config.teacher_resolution) if model is not None else 224
-        teacher = build_teacher(teacher_spec, resolution, device, seed=config.seed)
+        if resolution is None and model is not None:
+            resolution = tuple(model.config.teacher_resolution)
+        teacher = resolve(config.teacher, resolution, device, seed=config.seed)
         if model is None:
             LOG.warning("no checkpoint given: building an UNTRAINED default network (ttt_kd_small, teacher_dim=%d); "
                         "its labels are meaningless until a trained checkpoint is configured", teacher.feature_dim)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ttt_kd_ros.geometry import project_points
 from ttt_kd_ros.scan import Scan
-from ttt_kd_ros.teacher import Teacher
+from ttt_kd_ros.teachers.teacher import Teacher
 
 
 @dataclass

@@ -18,7 +18,7 @@ SOURCE_ONLY_CHECKPOINT_NAME = "ttt_kd_small_synthetic_source_only.safetensors"
 """The same network, data and budget trained with CE only: the baseline TTT-KD is compared with."""
 
 DEFAULT_TEACHER_NAME = "teacher_synthetic_dense"
-"""Folder of the dense stand-in teacher (an image-only U-Net, dense_teacher.py; NOT DINOv2): docs/TRAINING.md 1c."""
+"""Folder of the dense stand-in teacher (an image-only U-Net, teachers/dense.py; NOT DINOv2): docs/TRAINING.md 1c."""
 
 DEFAULT_TEACHER_RESOLUTION = (120, 160)
 """(H, W) the stand-in teacher was trained at: the synthetic cameras' native size (8-px patches -> 15 x 20)."""
@@ -57,12 +57,12 @@ def source_only_checkpoint(sensor: str = DEFAULT_SENSOR) -> Path:
 
 
 def default_teacher() -> Path:
-    """Folder of the stand-in teacher, a spec that ``teacher_weights.load_teacher`` reads like any teacher folder."""
+    """Folder of the stand-in teacher, a spec that ``teachers.resolve`` reads like any teacher folder."""
     return CHECKPOINT_DIR / DEFAULT_TEACHER_NAME
 
 
 def default_teacher_resolution() -> tuple[int, int]:
-    """(H, W) to pass as load_teacher(resolution=...) with default_teacher()."""
+    """(H, W) to pass as teachers.resolve(resolution=...) with default_teacher()."""
     return DEFAULT_TEACHER_RESOLUTION
 
 

@@ -31,8 +31,8 @@ import numpy as np
 from ttt_kd_ros.msgs.image import DEPTH_ENCODINGS
 from ttt_kd_ros.msgs.scan_messages import CameraMessages, CloudHeader, ScanPolicy, scan_from_messages
 from ttt_kd_ros.msgs.stamps import header_stamp_ns
+from ttt_kd_ros.msgs.transforms import TransformGraph, cam_from_cloud_from_parameter
 from ttt_kd_ros.scan import Scan
-from ttt_kd_ros.transforms import TransformGraph, cam_from_cloud_from_parameter
 
 LOG = logging.getLogger(__name__)
 

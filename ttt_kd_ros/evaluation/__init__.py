@@ -4,8 +4,7 @@ splits: named splits from domain specs, scans generated once; runner: strategies
 Segmenter, the steps curve, the online stream; report: table, JSON, plots.
 """
 
-from ttt_kd_ros.evaluation.report import markdown_table, online_summary, relative_gain, table_rows
-from ttt_kd_ros.evaluation.runner import (
+from ttt_kd_ros.evaluation.evaluator import (
     EVAL_STRATEGIES,
     EvalStrategy,
     RunSettings,
@@ -16,6 +15,7 @@ from ttt_kd_ros.evaluation.runner import (
     run_table,
     window_miou,
 )
+from ttt_kd_ros.evaluation.report import markdown_table, online_summary, relative_gain, table_rows
 from ttt_kd_ros.evaluation.splits import (
     DEFAULT_SHIFTS,
     IN_DISTRIBUTION,

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ttt_kd_ros.evaluation.runner import SplitResult
+from ttt_kd_ros.evaluation.evaluator import SplitResult
 from ttt_kd_ros.metrics import ConfusionMatrix
 
 MUST_AGREE = ("checkpoints", "teacher", "in_distribution", "shifts", "adapt", "rows")

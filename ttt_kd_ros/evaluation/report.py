@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ttt_kd_ros.evaluation.runner import EVAL_STRATEGIES, OnlineStream, SplitResult, window_miou
+from ttt_kd_ros.evaluation.evaluator import EVAL_STRATEGIES, OnlineStream, SplitResult, window_miou
 
 
 def relative_gain(value: float, baseline: float) -> float:

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ttt_kd_ros.msgs.stamps import ns_to_sec_nanosec
+from ttt_kd_ros.msgs.transforms import matrix_to_quaternion
 from ttt_kd_ros.msgs.typestore import ros2_typestore
-from ttt_kd_ros.transforms import matrix_to_quaternion
 
 TF_MESSAGE = "tf2_msgs/msg/TFMessage"
 

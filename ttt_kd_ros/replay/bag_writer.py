@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from ttt_kd_ros.msgs.transforms import matrix_to_quaternion
 from ttt_kd_ros.msgs.typestore import ros2_typestore
 from ttt_kd_ros.scan import CameraIntrinsics, CameraView, Scan
-from ttt_kd_ros.transforms import matrix_to_quaternion
 
 STORAGES = ("mcap", "sqlite3")
 UNLABELLED = 65535

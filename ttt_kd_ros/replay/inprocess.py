@@ -16,7 +16,7 @@ import numpy as np
 
 from ttt_kd_ros.data.rosbag import RosbagScans
 from ttt_kd_ros.metrics import ConfusionMatrix
-from ttt_kd_ros.replay.bag_source import BagPlan
+from ttt_kd_ros.replay.bag_messages import BagPlan
 from ttt_kd_ros.replay.bag_writer import UNLABELLED
 from ttt_kd_ros.replay.report import FrameRecord, StrategyRun
 from ttt_kd_ros.scan import IGNORE_LABEL
@@ -45,12 +45,12 @@ def run_inprocess(plan: BagPlan, strategies: Sequence[str], parameters: Mapping[
     node's defaults); adapt.strategy is replaced per run. ``progress(total, description)`` returns a
     tqdm-like bar (update/close) or None.
     """
-    from ttt_kd_ros.compose import build_segmenter
+    from ttt_kd_ros.parameters.segmenter_config import segmenter_from_parameters
 
     runs = []
     scored_in = ""
     for strategy in strategies:
-        segmenter = build_segmenter(parameters.get("checkpoint"), parameters.get("teacher", "builtin"),
+        segmenter = segmenter_from_parameters(parameters.get("checkpoint"), parameters.get("teacher", "builtin"),
                                     parameters.get("device", "auto"), {**parameters, "adapt.strategy": strategy})
         scored_in, note = scoring_label_set(plan.label_set, segmenter.label_set)
         scans = RosbagScans(plan.path, cloud_topic=plan.cloud_topic, cameras=plan.cameras, max_scans=max_frames,

@@ -120,7 +120,7 @@ def _publish_ms(out: object, reps: int) -> float:
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import PointCloud2
 
-    from ttt_kd_ros.ros.runner import set_fastdds_profile
+    from ttt_kd_ros.ros.segment_command import set_fastdds_profile
 
     set_fastdds_profile()
     context = Context()

@@ -20,8 +20,8 @@ import numpy as np
 
 from ttt_kd_ros.msgs.stamps import stamp_to_ns
 from ttt_kd_ros.msgs.tf_message import tf_message_from_cdr
+from ttt_kd_ros.msgs.transforms import TransformBuffer, transform_stamped_to_matrix
 from ttt_kd_ros.ros.sync import ApproximateTimeSynchronizer, SyncInput
-from ttt_kd_ros.transforms import TransformBuffer, transform_stamped_to_matrix
 
 OPTIONAL_PACKAGES = ("message_filters", "tf2_ros", "tf2_msgs", "sensor_msgs_py", "cv_bridge", "vision_msgs")
 

@@ -45,7 +45,6 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Float64
 from std_srvs.srv import SetBool, Trigger
 
-from ttt_kd_ros.compose import RUNTIME_ADAPT_FIELDS, engine_error_text, retune
 from ttt_kd_ros.geometry import project_points
 from ttt_kd_ros.labels import LABEL_SETS, LabelSet
 from ttt_kd_ros.msgs.scan_messages import (
@@ -60,7 +59,8 @@ from ttt_kd_ros.msgs.scan_messages import (
     read_cloud_header,
     scan_from_messages,
 )
-from ttt_kd_ros.node_parameters import NODE_NAME, RUNTIME_PARAMETERS
+from ttt_kd_ros.parameters.segmenter_config import RUNTIME_ADAPT_FIELDS, engine_error_text, retune
+from ttt_kd_ros.parameters.table import NODE_NAME, RUNTIME_PARAMETERS
 from ttt_kd_ros.ros.compat import (
     backends,
     label_info_publisher,

@@ -1,6 +1,6 @@
 """The node's parameters on the node: declared once with descriptors, read at configure, some changed at run time.
 
-Every parameter the node reads is in node_parameters.PARAMETERS (name,
+Every parameter the node reads is in parameters.table.PARAMETERS (name,
 default, description, allowed values, whether it may change at run time; no
 rclpy there), so `ros2 param describe`, docs/NODE.md and the tools show the
 same text and defaults, and a bad value fails at configure with the
@@ -8,7 +8,7 @@ parameter's name. Descriptors carry the ranges (``FloatingPointRange`` /
 ``IntegerRange``) and choices, and ``read_only`` for everything that is not a
 runtime knob; ``check_update`` is what the node's set-parameters callback
 asks before it accepts a ``ros2 param set``. The mapping to the engine's
-SegmenterConfig is compose.segmenter_config_from_parameters. Cameras are a
+SegmenterConfig is parameters.segmenter_config.segmenter_config_from_parameters. Cameras are a
 list of names; each name gets its own ``camera.<name>.*`` parameters,
 declared after the list is read.
 """
@@ -29,9 +29,10 @@ from rclpy.exceptions import (
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from ttt_kd_ros.compose import segmenter_config_from_parameters
 from ttt_kd_ros.labels import LabelSet
-from ttt_kd_ros.node_parameters import (
+from ttt_kd_ros.msgs.transforms import cam_from_cloud_from_parameter, invert_transform, matrix_to_pose, pose_to_matrix
+from ttt_kd_ros.parameters.segmenter_config import segmenter_config_from_parameters
+from ttt_kd_ros.parameters.table import (
     CAMERA_EXTRINSICS,
     CAMERA_EXTRINSICS_DESCRIPTION,
     CAMERA_PARAMETERS,
@@ -44,7 +45,6 @@ from ttt_kd_ros.node_parameters import (
     parameter_spec,
 )
 from ttt_kd_ros.segmenter import SegmenterConfig
-from ttt_kd_ros.transforms import cam_from_cloud_from_parameter, invert_transform, matrix_to_pose, pose_to_matrix
 
 INT64_MAX = 2**63 - 1
 
@@ -223,8 +223,8 @@ def read_parameters(node: Node) -> NodeParams:
 
 
 def segmenter_config(params: NodeParams) -> SegmenterConfig:
-    """The engine's SegmenterConfig from the node's parameters (the one mapping, in compose.py): the checkpoint's
-    validated settings for every adapt.* / fusion.* parameter the user did not give."""
+    """The engine's SegmenterConfig from the node's parameters (the one mapping, parameters/segmenter_config.py):
+    the checkpoint's validated settings for every adapt.* / fusion.* parameter the user did not give."""
     return segmenter_config_from_parameters(params.values, given=params.given)
 
 

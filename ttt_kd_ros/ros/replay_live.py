@@ -1,6 +1,6 @@
 """Replay a bag through the LIVE node: a separate process, real DDS both ways, the node's own threads.
 
-For each strategy a fresh node process (``python -m ttt_kd_ros.ros.runner``,
+For each strategy a fresh node process (``python -m ttt_kd_ros.ros.segment_command``,
 what ``ttt_kd_segment`` runs) starts with a params file written for the bag:
 its cloud and camera topics, each camera's cam_from_cloud from the bag's tf,
 the strategy. It runs on a per-replay ROS_DOMAIN_ID, with
@@ -44,12 +44,12 @@ import numpy as np
 from ttt_kd_ros.metrics import ConfusionMatrix
 from ttt_kd_ros.msgs.pointcloud2 import read_points
 from ttt_kd_ros.msgs.scan_messages import scan_from_messages
+from ttt_kd_ros.msgs.transforms import invert_transform, matrix_to_pose
 from ttt_kd_ros.msgs.typestore import ros2_typestore
-from ttt_kd_ros.replay.bag_source import BagPlan, RawMessage, cdr_header_stamp_ns, read_raw_messages
+from ttt_kd_ros.replay.bag_messages import BagPlan, RawMessage, cdr_header_stamp_ns, read_raw_messages
 from ttt_kd_ros.replay.inprocess import ground_truth
 from ttt_kd_ros.replay.report import FrameRecord, StrategyRun, node_books
-from ttt_kd_ros.ros.runner import FASTDDS_PROFILE_ENV, NODE_NAME
-from ttt_kd_ros.transforms import invert_transform, matrix_to_pose
+from ttt_kd_ros.ros.segment_command import FASTDDS_PROFILE_ENV, NODE_NAME
 
 DISCOVERY_ENV = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
 SETTLE_S = 1.0
@@ -163,7 +163,7 @@ class NodeProcess:
 
     def __init__(self, params_file: Path, namespace: str, domain_id: int, log_path: Path) -> None:
         import ttt_kd_ros
-        from ttt_kd_ros.share import share_file
+        from ttt_kd_ros.package_files import share_file
 
         env = dict(os.environ)
         env.update(DISCOVERY_ENV)
@@ -173,7 +173,7 @@ class NodeProcess:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
         self.log_path = log_path
         self._log = log_path.open("wb")
-        command = [sys.executable, "-m", "ttt_kd_ros.ros.runner", "--params-file", str(params_file),
+        command = [sys.executable, "-m", "ttt_kd_ros.ros.segment_command", "--params-file", str(params_file),
                    "--namespace", namespace]
         self.process = subprocess.Popen(command, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
@@ -204,7 +204,7 @@ class Bridge:
         for key, value in DISCOVERY_ENV.items():
             os.environ.setdefault(key, value)
         if not os.environ.get(FASTDDS_PROFILE_ENV):
-            from ttt_kd_ros.share import share_file
+            from ttt_kd_ros.package_files import share_file
 
             os.environ[FASTDDS_PROFILE_ENV] = str(share_file("config", "fastdds_large_data.xml"))
         import rclpy
@@ -495,7 +495,7 @@ def score_outputs(plan: BagPlan, frames: Sequence[FrameRecord], outputs: dict[in
 def run_node(plan: BagPlan, strategies: Sequence[str], options: NodeReplayOptions, out_dir: Path,
              score_classes: int | None, progress: Callable[[int, str], Any] | None = None) -> list[StrategyRun]:
     """One fresh node per strategy (clean counters, source weights), all on one per-replay domain."""
-    from ttt_kd_ros.share import share_file
+    from ttt_kd_ros.package_files import share_file
 
     base_file = options.base_params_file or share_file("config", "segment.yaml")
     base = load_params_file(base_file)

@@ -32,9 +32,10 @@ import torch
 from ttt_kd_ros.adapt import TTTKD, AdaptConfig
 from ttt_kd_ros.model import PRESETS, PreparedScan, TTTKDNet, net_config, point_inputs
 from ttt_kd_ros.scan import CameraIntrinsics, CameraView, Scan
-from ttt_kd_ros.segmenter import RANDOM_TEACHERS, build_teacher, resolve_device
+from ttt_kd_ros.segmenter import resolve_device
 from ttt_kd_ros.sparse import voxelize
 from ttt_kd_ros.targets import distillation_targets
+from ttt_kd_ros.teachers.resolve import RANDOM_TEACHERS, resolve
 
 ROOM_M = (12.0, 8.0, 3.0)
 SENSOR_M = (6.0, 4.0, 1.5)
@@ -267,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    teacher = build_teacher(args.teacher, args.teacher_resolution, device)
+    teacher = resolve(args.teacher, args.teacher_resolution, device)
     torch.manual_seed(0)
     model = TTTKDNet(net_config(args.preset, teacher_dim=teacher.feature_dim, backend=args.backend)).to(device)
     n_params = sum(p.numel() for p in model.backbone.parameters())

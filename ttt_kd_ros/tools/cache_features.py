@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from ttt_kd_ros.data.sources import open_source
-from ttt_kd_ros.feature_cache import FeatureCache
 from ttt_kd_ros.segmenter import resolve_device
-from ttt_kd_ros.tools.train import resolve_teacher
+from ttt_kd_ros.teachers.feature_cache import FeatureCache
+from ttt_kd_ros.teachers.resolve import resolution_from_flag, resolve
 
 LOG = logging.getLogger("ttt_kd_cache_features")
 
@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         data = open_source(args.data)
-        teacher = resolve_teacher(args.teacher, args.teacher_resolution, resolve_device(args.device), args.seed)
+        teacher = resolve(args.teacher, resolution_from_flag(args.teacher_resolution), resolve_device(args.device),
+                          args.seed, offline=True)
         cache = FeatureCache(args.cache, teacher)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))

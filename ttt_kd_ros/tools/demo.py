@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 from ttt_kd_ros.adapt import AdaptConfig
-from ttt_kd_ros.replay.bag_source import plan_bag
-from ttt_kd_ros.tools.demo_scans import DemoCase
+from ttt_kd_ros.demo.scans import DemoCase
+from ttt_kd_ros.replay.bag_messages import plan_bag
 
 CASES = (
     DemoCase("lidar", "builtin:lidar", "lidar16=lidar:sensor.rings=16,sensor.mount_height_m=[1.3,1.6]",
@@ -73,11 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _model(sensor: str, checkpoint: str | None, teacher: str | None):
     """The shipped model for ``sensor`` (or the given checkpoint / teacher), and whether it is trained."""
-    from ttt_kd_ros import compose
+    from ttt_kd_ros.parameters import segmenter_config
 
-    model = compose.default_model(sensor)
+    model = segmenter_config.default_model(sensor)
     if checkpoint is not None or teacher is not None:
-        model = compose.ModelChoice(checkpoint if checkpoint is not None else model.checkpoint,
+        model = segmenter_config.ModelChoice(checkpoint if checkpoint is not None else model.checkpoint,
                                     teacher if teacher is not None else model.teacher,
                                     trained=bool(checkpoint or model.trained))
     if not model.trained:
@@ -125,14 +125,14 @@ def _replay(bag: Path, mode: str, out: Path, overrides: dict, args: argparse.Nam
 
 def _pictures(args: argparse.Namespace, models: list, started: float) -> None:
     """Each shipped model on its shift: unadapted and adapted pictures, the curve, the table of this run."""
-    from ttt_kd_ros import compose
-    from ttt_kd_ros.tools.demo_scans import case_scans, run_case, table, write_case_figures
+    from ttt_kd_ros.demo.scans import case_scans, run_case, table, write_case_figures
+    from ttt_kd_ros.parameters import segmenter_config
 
     results = []
     steps = sorted({1, 2, 5, 10, args.picture_steps} & set(range(1, args.picture_steps + 1)))
     for case, model in zip(CASES, models, strict=True):
         # every step count is shown, so no time budget here; the live replay keeps the node's
-        segmenter = compose.build_segmenter(model.checkpoint, model.teacher, "cpu",
+        segmenter = segmenter_config.segmenter_from_parameters(model.checkpoint, model.teacher, "cpu",
                                             {**dict(case.adapt), "adapt.strategy": "ttt_kd",
                                              "adapt.time_budget_s": 0.0})
         scans = case_scans(case, args.pictures, args.seed, args.picture_points)

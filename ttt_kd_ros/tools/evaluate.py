@@ -36,11 +36,21 @@ from ttt_kd_ros.checkpoints import (
     DEFAULT_SENSOR,
     SENSORS,
     default_checkpoint,
-    default_teacher,
-    default_teacher_resolution,
     source_only_checkpoint,
 )
-from ttt_kd_ros.dense_teacher import DenseTeacher
+from ttt_kd_ros.config_edits import apply_overrides
+from ttt_kd_ros.evaluation.evaluator import (
+    EVAL_STRATEGIES,
+    JOINT,
+    SOURCE_ONLY,
+    EvalStrategy,
+    RunSettings,
+    SplitResult,
+    StepsCurve,
+    run_curve,
+    run_online,
+    run_table,
+)
 from ttt_kd_ros.evaluation.pool import pool_runs, read_results
 from ttt_kd_ros.evaluation.report import (
     coverage_line,
@@ -53,18 +63,6 @@ from ttt_kd_ros.evaluation.report import (
     table_rows,
     write_json,
 )
-from ttt_kd_ros.evaluation.runner import (
-    EVAL_STRATEGIES,
-    JOINT,
-    SOURCE_ONLY,
-    EvalStrategy,
-    RunSettings,
-    SplitResult,
-    StepsCurve,
-    run_curve,
-    run_online,
-    run_table,
-)
 from ttt_kd_ros.evaluation.splits import (
     DEFAULT_EVAL_SEED,
     DEFAULT_SHIFTS,
@@ -75,20 +73,27 @@ from ttt_kd_ros.evaluation.splits import (
     parse_split,
 )
 from ttt_kd_ros.evaluation.suites import SUITES, suite_sensor, suite_splits
-from ttt_kd_ros.feature_cache import CachedTeacher
 from ttt_kd_ros.fusion import FusionConfig
 from ttt_kd_ros.labels import LABEL_SETS, common_classes
-from ttt_kd_ros.oracle_teacher import build_offline_teacher, is_oracle
-from ttt_kd_ros.overrides import apply_overrides
-from ttt_kd_ros.segmenter import RANDOM_TEACHERS, checkpoint_settings, resolve_device
-from ttt_kd_ros.teacher import Teacher
+from ttt_kd_ros.segmenter import checkpoint_settings, resolve_device
+from ttt_kd_ros.teachers.dense import DenseTeacher
+from ttt_kd_ros.teachers.feature_cache import CachedTeacher
+from ttt_kd_ros.teachers.oracle import is_oracle
+from ttt_kd_ros.teachers.resolve import (
+    DEFAULT,
+    RANDOM_TEACHERS,
+    builtin_folder,
+    is_builtin,
+    resolution_from_flag,
+    resolve,
+)
+from ttt_kd_ros.teachers.teacher import Teacher
 from ttt_kd_ros.validated_settings import ValidatedSettings
 
 LOG = logging.getLogger("ttt_kd_evaluate")
 
 DEFAULT_JOINT = default_checkpoint()
 DEFAULT_SOURCE_ONLY = source_only_checkpoint()
-DEFAULT_TEACHER = default_teacher()
 DEFAULT_CURVE_STEPS = "0,1,5,10,25,50"
 
 
@@ -103,10 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source-only-checkpoint", type=Path, default=None,
                    help=f"source-only checkpoint (the source_only row; default: the shipped one of --suite's sensor, "
                         f"else {DEFAULT_SOURCE_ONLY})")
-    p.add_argument("--teacher", default=None,
-                   help=f"teacher: a folder / hub id / .pth for load_teacher, a random lower bound "
+    p.add_argument("--teacher", default=DEFAULT,
+                   help=f"teacher: the shipped stand-in ({DEFAULT}), a folder / cached hub id / .pth, a random "
+                        "lower bound "
                         f"{sorted(RANDOM_TEACHERS)}, or the oracle upper bound 'oracle[:corrupt=0.5,dim=96]' "
-                        f"(synthetic scans only); default {DEFAULT_TEACHER} when it exists")
+                        "(synthetic scans only)")
     p.add_argument("--teacher-resolution", type=int, nargs="+", default=None,
                    help="short side or H W; default: the joint checkpoint's")
     p.add_argument("--strategies", default=None,
@@ -166,7 +172,7 @@ def teacher_kind(spec: str, teacher: Teacher) -> str:
                 "rendered class, pooled to patches; an upper bound no image model reaches")
     if spec in RANDOM_TEACHERS:
         return f"random control: random-weight DINOv2-architecture ViT ({spec}), no learnt features"
-    path = Path(spec)
+    path = builtin_folder() if is_builtin(spec) else Path(spec)
     if isinstance(teacher, DenseTeacher):
         config = teacher.config
         return (f"dense stand-in: an image-only U-Net trained on synthetic renders ({path.name}, {config.output} "
@@ -319,15 +325,14 @@ def _check_checkpoint(path: Path, flag: str) -> dict[str, Any]:
     return read_checkpoint_metadata(path)
 
 
-def _resolution(args: argparse.Namespace, joint_meta: dict[str, Any] | None) -> int | tuple[int, int]:
-    if args.teacher_resolution:
-        if len(args.teacher_resolution) not in (1, 2):
-            raise ValueError(f"--teacher-resolution: expected 1 or 2 integers, got {args.teacher_resolution}")
-        r = args.teacher_resolution
-        return r[0] if len(r) == 1 else (r[0], r[1])
+def _resolution(args: argparse.Namespace, joint_meta: dict[str, Any] | None) -> int | tuple[int, int] | None:
+    """The flag's, else the joint checkpoint's (what its kd head was trained on), else the teacher's own."""
+    flag = resolution_from_flag(args.teacher_resolution)
+    if flag is not None:
+        return flag
     if joint_meta is not None:
         return tuple(joint_meta["teacher_resolution"])
-    return default_teacher_resolution()
+    return None
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -381,13 +386,11 @@ class Evaluation:
                 checkpoints[role] = path
         uses_teacher = (args.curve_scans > 0 or args.online_scans > 0
                         or any(r.needs_teacher for r in self.rows))
-        self.teacher_spec = args.teacher or (str(DEFAULT_TEACHER) if DEFAULT_TEACHER.is_dir() else None)
+        self.teacher_spec = args.teacher
         self.device = resolve_device(args.device)
         teacher = None
         if uses_teacher:
-            if self.teacher_spec is None:
-                raise ValueError(f"--teacher: no teacher given and the default {DEFAULT_TEACHER} does not exist")
-            teacher = build_offline_teacher(self.teacher_spec, _resolution(args, self.meta.get(JOINT)), self.device)
+            teacher = resolve(self.teacher_spec, _resolution(args, self.meta.get(JOINT)), self.device, offline=True)
             if args.cache is not None:
                 teacher = CachedTeacher(teacher, args.cache)
         self.teacher_description = teacher_kind(self.teacher_spec, teacher) if teacher is not None else "none used"

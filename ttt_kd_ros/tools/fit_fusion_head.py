@@ -28,9 +28,10 @@ from ttt_kd_ros.checkpoint_format import load_checkpoint, read_checkpoint_metada
 from ttt_kd_ros.data.sources import open_source
 from ttt_kd_ros.fusion import fit_fusion_head, head_examples
 from ttt_kd_ros.model import TTTKDNet
-from ttt_kd_ros.segmenter import build_teacher, resolve_builtin
-from ttt_kd_ros.teacher import Teacher
-from ttt_kd_ros.train_data import training_scan_at
+from ttt_kd_ros.segmenter import resolve_builtin
+from ttt_kd_ros.teachers.resolve import resolve
+from ttt_kd_ros.teachers.teacher import Teacher
+from ttt_kd_ros.training.examples import training_scan_at
 
 LOG = logging.getLogger("ttt_kd_fit_fusion_head")
 
@@ -92,10 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        checkpoint, teacher_spec = resolve_builtin(args.checkpoint, args.teacher)
+        checkpoint = resolve_builtin(args.checkpoint)
         meta = read_checkpoint_metadata(checkpoint)
         model = load_checkpoint(checkpoint, "cpu")
-        teacher = build_teacher(teacher_spec, tuple(model.config.teacher_resolution), torch.device("cpu"))
+        teacher = resolve(args.teacher, tuple(model.config.teacher_resolution), torch.device("cpu"))
         if teacher.feature_dim != model.config.teacher_dim:
             raise ValueError(f"--teacher {args.teacher}: {teacher.feature_dim}-dim features, the checkpoint's kd head "
                              f"outputs {model.config.teacher_dim}")

@@ -9,7 +9,7 @@ augmentation (a random 3x3 colour mixing, grey, exposure, colour offsets,
 noise, flips), so a class is never a colour. The run is resumable: the
 training state is saved every ``--checkpoint-every`` steps and read back
 with ``torch.load(weights_only=True)``. The folder ends with
-``dense_teacher.json`` + ``model.safetensors`` (dense_teacher.py) and
+``dense_teacher.json`` + ``model.safetensors`` (teachers/dense.py) and
 ``pretrain_report.json``: held-out pixel mIoU of the network's own head and
 the patch linear probe / feature similarity of the output the 3D network
 distils, per held-out domain.
@@ -29,7 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ttt_kd_ros.dense_teacher import (
+from ttt_kd_ros.metrics import miou
+from ttt_kd_ros.teachers.dense import (
     DenseSegNet,
     DenseTeacherConfig,
     load_dense_net,
@@ -37,9 +38,8 @@ from ttt_kd_ros.dense_teacher import (
     read_dense_config,
     save_dense_teacher,
 )
-from ttt_kd_ros.metrics import miou
-from ttt_kd_ros.teacher import normalise_pixels
-from ttt_kd_ros.teacher_probe import fit_patch_probe, patch_miou, similarity_report
+from ttt_kd_ros.teachers.probe import fit_patch_probe, patch_miou, similarity_report
+from ttt_kd_ros.teachers.teacher import normalise_pixels
 from ttt_kd_ros.tools.pretrain_teacher import (
     PretrainConfig,
     RenderSet,
@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, value in asdict(DenseTrainConfig()).items():
         p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     p.add_argument("--output", choices=("features", "posterior"), default="features",
-                   help="what the folder's teacher gives the 3D network (load_teacher can override)")
+                   help="what the folder's teacher gives the 3D network (resolve can override)")
     p.add_argument("--patch", type=int, default=DenseTeacherConfig.patch, help="pixels per side of a patch")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (state saved) after this long")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")

@@ -7,7 +7,7 @@ shifted scan and lowering it moves the backbone towards the right classes
 (METHOD.md, "What a teacher must have"). The first stand-in (0.5 M parameters,
 minutes of training on the five named domains) had features whose errors
 followed colour and palette, so it barely saw a shift. This one is a
-transformers ``Dinov2Model`` (``load_teacher`` reads it like any DINOv2 folder)
+transformers ``Dinov2Model`` (``teachers.resolve`` reads it like any DINOv2 folder)
 trained on:
 
 - renders of the five named domains (rooms of data seed 2024, which no 3D
@@ -49,8 +49,8 @@ from ttt_kd_ros.data.synthetic import DOMAINS, scan_seed
 from ttt_kd_ros.data.synthetic.randomised import BEYOND_TRAINING, TRAINING, random_domain
 from ttt_kd_ros.data.synthetic.renders import render_labeled_images
 from ttt_kd_ros.labels import SYNTHETIC_INDOOR
-from ttt_kd_ros.teacher import normalise_pixels
-from ttt_kd_ros.teacher_probe import PatchProbe, fit_patch_probe, patch_miou, similarity_report
+from ttt_kd_ros.teachers.probe import PatchProbe, fit_patch_probe, patch_miou, similarity_report
+from ttt_kd_ros.teachers.teacher import normalise_pixels
 
 RANDOMISED, BEYOND = "randomised", "beyond_training"
 PROBE_NOTE = ("probe_miou: ridge probe on L2-normalised patch tokens -> majority class of the patch, fitted on "
@@ -251,7 +251,7 @@ def majority_classes(labels: torch.Tensor, patch: int, num_classes: int) -> torc
 def probe_report(model, fit_on: RenderSet, held_out: RenderSet, patch: int,
                  num_classes: int) -> dict[str, dict[str, float]]:
     """Per held-out domain: patch linear-probe mIoU (%), the probe fitted on 'source' training views only, and
-    the feature-similarity report against the source training views (teacher_probe.similarity_report).
+    the feature-similarity report against the source training views (teachers.probe.similarity_report).
 
     A probe fitted on one domain and scored on the others measures exactly what KD needs: class carried by the
     features across domains, not recovered by refitting per domain.

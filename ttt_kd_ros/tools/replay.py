@@ -23,8 +23,8 @@ from typing import Any
 import yaml
 
 from ttt_kd_ros.adapt import STRATEGIES
-from ttt_kd_ros.compose import default_model, segmenter_config_from_parameters
-from ttt_kd_ros.replay.bag_source import BagPlan, plan_bag
+from ttt_kd_ros.parameters.segmenter_config import default_model, segmenter_config_from_parameters
+from ttt_kd_ros.replay.bag_messages import BagPlan, plan_bag
 from ttt_kd_ros.replay.report import ReplayReport
 
 MODES = ("node", "inprocess")
@@ -78,8 +78,8 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 def base_parameters(params_file: Path | None) -> dict[str, Any]:
     """Flat node parameters of the params file (the shipped segment.yaml by default)."""
+    from ttt_kd_ros.package_files import share_file
     from ttt_kd_ros.ros.replay_live import flatten_params, load_params_file
-    from ttt_kd_ros.share import share_file
 
     return flatten_params(load_params_file(params_file or share_file("config", "segment.yaml")))
 

@@ -10,7 +10,7 @@ Several GPUs / nodes:     torchrun --nproc_per_node 8 -m ttt_kd_ros.tools.train 
 default's shorthand (``synthetic:DOMAIN?scans=N&seed=S``).
 
 --teacher: "default" (the shipped stand-in teacher, ttt_kd_ros/checkpoints/teacher_synthetic_dense),
-"tiny" (random weights: the control), or any load_teacher spec (a DINOv2 HF folder, an official
+"tiny" (random weights: the control), or any teachers.resolve spec (a DINOv2 HF folder, an official
 .pth, a cached hub id). docs/TRAINING.md has the commands behind the shipped checkpoints.
 """
 
@@ -26,16 +26,14 @@ from pathlib import Path
 import torch
 
 from ttt_kd_ros.checkpoint_format import load_checkpoint, read_checkpoint_metadata, save_checkpoint
-from ttt_kd_ros.checkpoints import default_teacher, default_teacher_resolution
 from ttt_kd_ros.data.sources import DataSource, SubsetSource, SyntheticSource, open_source, synthetic_world
 from ttt_kd_ros.data.synthetic import DOMAINS
 from ttt_kd_ros.labels import LABEL_SETS
 from ttt_kd_ros.losses import KD_LOSS_KINDS
 from ttt_kd_ros.model import PRESETS
-from ttt_kd_ros.oracle_teacher import build_offline_teacher, is_oracle
-from ttt_kd_ros.segmenter import RANDOM_TEACHERS
-from ttt_kd_ros.teacher import Teacher
-from ttt_kd_ros.training import Augmentation, TrainConfig, build_model, init_distributed, train
+from ttt_kd_ros.teachers.resolve import RANDOM_TEACHERS, resolution_from_flag, resolve
+from ttt_kd_ros.teachers.teacher import Teacher
+from ttt_kd_ros.training.loop import Augmentation, TrainConfig, build_model, init_distributed, train
 
 LOG = logging.getLogger("ttt_kd_train")
 
@@ -81,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", default="default",
                    help=f"'default' (stand-in ViT), {sorted(RANDOM_TEACHERS)} (random lower bound), "
                         "'oracle[:corrupt=0.5,dim=96]' (class-vector upper bound, synthetic scans only) or a "
-                        "load_teacher spec")
+                        "teachers.resolve spec (a dense stand-in or DINOv2 folder, a cached hub id, an official .pth)")
     p.add_argument("--teacher-resolution", type=int, nargs="+", default=None,
                    help="short side or H W fed to the teacher (default: the stand-in's native (120, 160), else 224)")
     p.add_argument("--batch-scans", type=int, default=d.batch_scans, help="scans per optimiser step (per rank)")
@@ -101,23 +99,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0 = torch's default)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     return p
-
-
-def resolve_teacher(spec: str, resolution: list[int] | None, device: torch.device, seed: int) -> Teacher:
-    """'default' -> the shipped stand-in folder at its native resolution; the oracle control at the same
-    resolution; anything else as the Segmenter does."""
-    if spec == "default":
-        spec = str(default_teacher())
-        res: int | tuple[int, int] = default_teacher_resolution()
-    elif is_oracle(spec):
-        res = default_teacher_resolution()
-    else:
-        res = 224
-    if resolution:
-        if len(resolution) not in (1, 2):
-            raise ValueError(f"--teacher-resolution: expected a short side or H W, got {resolution}")
-        res = resolution[0] if len(resolution) == 1 else (resolution[0], resolution[1])
-    return build_offline_teacher(spec, res, device, seed=seed)
 
 
 def teacher_input_hw(teacher: Teacher, example_image_wh: tuple[int, int]) -> tuple[int, int]:
@@ -153,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                          weight_decay=args.weight_decay, lambda_kd=args.lambda_kd, kd_loss=args.kd_loss,
                          source_only=args.source_only, batch_scans=args.batch_scans, kd_points=args.kd_points,
                          seed=args.seed, augment=augment, workers=args.workers, amp=amp)
-    teacher = resolve_teacher(args.teacher, args.teacher_resolution, ctx.device, args.seed)
+    teacher = resolve(args.teacher, resolution_from_flag(args.teacher_resolution), ctx.device, args.seed, offline=True)
     if args.init is not None:
         try:
             model = load_checkpoint(args.init, "cpu", expect={"teacher_dim": teacher.feature_dim,
@@ -194,7 +175,7 @@ def add_fusion_head(checkpoint: Path, data: DataSource, teacher: Teacher, cache:
     The head is part of the joint model: it is fitted on the same labelled source scans, through the same feature
     cache (no second teacher forward for a cached image), once the 3D network is trained.
     """
-    from ttt_kd_ros.feature_cache import CachedTeacher
+    from ttt_kd_ros.teachers.feature_cache import CachedTeacher
     from ttt_kd_ros.tools.fit_fusion_head import fit_on_source, with_fusion_head
 
     meta = read_checkpoint_metadata(checkpoint)

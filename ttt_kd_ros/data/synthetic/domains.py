@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from ttt_kd_ros.config_edits import pairs, replace_fields
 from ttt_kd_ros.data.synthetic.scene import SceneStyle
 from ttt_kd_ros.data.synthetic.sensors import SensorConfig
-from ttt_kd_ros.overrides import pairs, replace_fields
 
 HOME = SceneStyle()
 

@@ -33,9 +33,9 @@ from ttt_kd_ros.data.rosbag import (
     resolve_camera_frame,
 )
 from ttt_kd_ros.msgs.stamps import header_stamp_ns
+from ttt_kd_ros.msgs.transforms import TransformGraph
 from ttt_kd_ros.msgs.typestore import ros2_typestore
 from ttt_kd_ros.replay.bag_writer import CUSTOM_LABEL_SET
-from ttt_kd_ros.transforms import TransformGraph
 
 
 @dataclass(frozen=True)

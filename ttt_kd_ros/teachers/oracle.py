@@ -7,7 +7,7 @@ of a random class (``corrupt``), to see how much per-patch noise the
 distillation tolerates. No image model can be this good, and no robot has a
 class image, so the node never offers it: only the offline tools
 (``ttt_kd_train``, ``ttt_kd_evaluate``, the sweep) build it, through
-``build_offline_teacher``. The random-weight ViT (``tiny``) is the lower bound.
+``teachers.resolve(spec, offline=True)``. The random-weight ViT (``tiny``) is the lower bound.
 
 Spec: ``oracle`` or ``oracle:corrupt=0.5,dim=96,seed=0,patch=8``.
 """
@@ -21,10 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ttt_kd_ros.labels import SYNTHETIC_INDOOR
 from ttt_kd_ros.scan import CameraView
-from ttt_kd_ros.segmenter import build_teacher
-from ttt_kd_ros.teacher import DEFAULT_CACHE_SIZE, FeatureMap, Teacher
+from ttt_kd_ros.teachers.teacher import DEFAULT_CACHE_SIZE, FeatureMap, Teacher
 
 ORACLE = "oracle"
 
@@ -135,12 +133,4 @@ class OracleTeacher(Teacher):
         return torch.where(hit.unsqueeze(0), replaced, histogram)
 
 
-def build_offline_teacher(spec: str, resolution: int | tuple[int, int], device: torch.device,
-                          seed: int = 0, num_classes: int = SYNTHETIC_INDOOR.num_classes) -> Teacher:
-    """The teachers the offline tools accept: the oracle control, or whatever segmenter.build_teacher builds."""
-    if is_oracle(spec):
-        return OracleTeacher(parse_oracle(spec), num_classes, resolution, device)
-    return build_teacher(spec, resolution, device, seed=seed)
-
-
-__all__ = ["ORACLE", "OracleSpec", "OracleTeacher", "build_offline_teacher", "is_oracle", "parse_oracle"]
+__all__ = ["ORACLE", "OracleSpec", "OracleTeacher", "is_oracle", "parse_oracle"]

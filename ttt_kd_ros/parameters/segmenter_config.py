@@ -3,7 +3,7 @@
 Before, the node (ros/params.py) and the replay tool each mapped parameters
 to a SegmenterConfig, with different defaults for names a params file left
 out (teacher, device, max_points). Here a missing name takes the node's own
-default (node_parameters.PARAMETERS), and engine errors are renamed to the
+default (parameters.table.PARAMETERS), and engine errors are renamed to the
 parameter (``AdaptConfig.lr`` -> ``parameter adapt.lr``). No rclpy: tools
 import this without ROS.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 from ttt_kd_ros.adapt import AdaptConfig
 from ttt_kd_ros.fusion import FusionConfig
-from ttt_kd_ros.node_parameters import ParameterError, parameter_defaults
+from ttt_kd_ros.parameters.table import ParameterError, parameter_defaults
 from ttt_kd_ros.segmenter import Segmenter, SegmenterConfig
 
 
@@ -111,7 +111,7 @@ def default_model(sensor: str = "rgbd") -> ModelChoice:
     return ModelChoice("", "tiny", False)
 
 
-def build_segmenter(checkpoint: str | None, teacher: str, device: str,
+def segmenter_from_parameters(checkpoint: str | None, teacher: str, device: str,
                     parameters: Mapping[str, Any] | None = None) -> Segmenter:
     """A Segmenter from (checkpoint, teacher, device) plus any other node parameters, mapped as the node maps them;
     the adapt.* / fusion.* names not in ``parameters`` take the checkpoint's validated values, as on the node."""

@@ -1,7 +1,7 @@
 """Joint training of TTTKDNet: L = CE(rho_Y) + lambda * KD(rho_2D, teacher) on visible points (METHOD.md).
 
 The loop ``ttt_kd_train`` runs, kept apart from argument parsing so tests drive
-it directly (what a step reads is train_data.py; torch.distributed is
+it directly (what a step reads is examples.py; torch.distributed is
 distributed.py):
 
 - any data source (data/sources.py) or list of Scans; a first pass per rank
@@ -37,7 +37,14 @@ import torch
 import torch.nn.functional as F
 
 from ttt_kd_ros.checkpoint_format import load_checkpoint, save_checkpoint
-from ttt_kd_ros.distributed import (
+from ttt_kd_ros.labels import get_label_set
+from ttt_kd_ros.losses import KD_LOSS_KINDS, kd_loss
+from ttt_kd_ros.metrics import ConfusionMatrix
+from ttt_kd_ros.model import TTTKDNet, net_config
+from ttt_kd_ros.scan import IGNORE_LABEL, Scan
+from ttt_kd_ros.teachers.feature_cache import CachedTeacher
+from ttt_kd_ros.teachers.teacher import Teacher
+from ttt_kd_ros.training.distributed import (
     DistContext,
     average_buffers,
     init_distributed,
@@ -45,14 +52,7 @@ from ttt_kd_ros.distributed import (
     shard_indices,
     sum_over_ranks,
 )
-from ttt_kd_ros.feature_cache import CachedTeacher
-from ttt_kd_ros.labels import get_label_set
-from ttt_kd_ros.losses import KD_LOSS_KINDS, kd_loss
-from ttt_kd_ros.metrics import ConfusionMatrix
-from ttt_kd_ros.model import TTTKDNet, net_config
-from ttt_kd_ros.scan import IGNORE_LABEL, Scan
-from ttt_kd_ros.teacher import Teacher
-from ttt_kd_ros.train_data import (
+from ttt_kd_ros.training.examples import (
     Augmentation,
     ExampleSet,
     TrainExample,
@@ -68,7 +68,7 @@ from ttt_kd_ros.train_data import (
     training_scan_at,
     transform_scan,
 )
-from ttt_kd_ros.train_report import plot_history
+from ttt_kd_ros.training.report import plot_history
 
 LOG = logging.getLogger("ttt_kd_train")
 

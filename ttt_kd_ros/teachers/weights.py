@@ -1,11 +1,12 @@
 """Where a teacher's weights come from: nothing is downloaded at run time.
 
-``load_teacher`` reads what is on disk: a Hugging Face model folder, a hub id
-already in the local HF cache, or Meta's official
+``load_hf_dinov2`` reads a Hugging Face model folder or a hub id already in the
+local HF cache, ``load_official_dinov2`` Meta's official
 ``dinov2_vit{s,b,l,g}14[_reg4]_pretrain.pth``, converted here to the
 transformers layout (strict key mapping, every tensor accounted for).
 ``tiny_teacher`` builds a random model of the same family for tests and the
-demo. The runtime Teacher (teacher.py) never sees which route built its model.
+demo. ``resolve.resolve`` picks the route; the runtime Teacher (teacher.py) never sees which
+route built its model.
 """
 
 from __future__ import annotations
@@ -15,37 +16,11 @@ from pathlib import Path
 
 import torch
 
-from ttt_kd_ros.dense_teacher import is_dense_teacher_folder, load_dense_teacher
-from ttt_kd_ros.teacher import DEFAULT_RESOLUTION, Teacher
+from ttt_kd_ros.teachers.teacher import Teacher
 
 
-def load_teacher(
-    spec: str | Path,
-    resolution: int | tuple[int, int] = DEFAULT_RESOLUTION,
-    device: str | torch.device = "cpu",
-) -> Teacher:
-    """A Teacher from local weights only; nothing is downloaded.
-
-    spec: a Hugging Face model folder (config.json + weights), a dense stand-in
-    teacher folder (dense_teacher.json + model.safetensors, dense_teacher.py),
-    an official ``dinov2_vit*14*.pth`` file, or a hub id such as
-    ``facebook/dinov2-small`` that is already in the local Hugging Face cache.
-    """
-    path = Path(spec)
-    if path.is_dir() and is_dense_teacher_folder(path):
-        return load_dense_teacher(path, resolution=resolution, device=device)
-    if path.is_dir():
-        return Teacher(_load_hf(str(path), spec_kind="folder"), f"hf-folder:{path.resolve().name}", resolution, device)
-    if path.is_file():
-        if path.suffix not in (".pth", ".pt"):
-            raise ValueError(f"teacher {spec}: a file must be an official DINOv2 .pth checkpoint, got {path.suffix!r}")
-        return Teacher(load_official_dinov2(path), f"dinov2-pth:{path.name}", resolution, device)
-    if str(spec).endswith((".pth", ".pt")) or str(spec).startswith((".", "/", "~")):
-        raise FileNotFoundError(f"teacher {spec}: no such file or folder")
-    return Teacher(_load_hf(str(spec), spec_kind="hub id"), f"hf:{spec}", resolution, device)
-
-
-def _load_hf(spec: str, spec_kind: str) -> torch.nn.Module:
+def load_hf_dinov2(spec: str, spec_kind: str) -> torch.nn.Module:
+    """A transformers DINOv2 (with or without registers) from a local folder or the local HF cache only."""
     from transformers import AutoConfig, Dinov2Model
 
     try:

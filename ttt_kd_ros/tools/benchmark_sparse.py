@@ -1,6 +1,6 @@
 """Time the per-scan map build and forward+backward passes with maps reused vs rebuilt.
 
-    python -m ttt_kd_ros.sparse.benchmark --points 50000 150000 --threads 2
+    python -m ttt_kd_ros.tools.benchmark_sparse --points 50000 150000 --threads 2
 
 Test-time training repeats passes over one scan's geometry, so the number
 that matters is a pass with reused maps; the rebuild column shows what

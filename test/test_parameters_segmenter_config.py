@@ -1,11 +1,11 @@
-"""compose: the one mapping from node parameters to SegmenterConfig, and the Segmenter tools build from it."""
+"""parameters.segmenter_config: node parameters -> SegmenterConfig (the one mapping), the Segmenter built from it."""
 
 from __future__ import annotations
 
 import pytest
 
-from ttt_kd_ros.compose import build_segmenter, segmenter_config_from_parameters
-from ttt_kd_ros.node_parameters import PARAMETERS, ParameterError, parameter_defaults
+from ttt_kd_ros.parameters.segmenter_config import segmenter_config_from_parameters, segmenter_from_parameters
+from ttt_kd_ros.parameters.table import PARAMETERS, ParameterError, parameter_defaults
 
 
 def test_segmenter_config_missing_names_take_the_node_defaults() -> None:
@@ -32,14 +32,14 @@ def test_segmenter_config_names_the_parameter_the_engine_refuses() -> None:
 
 
 def test_build_segmenter_from_checkpoint_teacher_device() -> None:
-    segmenter = build_segmenter(None, "tiny", "cpu", {"teacher_resolution": 56, "adapt.strategy": "none"})
+    segmenter = segmenter_from_parameters(None, "tiny", "cpu", {"teacher_resolution": 56, "adapt.strategy": "none"})
     assert segmenter.strategy.name == "none" and str(segmenter.device) == "cpu"
 
 
 def test_retune_changes_steps_lr_budget_of_a_built_segmenter_between_scans() -> None:
-    from ttt_kd_ros.compose import retune
+    from ttt_kd_ros.parameters.segmenter_config import retune
 
-    segmenter = build_segmenter(None, "tiny", "cpu", {"teacher_resolution": 56, "adapt.optimizer": "sgd",
+    segmenter = segmenter_from_parameters(None, "tiny", "cpu", {"teacher_resolution": 56, "adapt.optimizer": "sgd",
                                                       "adapt.time_budget_s": 0.0})
     assert segmenter.strategy.config.time_budget_s is None
     config = retune(segmenter, {"adapt.steps": 4, "adapt.lr": 0.01, "adapt.time_budget_s": 0.5,

@@ -1,6 +1,6 @@
 """The node's parameters as data: names, defaults, descriptions, allowed values, and their check.
 
-No rclpy here: ros/params.py declares these on the node, compose.py maps
+No rclpy here: ros/params.py declares these on the node, parameters/segmenter_config.py maps
 them to a SegmenterConfig, and tools (replay, demo) read the same defaults,
 so the node, its params file and the tools cannot disagree.
 """

@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from ttt_kd_ros.share import share_file
+from ttt_kd_ros.package_files import share_file
 
 NODE_NAME = "ttt_kd_segmenter"
 FASTDDS_PROFILE_ENV = "FASTRTPS_DEFAULT_PROFILES_FILE"

@@ -18,7 +18,7 @@ Two outputs of one network (``output`` in the folder's config):
   network's errors instead of none.
 
 A folder holds ``dense_teacher.json`` (this module's config) and
-``model.safetensors``; ``teacher_weights.load_teacher`` recognises it.
+``model.safetensors``; ``teachers.resolve`` recognises it.
 Training is ``ttt_kd_pretrain_dense_teacher`` (tools/pretrain_dense_teacher.py).
 """
 
@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ttt_kd_ros.teacher import DEFAULT_CACHE_SIZE, FeatureMap, Teacher
+from ttt_kd_ros.teachers.teacher import DEFAULT_CACHE_SIZE, FeatureMap, Teacher
 
 DENSE_CONFIG_NAME = "dense_teacher.json"
 DENSE_WEIGHTS_NAME = "model.safetensors"

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ttt_kd_ros.demo_figures import ScanPanel, write_demo_figures
+from ttt_kd_ros.demo.figures import ScanPanel, write_demo_figures
 from ttt_kd_ros.evaluation.splits import generate_split, parse_split
 from ttt_kd_ros.labels import LABEL_SETS
 from ttt_kd_ros.metrics import ConfusionMatrix

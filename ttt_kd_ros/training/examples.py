@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ttt_kd_ros.distributed import DistContext, sum_over_ranks
 from ttt_kd_ros.labels import map_to_label_set
 from ttt_kd_ros.scan import CameraView, Scan
 from ttt_kd_ros.targets import center_features, distillation_targets
-from ttt_kd_ros.teacher import Teacher
+from ttt_kd_ros.teachers.teacher import Teacher
+from ttt_kd_ros.training.distributed import DistContext, sum_over_ranks
 
 LOG = logging.getLogger("ttt_kd_train")
 

@@ -6,7 +6,7 @@ cost that remains is one ViT forward per image per scan.
 
 Where the weights come from (a Hugging Face folder, the local hub cache,
 Meta's official .pth converted on load, or a random tiny model) is
-teacher_weights.py's job; this module is what runs on every scan.
+teachers/weights.py's job; this module is what runs on every scan.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ class Teacher:
     def view_feature_map(self, view: CameraView) -> FeatureMap:
         """The FeatureMap of one camera of a scan: what targets and caches call.
 
-        A ViT needs only the image; a control teacher (oracle_teacher.py) reads the camera's rendered class
+        A ViT needs only the image; a control teacher (teachers/oracle.py) reads the camera's rendered class
         image instead, so every caller goes through this one method and never picks a code path per teacher.
         """
         return self.feature_map(view.image_rgb)

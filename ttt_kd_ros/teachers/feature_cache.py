@@ -32,7 +32,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ttt_kd_ros.scan import CameraView
-from ttt_kd_ros.teacher import FeatureMap, Teacher
+from ttt_kd_ros.teachers.teacher import FeatureMap, Teacher
 
 LOG = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from ttt_kd_ros.metrics import ConfusionMatrix
 from ttt_kd_ros.model import TTTKDNet
 from ttt_kd_ros.scan import Scan
 from ttt_kd_ros.segmenter import Segmenter
-from ttt_kd_ros.teacher import Teacher
+from ttt_kd_ros.teachers.teacher import Teacher
 
 LOG = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def load_model(settings: RunSettings, role: str) -> TTTKDNet:
     return load_checkpoint(path, settings.device)
 
 
-def build_segmenter(settings: RunSettings, row: EvalStrategy) -> Segmenter:
+def row_segmenter(settings: RunSettings, row: EvalStrategy) -> Segmenter:
     """The Segmenter a row runs: its checkpoint, its strategy, the teacher only when the strategy distils."""
     model = load_model(settings, row.checkpoint)
     config = row.config if row.config is not None else settings.adapt.get(row.adapt, AdaptConfig(strategy=row.adapt))
@@ -226,7 +226,7 @@ def run_table(settings: RunSettings, rows: Sequence[EvalStrategy], splits: Seque
         if settings.teacher is not None and any(r.needs_teacher for r in rows):
             teacher_cost[split.name] = warm_teacher(settings.teacher, split)
         for row in rows:
-            segmenter = build_segmenter(settings, row)
+            segmenter = row_segmenter(settings, row)
             start = time.perf_counter()
             result = evaluate_split(segmenter, row, split, teacher_cost.get(split.name))
             LOG.info("%s on %s: mIoU %.4f, %.3f s/scan (%.1f s)", row.name, split.name, result.miou,
@@ -276,7 +276,7 @@ def run_curve(settings: RunSettings, splits: Sequence[SplitData], steps: Sequenc
     miou_curve: dict[str, dict[int, float]] = {}
     kd_curve: dict[str, dict[int, float]] = {}
     for split in splits:
-        segmenter = build_segmenter(settings, row)
+        segmenter = row_segmenter(settings, row)
         scoring = split_scoring(segmenter, split.label_set)
         matrices = {k: scoring.confusion() for k in steps}
         losses: dict[int, list[float]] = {k: [] for k in steps}
@@ -329,8 +329,8 @@ def run_online(settings: RunSettings, spec: SplitSpec, num_scans: int, base_seed
                subsample: str, progress_every: int = 50) -> OnlineStream:
     """TTT-KD-O over the first ``num_scans`` consecutive scans of one split (loaded one at a time, not kept;
     fewer when the split's source is shorter)."""
-    online = build_segmenter(settings, EVAL_STRATEGIES["ttt_kd_online"])
-    frozen = build_segmenter(settings, EVAL_STRATEGIES["joint_train"])
+    online = row_segmenter(settings, EVAL_STRATEGIES["ttt_kd_online"])
+    frozen = row_segmenter(settings, EVAL_STRATEGIES["joint_train"])
     source = spec.open(num_scans, base_seed)
     scoring = split_scoring(online, source.label_set)
     stream = OnlineStream(spec.name)
