@@ -237,6 +237,40 @@ def test_labeled_cloud_to_pointcloud2_round_trip() -> None:
     assert msg.header.frame_id == "map"
 
 
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_packed_rgb_decodes_every_bit_pattern_in_either_byte_order(order: str) -> None:
+    """A packed colour whose float bits are a NaN (alpha 255) keeps its colour; big-endian rows decode alike."""
+    colors = np.array([[255, 0, 0], [0, 255, 0], [1, 2, 3], [255, 255, 255]], np.uint8)
+    bits = (0xFF << 24) | (colors[:, 0].astype(np.uint32) << 16) | (colors[:, 1].astype(np.uint32) << 8) | colors[:, 2]
+    points = np.zeros(4, np.dtype({"names": ["x", "y", "z", "rgb"], "formats": [order + "f4"] * 3 + [order + "u4"],
+                                   "offsets": [0, 4, 8, 12], "itemsize": 16}))
+    points["x"] = np.arange(1, 5)
+    points["rgb"] = bits
+    assert np.isnan(bits.view(np.float32)).sum() == 2  # patterns a by-value float conversion would lose
+    fields = [("x", 0, FLOAT32, 1), ("y", 4, FLOAT32, 1), ("z", 8, FLOAT32, 1), ("rgb", 12, FLOAT32, 1)]
+    cloud = pointcloud2_to_cloud(_cloud_msg(points, fields, big_endian=order == ">"))
+    np.testing.assert_array_equal(np.round(cloud.rgb * 255).astype(np.uint8), colors)
+    np.testing.assert_array_equal(cloud.xyz_m[:, 0], [1, 2, 3, 4])
+
+
+def test_decode_cloud_builds_one_structured_view_per_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """xyz, intensity and packed colour all come from one view over the buffer, not one decode each."""
+    import ttt_kd_ros.msgs.pointcloud2 as pointcloud2
+
+    points = np.zeros(5, np.dtype({"names": ["x", "y", "z", "intensity", "rgb"], "formats": ["<f4"] * 4 + ["<u4"],
+                                   "offsets": [0, 4, 8, 12, 16], "itemsize": 20}))
+    points["x"], points["intensity"], points["rgb"] = np.arange(1, 6), 7.0, 0x00FF0000
+    fields = [("x", 0, FLOAT32, 1), ("y", 4, FLOAT32, 1), ("z", 8, FLOAT32, 1), ("intensity", 12, FLOAT32, 1),
+              ("rgb", 16, FLOAT32, 1)]
+    msg = _cloud_msg(points, fields)
+    layouts = []
+    real = pointcloud2.pointcloud2_dtype
+    monkeypatch.setattr(pointcloud2, "pointcloud2_dtype", lambda *a, **k: layouts.append(a) or real(*a, **k))
+    cloud = pointcloud2_to_cloud(msg)
+    assert len(layouts) == 1
+    assert len(cloud.xyz_m) == 5 and cloud.intensity is not None and (cloud.rgb == [1.0, 0.0, 0.0]).all()
+
+
 def test_labeled_cloud_to_pointcloud2_row_mismatch_raises() -> None:
     with pytest.raises(ValueError, match="confidence: expected 3 rows"):
         labeled_cloud_to_pointcloud2(None, np.zeros((3, 3)), np.zeros(3), np.zeros(2), np.zeros((3, 3), np.uint8))

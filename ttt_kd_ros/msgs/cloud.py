@@ -86,13 +86,17 @@ def _flat_field(cloud: np.ndarray, name: str) -> np.ndarray:
     return values.reshape((-1, *values.shape[2:]))
 
 
-def _packed_rgb(msg: Any, name: str, keep: np.ndarray) -> np.ndarray:
+def _packed_rgb(cloud: np.ndarray, name: str, keep: np.ndarray) -> np.ndarray:
     """Packed 0x00RRGGBB colour (float32 or uint32 field) -> (N, 3) float32 in [0, 1].
 
-    The field is re-read as uint32 bits: converting a packed float by value
-    would lose colours whose bit pattern is a NaN (alpha 255).
+    The field's bytes are reinterpreted as uint32 (same byte order, no copy):
+    converting a packed float by value would lose colours whose bit pattern is
+    a NaN (alpha 255).
     """
-    bits = _flat_field(pointcloud2_to_structured(msg, overrides={name: "u4"}), name)[keep]
+    values = _flat_field(cloud, name)
+    if values.dtype.itemsize != 4:
+        raise ValueError(f"PointCloud2: packed colour field {name!r} must be 4 bytes, got {values.dtype}")
+    bits = values.view(np.dtype(np.uint32).newbyteorder(values.dtype.byteorder))[keep]
     rgb = unpack_rgb(bits).astype(np.float32)
     rgb /= np.float32(255.0)
     return rgb
@@ -124,9 +128,9 @@ def decode_cloud(msg: Any, max_range_m: float | None = None, min_range_m: float 
     The header is not read (frame_id "" and stamp 0): the scan path reads it
     once, before decoding.
     """
-    xyz = read_xyz(msg)
+    cloud = pointcloud2_to_structured(msg)  # the one structured view every field is read from
+    xyz = read_xyz(msg, cloud)
     names = field_names(msg)
-    cloud = pointcloud2_to_structured(msg)
     num_input = cloud.size
     index = np.flatnonzero(valid_points(xyz, max_range_m, min_range_m))
     xyz_kept = np.ascontiguousarray(xyz, dtype=np.float32) if len(index) == num_input else xyz[index]
@@ -137,7 +141,7 @@ def decode_cloud(msg: Any, max_range_m: float | None = None, min_range_m: float 
     rgb = None
     packed = next((n for n in ("rgb", "rgba") if n in names), None)
     if packed is not None:
-        rgb = _packed_rgb(msg, packed, index)
+        rgb = _packed_rgb(cloud, packed, index)
     elif {"r", "g", "b"} <= names:
         rgb = _channel_rgb(cloud, index)
     labels = None

@@ -123,18 +123,21 @@ def read_points(msg: Any, field_names: Sequence[str] | None = None,
     return cloud.reshape(-1)
 
 
-def read_xyz(msg: Any) -> np.ndarray:
+def read_xyz(msg: Any, cloud: np.ndarray | None = None) -> np.ndarray:
     """(height * width, 3) float32 coordinates of every point, NaNs included.
 
     A view straight over the buffer when x, y, z are adjacent native float32
     in unpadded rows (the usual driver layout); a copy column by column for
     any other layout. ValueError naming the fields when a coordinate is missing.
+    ``cloud``: the message's structured view when the caller already has it
+    (decode_cloud builds one view per message and reads every field from it).
     """
     names = field_names(msg)
     missing = [axis for axis in XYZ if axis not in names]
     if missing:
         raise ValueError(f"PointCloud2: missing coordinate field(s) {missing}; fields are {sorted(names)}")
-    cloud = pointcloud2_to_structured(msg)
+    if cloud is None:
+        cloud = pointcloud2_to_structured(msg)
     packed = _packed_xyz_view(msg, cloud)
     if packed is not None:
         return packed
