@@ -25,7 +25,6 @@ from ttt_kd_ros.training.loop import (
     TrainExample,
     augmented,
     build_example,
-    center_example,
     estimate_target_center,
     joint_loss,
     learning_rate,
@@ -172,7 +171,7 @@ def test_augmented_crop_keeps_targets_on_their_points(scans) -> None:
 
 def test_build_example_caps_targets(scans) -> None:
     example = build_example(scans[0], tiny_teacher(), kd_points=100, rng=np.random.default_rng(0))
-    assert example.kd_features.shape == (100, 32) and example.kd_features.dtype == torch.float16
+    assert example.kd_features.shape == (100, 32) and example.kd_features.dtype == torch.float32
     assert np.all(np.diff(example.kd_index) > 0)
 
 
@@ -215,11 +214,12 @@ def test_train_centres_targets_like_test_time_and_records_the_center(scans, tmp_
     center = estimate_target_center(raw, teacher.feature_dim)
     stacked = torch.cat([e.kd_features.double() for e in raw])
     np.testing.assert_allclose(center, stacked.mean(dim=0).numpy(), atol=1e-6)
-    # Training's cached (float16) targets equal what the Segmenter computes at test time with the stored center.
-    trained = center_example(raw[0], center)
+    # Training's targets are what the Segmenter computes at test time with the stored center, bit for bit.
+    trained = build_example(scans[0], teacher, 0, np.random.default_rng(0), center)
     at_test = distillation_targets(scans[0], teacher, center=center)
     np.testing.assert_array_equal(trained.kd_index, at_test.point_index.numpy())
-    torch.testing.assert_close(trained.kd_features.float(), at_test.features, atol=2e-3, rtol=0)
+    assert trained.kd_features.dtype == torch.float32
+    torch.testing.assert_close(trained.kd_features, at_test.features, atol=0, rtol=0)
     config = TrainConfig(epochs=1, lr=5e-3, batch_scans=2, kd_points=0, augment=None)
     result = train(config, tiny_model(), scans, teacher, tmp_path, progress=False)
     stored = read_checkpoint_metadata(result.final_checkpoint)["config"]["kd_target_center"]

@@ -3,7 +3,7 @@
 Kept apart from the training loop so the same pieces serve a single process,
 DataLoader workers and DDP ranks:
 
-- ``TrainExample``: a scan and its distillation targets (float16 on the CPU),
+- ``TrainExample``: a scan and its distillation targets (float32 on the CPU),
   made by ``build_example`` from the teacher's feature maps, which a
   ``feature_cache.CachedTeacher`` serves from disk after the first epoch's
   forward (so no epoch re-runs the ViT);
@@ -29,7 +29,7 @@ import torch
 
 from ttt_kd_ros.labels import map_to_label_set
 from ttt_kd_ros.scan import CameraView, Scan
-from ttt_kd_ros.targets import center_features, distillation_targets
+from ttt_kd_ros.targets import distillation_targets
 from ttt_kd_ros.teachers.teacher import Teacher
 from ttt_kd_ros.training.distributed import DistContext, sum_over_ranks
 
@@ -111,7 +111,8 @@ class TrainExample:
     """A training scan and its cached distillation targets.
 
     kd_index: (M,) int64 ascending rows of scan.points_xyz_m that a camera sees;
-    kd_features: (M, D) float16 CPU teacher features at those points (M may be 0).
+    kd_features: (M, D) float32 CPU teacher features at those points (M may be 0), centred when the run
+    centres. float32 throughout: the feature cache's float16 store is the one rounding the targets see.
     """
 
     scan: Scan
@@ -119,22 +120,25 @@ class TrainExample:
     kd_features: torch.Tensor
 
 
-def build_example(scan: Scan, teacher: Teacher | None, kd_points: int, rng: np.random.Generator) -> TrainExample:
+def build_example(scan: Scan, teacher: Teacher | None, kd_points: int, rng: np.random.Generator,
+                  center: Sequence[float] | None = None) -> TrainExample:
     """Teacher targets of ``scan`` once (at most ``kd_points`` of them, a random subset; 0 = all).
 
-    teacher None (source-only training) gives no targets.
+    teacher None (source-only training) gives no targets. ``center`` (the run's target mean) is applied by
+    ``distillation_targets`` itself, the call the Segmenter makes at test time, so training and test-time
+    targets cannot be centred differently.
     """
     if scan.labels is None:
         raise ValueError("scan.labels: training needs labelled scans, got None")
     if teacher is None:
-        return TrainExample(scan, np.zeros(0, np.int64), torch.zeros(0, 0, dtype=torch.float16))
-    targets = distillation_targets(scan, teacher)
+        return TrainExample(scan, np.zeros(0, np.int64), torch.zeros(0, 0))
+    targets = distillation_targets(scan, teacher, center=center)
     index = targets.point_index.cpu().numpy()
     features = targets.features.detach().cpu()
     if 0 < kd_points < len(index):
         pick = np.sort(rng.choice(len(index), kd_points, replace=False))
         index, features = index[pick], features[torch.from_numpy(pick)]
-    return TrainExample(scan, index.astype(np.int64), features.to(torch.float16))
+    return TrainExample(scan, index.astype(np.int64), features.float())
 
 
 def augmented(example: TrainExample, rng: np.random.Generator, aug: Augmentation | None
@@ -195,14 +199,6 @@ def estimate_target_center(examples: Sequence[TrainExample], dim: int,
     return center.mean(ctx)
 
 
-def center_example(example: TrainExample, center: Sequence[float]) -> TrainExample:
-    """The example with its targets centred exactly as ``distillation_targets(..., center=...)`` does at test time."""
-    if example.kd_features.shape[0] == 0:
-        return example
-    features = center_features(example.kd_features.float(), center).to(torch.float16)
-    return TrainExample(example.scan, example.kd_index, features)
-
-
 # ----------------------------------------------------------------------------------------------- scans of a run
 
 
@@ -230,11 +226,11 @@ def training_scan_at(dataset: Sequence[Scan], index: int, label_set: str) -> Sca
 
 
 def example_at(dataset: Sequence[Scan], index: int, teacher: Teacher | None, label_set: str, kd_points: int,
-               seed: int) -> TrainExample:
+               seed: int, center: Sequence[float] | None = None) -> TrainExample:
     """Scan ``index`` and its targets, with the scan's own fixed subset seed: the first pass and every epoch
     build the same example."""
     scan = training_scan_at(dataset, index, label_set)
-    return build_example(scan, teacher, kd_points, np.random.default_rng([seed, index, 1]))
+    return build_example(scan, teacher, kd_points, np.random.default_rng([seed, index, 1]), center)
 
 
 @dataclass
@@ -296,9 +292,7 @@ class ExampleSet(torch.utils.data.Dataset):
 
     def __getitem__(self, k: int) -> tuple[int, Scan, np.ndarray, torch.Tensor]:
         i = self.order[k]
-        example = example_at(self.dataset, i, self.teacher, self.label_set, self.kd_points, self.seed)
-        if self.center:
-            example = center_example(example, self.center)
+        example = example_at(self.dataset, i, self.teacher, self.label_set, self.kd_points, self.seed, self.center)
         rng = np.random.default_rng([self.seed, self.epoch, i, 2])
         return (i, *augmented(example, rng, self.augment))
 
