@@ -155,7 +155,8 @@ def test_layers_ros_imports_no_tools() -> None:
 def test_layers_walk_catches_a_lazy_import_and_an_upward_one(tmp_path: Path) -> None:
     """The checks see what they claim to see: a lazy rclpy import, and an import from a higher layer."""
     module = tmp_path / "lazy.py"
-    module.write_text("def f():\n    from rclpy.node import Node\n    from ttt_kd_ros.ros import node\n    return Node\n")
+    module.write_text("def f():\n    from rclpy.node import Node\n"
+                      "    from ttt_kd_ros.ros import node\n    return Node\n")
     assert _imports(module) >= {"rclpy.node", "rclpy.node.Node", "ttt_kd_ros.ros"}
     assert RANK["ros"] < RANK["segmenter"] < RANK["scan"]
 
