@@ -55,6 +55,17 @@ def test_a_partial_cache_resumes_with_only_the_missing_entries(skitti, tmp_path,
     assert (resumed["computed"], resumed["hits"]) == (2, 1)
 
 
+def test_cache_command_reads_every_entry_and_rebuilds_a_truncated_one(skitti, tmp_path, capsys) -> None:
+    """An entry cut short (a full disk, a killed copy) is not a hit: the command reads it, finds it broken, rebuilds."""
+    cache = tmp_path / "cache"
+    _fill(skitti, cache, capsys)
+    entry = sorted(cache.rglob("*.safetensors"))[0]
+    entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])
+    again = _fill(skitti, cache, capsys)
+    assert (again["hits"], again["rebuilt"], again["computed"]) == (2, 1, 1)
+    assert FeatureCache(cache, tiny_teacher(resolution=28))._read(entry) is not None  # whole again
+
+
 def test_cache_of_another_teacher_is_refused_naming_both(skitti, tmp_path, capsys) -> None:
     cache = tmp_path / "cache"
     _fill(skitti, cache, capsys)

@@ -111,9 +111,6 @@ class FeatureCache:
     def entry_path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.safetensors"
 
-    def contains(self, view: CameraView) -> bool:
-        return self.entry_path(self.key(view)).is_file()
-
     def view_feature_map(self, view: CameraView) -> FeatureMap:
         """The teacher's FeatureMap of ``view``: read from the cache, or computed, stored and returned."""
         path = self.entry_path(self.key(view))

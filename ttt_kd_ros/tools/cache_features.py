@@ -58,10 +58,7 @@ def fill_cache(data, cache: FeatureCache, progress: bool) -> dict[str, object]:
             LOG.warning("skipping %s: %s", data.item_name(i), err)
             continue
         for view in scan.cameras:
-            if cache.contains(view):
-                cache.stats.hits += 1
-            else:
-                cache.view_feature_map(view)
+            cache.view_feature_map(view)  # reads an existing entry whole: a truncated one is rebuilt, not a hit
             images += 1
     return {"scans": len(data), "images": images, **cache.stats.as_dict(), "skipped": dict(skipped)}
 
