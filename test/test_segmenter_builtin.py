@@ -22,6 +22,10 @@ def test_resolve_builtin_names_the_shipped_files() -> None:
     assert builtin_folder() == default_teacher() and (default_teacher() / DENSE_CONFIG_NAME).is_file()
     assert resolve_builtin("/some/model.safetensors") == "/some/model.safetensors"
     assert resolve(BUILTIN).teacher_id == resolve(str(default_teacher())).teacher_id  # both names, one teacher
+    from ttt_kd_ros.checkpoint_format import read_checkpoint_metadata
+
+    for sensor in ("rgbd", "lidar"):  # trained against these very weights: the node has nothing to warn about
+        assert read_checkpoint_metadata(default_checkpoint(sensor))["teacher_id"] == resolve(BUILTIN).teacher_id
 
 
 def test_resolve_builtin_teacher_missing_folder_names_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

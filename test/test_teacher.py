@@ -8,7 +8,7 @@ import torch
 
 from ttt_kd_ros.teachers.resolve import resolve
 from ttt_kd_ros.teachers.teacher import FeatureMap, Teacher
-from ttt_kd_ros.teachers.weights import load_official_dinov2, tiny_teacher
+from ttt_kd_ros.teachers.weights import dinov2_teacher_id, load_official_dinov2, tiny_teacher
 
 
 def random_image(h: int = 60, w: int = 100, seed: int = 0) -> np.ndarray:
@@ -199,7 +199,7 @@ def test_resolve_official_pth_matches_direct_weights(tmp_path: Path, swiglu: boo
     torch.save(official_state_dict(reference), path)
     loaded = resolve(path, resolution=(42, 70))
     direct = Teacher(reference, "direct", resolution=(42, 70))
-    assert loaded.teacher_id == "dinov2-pth:tiny_dinov2_pretrain.pth"
+    assert loaded.teacher_id.startswith("dinov2:") and "tiny_dinov2_pretrain" not in loaded.teacher_id
     assert loaded.num_prefix_tokens == 1 + registers and loaded.feature_dim == 64
     image = random_image(50, 80, seed=11)
     torch.testing.assert_close(loaded.feature_map(image).features, direct.feature_map(image).features,
@@ -253,12 +253,38 @@ def test_resolve_pth_not_a_state_dict(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------- HF folders and hub ids
 
 
+def test_teacher_id_follows_the_weights_not_the_folder_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same weights as a folder, a renamed folder and a cached hub id: one teacher; other weights under the same
+    folder name: another teacher, so a feature cache bound to the first refuses them."""
+    import huggingface_hub.constants as hub
+
+    from ttt_kd_ros.teachers.feature_cache import FeatureCache
+
+    first = tiny_teacher(seed=3, resolution=28)
+    first.model.save_pretrained(tmp_path / "dinov2-small")
+    first.model.save_pretrained(tmp_path / "renamed")
+    snapshot = tmp_path / "hub" / "models--acme--dinov2-small" / "snapshots" / "0123abcd"
+    first.model.save_pretrained(snapshot)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    specs = (tmp_path / "dinov2-small", tmp_path / "renamed", "acme/dinov2-small")
+    ids = {resolve(spec, 28).teacher_id for spec in specs}
+    assert len(ids) == 1
+    FeatureCache(tmp_path / "cache", resolve(tmp_path / "dinov2-small", 28))
+    tiny_teacher(seed=4, resolution=28).model.save_pretrained(tmp_path / "dinov2-small")  # new weights, old name
+    other = resolve(tmp_path / "dinov2-small", 28)
+    assert other.teacher_id not in ids
+    with pytest.raises(ValueError, match="belongs to teacher"):
+        FeatureCache(tmp_path / "cache", other)
+
+
 @pytest.mark.parametrize("registers", [0, 4])
 def test_resolve_hf_folder_round_trip(tmp_path: Path, registers: int) -> None:
     original = tiny_teacher(seed=3, num_register_tokens=registers, resolution=42)
     original.model.save_pretrained(tmp_path / "tiny")
     loaded = resolve(tmp_path / "tiny", resolution=42)
-    assert loaded.teacher_id == "hf-folder:tiny"
+    assert loaded.teacher_id == dinov2_teacher_id(original.model)
     assert loaded.num_prefix_tokens == 1 + registers
     image = random_image(seed=12)
     torch.testing.assert_close(loaded.feature_map(image).features, original.feature_map(image).features)

@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ttt_kd_ros.teachers.teacher import DEFAULT_CACHE_SIZE, FeatureMap, Teacher
+from ttt_kd_ros.teachers.weights import weights_digest
 
 DENSE_CONFIG_NAME = "dense_teacher.json"
 DENSE_WEIGHTS_NAME = "model.safetensors"
@@ -191,7 +192,7 @@ def load_dense_teacher(folder: str | Path, resolution: int | tuple[int, int] = (
     if output is not None:
         config = replace(config, output=output)
     net = load_dense_net(folder, config)
-    teacher_id = f"dense-cnn:{Path(folder).resolve().name}:{config.output}:patch={config.patch}"
+    teacher_id = f"dense-cnn:{weights_digest(net)}:{config.output}:patch={config.patch}"
     return DenseTeacher(net, config, teacher_id, resolution=resolution, device=device)
 
 

@@ -11,7 +11,9 @@ feature cache, the scripts) names its teacher with the same spec strings:
   only with ``offline=True`` (it reads rendered class images a robot never has);
 - anything else is read from disk, nothing downloaded: a dense stand-in folder,
   a Hugging Face DINOv2 folder, a hub id already in the local HF cache, or an
-  official ``dinov2_vit*14*.pth``.
+  official ``dinov2_vit*14*.pth``. Their teacher ids carry a digest of the
+  weights (``weights.weights_digest``), never a file name: the same weights
+  read any way are one teacher, other weights under the same name another.
 
 Before, four functions in four files did parts of this, each with its own
 default resolution; now ``resolution=None`` means one thing everywhere: the
@@ -28,7 +30,7 @@ from ttt_kd_ros.labels import SYNTHETIC_INDOOR
 from ttt_kd_ros.teachers.dense import DENSE_CONFIG_NAME, is_dense_teacher_folder, load_dense_teacher
 from ttt_kd_ros.teachers.oracle import OracleTeacher, is_oracle, parse_oracle
 from ttt_kd_ros.teachers.teacher import DEFAULT_RESOLUTION, Teacher
-from ttt_kd_ros.teachers.weights import load_hf_dinov2, load_official_dinov2, tiny_teacher
+from ttt_kd_ros.teachers.weights import dinov2_teacher_id, load_hf_dinov2, load_official_dinov2, tiny_teacher
 
 BUILTIN = "builtin"
 """The teacher shipped with the package (ttt_kd_ros/checkpoints), the node's default."""
@@ -105,15 +107,16 @@ def _from_disk(spec: str, resolution: Resolution, device: str | torch.device) ->
     if path.is_dir() and is_dense_teacher_folder(path):
         return load_dense_teacher(path, resolution=resolution, device=device)
     if path.is_dir():
-        return Teacher(load_hf_dinov2(str(path), spec_kind="folder"), f"hf-folder:{path.resolve().name}",
-                       resolution, device)
-    if path.is_file():
+        model = load_hf_dinov2(str(path), spec_kind="folder")
+    elif path.is_file():
         if path.suffix not in (".pth", ".pt"):
             raise ValueError(f"teacher {spec}: a file must be an official DINOv2 .pth checkpoint, got {path.suffix!r}")
-        return Teacher(load_official_dinov2(path), f"dinov2-pth:{path.name}", resolution, device)
-    if spec.endswith((".pth", ".pt")) or spec.startswith((".", "/", "~")):
+        model = load_official_dinov2(path)
+    elif spec.endswith((".pth", ".pt")) or spec.startswith((".", "/", "~")):
         raise FileNotFoundError(f"teacher {spec}: no such file or folder")
-    return Teacher(load_hf_dinov2(spec, spec_kind="hub id"), f"hf:{spec}", resolution, device)
+    else:
+        model = load_hf_dinov2(spec, spec_kind="hub id")
+    return Teacher(model, dinov2_teacher_id(model), resolution, device)
 
 
 __all__ = ["BUILTIN", "DEFAULT", "RANDOM_TEACHERS", "builtin_folder", "default_resolution", "is_builtin",

@@ -11,12 +11,47 @@ route built its model.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from ttt_kd_ros.teachers.teacher import Teacher
+
+DIGEST_CHARS = 16
+"""Hex characters of a weights digest kept in a teacher id: 64 bits, no accidental collision between two models."""
+
+ARCHITECTURE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                     "mlp_ratio", "patch_size", "image_size", "layer_norm_eps", "use_swiglu_ffn",
+                     "num_register_tokens", "hidden_act", "layerscale_value", "qkv_bias", "num_channels")
+"""The config fields a ViT's features depend on; file bookkeeping (_name_or_path, transformers_version) is left out
+so one model reads as the same teacher from a folder, a hub id or a converted .pth."""
+
+
+def weights_digest(module: torch.nn.Module, config: Mapping[str, object] | None = None) -> str:
+    """A digest of what a teacher's features depend on: its architecture fields and every tensor it holds.
+
+    Why: a folder name says nothing about the weights in it. Features cached, distilled and stored with a
+    checkpoint belong to exactly these weights, so a teacher id carries this digest and other weights saved
+    under the same name are another teacher (the cache binding and the checkpoint check then refuse them).
+    """
+    digest = hashlib.sha256()
+    if config is not None:
+        digest.update(json.dumps({k: config[k] for k in ARCHITECTURE_KEYS if k in config}, sort_keys=True,
+                                 default=str).encode())
+    for name, tensor in sorted(module.state_dict().items()):
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(flat.view(torch.uint8).numpy())
+    return digest.hexdigest()[:DIGEST_CHARS]
+
+
+def dinov2_teacher_id(model: torch.nn.Module) -> str:
+    """``dinov2:<digest>`` of a transformers DINOv2, however it was read (folder, cached hub id, official .pth)."""
+    return f"dinov2:{weights_digest(model, model.config.to_dict())}"
 
 
 def load_hf_dinov2(spec: str, spec_kind: str) -> torch.nn.Module:
