@@ -26,7 +26,6 @@ import torch
 from ttt_kd_ros.data.sources import open_source
 from ttt_kd_ros.teachers.feature_cache import CachedTeacher
 from ttt_kd_ros.teachers.resolve import resolution_from_flag, resolve
-from ttt_kd_ros.tools.train import teacher_input_hw
 from ttt_kd_ros.training.examples import augmented, build_example, training_scan
 from ttt_kd_ros.training.loop import Augmentation, TrainConfig, build_model, scan_loss
 
@@ -48,11 +47,7 @@ def main() -> int:
     teacher = resolve(args.teacher, resolution_from_flag(args.teacher_resolution), torch.device("cpu"), offline=True)
     config = TrainConfig(preset=args.preset, kd_points=args.kd_points,
                          augment=Augmentation(crop_points=args.crop_points))
-    first = data[0]
-    wh = (224, 224)
-    if first.cameras:
-        wh = (first.cameras[0].intrinsics.width_px, first.cameras[0].intrinsics.height_px)
-    model = build_model(config, teacher.feature_dim, teacher.teacher_id, teacher_input_hw(teacher, wh),
+    model = build_model(config, teacher.feature_dim, teacher.teacher_id, teacher.resolution,
                         label_set=args.label_set)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     rows = []

@@ -64,7 +64,7 @@ def main() -> int:
     source = load_checkpoint(args.source_only_checkpoint, "cpu")
     if joint.fusion_head is None:
         raise SystemExit(f"{args.checkpoint}: no fusion head (ttt_kd_fit_fusion_head adds one)")
-    teacher = resolve(args.teacher, tuple(joint.config.teacher_resolution), torch.device("cpu"))
+    teacher = resolve(args.teacher, joint.config.teacher_resolution, torch.device("cpu"))
     center = joint.config.kd_target_center
     id_spec, shifts = suite_splits(args.suite)
     texts = [f"in_dist={id_spec}", *shifts]

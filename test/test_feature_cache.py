@@ -78,6 +78,13 @@ def test_cache_of_another_teacher_is_refused_naming_both(skitti, tmp_path, capsy
     assert "belongs to teacher" in capsys.readouterr().err
 
 
+def test_cache_at_another_resolution_names_the_flag_that_fits_it(skitti, tmp_path, capsys) -> None:
+    cache = tmp_path / "cache"
+    _fill(skitti, cache, capsys)
+    with pytest.raises(ValueError, match=r"at resolution 28 .* at \[28, 42\].*--teacher-resolution 28\)"):
+        FeatureCache(cache, tiny_teacher(resolution=(28, 42)))
+
+
 def test_served_features_are_the_same_cold_and_warm_and_a_broken_entry_is_recomputed(skitti, tmp_path) -> None:
     view = open_source(skitti)[0].cameras[0]
     teacher = tiny_teacher(resolution=28)

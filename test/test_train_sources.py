@@ -7,6 +7,7 @@ ScanNet SensReader frames, a labeled rosbag2); the teacher is the random tiny DI
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -174,3 +175,91 @@ def test_synthetic_training_validates_on_unseen_rooms_of_its_own_domain() -> Non
         ["--out", "unused", "--scans", "4", "--seed", "2"]))
     assert (default_data.domain.name, default_data.seed, len(default_data)) == ("source", 2, 4)
     assert default_val.seed == 2 + train_tool.VAL_SEED_OFFSET
+
+
+def _doc_commands(section: str, start: str) -> list[list[str]]:
+    """The shell commands of the code block after ``start`` in docs/TRAINING.md ``section``, continuations joined."""
+    text = (REPO_ROOT / "docs" / "TRAINING.md").read_text()
+    body = text[text.index(section):]
+    lines = body[body.index(start):].splitlines()[1:]
+    block = []
+    for line in lines:
+        if not line.strip() and block:
+            break
+        if line.startswith("    "):
+            block.append(line.strip())
+    return [shlex.split(part) for part in _split_commands(" ".join(block).replace("\\ ", ""))]
+
+
+def _split_commands(joined: str) -> list[str]:
+    """Split a joined block into its commands: at `;` and before each command name."""
+    parts = []
+    for chunk in joined.split(";"):
+        for name in ("ttt_kd_cache_features", "torchrun", "ttt_kd_evaluate"):
+            chunk = chunk.replace(f" {name} ", f"\n{name} ")
+        parts.extend(p.strip() for p in chunk.split("\n") if p.strip())
+    return parts
+
+
+def _small(args: list[str], sizes: dict[str, str]) -> list[str]:
+    """The same command with this machine's sizes: the flags in ``sizes`` take the given values."""
+    out = list(args)
+    for flag, value in sizes.items():
+        if flag in out:
+            out[out.index(flag) + 1] = value
+    return out
+
+
+@pytest.mark.slow
+def test_training_md_2b_semantickitti_commands_run_as_written(tmp_path: Path, monkeypatch, capsys) -> None:
+    """docs/TRAINING.md 2b, SemanticKITTI: cache features, joint + source-only training, then the evaluation that
+    reads the same cache (it once refused it: training recorded one image's (H, W), not the resolution given).
+
+    The commands are read from the document; only sizes change (1 epoch, ttt_kd_small, a handful of scans, the
+    CPU, no torchrun) and the paths point at a tiny SemanticKITTI tree, a tiny nuScenes tree and a DINOv2-shaped
+    folder of random weights.
+    """
+    from layout_nuscenes import write_nuscenes_tree
+
+    from ttt_kd_ros.teachers.weights import tiny_teacher
+    from ttt_kd_ros.tools import cache_features
+
+    data = write_semantickitti(tmp_path / "skitti", {f"{s:02d}": 1 for s in range(11)}, points=300)
+    nuscenes = tmp_path / "nusc"
+    write_nuscenes_tree(nuscenes)
+    teacher = tmp_path / "dinov2-small"
+    tiny_teacher(seed=5).model.save_pretrained(teacher)
+    monkeypatch.chdir(tmp_path)
+    commands = _doc_commands("## 2b.", "**SemanticKITTI**")
+    assert [c[0] for c in commands] == ["DATA=/data/semantickitti/dataset", "CACHE=/data/cache/skitti_dinov2s_224",
+                                        "T=/models/dinov2-small", "ttt_kd_cache_features", "torchrun", "torchrun",
+                                        "ttt_kd_evaluate"]
+    variables = {"$DATA": str(data), "$CACHE": str(tmp_path / "cache"), "$T": str(teacher),
+                 "/data/nuscenes?split=val": f"{nuscenes}?version=v1.0-mini&split=mini_val"}
+
+    def filled(args: list[str]) -> list[str]:
+        out = []
+        for arg in args:
+            for name, value in variables.items():
+                arg = arg.replace(name, value)
+            out.append(arg)
+        return out
+
+    cache_args = filled(commands[3][1:])
+    assert cache_features.main([*_small(cache_args, {"--device": "cpu", "--teacher-resolution": "28"}),
+                                "--no-progress"]) == 0
+    train_args = filled(commands[4][commands[4].index("-m") + 2:])
+    sizes = {"--val-scans": "1", "--preset": "ttt_kd_small", "--epochs": "1", "--workers": "0",
+             "--teacher-resolution": "28"}
+    assert train_tool.main([*_small(train_args, sizes), "--threads", "1", "--no-progress"]) == 0
+    same = commands[5][commands[5].index("...same...") + 1:]
+    source_only = [a for a in _small(train_args, sizes) if a not in ("--lambda-kd", "0.3")]
+    source_only = [*source_only[:source_only.index("--out")], *filled(same), "--threads", "1", "--no-progress"]
+    assert train_tool.main(source_only) == 0
+    evaluate_args = _small(filled(commands[6][1:]), {"--scans": "1", "--device": "cpu"})
+    assert "--teacher-resolution" not in evaluate_args  # the checkpoint's recorded resolution is what binds the cache
+    assert evaluate_tool.main([*evaluate_args, "--steps", "1", "--curve-scans", "0", "--threads", "1", "-q"]) == 0
+    results = json.loads((tmp_path / "runs" / "eval_skitti" / "results.json").read_text())
+    assert {r["split"] for r in results["results"]} >= {"skitti08", "nuscenes_val"}
+    assert read_checkpoint_metadata(tmp_path / "runs" / "skitti_joint" / "model.safetensors")[
+        "teacher_resolution"] == 28

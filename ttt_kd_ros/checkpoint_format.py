@@ -45,7 +45,8 @@ def save_checkpoint(model: TTTKDNet, path: str | os.PathLike, extra: dict | None
         "class_names": list(get_label_set(config.label_set).class_names) if config.label_set in LABEL_SETS else [],
         "voxel_size_m": config.voxel_size_m,
         "teacher_id": config.teacher_id,
-        "teacher_resolution": list(config.teacher_resolution),
+        "teacher_resolution": config.teacher_resolution if isinstance(config.teacher_resolution, int)
+        else list(config.teacher_resolution),
         "extra": extra or {},
         "validated": validated or {},
     }

@@ -33,6 +33,14 @@ FLOOR_PERCENTILE = 2.0
 """Percentile of z taken as the floor: low enough to sit on the floor when a scan sees any floor, high enough that
 a few stray points below it (noise, reflections) do not move it."""
 
+def resolution_value(value: object) -> int | tuple[int, int]:
+    """A teacher resolution from a config or checkpoint (int, [s], [H, W], (H, W)) as the Teacher takes it."""
+    items = [value] if isinstance(value, int) else list(value) if isinstance(value, (list, tuple)) else []
+    if len(items) not in (1, 2) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items):
+        raise ValueError(f"teacher_resolution: expected a short side or (H, W) of positive integers, got {value!r}")
+    return items[0] if len(items) == 1 else (items[0], items[1])
+
+
 @dataclass
 class NetConfig:
     """Everything needed to rebuild a TTTKDNet; stored in every checkpoint.
@@ -49,7 +57,10 @@ class NetConfig:
     label_set: str = "synthetic_indoor"
     teacher_dim: int = 384
     teacher_id: str = ""
-    teacher_resolution: tuple[int, int] = (224, 224)  # (H, W) pixels fed to the teacher
+    teacher_resolution: int | tuple[int, int] = (224, 224)
+    """The teacher's input resolution as the teacher was built with: a short side (the image's aspect kept) or
+    (H, W). Recorded as given, not as one training image's input size, so evaluation and the node rebuild the
+    same teacher (and find the feature cache bound to it) on images of any size."""
     voxel_size_m: float = 0.05
     encoder_planes: tuple[int, ...] = (16, 32, 64, 128)
     encoder_blocks: tuple[int, ...] = (1, 1, 1, 1)
@@ -69,8 +80,9 @@ class NetConfig:
 
     def __post_init__(self) -> None:
         for name in ("input_features", "encoder_planes", "encoder_blocks", "decoder_planes", "decoder_blocks",
-                     "teacher_resolution", "kd_target_center"):
+                     "kd_target_center"):
             setattr(self, name, tuple(getattr(self, name)))
+        self.teacher_resolution = resolution_value(self.teacher_resolution)
         unknown = [f for f in self.input_features if f not in FEATURE_WIDTHS]
         if unknown or not self.input_features:
             raise ValueError(f"input_features: expected names from {list(FEATURE_WIDTHS)}, got {self.input_features}")
@@ -91,8 +103,6 @@ class NetConfig:
             )
         if not self.voxel_size_m > 0:
             raise ValueError(f"voxel_size_m: expected > 0, got {self.voxel_size_m}")
-        if len(self.teacher_resolution) != 2:
-            raise ValueError(f"teacher_resolution: expected (H, W), got {self.teacher_resolution}")
         self.kd_target_center = tuple(float(v) for v in self.kd_target_center)
         if self.kd_target_center and len(self.kd_target_center) != self.teacher_dim:
             raise ValueError(f"kd_target_center: expected {self.teacher_dim} values (teacher_dim) or none, got "

@@ -213,7 +213,7 @@ class Segmenter:
             model = load_checkpoint(checkpoint, device)
         resolution = config.teacher_resolution
         if resolution is None and model is not None:
-            resolution = tuple(model.config.teacher_resolution)
+            resolution = model.config.teacher_resolution
         teacher = resolve(config.teacher, resolution, device, seed=config.seed)
         if model is None:
             LOG.warning("no checkpoint given: building an UNTRAINED default network (ttt_kd_small, teacher_dim=%d); "

@@ -95,10 +95,15 @@ class FeatureCache:
                 raise ValueError(f"feature cache {manifest}: not valid JSON ({err}); delete the folder to rebuild it"
                                  ) from None
             if stored != identity:
+                only_resolution = {k: v for k, v in stored.items() if k != "resolution"} == {
+                    k: v for k, v in identity.items() if k != "resolution"}
+                fix = (f"run with the cache's resolution (--teacher-resolution "
+                       f"{' '.join(map(str, np.atleast_1d(stored.get('resolution'))))}) or give another cache folder"
+                       if only_resolution else "give another cache folder")
                 raise ValueError(f"feature cache {self.root} belongs to teacher {stored.get('teacher_id')!r} at "
                                  f"resolution {stored.get('resolution')} ({stored.get('feature_dim')}-dim); this run "
                                  f"uses {identity['teacher_id']!r} at {identity['resolution']} "
-                                 f"({identity['feature_dim']}-dim): give another cache folder")
+                                 f"({identity['feature_dim']}-dim): {fix}")
             return
         if self.read_only:
             raise ValueError(f"feature cache {self.root}: no {MANIFEST}; fill it first with ttt_kd_cache_features")

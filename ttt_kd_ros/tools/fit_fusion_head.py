@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         checkpoint = resolve_builtin(args.checkpoint)
         meta = read_checkpoint_metadata(checkpoint)
         model = load_checkpoint(checkpoint, "cpu")
-        teacher = resolve(args.teacher, tuple(model.config.teacher_resolution), torch.device("cpu"))
+        teacher = resolve(args.teacher, model.config.teacher_resolution, torch.device("cpu"))
         if teacher.feature_dim != model.config.teacher_dim:
             raise ValueError(f"--teacher {args.teacher}: {teacher.feature_dim}-dim features, the checkpoint's kd head "
                              f"outputs {model.config.teacher_dim}")

@@ -101,12 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def teacher_input_hw(teacher: Teacher, example_image_wh: tuple[int, int]) -> tuple[int, int]:
-    """(H, W) the teacher sees for this data's images: what NetConfig.teacher_resolution records."""
-    w_in, h_in = teacher.input_size(*example_image_wh)
-    return h_in, w_in
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -143,8 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, FileNotFoundError) as err:
             parser.error(f"--init: {err}")
     else:
-        model = build_model(config, teacher.feature_dim, teacher.teacher_id,
-                            teacher_input_hw(teacher, example_image_wh(data)), label_set=label_set)
+        model = build_model(config, teacher.feature_dim, teacher.teacher_id, teacher.resolution, label_set=label_set)
     metadata = {"command": command, "teacher_id": teacher.teacher_id, "teacher_spec": args.teacher,
                 "init": str(args.init) if args.init is not None else "",
                 "data": data.spec, "val": val.spec if val is not None else "", "domain": args.domain,
@@ -209,18 +202,6 @@ def open_data(args: argparse.Namespace) -> tuple[DataSource, DataSource | None]:
             val = SyntheticSource(train_world.domain, args.val_scans, train_world.seed + VAL_SEED_OFFSET,
                                   spec=f"{train_world.spec} (validation rooms, seed + {VAL_SEED_OFFSET})")
     return data, val
-
-
-def example_image_wh(data: DataSource) -> tuple[int, int]:
-    """(W, H) of the first camera image among the first scans that load: what the teacher's input size follows."""
-    for i in range(min(len(data), 8)):
-        try:
-            scan = data[i]
-        except (ValueError, FileNotFoundError, OSError):
-            continue
-        if scan.cameras:
-            return scan.cameras[0].intrinsics.width_px, scan.cameras[0].intrinsics.height_px
-    return 224, 224
 
 
 def setup_logging(out: Path | None, quiet: bool) -> None:

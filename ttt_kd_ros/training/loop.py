@@ -209,7 +209,7 @@ def evaluate_miou(model: TTTKDNet, scans: Sequence[Scan], device: torch.device) 
 
 
 def build_model(config: TrainConfig, teacher_dim: int, teacher_id: str,
-                teacher_resolution: tuple[int, int], label_set: str = "") -> TTTKDNet:
+                teacher_resolution: int | tuple[int, int], label_set: str = "") -> TTTKDNet:
     """The preset's network for ``label_set``'s classes (the preset's own set when ""), initialised from
     config.seed (the same on every rank)."""
     classes = {}
