@@ -1,6 +1,6 @@
 """The two self-supervised losses test-time adaptation minimises, as pure functions.
 
-They live apart from the step loops (adapt.py) and the training tool so that
+They live apart from the step loop (adapt/gradient.py) and the training tool so that
 joint training and test-time training optimise exactly the same quantity: a
 TTT-KD step only helps when it lowers the loss the network learnt to predict.
 """
