@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import logging
 
 import numpy as np
 import pytest
@@ -167,6 +169,43 @@ def test_augmented_crop_keeps_targets_on_their_points(scans) -> None:
     assert out_scan.num_points == 600
     assert 0 < len(out_index) < len(index)
     np.testing.assert_allclose(out_features.float().numpy(), out_scan.points_xyz_m[out_index], atol=1e-2)
+
+
+def _front_camera_sweep(points: int = 6000) -> TrainExample:
+    """A 360-degree ring of points of which one front camera sees a 40-degree wedge (a KITTI-like rig)."""
+    rng = np.random.default_rng(3)
+    angle = rng.uniform(-np.pi, np.pi, points)
+    radius = rng.uniform(3.0, 30.0, points)
+    xyz = np.stack([radius * np.cos(angle), radius * np.sin(angle), rng.uniform(-1, 1, points)], 1).astype(np.float32)
+    seen = np.flatnonzero(np.abs(angle) < np.radians(20))
+    scan = Scan(points_xyz_m=xyz, labels=np.zeros(points, np.int64))
+    return TrainExample(scan, seen, torch.from_numpy(xyz[seen]))
+
+
+@pytest.mark.parametrize(("share", "low", "high"), [(0.5, 0.5, 1.0), (0.0, 0.0, 0.4)])
+def test_crops_reach_the_cameras_view_part_of_the_time(share: float, low: float, high: float) -> None:
+    """Uniform crop centres over a 360-degree sweep mostly miss one front camera's view; crop_on_targets centres
+    that share of crops on seen points, so the KD term has targets in at least that share of steps."""
+    example = _front_camera_sweep()
+    aug = Augmentation(rotate_z=False, scale=(1.0, 1.0), flip_prob=0.0, jitter_m=0.0, crop_points=600,
+                       crop_on_targets=share)
+    rng = np.random.default_rng(0)
+    with_targets = np.mean([len(augmented(example, rng, aug)[1]) > 0 for _ in range(200)])
+    assert low <= with_targets <= high
+
+
+def test_an_epoch_without_any_target_is_a_warning_and_recorded_in_the_checkpoint(scans, tmp_path, caplog) -> None:
+    """Cameras that see nothing (here: every point 10 km behind them) leave the KD term empty: the run says so."""
+    behind = np.eye(4)
+    behind[2, 3] = -1e4
+    blind = []
+    for scan in scans:
+        cameras = [dataclasses.replace(view, cam_from_cloud=behind @ view.cam_from_cloud) for view in scan.cameras]
+        blind.append(dataclasses.replace(scan, cameras=cameras))
+    with caplog.at_level(logging.WARNING, logger="ttt_kd_train"):
+        train(plain_config(1, center_targets=False), tiny_model(), blind, tiny_teacher(), tmp_path, progress=False)
+    assert "NO distillation target" in caplog.text
+    assert read_checkpoint_metadata(tmp_path / FINAL_CHECKPOINT)["extra"]["epochs_without_kd"] == [0]
 
 
 def test_build_example_caps_targets(scans) -> None:

@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="short side or H W fed to the teacher (default: the stand-in's native (120, 160), else 224)")
     p.add_argument("--batch-scans", type=int, default=d.batch_scans, help="scans per optimiser step (per rank)")
     p.add_argument("--crop-points", type=int, default=16000, help="train on crops of this many points (0 = whole)")
+    p.add_argument("--crop-on-targets", type=float, default=a.crop_on_targets,
+                   help="share of crops centred on a point a camera sees (keeps the KD term alive on rigs whose "
+                        "cameras see part of the sweep)")
     p.add_argument("--no-augment", action="store_true", help="no rotation / scaling / flip / jitter / crop")
     p.add_argument("--scale", type=float, nargs=2, default=a.scale)
     p.add_argument("--jitter-m", type=float, default=a.jitter_m)
@@ -122,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     if not label_set:
         parser.error(f"--data {data.spec}: the source has no labels; training needs a labelled source")
     augment = None if args.no_augment else Augmentation(scale=tuple(args.scale), flip_prob=args.flip_prob,
-                                                        jitter_m=args.jitter_m, crop_points=args.crop_points)
+                                                        jitter_m=args.jitter_m, crop_points=args.crop_points,
+                                                        crop_on_targets=args.crop_on_targets)
     amp = args.amp if args.amp is not None else ctx.device.type == "cuda"
     config = TrainConfig(data=data.spec, preset=args.preset, epochs=args.epochs, lr=args.lr,
                          weight_decay=args.weight_decay, lambda_kd=args.lambda_kd, kd_loss=args.kd_loss,

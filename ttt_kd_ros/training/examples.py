@@ -42,13 +42,19 @@ LOG = logging.getLogger("ttt_kd_train")
 @dataclass
 class Augmentation:
     """Random changes of a training scan. crop_points > 0 keeps that many points nearest (in x-y) to a random
-    point: smaller, spatially coherent scans train faster on a CPU and add variety of context."""
+    point: smaller, spatially coherent scans train faster on a CPU and add variety of context.
+
+    crop_on_targets: the share of crops centred on a point that has a distillation target. Why: on a LiDAR rig
+    with one front camera (KITTI), crops centred anywhere on the 360-degree sweep held a target in only 33-43 %
+    of draws, and short runs trained whole epochs without a KD term; centring part of the crops on seen points
+    keeps the distillation term alive while the other crops still show the unseen context."""
 
     rotate_z: bool = True
     scale: tuple[float, float] = (0.9, 1.1)
     flip_prob: float = 0.5  # mirror y -> -y
     jitter_m: float = 0.005  # std of per-point Gaussian noise (not applied to the cameras: it is sensor noise)
     crop_points: int = 0
+    crop_on_targets: float = 0.5
 
     def __post_init__(self) -> None:
         self.scale = (float(self.scale[0]), float(self.scale[1]))
@@ -57,6 +63,8 @@ class Augmentation:
         if not 0.0 <= self.flip_prob <= 1.0 or self.jitter_m < 0 or self.crop_points < 0:
             raise ValueError(f"Augmentation: flip_prob in [0, 1], jitter_m >= 0, crop_points >= 0 expected, got "
                              f"{self.flip_prob}, {self.jitter_m}, {self.crop_points}")
+        if not 0.0 <= self.crop_on_targets <= 1.0:
+            raise ValueError(f"Augmentation.crop_on_targets: expected a share in [0, 1], got {self.crop_on_targets}")
 
 
 def random_similarity(rng: np.random.Generator, aug: Augmentation) -> tuple[np.ndarray, float]:
@@ -93,12 +101,17 @@ def transform_scan(scan: Scan, A: np.ndarray, scale: float) -> Scan:
                 labels=scan.labels, stamp_ns=scan.stamp_ns, frame_id=scan.frame_id, label_set=scan.label_set)
 
 
-def crop_indices(points_xyz_m: np.ndarray, keep: int, rng: np.random.Generator) -> np.ndarray:
-    """Sorted indices of the ``keep`` points nearest in x-y to a random point (all points when fewer)."""
+def crop_indices(points_xyz_m: np.ndarray, keep: int, rng: np.random.Generator,
+                 centres: np.ndarray | None = None) -> np.ndarray:
+    """Sorted indices of the ``keep`` points nearest in x-y to a random point (all points when fewer).
+
+    centres: rows the centre is drawn from (e.g. the points a camera sees); None or empty: any point.
+    """
     n = len(points_xyz_m)
     if keep <= 0 or keep >= n:
         return np.arange(n)
-    centre = points_xyz_m[rng.integers(n), :2]
+    pool = centres if centres is not None and len(centres) else None
+    centre = points_xyz_m[rng.choice(pool) if pool is not None else rng.integers(n), :2]
     dist2 = ((points_xyz_m[:, :2] - centre) ** 2).sum(axis=1)
     return np.sort(np.argpartition(dist2, keep - 1)[:keep])
 
@@ -146,7 +159,8 @@ def augmented(example: TrainExample, rng: np.random.Generator, aug: Augmentation
     """(scan, kd_index, kd_features) after crop + similarity + jitter; targets follow the kept points."""
     if aug is None:
         return example.scan, example.kd_index, example.kd_features
-    keep = crop_indices(example.scan.points_xyz_m, aug.crop_points, rng)
+    on_targets = rng.random() < aug.crop_on_targets
+    keep = crop_indices(example.scan.points_xyz_m, aug.crop_points, rng, example.kd_index if on_targets else None)
     scan, index, features = example.scan, example.kd_index, example.kd_features
     if len(keep) < scan.num_points:
         scan = scan.select(keep)

@@ -342,15 +342,19 @@ def train(
                   "scans_per_s": seen / max(1e-9, time.perf_counter() - t_epoch)}
         average_buffers(model, ctx)
         if ctx.distributed:
-            means = sum_over_ranks(torch.tensor([record["loss"], record["ce"], record["kd"]], dtype=torch.float64), ctx)
-            record["loss"], record["ce"], record["kd"] = (means / ctx.world_size).tolist()
+            means = sum_over_ranks(torch.tensor([record["loss"], record["ce"], record["kd"], record["kd_points"]],
+                                                dtype=torch.float64), ctx)
+            record["loss"], record["ce"], record["kd"], record["kd_points"] = (means / ctx.world_size).tolist()
+        if not config.source_only and teacher is not None and record["kd_points"] == 0:
+            LOG.warning("epoch %d: NO distillation target in any training step: the KD term was 0 all epoch, so "
+                        "this is source-only training. Check that the cameras see the points (calibration, "
+                        "image folders) and, with --crop-points, that crops reach the cameras' view", epoch)
         if ctx.is_main:
             if val_scans:
                 record["val_miou"] = evaluate_miou(model, val_scans, ctx.device)
             history.append(record)
             LOG.info("epoch %d: %s", epoch, json.dumps({k: round(v, 5) for k, v in record.items()}))
-            extra = {**extra_base, "epoch": epoch, "history": history}
-            save_checkpoint(model, out_dir / LAST_CHECKPOINT, extra=extra)
+            save_checkpoint(model, out_dir / LAST_CHECKPOINT, extra=_run_extra(extra_base, epoch, history, config))
             save_train_state(out_dir / STATE_FILE, optimizer, epoch, history,
                              scaler.state_dict() if use_cuda_amp else None)
             with open(out_dir / HISTORY_FILE, "a") as f:
@@ -361,8 +365,16 @@ def train(
     final = None
     if ctx.is_main:
         final = save_checkpoint(model, out_dir / FINAL_CHECKPOINT,
-                                extra={**extra_base, "epoch": config.epochs - 1, "history": history})
+                                extra=_run_extra(extra_base, config.epochs - 1, history, config))
     return TrainResult(model, history, final)
+
+
+def _run_extra(base: dict[str, Any], epoch: int, history: list[dict[str, float]], config: TrainConfig
+               ) -> dict[str, Any]:
+    """A checkpoint's "extra": the run's metadata, its history, and the epochs that trained without any
+    distillation target (from the history, so a resumed run keeps the record)."""
+    empty = [] if config.source_only else [int(h["epoch"]) for h in history if h.get("kd_points", 1) == 0]
+    return {**base, "epoch": epoch, "history": history, "epochs_without_kd": empty}
 
 
 def scan_loss(net: torch.nn.Module, model: TTTKDNet, scan: Scan, kd_index: np.ndarray, kd_features: torch.Tensor,
