@@ -154,6 +154,44 @@ def test_fine_tuning_starts_from_a_checkpoint_and_keeps_its_classes(tmp_path: Pa
                          "--val-scans", "0", "--out", str(tmp_path / "bad"), "--epochs", "1", "--no-progress"])
 
 
+@pytest.mark.parametrize("variant", ["no image_2", "cameras=false"])
+def test_joint_training_without_cameras_is_a_usage_error_before_any_scan_is_read(
+        variant: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    from ttt_kd_ros.data.sources import SemanticKittiSource
+
+    root = write_semantickitti(tmp_path / "skitti", {"00": 2}, points=300, images=variant != "no image_2")
+    spec = f"semantickitti:{root}" + ("?cameras=false" if variant == "cameras=false" else "")
+    monkeypatch.setattr(SemanticKittiSource, "load", lambda self, i: pytest.fail("a scan was read"))
+    with pytest.raises(SystemExit) as exit_info:
+        train_tool.main(["--data", spec, "--val-scans", "0", "--out", str(tmp_path / "run"), *TINY_TRAIN])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "no camera image" in err and "--source-only" in err and "image_2/ and calib.txt" in err
+
+
+@pytest.mark.parametrize("how", ["--label-set", "--init"])
+def test_a_label_set_with_no_bridge_is_a_usage_error_naming_the_fix(how: str, tmp_path: Path, monkeypatch,
+                                                                      capsys) -> None:
+    """SemanticKITTI scans cannot train an indoor model (no shared classes): said before any scan is read."""
+    from ttt_kd_ros.data.sources import SemanticKittiSource
+
+    train_spec, _ = _semantickitti(tmp_path)
+    extra = ["--label-set", "scannet20"]
+    if how == "--init":
+        scannet_spec, _ = _scannet(tmp_path)
+        assert train_tool.main(["--data", scannet_spec, "--val-scans", "0", "--out", str(tmp_path / "indoor"),
+                                *TINY_TRAIN]) == 0
+        extra = ["--init", str(tmp_path / "indoor" / "model.safetensors")]
+    monkeypatch.setattr(SemanticKittiSource, "load", lambda self, i: pytest.fail("a scan was read"))
+    with pytest.raises(SystemExit) as exit_info:
+        train_tool.main(["--data", train_spec, *extra, "--val-scans", "0", "--out", str(tmp_path / "run"),
+                         *TINY_TRAIN])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "labelled in 'semantic_kitti19'" in err and "--label-set semantic_kitti19" in err
+    assert ("the --init model's classes are 'scannet20'" in err) == (how == "--init")
+
+
 def test_evaluating_an_unlabeled_or_missing_source_is_a_clear_usage_error(tmp_path: Path, capsys) -> None:
     root = write_semantickitti(tmp_path / "test_seq", {"11": 2}, labels=False)
     args = ["--out", str(tmp_path / "eval"), "--strategies", "joint_train", "--curve-scans", "0", "--scans", "1"]

@@ -32,6 +32,10 @@ class DataSource(ABC):
 
     kind: str = ""
     label_set: str = ""  # the label set of the scans' labels; "" for an unlabeled source
+    has_cameras: bool | None = None
+    """Whether the scans carry camera images, when the source knows it without reading a scan (None: it does not).
+    Why: joint training without an image has no distillation target, and a user should hear so before the first
+    scan loads, not from an empty KD term at the end of an epoch."""
 
     def __init__(self, spec: str) -> None:
         self.spec = spec
@@ -74,6 +78,7 @@ class SubsetSource(DataSource):
         self.indices = list(indices)
         self.kind = base.kind
         self.label_set = base.label_set
+        self.has_cameras = base.has_cameras
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -97,6 +102,7 @@ class SyntheticSource(DataSource):
 
     kind = "synthetic"
     label_set = SYNTHETIC_INDOOR.name
+    has_cameras = True
 
     def __init__(self, domain: Domain, num_scans: int, seed: int, spec: str, keep: int = 256,
                  period_ns: int = 100_000_000) -> None:
@@ -150,6 +156,7 @@ class SemanticKittiSource(DataSource):
     def __init__(self, folders: Sequence[Path], spec: str, cameras: bool = True) -> None:
         super().__init__(spec)
         self.sequences = [SemanticKittiScans(folder, cameras=cameras) for folder in folders]
+        self.has_cameras = any(sequence.use_cameras for sequence in self.sequences)
         self._index = [(s, i) for s, seq in enumerate(self.sequences) for i in range(len(seq))]
         if not any(seq.has_labels for seq in self.sequences):
             self.label_set = ""

@@ -124,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--init: {err}")
     if not label_set:
         parser.error(f"--data {data.spec}: the source has no labels; training needs a labelled source")
+    problem = trainable(data, val, label_set, "--init" if args.init is not None and args.label_set is None
+                        else "--label-set", args.source_only)
+    if problem:
+        parser.error(problem)
     augment = None if args.no_augment else Augmentation(scale=tuple(args.scale), flip_prob=args.flip_prob,
                                                         jitter_m=args.jitter_m, crop_points=args.crop_points,
                                                         crop_on_targets=args.crop_on_targets)
@@ -188,6 +192,28 @@ def add_fusion_head(checkpoint: Path, data: DataSource, teacher: Teacher, cache:
     save_checkpoint(with_fusion_head(model, head), checkpoint, extra={**meta["extra"], "fusion_head": report})
     LOG.info("fusion head fitted on %d points of %d training scans (train accuracy %.3f)", report["points"],
              report["scans"], report["train_accuracy"])
+
+
+def trainable(data: DataSource, val: DataSource | None, label_set: str, label_flag: str, source_only: bool) -> str:
+    """Why this run cannot train, in words that name the fix ("" when it can); checked before any scan is read."""
+    from ttt_kd_ros.labels import common_classes
+
+    for flag, source in (("--data", data), ("--val", val)):
+        if source is None or not source.label_set or source.label_set == label_set:
+            continue
+        try:
+            common_classes(source.label_set, label_set)
+        except ValueError as err:
+            where = "the --init model's classes" if label_flag == "--init" else label_flag
+            return (f"{flag} {source.spec} is labelled in {source.label_set!r}, {where} are {label_set!r}: {err}. "
+                    f"Train with --label-set {source.label_set}" + (" and without --init" if label_flag == "--init"
+                                                                     else "") + ", or add a bridge")
+    if not source_only and data.has_cameras is False:
+        return (f"--data {data.spec}: its scans carry no camera image, so joint training has no distillation target. "
+                "Add the images and their calibration (SemanticKITTI: image_2/ and calib.txt of KITTI odometry in "
+                "each sequence; a bag: its image and CameraInfo topics; drop cameras=false), or train the "
+                "source-only baseline with --source-only")
+    return ""
 
 
 def open_data(args: argparse.Namespace) -> tuple[DataSource, DataSource | None]:
