@@ -192,7 +192,7 @@ def test_load_checkpoint_truncated_file(tmp_path: Path) -> None:
 
 def test_load_checkpoint_wrong_expectation_names_the_field(tmp_path: Path) -> None:
     _, path, _ = _saved(tmp_path)
-    with pytest.raises(ValueError, match="'teacher_dim' expected 384, got 12"):
+    with pytest.raises(ValueError, match="'teacher_dim' is 12 in the checkpoint, but this run needs 384"):
         load_checkpoint(path, expect={"teacher_dim": 384})
     with pytest.raises(ValueError, match="'label_set'"):
         load_checkpoint(path, expect={"label_set": "scannet20"})

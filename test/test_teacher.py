@@ -253,6 +253,23 @@ def test_resolve_pth_not_a_state_dict(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------- HF folders and hub ids
 
 
+def test_reports_name_a_dinov2_folder_by_what_was_loaded_not_as_real_dinov2(tmp_path: Path) -> None:
+    from ttt_kd_ros.tools.evaluate import teacher_kind
+
+    tiny_teacher(seed=3).model.save_pretrained(tmp_path / "dinov2-small")
+    teacher = resolve(tmp_path / "dinov2-small", 28)
+    words = teacher_kind(str(tmp_path / "dinov2-small"), teacher)
+    assert "real DINOv2" not in words and teacher.teacher_id in words and str(tmp_path / "dinov2-small") in words
+
+
+def test_tools_name_their_device_flag_when_cuda_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ttt_kd_ros.segmenter import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"^--device: 'cuda' asked for but torch sees no CUDA device.*--device cpu"):
+        resolve_device("cuda", "--device")
+
+
 def test_teacher_id_follows_the_weights_not_the_folder_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Same weights as a folder, a renamed folder and a cached hub id: one teacher; other weights under the same
     folder name: another teacher, so a feature cache bound to the first refuses them."""

@@ -301,3 +301,12 @@ def test_training_md_2b_semantickitti_commands_run_as_written(tmp_path: Path, mo
     assert {r["split"] for r in results["results"]} >= {"skitti08", "nuscenes_val"}
     assert read_checkpoint_metadata(tmp_path / "runs" / "skitti_joint" / "model.safetensors")[
         "teacher_resolution"] == 28
+
+
+def test_ttt_kd_train_device_cuda_without_cuda_is_a_usage_error(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        train_tool.main(["--data", "synthetic:source?scans=1", "--device", "cuda", "--out", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--device cuda: torch sees no CUDA device" in err and "Config" not in err

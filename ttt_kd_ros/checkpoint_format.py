@@ -127,7 +127,8 @@ def _check_expectations(path: Path, meta: dict[str, Any], config: NetConfig, exp
         if isinstance(want, tuple):
             want = list(want)
         if have != want:
-            raise ValueError(f"checkpoint {path}: field {key!r} expected {want!r}, got {have!r}")
+            raise ValueError(f"checkpoint {path}: field {key!r} is {have!r} in the checkpoint, but this run needs "
+                             f"{want!r}")
 
 
 def load_checkpoint(

@@ -103,20 +103,24 @@ def checkpoint_settings(checkpoint: str) -> ValidatedSettings:
     return ValidatedSettings.from_meta(validated_settings(checkpoint), f"checkpoint {checkpoint}")
 
 
-def resolve_device(spec: str) -> torch.device:
-    """"auto" -> cuda when available else cpu; "cpu"; "cuda" / "cuda:i" (must exist)."""
+def resolve_device(spec: str, name: str = "SegmenterConfig.device") -> torch.device:
+    """"auto" -> cuda when available else cpu; "cpu"; "cuda" / "cuda:i" (must exist).
+
+    ``name``: what errors call the setting (a tool passes its flag, ``--device``), so a user reads their own word.
+    """
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec == "cpu":
         return torch.device("cpu")
     if spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit()):
         if not torch.cuda.is_available():
-            raise ValueError(f"SegmenterConfig.device: {spec!r} asked for but torch sees no CUDA device")
+            raise ValueError(f"{name}: {spec!r} asked for but torch sees no CUDA device (a CPU-only torch, or no "
+                             "driver): use --device cpu / device: cpu, or install a CUDA build of torch")
         index = int(spec[5:]) if ":" in spec else 0
         if index >= torch.cuda.device_count():
-            raise ValueError(f"SegmenterConfig.device: {spec!r} but only {torch.cuda.device_count()} CUDA devices")
+            raise ValueError(f"{name}: {spec!r} but only {torch.cuda.device_count()} CUDA devices")
         return torch.device(spec)
-    raise ValueError(f"SegmenterConfig.device: expected 'auto', 'cpu', 'cuda' or 'cuda:<i>', got {spec!r}")
+    raise ValueError(f"{name}: expected 'auto', 'cpu', 'cuda' or 'cuda:<i>', got {spec!r}")
 
 
 def nearest_voxel_rows(points_xyz_m: np.ndarray, coords: np.ndarray, voxel_size_m: float) -> np.ndarray:

@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     teacher = resolve(args.teacher, args.teacher_resolution, device)
     torch.manual_seed(0)
     model = TTTKDNet(net_config(args.preset, teacher_dim=teacher.feature_dim, backend=args.backend)).to(device)

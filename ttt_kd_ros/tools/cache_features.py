@@ -71,8 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         data = open_source(args.data)
-        teacher = resolve(args.teacher, resolution_from_flag(args.teacher_resolution), resolve_device(args.device),
-                          args.seed, offline=True)
+        device = resolve_device(args.device, "--device")
+        teacher = resolve(args.teacher, resolution_from_flag(args.teacher_resolution), device, args.seed,
+                          offline=True)
         cache = FeatureCache(args.cache, teacher)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))

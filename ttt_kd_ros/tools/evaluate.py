@@ -167,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def teacher_kind(spec: str, teacher: Teacher) -> str:
-    """What the teacher is, in words every report carries: stand-in, random control or real DINOv2."""
+    """What the teacher is, in words every report carries: stand-in, random control, or DINOv2-architecture weights
+    named by what was loaded and their digest (whether those are Meta's released weights cannot be told here)."""
     if is_oracle(spec):
         return (f"oracle control ({teacher.teacher_id}): each pixel's feature is a fixed random vector of its "
                 "rendered class, pooled to patches; an upper bound no image model reaches")
@@ -181,9 +182,8 @@ def teacher_kind(spec: str, teacher: Teacher) -> str:
     if path.is_dir() and (path / "pretrain_report.json").is_file():
         return (f"stand-in: DINOv2-architecture ViT pretrained on synthetic renders ({path.name}); "
                 "NOT real DINOv2 weights")
-    if "dinov2" in spec.lower() or "dinov2" in teacher.teacher_id.lower():
-        return f"real DINOv2 weights ({teacher.teacher_id})"
-    return f"unrecognised teacher ({teacher.teacher_id})"
+    return (f"DINOv2-architecture weights loaded from {spec} (teacher id {teacher.teacher_id}: a digest of their "
+            "config and tensors; this package does not check that they are Meta's released DINOv2)")
 
 
 def parse_int_list(text: str, what: str) -> list[int]:
@@ -388,7 +388,7 @@ class Evaluation:
         uses_teacher = (args.curve_scans > 0 or args.online_scans > 0
                         or any(r.needs_teacher for r in self.rows))
         self.teacher_spec = args.teacher
-        self.device = resolve_device(args.device)
+        self.device = resolve_device(args.device, "--device")
         teacher = None
         if uses_teacher:
             teacher = resolve(self.teacher_spec, _resolution(args, self.meta.get(JOINT)), self.device, offline=True)

@@ -110,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     command = shlex.join(["ttt_kd_train", *(sys.argv[1:] if argv is None else argv)])
-    ctx = init_distributed(args.device)
+    try:
+        ctx = init_distributed(args.device)
+    except ValueError as err:
+        parser.error(str(err))
     setup_logging(args.out if ctx.is_main else None, quiet=not ctx.is_main)
     try:
         data, val = open_data(args)
@@ -152,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
                 "seed": args.seed, "data_seed": getattr(synthetic_world(data), "seed", None),
                 "val_data_seed": getattr(synthetic_world(val), "seed", None),
                 "torch": torch.__version__}
-    LOG.info("training %s on %s (labels %s), teacher %s, device %s, amp %s, %d worker(s)", model.config.name,
-             data.describe(), label_set, teacher.teacher_id, ctx.device, amp, args.workers)
+    LOG.info("training %s (classes of %s) on %s, teacher %s, device %s, amp %s, %d worker(s)", model.config.name,
+             label_set, data.describe(), teacher.teacher_id, ctx.device, amp, args.workers)
     val_scans = val if (val is not None and ctx.is_main) else []  # read lazily, one scan at a time
     result = train(config, model, data, teacher, args.out, ctx, resume=args.resume, val_scans=val_scans,
                    metadata=metadata, progress=ctx.is_main and not args.no_progress,

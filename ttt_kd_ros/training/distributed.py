@@ -43,7 +43,8 @@ def init_distributed(device: str = "auto") -> DistContext:
         raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda', got {device!r}")
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if use_cuda and not torch.cuda.is_available():
-        raise ValueError("device: 'cuda' asked for but torch sees no CUDA device")
+        raise ValueError("--device cuda: torch sees no CUDA device (a CPU-only torch, or no driver): use --device cpu "
+                         "or install a CUDA build of torch")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext(device=torch.device("cuda" if use_cuda else "cpu"))
