@@ -310,3 +310,24 @@ def test_ttt_kd_train_device_cuda_without_cuda_is_a_usage_error(tmp_path: Path, 
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "--device cuda: torch sees no CUDA device" in err and "Config" not in err
+
+
+def test_init_takes_the_shipped_model_by_the_name_the_node_uses(tmp_path: Path) -> None:
+    """--init builtin:lidar fine-tunes the shipped LiDAR model (with its own teacher, the stand-in)."""
+    run = tmp_path / "run"
+    assert train_tool.main(["--data", "synthetic:lidar?scans=2", "--init", "builtin:lidar", "--teacher", "builtin",
+                            "--val-scans", "0", "--epochs", "1", "--batch-scans", "2", "--crop-points", "2000",
+                            "--threads", "1", "--no-progress", "--kd-points", "256", "--fusion-head-scans", "0",
+                            "--out", str(run)]) == 0
+    meta = read_checkpoint_metadata(run / "model.safetensors")
+    assert meta["extra"]["init"].endswith("ttt_kd_small_synthetic_lidar.safetensors")
+    assert meta["config"]["label_set"] == "synthetic_indoor"
+
+
+def test_in_training_validation_shows_progress(tmp_path: Path, capsys) -> None:
+    from ttt_kd_ros.data.synthetic import generate_scan
+    from ttt_kd_ros.training.loop import evaluate_miou
+
+    model = load_checkpoint(train_tool.resolve_builtin("builtin"), "cpu")
+    evaluate_miou(model, [generate_scan("source", 0)], torch.device("cpu"), progress=True)
+    assert "validation" in capsys.readouterr().err

@@ -31,6 +31,7 @@ from ttt_kd_ros.data.synthetic import DOMAINS
 from ttt_kd_ros.labels import LABEL_SETS
 from ttt_kd_ros.losses import KD_LOSS_KINDS
 from ttt_kd_ros.model import PRESETS
+from ttt_kd_ros.segmenter import resolve_builtin
 from ttt_kd_ros.teachers.resolve import RANDOM_TEACHERS, resolution_from_flag, resolve
 from ttt_kd_ros.teachers.teacher import Teacher
 from ttt_kd_ros.training.loop import Augmentation, TrainConfig, build_model, init_distributed, train
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "features, is fitted on after the network (0: no head)")
     p.add_argument("--preset", default=d.preset, choices=sorted(PRESETS))
     p.add_argument("--teacher", default="default",
-                   help=f"'default' (stand-in ViT), {sorted(RANDOM_TEACHERS)} (random lower bound), "
+                   help=f"'default' or 'builtin' (the shipped dense stand-in, NOT DINOv2), {sorted(RANDOM_TEACHERS)} (random lower bound), "
                         "'oracle[:corrupt=0.5,dim=96]' (class-vector upper bound, synthetic scans only) or a "
                         "teachers.resolve spec (a dense stand-in or DINOv2 folder, a cached hub id, an official .pth)")
     p.add_argument("--teacher-resolution", type=int, nargs="+", default=None,
@@ -93,9 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flip-prob", type=float, default=a.flip_prob)
     p.add_argument("--seed", type=int, default=d.seed, help="data seed, model init and augmentation streams")
     p.add_argument("--resume", type=Path, default=None, help="a previous --out folder: continue after its last epoch")
-    p.add_argument("--init", type=Path, default=None, metavar="CHECKPOINT",
+    p.add_argument("--init", default=None, metavar="CHECKPOINT",
                    help="start from this checkpoint's weights (fine-tuning, e.g. a public data set's model on your "
-                        "recordings): its network, label set, teacher and target centre are kept")
+                        "recordings): its network, label set, teacher and target centre are kept; builtin / "
+                        "builtin:lidar name the shipped models (trained with the 64-dim stand-in teacher: give "
+                        "--teacher builtin)")
     p.add_argument("--stop-after-epoch", type=int, default=None,
                    help="stop once this epoch (0-based) is saved; continue later with --resume")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -120,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     label_set = args.label_set or data.label_set
+    if args.init is not None:
+        try:
+            args.init = resolve_builtin(args.init)  # builtin / builtin:lidar, as the node names the shipped models
+        except ValueError as err:
+            parser.error(f"--init: {err}")
     if args.init is not None and args.label_set is None:
         try:
             label_set = read_checkpoint_metadata(args.init)["config"].get("label_set", "") or label_set
