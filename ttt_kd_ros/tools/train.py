@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "features, is fitted on after the network (0: no head)")
     p.add_argument("--preset", default=d.preset, choices=sorted(PRESETS))
     p.add_argument("--teacher", default="default",
-                   help=f"'default' or 'builtin' (the shipped dense stand-in, NOT DINOv2), {sorted(RANDOM_TEACHERS)} (random lower bound), "
+                   help=f"'default' or 'builtin' (the shipped dense stand-in, NOT DINOv2), {sorted(RANDOM_TEACHERS)} "
+                        "(random lower bound), "
                         "'oracle[:corrupt=0.5,dim=96]' (class-vector upper bound, synthetic scans only) or a "
                         "teachers.resolve spec (a dense stand-in or DINOv2 folder, a cached hub id, an official .pth)")
     p.add_argument("--teacher-resolution", type=int, nargs="+", default=None,
