@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from ttt_kd_ros.msgs.scan_messages import CloudHeader
 from ttt_kd_ros.ros.pending import CAMERA_TIMEOUT, SYNC_OVERFLOW, SYNC_UNMATCHED, PendingCloud, PendingClouds
 
 
 def _cloud(stamp_ns: int, arrived_s: float = 0.0) -> PendingCloud:
-    return PendingCloud(msg=object(), stamp_ns=stamp_ns, arrived_s=arrived_s)
+    return PendingCloud(msg=object(), header=CloudHeader(header=None, stamp_ns=stamp_ns, frame_id=""),
+                        arrived_s=arrived_s)
 
 
 def test_pending_clouds_overflow_expires_oldest_stamp_first() -> None:

@@ -343,22 +343,6 @@ def test_make_tf_lookup_follows_latched_tf_static_between_nodes(tf_stand_in_inst
         context.try_shutdown()
 
 
-def test_lookup_within_uses_latest_transform_only_inside_tf_tolerance() -> None:
-    buffer = TransformBuffer(cache_time_s=10.0)
-    buffer.add_message(_tf("base", "lidar", _translation(0.5)), static=True)
-    buffer.add_message(_tf("base", "cam", _translation(2.0), sec=10), static=False)  # /tf, first sample at 10 s
-    cloud_stamp = 10 * 10**9 - 50_000_000  # 50 ms before the only /tf sample: no value at the stamp itself
-    assert buffer.lookup("cam", "lidar", cloud_stamp) is None
-    np.testing.assert_allclose(compat.lookup_within(buffer, "cam", "lidar", cloud_stamp, 0.1)[0, 3], -1.5)
-    with pytest.raises(LookupError, match=r"0\.050 s away \(tf_tolerance_s 0\.01\)"):
-        compat.lookup_within(buffer, "cam", "lidar", cloud_stamp, 0.01)
-    with pytest.raises(LookupError, match="no sample at or before"):
-        compat.lookup_within(buffer, "cam", "lidar", cloud_stamp, 0.0)
-    matrix, stamp = buffer.lookup_latest("cam", "lidar")
-    assert stamp == 10 * 10**9 and matrix[0, 3] == pytest.approx(-1.5)
-    assert buffer.lookup_latest("cam", "nowhere") is None
-
-
 def test_pose_to_matrix_is_static_transform_publisher_order_and_round_trips() -> None:
     from ttt_kd_ros.msgs.transforms import matrix_to_pose, pose_to_matrix
 

@@ -4,7 +4,7 @@ Three sources, one convention (X_cam = T @ X_cloud, as ``CameraView`` wants):
 
 - the node's parameters: x y z qx qy qz qw, the camera's pose in the cloud
   frame as static_transform_publisher takes it (``pose_to_matrix`` gives
-  cloud_from_cam; the node inverts it);
+  cloud_from_cam; ros/extrinsics.py inverts it);
 - offline readers' fixed values (``cam_from_cloud_from_parameter``): a
   row-major 4x4 (16 numbers) or translation + quaternion (7 numbers) giving
   cam_from_cloud directly; an empty value means "identity", valid only when

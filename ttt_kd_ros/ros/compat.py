@@ -84,8 +84,8 @@ def make_synchronizer(
 
     ``use_message_filters`` None picks message_filters when importable;
     True requires it (ImportError otherwise); False forces the builtin one.
-    The node keeps its own subscriptions either way and pushes messages in
-    through ``inputs[i].add(msg)``.
+    The node keeps its own subscriptions either way; ros/pairing.py pushes
+    their messages in through ``inputs[i].add(msg)``.
     """
     message_filters = _module("message_filters") if use_message_filters in (None, True) else None
     if use_message_filters and message_filters is None:
@@ -171,27 +171,6 @@ class Tf2Lookup:
             sub = getattr(self.listener, name, None)
             if sub is not None:
                 self.listener.node.destroy_subscription(sub)
-
-
-def lookup_within(tf: Any, target: str, source: str, stamp_ns: int, tolerance_s: float) -> np.ndarray:
-    """(4, 4) target_from_source at ``stamp_ns``, else the latest one if stamped within ``tolerance_s`` of it.
-
-    WHY the tolerance: a /tf publisher a few milliseconds behind the LiDAR
-    leaves the cloud's own stamp just past the newest sample, which tf refuses
-    to extrapolate to; the latest transform is then the right one. LookupError
-    (the tf source's own reason, plus the gap when the latest is too far) otherwise.
-    """
-    matrix = tf.lookup(target, source, stamp_ns)
-    if matrix is not None:
-        return matrix
-    why = tf.why_not(target, source, stamp_ns)
-    latest = tf.lookup_latest(target, source) if tolerance_s > 0 else None
-    if latest is not None:
-        matrix, latest_ns = latest
-        if latest_ns is None or abs(latest_ns - stamp_ns) <= tolerance_s * 1e9:
-            return matrix
-        why += f"; the latest transform is {abs(latest_ns - stamp_ns) / 1e9:.3f} s away (tf_tolerance_s {tolerance_s})"
-    raise LookupError(f"no transform from {source!r} to {target!r} at {stamp_ns} ns: {why}")
 
 
 def cam_from_cloud_from_tf2(buffer: Any, camera_frame: str, cloud_frame: str, stamp: Any = None,

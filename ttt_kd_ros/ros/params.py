@@ -30,7 +30,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from ttt_kd_ros.labels import LabelSet
-from ttt_kd_ros.msgs.transforms import cam_from_cloud_from_parameter, invert_transform, matrix_to_pose, pose_to_matrix
+from ttt_kd_ros.msgs.transforms import cam_from_cloud_from_parameter, invert_transform, matrix_to_pose
 from ttt_kd_ros.parameters.segmenter_config import segmenter_config_from_parameters
 from ttt_kd_ros.parameters.table import (
     CAMERA_EXTRINSICS,
@@ -44,6 +44,7 @@ from ttt_kd_ros.parameters.table import (
     check_value,
     parameter_spec,
 )
+from ttt_kd_ros.ros.extrinsics import extrinsics_from_numbers
 from ttt_kd_ros.segmenter import SegmenterConfig
 
 INT64_MAX = 2**63 - 1
@@ -186,18 +187,11 @@ def _read_camera(node: Node, cam: str) -> CameraParams:
                    _read_only("Refused (the inverse of tf's convention); use extrinsics + parent_frame."))
     if old is not None and len(old) > 0:
         raise ParameterError(old_extrinsics_refusal(cam, list(old)))
-    ext_name = f"camera.{cam}.{CAMERA_EXTRINSICS}"
-    numbers = _declare(node, ext_name, Parameter.Type.DOUBLE_ARRAY, _read_only(CAMERA_EXTRINSICS_DESCRIPTION))
+    numbers = _declare(node, f"camera.{cam}.{CAMERA_EXTRINSICS}", Parameter.Type.DOUBLE_ARRAY,
+                       _read_only(CAMERA_EXTRINSICS_DESCRIPTION))
     cam_from_cloud = None
     if numbers is not None and len(numbers) > 0:
-        try:
-            cloud_from_cam = pose_to_matrix(numbers, name=f"parameter {ext_name}")
-        except ValueError as exc:
-            raise ParameterError(str(exc)) from exc
-        if not got["parent_frame"]:
-            raise ParameterError(f"parameter camera.{cam}.parent_frame: {ext_name} is given, so the frame it is "
-                                 "given in (the cloud's header.frame_id) must be named too, got ''")
-        cam_from_cloud = invert_transform(cloud_from_cam)
+        cam_from_cloud = extrinsics_from_numbers(cam, numbers, got["parent_frame"])
     for key in ("image_topic", "info_topic"):
         if not got[key]:
             raise ParameterError(f"parameter camera.{cam}.{key}: expected a topic name, got ''")

@@ -3,9 +3,10 @@
 WHY: an approximate-time synchroniser (message_filters' or ours) forgets a
 cloud its images never match: pushed out of a full queue, replaced by one with
 the same stamp, or passed over once a newer cloud matched. Nothing answered
-such clouds, so a client saw received != processed + dropped. The node keeps
-its own account here, keyed by stamp like the synchroniser's queue, and
-answers each expired cloud alone (no adaptation) with the reason it expired.
+such clouds, so a client saw received != processed + dropped. The pairing
+(ros/pairing.py) keeps its own account here, keyed by stamp like the
+synchroniser's queue, and answers each expired cloud alone (no adaptation)
+with the reason it expired.
 
 Expiry, checked on every new cloud and by the node's sweep timer:
 - ``sync_overflow``: more clouds waiting than the synchroniser's queue holds
@@ -25,17 +26,28 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from ttt_kd_ros.msgs.scan_messages import CloudHeader
+
 SYNC_OVERFLOW, SYNC_UNMATCHED, CAMERA_TIMEOUT = "sync_overflow", "sync_unmatched", "camera_timeout"
 
 
 @dataclass(frozen=True)
 class PendingCloud:
-    """A cloud waiting for its images: the message, its stamp and when it arrived (time.monotonic())."""
+    """One cloud from its arrival to its answer: the message, its header (read once) and when it arrived.
+
+    WHY one record: the message, header and arrival time are needed while
+    the cloud waits and again by the worker; the object that waits here is
+    the one the worker gets (inside a ``ros.handoff.Job``), so no copy of
+    them has to be kept in step.
+    """
 
     msg: Any
-    stamp_ns: int
-    arrived_s: float
-    header: Any = None  # msgs.scan_messages.CloudHeader, read once on arrival
+    header: CloudHeader
+    arrived_s: float  # time.monotonic() when the cloud reached the node
+
+    @property
+    def stamp_ns(self) -> int:
+        return self.header.stamp_ns
 
 
 Expired = tuple[PendingCloud, str]

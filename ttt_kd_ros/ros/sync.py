@@ -36,18 +36,12 @@ class SimpleFilter:
         self._callbacks_lock = threading.Lock()
 
     def registerCallback(self, callback: Callback, *args: Any) -> int:  # noqa: N802 - message_filters' name
-        """Call ``callback(*messages, *args)`` for every signalled set; returns an id for removal."""
+        """Call ``callback(*messages, *args)`` for every signalled set; returns its id, as message_filters does."""
         with self._callbacks_lock:
             conn = self._next_id
             self._next_id += 1
             self._callbacks[conn] = (callback, args)
         return conn
-
-    register_callback = registerCallback
-
-    def unregister_callback(self, conn: int) -> None:
-        with self._callbacks_lock:
-            self._callbacks.pop(conn, None)
 
     def signalMessage(self, *msgs: Any) -> None:  # noqa: N802 - message_filters' name
         with self._callbacks_lock:
@@ -55,11 +49,9 @@ class SimpleFilter:
         for callback, args in callbacks:
             callback(*(msgs + args))
 
-    signal_message = signalMessage
-
 
 class SyncInput(SimpleFilter):
-    """One upstream of a synchroniser; the node calls ``add(msg)`` from its subscription callback."""
+    """One upstream of a synchroniser; the pairing calls ``add(msg)`` from the node's subscription callbacks."""
 
     def __init__(self, name: str = "") -> None:
         super().__init__()
@@ -114,10 +106,6 @@ class ApproximateTimeSynchronizer(SimpleFilter):
         self.dropped_headerless = 0
         for index, upstream in enumerate(inputs):
             upstream.registerCallback(self.add, index)
-
-    @property
-    def num_inputs(self) -> int:
-        return len(self._queues)
 
     def queue_lengths(self) -> list[int]:
         with self._lock:

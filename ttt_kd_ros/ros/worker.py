@@ -36,8 +36,8 @@ class LatestSlot(Generic[T]):
     def replace(self, item: T) -> T | None:
         """Store ``item``; the item it replaced (never taken, so dropped), or None.
 
-        WHY beside ``put``: the node hands over a group of clouds at once and
-        counts every cloud of a replaced group, not one per group.
+        WHY beside ``put``: ros/handoff.py hands over a group of clouds at
+        once and counts every cloud of a replaced group, not one per group.
         """
         with self._cond:
             replaced = self._item if self._has_item else None
