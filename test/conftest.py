@@ -43,3 +43,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def device(request: pytest.FixtureRequest):
+    """Every device the engine runs on: the CPU always, CUDA under the ``gpu`` marker (skipped where absent).
+
+    Why one fixture: the engine, segmenter, adaptation and training tests take it, so ``pytest -m gpu`` on a
+    machine with a GPU runs the whole path there, not one hand-picked test; tolerances are chosen to hold on both.
+    """
+    import torch
+
+    return torch.device(request.param)
+
+
+@pytest.fixture(params=[False, True], ids=["fp32", "bf16"])
+def amp(request: pytest.FixtureRequest) -> bool:
+    """Mixed precision off and on: bfloat16 autocast runs on a CPU too, so both dtype paths run in every CI."""
+    return request.param

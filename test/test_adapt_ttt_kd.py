@@ -24,9 +24,10 @@ def _config(**overrides: object) -> AdaptConfig:
     return AdaptConfig(**base)
 
 
-def test_ttt_kd_steps_lower_kd_loss_on_scan() -> None:
-    net = TinyNet()
+def test_ttt_kd_steps_lower_kd_loss_on_scan(device: torch.device) -> None:
+    net = TinyNet().to(device)
     prepared, targets = make_scan(seed=1)
+    prepared, targets = prepared.to(device), TinyTargets(targets.point_index.to(device), targets.features.to(device))
     before = _full_kd_loss(net, prepared, targets)
     result = TTTKD(net, _config()).adapt(prepared, targets)
     after = _full_kd_loss(net, prepared, targets)
@@ -46,11 +47,12 @@ def test_ttt_kd_updates_backbone_only() -> None:
 
 
 @pytest.mark.parametrize("bn_train", [False, True])
-def test_ttt_kd_reset_restores_weights_buffers_and_optimizer_bit_exactly(bn_train: bool) -> None:
-    net = TinyNet()
+def test_ttt_kd_reset_restores_weights_buffers_and_optimizer_bit_exactly(bn_train: bool, device: torch.device) -> None:
+    net = TinyNet().to(device)
     source = state_copy(net)
     strategy = TTTKD(net, _config(bn_train=bn_train))
     prepared, targets = make_scan(seed=2)
+    prepared, targets = prepared.to(device), TinyTargets(targets.point_index.to(device), targets.features.to(device))
     strategy.adapt(prepared, targets)
     strategy.predict(prepared)
     adapted = state_copy(net)

@@ -79,6 +79,24 @@ def test_segment_adapts_labels_every_point_and_restores() -> None:
     assert _same(_state(seg.model), source)
 
 
+def test_segment_on_every_device_and_precision_adapts_and_restores(device: torch.device, amp: bool) -> None:
+    """The whole scan path (targets, steps, guard's reference, final forward, KD loss, restore) on the device, with
+    mixed precision off and on: a bfloat16 final forward once crashed the float32 KD head on every adapted scan."""
+    torch.manual_seed(0)
+    model = TTTKDNet(net_config("ttt_kd_small", **TINY_NET)).to(device)
+    config = AdaptConfig(strategy="ttt_kd", steps=2, lr=1e-2, kd_points_per_step=128, unadapted_weight=0.2)
+    seg = Segmenter(model, tiny_teacher(resolution=56, device=device), build_strategy(model, config), device=device,
+                    amp=amp)
+    assert seg.amp == amp
+    source = _state(seg.model)
+    scan = _scan()
+    pred = seg.segment(scan)
+    assert pred.steps_run == 2 and pred.adapted and pred.skip_reason == ""
+    assert np.isfinite(pred.kd_loss_before) and np.isfinite(pred.kd_loss_after)
+    assert ((pred.labels >= 0) & (pred.labels < seg.num_classes)).all() and np.isfinite(pred.confidence).all()
+    assert _same(_state(seg.model), source)
+
+
 def test_segment_without_camera_predicts_unadapted() -> None:
     seg = _segmenter()
     scan = _scan(cameras=False)

@@ -79,7 +79,7 @@ class SegmenterConfig:
     teacher: str = "tiny"
     teacher_resolution: int | tuple[int, int] | None = None
     device: str = "auto"
-    amp: bool = False  # bfloat16 autocast for adaptation and the final forward, CUDA only
+    amp: bool = False  # bfloat16 autocast for adaptation and the final forward (CUDA with bf16 support, or CPU)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     max_points: int = 0
@@ -121,6 +121,17 @@ def resolve_device(spec: str, name: str = "SegmenterConfig.device") -> torch.dev
             raise ValueError(f"{name}: {spec!r} but only {torch.cuda.device_count()} CUDA devices")
         return torch.device(spec)
     raise ValueError(f"{name}: expected 'auto', 'cpu', 'cuda' or 'cuda:<i>', got {spec!r}")
+
+
+def bfloat16_supported(device: torch.device) -> bool:
+    """Whether autocast to bfloat16 runs natively on ``device``: every CPU torch build, CUDA from Ampere on.
+
+    Checked rather than assumed: on an older GPU (Jetson TX2 / Xavier's Volta, Turing) bfloat16 is emulated or
+    refused, and mixed precision would then be slower or fail on the robot's first scan.
+    """
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return device.type == "cpu"
 
 
 def nearest_voxel_rows(points_xyz_m: np.ndarray, coords: np.ndarray, voxel_size_m: float) -> np.ndarray:
@@ -195,9 +206,10 @@ class Segmenter:
         if teacher is not None and teacher.feature_dim != model.config.teacher_dim:
             raise ValueError(f"Segmenter: teacher {teacher.teacher_id} gives {teacher.feature_dim}-dim features but "
                              f"the model's kd head outputs NetConfig.teacher_dim = {model.config.teacher_dim}")
-        self.amp = bool(amp) and self.device.type == "cuda"
+        self.amp = bool(amp) and bfloat16_supported(self.device)
         if amp and not self.amp:
-            LOG.info("amp asked for on %s: mixed precision is used on CUDA only, running float32", self.device)
+            LOG.warning("amp asked for on %s, but this GPU has no bfloat16 support: running float32 (float16 "
+                        "would need loss scaling that test-time steps do not have)", self.device)
         self.max_points = int(max_points)
         self._last_forward_s = 0.0  # the last final forward, reserved inside a scan's time budget
         self._rng = np.random.default_rng(seed)
@@ -291,8 +303,9 @@ class Segmenter:
             return self._segment(scan, schedule)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
+        """bfloat16 autocast on the Segmenter's device when amp is on: the same code path on a CPU and a GPU."""
         if self.amp:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _sync(self) -> None:

@@ -62,5 +62,8 @@ class TTTKD(GradientStrategy):
         The strategy reports it (not the caller) because it knows its loss form; predict()'s point features
         are reused, so it costs the kd head on the visible points, not another forward.
         """
-        features = self.model.kd_head(output.point_features.index_select(0, targets.point_index))
-        return float(kd_loss(features, targets.features, self.config.loss))
+        # predict() may have run under bfloat16 autocast while this runs outside it: the head and the loss read
+        # float32, so a mixed-precision scan reports the same loss form as a float32 one (and cannot crash on dtypes).
+        points = output.point_features.index_select(0, targets.point_index).float()
+        features = self.model.kd_head(points).float()
+        return float(kd_loss(features, targets.features.float(), self.config.loss))
