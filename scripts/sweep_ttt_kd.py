@@ -69,7 +69,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     steps = [int(s) for s in args.steps.split(",")]
     t0 = time.perf_counter()
-    splits = [generate_split(parse_split(s), args.scans, args.seed, args.max_points, "crop")
+    # kept in memory: a few scans visited by every grid point, whose teacher features then stay cached
+    splits = [generate_split(parse_split(s), args.scans, args.seed, args.max_points, "crop").kept()
               for s in (IN_DISTRIBUTION, *(args.shift or DEFAULT_SHIFTS))]
     teacher = resolve(args.teacher, default_teacher_resolution(), torch.device("cpu"), offline=True)
     teacher.cache_size = sum(len(s.cameras) for sp in splits for s in sp.scans) + 8

@@ -120,14 +120,32 @@ def test_main_refuses_existing_folder(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "already exists" in capsys.readouterr().err
 
 
-def test_main_folder_source_needs_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert make_bag.main([str(tmp_path / "b"), "--source", "semantic_kitti"]) == 2
-    assert "--root" in capsys.readouterr().err
+def test_main_takes_a_data_spec_like_every_other_tool(tmp_path: Path) -> None:
+    out = tmp_path / "spec"
+    assert make_bag.main([str(out), "--data", "synthetic:lidar?scans=2&seed=3", "--count", "5",
+                          "--max-points", str(MAX_POINTS)]) == 0
+    back = list(RosbagScans(out))
+    assert len(back) == 2  # the spec's scans=2, fewer than --count
+    rng = np.random.default_rng(0)
+    for original, scan in zip(SyntheticDataset("lidar", 2, seed=3), back, strict=True):
+        np.testing.assert_array_equal(scan.points_xyz_m, make_bag.subsample(original, MAX_POINTS, rng).points_xyz_m)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--data", "semantickitti:/nonexistent/sk"], "/nonexistent/sk"),
+    (["--data", "synthetic:office", "--domain", "lidar"], "give one"),
+    (["--data", "synthetic:lidar?sacns=2"], "sacns"),
+])
+def test_main_bad_data_spec_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
+                                             message: str) -> None:
+    assert make_bag.main([str(tmp_path / "b"), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
 
 
 def test_main_semantic_kitti_folder(real_data: Path, tmp_path: Path) -> None:
-    code = make_bag.main([str(tmp_path / "sk"), "--source", "semantic_kitti", "--root",
-                          str(real_data / "semantickitti"), "--count", "1", "--max-points", "5000"])
+    code = make_bag.main([str(tmp_path / "sk"), "--data", f"semantickitti:{real_data / 'semantickitti'}",
+                          "--count", "1", "--max-points", "5000"])
     assert code == 0
     from ttt_kd_ros.data.semantic_kitti import SemanticKittiScans
 

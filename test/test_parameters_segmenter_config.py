@@ -66,3 +66,20 @@ def test_bn_train_parameter_reaches_the_strategy_and_refuses_strings() -> None:
     assert segmenter_config_from_parameters({"adapt.bn_train": False}).adapt.bn_train is False
     with pytest.raises(ParameterError, match=r"adapt\.bn_train"):
         segmenter_config_from_parameters({"adapt.bn_train": "false"})
+
+
+def test_tools_read_integers_for_double_parameters_as_doubles() -> None:
+    """``-p adapt.time_budget_s:=0`` (YAML gives an int) on the tools' path: mapping, Segmenter, retune."""
+    from ttt_kd_ros.parameters.segmenter_config import retune
+    from ttt_kd_ros.tools.replay import parse_overrides
+
+    overrides = parse_overrides(["adapt.time_budget_s:=0", "adapt.lr:=1", "fusion.weight_2d:=1"])
+    assert overrides["adapt.time_budget_s"] == 0 and isinstance(overrides["adapt.time_budget_s"], int)
+    config = segmenter_config_from_parameters(overrides)
+    assert config.adapt.time_budget_s is None and config.adapt.lr == 1.0 and config.fusion.weight_2d == 1.0
+    segmenter = segmenter_from_parameters(None, "tiny", "cpu", {"teacher_resolution": 56, **overrides})
+    assert segmenter.strategy.config.time_budget_s is None
+    changed = retune(segmenter, {"adapt.lr": 1, "adapt.time_budget_s": 2})
+    assert (changed.lr, changed.time_budget_s) == (1.0, 2.0)
+    assert isinstance(changed.lr, float) and isinstance(changed.time_budget_s, float)
+    assert isinstance(retune(segmenter, {"adapt.steps": 3}).steps, int)  # integers stay integers

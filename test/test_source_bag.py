@@ -163,3 +163,14 @@ def test_build_scan_cache_second_builder_keeps_the_first(bag: Path, tmp_path: Pa
     again = bag_source.build_scan_cache(bag.resolve(), first.cache_dir, manifest["key"], reader, "scannet20")
     assert again == manifest
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [first.cache_dir.name]
+
+
+def test_building_the_scan_cache_shows_a_bar_with_the_bags_cloud_count(bag: Path, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    options = {"label_set": "", "cloud": None, "cameras": None, "slop_s": 0.05, "max_range_m": None}
+    assert bag_source.cloud_count(bag, "/lidar/points") == len(LABELS)
+    bag_source.open_bag_cache(bag, options, tmp_path / "cache", progress=True)
+    err = capsys.readouterr().err
+    assert f"scan cache of {bag.name}" in err and f"{len(LABELS)}/{len(LABELS)}" in err
+    bag_source.open_bag_cache(bag, options, tmp_path / "quiet", progress=False)
+    assert "scan cache of" not in capsys.readouterr().err

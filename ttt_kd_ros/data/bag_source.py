@@ -11,10 +11,13 @@ object arrays) in a cache folder; ``load(i)`` reads one file back.
 The cache folder, under ``scan_cache`` (default ~/.cache/ttt_kd_ros/bag_scans),
 is named by the bag's resolved path, the size and mtime of its files and the
 options that change the scans (cloud, cameras, slop_s, max_range_m,
-label_set). A folder is built under a temporary name and renamed into place
-after its manifest.json (written last, atomically) is complete, so a folder
-with a valid manifest is whole and is reused without reading the bag; one
-without a manifest is removed and rebuilt. Processes opening the same bag at
+label_set). Building it shows a tqdm bar (when stderr is a terminal, as the
+replay and make-bag tools do; its total is the cloud count of the bag's
+index, so it has an ETA) and logs how long it took. A folder is built under a
+temporary name and renamed into place after its manifest.json (written
+last, atomically) is complete, so a folder with a valid manifest is whole and
+is reused without reading the bag; one without a manifest is removed and
+rebuilt. Processes opening the same bag at
 once (DDP ranks) each build their own and the first rename wins.
 
 Labels: with ``label_set`` the cloud's ``label`` field holds training ids of
@@ -33,6 +36,8 @@ import logging
 import os
 import shutil
 import socket
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -240,11 +245,34 @@ class BagSource(DataSource):
         return f"{self.path} scan {index} (stamp {self.stamps_ns[index]} ns)"
 
 
+def cloud_count(path: Path, topic: str) -> int | None:
+    """Messages on ``topic`` by the bag's own index (an MCAP summary, rosbag2 metadata, a ROS 1 index): no
+    message is read. None when the bag does not say; it is only the total of a progress bar."""
+    try:
+        if path.is_file() and path.suffix == ".mcap":
+            from mcap.reader import make_reader
+
+            with path.open("rb") as stream:
+                summary = make_reader(stream).get_summary()
+            counts = summary.statistics.channel_message_counts
+            return sum(counts.get(cid, 0) for cid, channel in summary.channels.items() if channel.topic == topic)
+        from rosbags.highlevel import AnyReader
+
+        with AnyReader([path]) as reader:
+            return sum(c.msgcount for c in reader.connections if c.topic == topic)
+    except Exception as err:  # any reader's failure only costs the bar its total
+        LOG.debug("%s: no message count for %s (%s)", path, topic, err)
+        return None
+
+
 def build_scan_cache(path: Path, folder: Path, key: dict[str, Any], reader: RosbagScans,
-                     label_set: str) -> dict[str, Any]:
+                     label_set: str, progress: bool = False) -> dict[str, Any]:
     """Stream ``reader`` into ``folder`` (built under a temporary name, manifest last, then renamed into place);
-    returns the manifest of the folder that ends up there."""
+    returns the manifest of the folder that ends up there. ``progress``: a tqdm bar over the bag's clouds."""
+    from tqdm import tqdm
+
     num_classes = get_label_set(label_set).num_classes if label_set else 0
+    start = time.perf_counter()
     folder.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(folder)
     tmp = folder.parent / f"{_partial_prefix(folder)}{socket.gethostname()}-{os.getpid()}"
@@ -252,7 +280,8 @@ def build_scan_cache(path: Path, folder: Path, key: dict[str, Any], reader: Rosb
     tmp.mkdir()
     try:
         stamps: list[int] = []
-        for scan in reader:
+        total = cloud_count(path, reader.cloud_topic) if progress else None
+        for scan in tqdm(reader, desc=f"scan cache of {path.name}", unit="scan", total=total, disable=not progress):
             index = len(stamps)
             where = f"bag {path} scan {index} (stamp {scan.stamp_ns} ns)"
             if not label_set:
@@ -276,6 +305,7 @@ def build_scan_cache(path: Path, folder: Path, key: dict[str, Any], reader: Rosb
             "cameras": [cam.image for cam in reader.cameras],
         }
         _write_json_atomic(tmp / MANIFEST, manifest)
+        LOG.info("%s: %d scans cached in %.1f s", path, len(stamps), time.perf_counter() - start)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -290,8 +320,10 @@ def build_scan_cache(path: Path, folder: Path, key: dict[str, Any], reader: Rosb
     return manifest
 
 
-def open_bag_cache(path: Path, options: dict[str, Any], cache_root: Path) -> tuple[Path, dict[str, Any]]:
-    """(cache folder, manifest) of a bag: reused when complete, (re)built from the bag otherwise."""
+def open_bag_cache(path: Path, options: dict[str, Any], cache_root: Path,
+                   progress: bool | None = None) -> tuple[Path, dict[str, Any]]:
+    """(cache folder, manifest) of a bag: reused when complete, (re)built from the bag otherwise; ``progress``
+    (a bar while building) defaults to whether stderr is a terminal."""
     key = cache_key(path, options)
     folder = cache_folder(cache_root, key)
     manifest = read_manifest(folder, key)
@@ -304,7 +336,8 @@ def open_bag_cache(path: Path, options: dict[str, Any], cache_root: Path) -> tup
     LOG.info("%s: reading the bag once into the scan cache %s", path, folder)
     reader = RosbagScans(path, cloud_topic=options["cloud"], cameras=options["cameras"], slop_s=options["slop_s"],
                          label_set=options["label_set"], max_range_m=options["max_range_m"])
-    return folder, build_scan_cache(path, folder, key, reader, options["label_set"])
+    progress = sys.stderr.isatty() if progress is None else progress
+    return folder, build_scan_cache(path, folder, key, reader, options["label_set"], progress)
 
 
 def _cameras_option(text: str | None) -> list[str] | None:

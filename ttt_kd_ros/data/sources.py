@@ -140,7 +140,7 @@ def _synthetic(spec: SourceSpec, defaults: dict[str, int]) -> DataSource:
     domain = parse_domain(spec.root)
     scans = spec.take_int("scans", defaults.get("scans", 64), minimum=0)
     seed = spec.take_int("seed", defaults.get("seed", 0))
-    keep = spec.take_int("keep", 256, minimum=0)
+    keep = spec.take_int("keep", defaults.get("keep", 256), minimum=0)
     return SyntheticSource(domain, scans, seed, spec.text, keep=keep)
 
 

@@ -56,8 +56,10 @@ class CaseResult:
 
 
 def case_scans(case: DemoCase, num_scans: int, seed: int, max_points: int) -> list[Scan]:
-    """The shifted scans a case shows: generated from ``seed`` (rooms no training used), cropped like evaluation."""
-    return generate_split(parse_split(case.split), num_scans, seed, max_points=max_points, subsample="crop").scans
+    """The shifted scans a case shows: generated from ``seed`` (rooms no training used), cropped like evaluation;
+    a few, held in a list because the demo visits each several times."""
+    split = generate_split(parse_split(case.split), num_scans, seed, max_points=max_points, subsample="crop")
+    return list(split.scans)
 
 
 def run_case(case: DemoCase, segmenter: Segmenter, scans: list[Scan], steps: list[int]) -> CaseResult:

@@ -1,7 +1,7 @@
 """Offline evaluation of strategies across synthetic domain shifts (ttt_kd_evaluate's engine).
 
-splits: named splits from domain specs, scans generated once; runner: strategies x splits through the
-Segmenter, the steps curve, the online stream; report: table, JSON, plots.
+splits: named splits from domain or data-source specs, scans streamed from their source; runner: strategies x
+splits through the Segmenter, the steps curve, the online stream; report: table, JSON, plots.
 """
 
 from ttt_kd_ros.evaluation.evaluator import (

@@ -1,9 +1,14 @@
 """Runs the evaluation: strategies x splits through the Segmenter, the steps curve, the online stream check.
 
 Every strategy is scored exactly as a robot would run it (``Segmenter.segment``
-on one scan at a time), on scans generated once per split. Models are loaded
-fresh for every (strategy, split) pair, so state carried by online / TENT
-adaptation never leaks from one split into the next. mIoU is over the
+on one scan at a time). A split's scans are streamed (evaluation/splits.py):
+the table reads each scan once and hands it to every row's Segmenter in turn,
+so one scan and its teacher features are in memory, not the split; the rows'
+models live side by side instead (megabytes each, next to tens of megabytes
+per real scan). Models are loaded fresh for every (strategy, split) pair, so
+state carried by online / TENT adaptation never leaks from one split into
+the next, and each row's Segmenter sees the split's scans in order as it
+would alone (every random draw is its own, seeded per Segmenter). mIoU is over the
 split's accumulated confusion matrix (the data-set mIoU the paper reports),
 not a mean of per-scan mIoUs.
 """
@@ -169,41 +174,47 @@ def split_scoring(segmenter: Segmenter, split_label_set: str) -> Scoring:
     return scoring_for(split_label_set, model.label_set, names)
 
 
-def warm_teacher(teacher: Teacher, split: SplitData) -> list[float]:
-    """Compute (and cache) the teacher features of every image of the split; (S,) seconds per scan.
+def warm_teacher(teacher: Teacher, scan: Scan) -> float:
+    """Compute (and cache) the teacher features of every image of one scan; the seconds it took.
 
-    The cache is made large enough to hold every image, so strategies that
-    distil share one teacher forward per image; the measured cold cost is
-    added back to their per-scan time, because a robot pays it on every scan.
+    The in-memory cache is made large enough for the scan's images, so every row that distils reads that one
+    teacher forward per image; the measured cold cost is added back to each such row's time on the scan,
+    because a robot pays it on every scan.
     """
-    images = sum(len(s.cameras) for s in split.scans)
-    teacher.cache_size = max(teacher.cache_size, images + 8)
-    cost = []
-    for scan in split.scans:
-        start = time.perf_counter()
-        for camera in scan.cameras:
-            teacher.view_feature_map(camera)
-        cost.append(time.perf_counter() - start)
-    return cost
+    teacher.cache_size = max(teacher.cache_size, len(scan.cameras) + 8)
+    start = time.perf_counter()
+    for camera in scan.cameras:
+        teacher.view_feature_map(camera)
+    return time.perf_counter() - start
 
 
-def evaluate_split(segmenter: Segmenter, row: EvalStrategy, split: SplitData,
-                   teacher_cost_s: Sequence[float] | None = None) -> SplitResult:
-    """Segment every scan of the split in order and score it against the scan's labels (split_scoring)."""
-    scoring = split_scoring(segmenter, split.label_set)
-    result = SplitResult(row.name, split.name, scoring.confusion(), class_names=scoring.class_names)
-    stages: Counter = Counter()
-    for i, scan in enumerate(split.scans):
+class RowScore:
+    """One row's Segmenter on one split and its running score, fed one scan at a time (split_scoring)."""
+
+    def __init__(self, settings: RunSettings, row: EvalStrategy, split: SplitData) -> None:
+        self.row = row
+        self.split = split
+        self.segmenter = row_segmenter(settings, row)
+        self.scoring = split_scoring(self.segmenter, split.label_set)
+        self.result = SplitResult(row.name, split.name, self.scoring.confusion(), class_names=self.scoring.class_names)
+        self.stages: Counter = Counter()
+        self.wall_s = 0.0
+
+    def add(self, index: int, scan: Scan, teacher_cost_s: float | None = None) -> None:
+        """Segment scan ``index`` of the split and score it; ``teacher_cost_s``: its cold teacher cost
+        (warm_teacher), which replaces the cached read in a distilling row's seconds."""
         if scan.labels is None:
-            raise ValueError(f"split {split.name}: scan {i} has no labels; evaluation needs labelled scans")
-        pred = segmenter.segment(scan)
+            raise ValueError(f"split {self.split.name}: scan {index} has no labels; evaluation needs labelled scans")
+        start = time.perf_counter()
+        pred = self.segmenter.segment(scan)
+        result, scoring = self.result, self.scoring
         scoring.update(result.confusion, scan.labels, pred.labels)
         one = scoring.confusion()
         scoring.update(one, scan.labels, pred.labels)
         result.scan_miou.append(one.miou())
         seconds = pred.total_s
-        if row.needs_teacher and teacher_cost_s is not None:
-            seconds += teacher_cost_s[i] - pred.timings_s.get("teacher", 0.0)
+        if self.row.needs_teacher and teacher_cost_s is not None:
+            seconds += teacher_cost_s - pred.timings_s.get("teacher", 0.0)
         result.seconds.append(seconds)
         result.steps_run.append(pred.steps_run)
         result.coverage.append(pred.visible_points / max(1, len(pred.labels)))
@@ -211,26 +222,50 @@ def evaluate_split(segmenter: Segmenter, row: EvalStrategy, split: SplitData,
             result.fused.append(float(pred.fused.mean()) if len(pred.fused) else 0.0)
         if pred.skip_reason:
             result.skips[pred.skip_reason] += 1
-        stages.update(pred.timings_s)
-    result.resets = int(getattr(segmenter.strategy, "resets", 0))
-    result.stage_s = {k: v / len(split.scans) for k, v in stages.items()}
-    return result
+        self.stages.update(pred.timings_s)
+        self.wall_s += time.perf_counter() - start
+
+    def finish(self) -> SplitResult:
+        """The row's SplitResult once every scan was added."""
+        result = self.result
+        result.resets = int(getattr(self.segmenter.strategy, "resets", 0))
+        result.stage_s = {k: v / max(1, len(result.seconds)) for k, v in self.stages.items()}
+        return result
+
+
+def evaluate_split(settings: RunSettings, rows: Sequence[EvalStrategy], split: SplitData,
+                   progress: bool = False) -> list[SplitResult]:
+    """Every row on one split: each scan is read once and segmented by every row's Segmenter in turn.
+
+    ``progress``: a tqdm bar over the split's scans.
+    """
+    from tqdm import tqdm
+
+    scores = [RowScore(settings, row, split) for row in rows]
+    distils = settings.teacher is not None and any(r.needs_teacher for r in rows)
+    bar = tqdm(split.scans, desc=f"{split.name}: {len(rows)} rows", unit="scan", total=len(split.scans),
+               disable=not progress)
+    for i, scan in enumerate(bar):
+        cost = warm_teacher(settings.teacher, scan) if distils else None
+        for score in scores:
+            score.add(i, scan, cost)
+        del scan  # the next scan replaces it; the split is never held whole
+    results = []
+    for score in scores:
+        result = score.finish()
+        LOG.info("%s on %s: mIoU %.4f, %.3f s/scan (%.1f s)", result.strategy, result.split, result.miou,
+                 result.seconds_per_scan, score.wall_s)
+        results.append(result)
+    return results
 
 
 def run_table(settings: RunSettings, rows: Sequence[EvalStrategy], splits: Sequence[SplitData],
-              on_result: Callable[[SplitResult], None] | None = None) -> list[SplitResult]:
-    """Every row on every split; ``on_result`` is called after each pair (progress, partial reports)."""
+              on_result: Callable[[SplitResult], None] | None = None, progress: bool = False) -> list[SplitResult]:
+    """Every row on every split; ``on_result`` is called after each pair (partial reports), once the split's
+    rows are done; ``progress``: a tqdm bar per split."""
     results = []
-    teacher_cost: dict[str, list[float]] = {}
     for split in splits:
-        if settings.teacher is not None and any(r.needs_teacher for r in rows):
-            teacher_cost[split.name] = warm_teacher(settings.teacher, split)
-        for row in rows:
-            segmenter = row_segmenter(settings, row)
-            start = time.perf_counter()
-            result = evaluate_split(segmenter, row, split, teacher_cost.get(split.name))
-            LOG.info("%s on %s: mIoU %.4f, %.3f s/scan (%.1f s)", row.name, split.name, result.miou,
-                     result.seconds_per_scan, time.perf_counter() - start)
+        for result in evaluate_split(settings, rows, split, progress):
             results.append(result)
             if on_result is not None:
                 on_result(result)
@@ -261,12 +296,15 @@ class StepsCurve:
 
 
 def run_curve(settings: RunSettings, splits: Sequence[SplitData], steps: Sequence[int], max_scans: int,
-              row: EvalStrategy | None = None) -> StepsCurve:
+              row: EvalStrategy | None = None, progress: bool = False) -> StepsCurve:
     """mIoU and KD loss of TTT-KD (per scan) after each number of steps, per split, through Segmenter.segment_steps.
 
     ``row`` defaults to the table's ttt_kd row (the run's shared ttt_kd config); the Segmenter path is the one
-    every table row and the node run, with k steps taken cumulatively (max(steps) steps per scan).
+    every table row and the node run, with k steps taken cumulatively (max(steps) steps per scan). Scans are
+    streamed from each split; ``progress``: a tqdm bar per split.
     """
+    from tqdm import tqdm
+
     if settings.teacher is None:
         raise ValueError("the steps curve needs a teacher (TTT-KD distils from it)")
     steps = sorted({int(s) for s in steps})
@@ -280,7 +318,8 @@ def run_curve(settings: RunSettings, splits: Sequence[SplitData], steps: Sequenc
         scoring = split_scoring(segmenter, split.label_set)
         matrices = {k: scoring.confusion() for k in steps}
         losses: dict[int, list[float]] = {k: [] for k in steps}
-        for scan in split.scans[:max_scans]:
+        scans = split.scans[:max_scans]
+        for scan in tqdm(scans, desc=f"curve {split.name}", unit="scan", total=len(scans), disable=not progress):
             for k, pred in zip(steps, segmenter.segment_steps(scan, steps), strict=True):
                 scoring.update(matrices[k], scan.labels, pred.labels)
                 loss = pred.kd_loss_after if pred.kd_loss_after is not None else pred.kd_loss_before

@@ -100,6 +100,33 @@ def coverage_line(results: Sequence[SplitResult], splits: Sequence[str]) -> str:
     return "Coverage (points some camera sees, the points fusion can reach): " + ", ".join(cells) + ".\n"
 
 
+def scans_per_split(counts: dict[str, int], skipped: dict[str, int] | None = None) -> str:
+    """The scans each split was scored on, as the table says it: "8 scans each" when every split has that many,
+    else each split's own count; ``skipped``: scans a split could not load, named beside its count.
+
+    The count asked for (``--scans``) is only an upper bound: a data set may hold fewer, and scans that fail to
+    load are left out, so a table must never claim the asked-for number for a split that had one scan.
+    """
+    skipped = {name: n for name, n in (skipped or {}).items() if n}
+
+    def plural(n: int) -> str:
+        return f"{n} scan" + ("" if n == 1 else "s")
+
+    if len(set(counts.values())) == 1 and not skipped:
+        return f"{plural(next(iter(counts.values())))} each"
+    return "scans per split: " + ", ".join(
+        f"{name} {counts[name]}" + (f" ({skipped[name]} could not be loaded)" if name in skipped else "")
+        for name in counts)
+
+
+def split_scan_counts(results: Sequence[SplitResult]) -> dict[str, int]:
+    """Split name -> scans its results were scored on (the first row's per-scan list; every row sees the same)."""
+    counts: dict[str, int] = {}
+    for result in results:
+        counts.setdefault(result.split, len(result.scan_miou))
+    return counts
+
+
 def result_record(result: SplitResult, class_names: Sequence[str]) -> dict[str, Any]:
     """Everything about one (strategy, split) pair, JSON-ready."""
     iou = result.confusion.iou()

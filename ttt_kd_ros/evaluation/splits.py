@@ -12,8 +12,13 @@ never heard of:
     kitti08=semantickitti:/data/skitti?sequences=08&every=20     a real data set
 
 A split's scans are its source's first ``--scans`` (synthetic: generated from
-the evaluation seed). Scans are drawn once per split and reused by every
-strategy. When a split's labels are in another label set than the
+the evaluation seed). They are streamed, never held together: opening a split
+reads each scan once to learn which load (the others are counted as skipped)
+and what they hold, then keeps only the source and those indices; every pass
+over ``SplitData.scans`` reads them again, one at a time (real sources read
+their files or scan cache, synthetic scans are regenerated from their seed,
+so every pass sees the same scans). A split of 400 real scans would otherwise
+hold about 12 GB. When a split's labels are in another label set than the
 checkpoint's, both sides are scored on the classes they share
 (labels.common_classes), as the paper's cross-data-set tables are.
 """
@@ -23,7 +28,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 import numpy as np
 
@@ -65,8 +72,9 @@ class SplitSpec:
         """The split's first ``num_scans`` scans as a DataSource (synthetic: generated from ``base_seed``)."""
         if self.domain is not None:
             return SyntheticSource(self.domain, num_scans, base_seed, spec=self.spec, keep=0)
-        # A synthetic source spec without scans= / seed= takes the evaluation's, never the training tool's seed 0.
-        source = open_source(self.source_spec, scans=num_scans, seed=base_seed)
+        # A synthetic source spec without scans= / seed= takes the evaluation's, never the training tool's seed 0,
+        # and keeps no generated scan (keep=0) unless it says so: a split streams its scans.
+        source = open_source(self.source_spec, scans=num_scans, seed=base_seed, keep=0)
         return source if len(source) <= num_scans else SubsetSource(source, range(num_scans), source.spec)
 
 
@@ -90,15 +98,51 @@ def parse_split(text: str) -> SplitSpec:
     return SplitSpec(name=name, spec=text.strip(), domain=dataclasses.replace(domain, name=name))
 
 
+class SplitScans(Sequence[Scan]):
+    """The loadable scans of a split, read from the source on every access: one scan in memory at a time.
+
+    ``indices``: the source indices that loaded when the split was opened. Each access runs split_scan again, so
+    a scan is the same on every pass (same points, cap and stamp) but a new object: keep one only while using it.
+    """
+
+    def __init__(self, source: DataSource, indices: Sequence[int], base_seed: int, max_points: int = 0,
+                 subsample: str = "random") -> None:
+        self.source = source
+        self.indices = list(indices)
+        self.base_seed = base_seed
+        self.max_points = max_points
+        self.subsample = subsample
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @overload
+    def __getitem__(self, i: int) -> Scan: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> SplitScans: ...
+
+    def __getitem__(self, i: int | slice) -> Scan | SplitScans:
+        if isinstance(i, slice):
+            return SplitScans(self.source, self.indices[i], self.base_seed, self.max_points, self.subsample)
+        return split_scan(self.source, self.indices[i], self.base_seed, self.max_points, self.subsample)
+
+    def __iter__(self) -> Iterator[Scan]:
+        for index in self.indices:
+            yield split_scan(self.source, index, self.base_seed, self.max_points, self.subsample)
+
+
 @dataclass
 class SplitData:
-    """The scans of one split, loaded once; generation_s is their total load (or generation) time.
+    """One split: its scans (streamed from the source, SplitScans; a list only after ``kept()``), their seeds and
+    what opening it found; generation_s is the time that first pass over the source took.
 
-    label_set: the label set of the scans' labels; skipped: scans that failed to load (file -> reason).
+    label_set: the label set of the scans' labels; notes["skipped"]: scans that failed to load (file -> reason in
+    notes["skipped_files"]), notes["scans"]: the scans that did, which every row then runs on.
     """
 
     spec: SplitSpec
-    scans: list[Scan]
+    scans: Sequence[Scan]
     seeds: list[int]
     generation_s: float = 0.0
     notes: dict[str, object] = field(default_factory=dict)
@@ -107,6 +151,11 @@ class SplitData:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    def kept(self) -> SplitData:
+        """The split with its scans loaded once and held in a list: for a few scans visited many times (a sweep,
+        the demo), where the same arrays let the teacher's feature cache hit."""
+        return dataclasses.replace(self, scans=list(self.scans))
 
 
 def limit_points(scan: Scan, max_points: int, mode: str, seed: int) -> Scan:
@@ -139,32 +188,39 @@ def split_scan(source: DataSource, index: int, base_seed: int, max_points: int =
 
 
 def generate_split(spec: SplitSpec, num_scans: int, base_seed: int = DEFAULT_EVAL_SEED, max_points: int = 0,
-                   subsample: str = "random") -> SplitData:
-    """The split's first ``num_scans`` scans, kept in memory so every strategy sees the same ones.
+                   subsample: str = "random", progress: bool = False) -> SplitData:
+    """The split's first ``num_scans`` scans, each read once now (one at a time) to learn which load.
 
     A scan that fails to load is logged and left out (counted in ``notes["skipped"]``); a split left with no
-    scans is an error naming the source.
+    scans is an error naming the source. The scans themselves are not kept: ``SplitData.scans`` reads them
+    again on each pass, so every strategy sees the same ones. ``progress``: a tqdm bar over this first pass.
     """
     if num_scans < 1:
         raise ValueError(f"scans per split: expected >= 1, got {num_scans}")
+    from tqdm import tqdm
+
     start = time.perf_counter()
     source = spec.open(num_scans, base_seed)
     if not source.labeled:
         raise ValueError(f"split {spec.name}: {source.spec} has no labels; evaluation scores against labels (an "
                          "unlabeled source can still adapt: ttt_kd_replay, or training with --data)")
-    scans, seeds, skipped = [], [], {}
-    for i in range(min(num_scans, len(source))):
+    indices, points, cameras, skipped = [], [], [], {}
+    for i in tqdm(range(min(num_scans, len(source))), desc=f"opening split {spec.name}", unit="scan",
+                  disable=not progress):
         try:
-            scans.append(split_scan(source, i, base_seed, max_points, subsample))
+            scan = split_scan(source, i, base_seed, max_points, subsample)
         except (ValueError, FileNotFoundError, OSError) as err:
             skipped[source.item_name(i)] = str(err)
             LOG.warning("split %s: skipping %s: %s", spec.name, source.item_name(i), err)
             continue
-        seeds.append(scan_seed(base_seed, i))
-    if not scans:
+        indices.append(i)
+        points.append(scan.num_points)
+        cameras.append(len(scan.cameras))
+        del scan  # one scan alive at a time
+    if not indices:
         raise ValueError(f"split {spec.name}: no scan of {source.spec} could be loaded")
-    return SplitData(spec, scans, seeds, time.perf_counter() - start,
-                     {"mean_points": float(np.mean([s.num_points for s in scans])),
-                      "cameras": int(np.mean([len(s.cameras) for s in scans])), "source": source.describe(),
-                      "skipped": len(skipped), "skipped_files": skipped},
+    return SplitData(spec, SplitScans(source, indices, base_seed, max_points, subsample),
+                     [scan_seed(base_seed, i) for i in indices], time.perf_counter() - start,
+                     {"scans": len(indices), "mean_points": float(np.mean(points)), "cameras": int(np.mean(cameras)),
+                      "source": source.describe(), "skipped": len(skipped), "skipped_files": skipped},
                      label_set=source.label_set)

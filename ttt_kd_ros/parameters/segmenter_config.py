@@ -16,7 +16,7 @@ from typing import Any
 
 from ttt_kd_ros.adapt import AdaptConfig
 from ttt_kd_ros.fusion import FusionConfig
-from ttt_kd_ros.parameters.table import ParameterError, parameter_defaults
+from ttt_kd_ros.parameters.table import ParameterError, parameter_defaults, parameter_spec, widen_integer
 from ttt_kd_ros.segmenter import Segmenter, SegmenterConfig
 
 
@@ -134,14 +134,14 @@ move or how the optimizer was built, so no rebuild (and no reload of the checkpo
 def retune(segmenter: Segmenter, values: Mapping[str, Any]) -> AdaptConfig:
     """Apply the RUNTIME_ADAPT_FIELDS in ``values`` to ``segmenter``'s strategy; call between scans only.
 
-    Segmenter.retune applies them (the strategy knows where each value lives);
-    ParameterError (naming the parameter) when the engine refuses a value.
+    Segmenter.retune applies them (the strategy knows where each value lives); an integer for a double is the
+    double (``adapt.lr: 1``), as on the node; ParameterError (naming the parameter) when the engine refuses a value.
     """
     changes: dict[str, Any] = {}
     for name, field_name in RUNTIME_ADAPT_FIELDS.items():
         if name not in values:
             continue
-        value = values[name]
+        value = widen_integer(parameter_spec(name), values[name])
         if field_name == "time_budget_s":
             value = float(value) if value and float(value) > 0 else None
         changes[field_name] = value

@@ -154,6 +154,18 @@ def check_value(spec: ParamSpec, value: Any) -> Any:
     return value
 
 
+def widen_integer(spec: ParamSpec, value: Any) -> Any:
+    """An integer given for a double parameter, as the double it stands for (``0`` for ``0.0``); else ``value``.
+
+    WHY: YAML, ``-p adapt.time_budget_s:=0`` and ``ros2 param set ... 3`` give integers for doubles. The node
+    widens them (ros/params.py); a tool's path must read them the same way instead of carrying an int into a
+    float field.
+    """
+    if isinstance(spec.default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
 def parameter_defaults() -> dict[str, Any]:
     """Flat name -> default of every node parameter (``adapt.steps`` style names)."""
     return {spec.name: spec.default for spec in PARAMETERS}

@@ -39,7 +39,8 @@ def scoring_label_set(plan_label_set: str, model_label_set: str) -> tuple[str, s
 def run_inprocess(plan: BagPlan, strategies: Sequence[str], parameters: Mapping[str, Any],
                   max_frames: int | None = None, progress: Callable[[int, str], Any] | None = None
                   ) -> tuple[list[StrategyRun], str]:
-    """One StrategyRun per strategy, and the label set the scores are in ("" when not scored).
+    """One StrategyRun per strategy, and the label set the scores are in ("" when not scored: the bag's clouds
+    carry no labels, or labels of another set than the model's).
 
     ``parameters``: flat node parameters (checkpoint, teacher, device, adapt.*; missing ones take the
     node's defaults); adapt.strategy is replaced per run. ``progress(total, description)`` returns a
@@ -57,6 +58,7 @@ def run_inprocess(plan: BagPlan, strategies: Sequence[str], parameters: Mapping[
                             label_set=plan.label_set)
         confusion = ConfusionMatrix(segmenter.num_classes) if scored_in else None
         frames: list[FrameRecord] = []
+        labelled = False
         bar = progress(min(plan.num_clouds, max_frames or plan.num_clouds), strategy) if progress else None
         start = time.perf_counter()
         for index, scan in enumerate(scans):
@@ -74,10 +76,13 @@ def run_inprocess(plan: BagPlan, strategies: Sequence[str], parameters: Mapping[
                 single.update(truth, prediction.labels)
                 frame.miou = single.miou()
             frames.append(frame)
+            labelled = labelled or scan.labels is not None
             if bar is not None:
                 bar.update(1)
         if bar is not None:
             bar.close()
+        if not labelled:  # an unlabeled bag: nothing was scored, whatever label set the model predicts
+            scored_in, confusion = "", None
         run = StrategyRun(strategy, frames, wall_s=time.perf_counter() - start, confusion=confusion)
         if note:
             run.notes.append(note)

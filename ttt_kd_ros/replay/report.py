@@ -166,14 +166,28 @@ class ReplayReport:
     cloud_topic: str
     cameras: list[str]
     sensor_rate_hz: float | None
-    label_set: str  # of the ground truth ("" when the cloud has no labels)
+    label_set: str  # the scores are in ("" when not scored: no labels in the bag, or another label set)
     runs: list[StrategyRun] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)  # model / teacher / steps used
+    bag_labelled: bool = False  # the bag's clouds carry a label field (scored or not)
 
     @property
     def adaptation_possible(self) -> bool:
         return bool(self.cameras)
+
+    @property
+    def scored(self) -> bool:
+        """mIoU was computed: the bag has labels the model's classes can be scored on."""
+        return bool(self.label_set)
+
+    def ground_truth(self) -> str:
+        """What the report was scored against, in words: a report of an unlabeled bag must not claim one."""
+        if self.scored:
+            return f"ground truth: the bag's labels ({self.label_set})"
+        if self.bag_labelled:
+            return "ground truth: the bag has labels but they were not scored (see the notes): no mIoU"
+        return "ground truth: none, no labels in the bag: no mIoU"
 
     def summaries(self) -> list[dict[str, Any]]:
         return [run.summary(self.sensor_rate_hz) for run in self.runs]
@@ -191,20 +205,22 @@ class ReplayReport:
                          "confusion": None if run.confusion is None else run.confusion.counts.tolist()})
         return {"bag": self.bag, "mode": self.mode, "pacing": self.pacing, "cloud_topic": self.cloud_topic,
                 "cameras": self.cameras, "sensor_rate_hz": self.sensor_rate_hz, "label_set": self.label_set,
+                "bag_labelled": self.bag_labelled, "scored": self.scored,
                 "adaptation_possible": self.adaptation_possible, "notes": self.notes, "config": self.config,
                 "runs": runs}
 
     def table_rows(self) -> list[tuple[str, ...]]:
-        """Header + one row per strategy: counts, end-to-end latency, rates, adapted fraction, mIoU (%)."""
+        """Header + one row per strategy: counts, end-to-end latency, rates, adapted fraction, and mIoU (%) when
+        the report is scored (no mIoU column for a bag without usable labels)."""
         rows = [("strategy", "in", "out", "dropped", "p50 ms", "p95 ms", "max ms", "rate Hz", "sensor Hz",
-                 "adapted", "mIoU %")]
+                 "adapted", *(("mIoU %",) if self.scored else ()))]
         for s in self.summaries():
             lat = s["latency_ms"]
+            miou = (_fmt(None if "miou" not in s else 100.0 * s["miou"], 1),) if self.scored else ()
             rows.append((
                 s["strategy"], str(s["frames_in"]), str(s["frames_out"]), str(s["dropped"]),
                 _fmt(lat["p50"], 1), _fmt(lat["p95"], 1), _fmt(lat["max"], 1), _fmt(s["achieved_rate_hz"], 2),
-                _fmt(s["sensor_rate_hz"], 2), _fmt(s.get("adapted_fraction"), 2),
-                _fmt(None if "miou" not in s else 100.0 * s["miou"], 1),
+                _fmt(s["sensor_rate_hz"], 2), _fmt(s.get("adapted_fraction"), 2), *miou,
             ))
         return rows
 
@@ -223,7 +239,7 @@ class ReplayReport:
         lines = [f"# Replay of `{self.bag}`", "",
                  f"- mode: **{self.mode}**, pacing: {self.pacing}",
                  f"- cloud topic: `{self.cloud_topic}`; cameras: {', '.join(f'`{c}`' for c in self.cameras) or 'none'}",
-                 f"- sensor rate: {_fmt(self.sensor_rate_hz, 2)} Hz; ground truth: {self.label_set or 'none'}"]
+                 f"- sensor rate: {_fmt(self.sensor_rate_hz, 2)} Hz; {self.ground_truth()}"]
         lines += [f"- {key}: `{value}`" for key, value in self.config.items()]
         if not self.adaptation_possible:
             lines.append("- **no camera in this bag: clouds were predicted without adaptation** (TTT-KD distils from "

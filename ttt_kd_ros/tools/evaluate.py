@@ -60,6 +60,8 @@ from ttt_kd_ros.evaluation.report import (
     plot_curve,
     plot_online,
     result_record,
+    scans_per_split,
+    split_scan_counts,
     table_rows,
     write_json,
 )
@@ -162,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", nargs="+", type=Path, default=None, metavar="RUN",
                    help="only pool earlier runs (their --out folders; same rows and splits, other seeds) into one "
                         "table in --out, by adding confusion matrices")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no tqdm bars (opening each split, each split's rows, the curve); -q implies it")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings only")
     return p
 
@@ -401,12 +405,14 @@ class Evaluation:
         self.splits: list = []
         self.curve: StepsCurve | None = None
         self.online: dict | None = None
+        self.progress = not (args.no_progress or args.quiet)
         self.started = time.time()
 
     # ------------------------------------------------------------------------------------------ run
 
     def load_splits(self) -> None:
-        """Every split's scans, once (before any row runs, so a bad data spec fails before hours of work)."""
+        """Open every split: each scan read once, one at a time, to learn which load (before any row runs, so a
+        bad data spec fails before hours of work); the rows read them again as they run."""
         args = self.args
         if args.skip_table and not args.curve_scans:
             return
@@ -414,7 +420,7 @@ class Evaluation:
         for spec in [self.id_split, *self.shifts]:
             if args.skip_table and spec.name not in self.curve_splits:
                 continue
-            split = generate_split(spec, scans, args.seed, args.max_points, args.subsample)
+            split = generate_split(spec, scans, args.seed, args.max_points, args.subsample, progress=self.progress)
             LOG.info("split %s: %d scans (%d skipped), %.0f points on average, loaded in %.1f s", spec.name,
                      len(split.scans), split.notes["skipped"], split.notes["mean_points"], split.generation_s)
             self.splits.append(split)
@@ -425,11 +431,11 @@ class Evaluation:
         if not self.splits:
             self.load_splits()
         if not args.skip_table:
-            run_table(self.settings, self.rows, self.splits, on_result=self._on_result)
+            run_table(self.settings, self.rows, self.splits, on_result=self._on_result, progress=self.progress)
             self.write_table()
         if args.curve_scans > 0:
             chosen = [s for s in self.splits if s.name in self.curve_splits]
-            self.curve = run_curve(self.settings, chosen, self.curve_steps, args.curve_scans)
+            self.curve = run_curve(self.settings, chosen, self.curve_steps, args.curve_scans, progress=self.progress)
             self.write_curve()
         if args.online_scans > 0:
             stream = run_online(self.settings, self.online_split, args.online_scans, args.seed, args.max_points,
@@ -484,7 +490,8 @@ class Evaluation:
                 f"Teacher: {self.teacher_description}\n",
                 f"Splits: in-distribution `{self.id_split.spec}`; shifts "
                 + ", ".join(f"`{s.spec}`" for s in self.shifts)
-                + f"; {self.args.scans} scans each"
+                + "; " + scans_per_split({s.name: len(s.scans) for s in self.splits},
+                                         {s.name: int(s.notes.get("skipped", 0)) for s in self.splits})
                 + (f", capped to {self.args.max_points} points ({self.args.subsample})" if self.args.max_points else "")
                 + f", seed {self.args.seed}.\n",
                 *self._cross_set_notes(),
@@ -515,8 +522,9 @@ class Evaluation:
         write_json(self.out / "steps_curve.json", {
             **self.header(), "scans_per_split": self.args.curve_scans, "curve": self.curve.miou,
             "kd_loss": self.curve.kd_loss, "kd_loss_ratio_unadapted": self.curve.kd_ratio_at_zero(self.id_split.name)})
+        scans = {s.name: min(self.args.curve_scans, len(s.scans)) for s in self.splits if s.name in self.curve.miou}
         plot_curve(self.curve.miou, self.out / "steps_curve.png",
-                   self.args.title or f"TTT-KD steps vs mIoU ({self.args.curve_scans} scans/split, lr "
+                   self.args.title or f"TTT-KD steps vs mIoU ({scans_per_split(scans)}, lr "
                                       f"{self.adapt['ttt_kd'].lr:g}; teacher: "
                                       f"{self.teacher_description.split(':')[0]})")
 
@@ -544,7 +552,7 @@ def write_pooled(runs: Sequence[Path], out: Path, command: str) -> int:
             f"Teacher: {header['teacher']['kind']}\n",
             f"Splits: in-distribution `{first['in_distribution']['spec']}`; shifts "
             + ", ".join(f"`{s['spec']}`" for s in first["shifts"])
-            + f"; {header['scans_per_split']} scans each in all.\n",
+            + f"; {scans_per_split(split_scan_counts(results))} in all.\n",
             "mIoU in % over the pooled confusion matrices; gains relative to source-only.\n",
             markdown_table(rows, id_split, shifts),
             "\nRuns:\n", *(f"- `{r['command']}`" for r in header["pooled_from"]),

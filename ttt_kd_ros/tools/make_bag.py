@@ -1,72 +1,33 @@
-"""ttt_kd_make_bag: write a real rosbag2 (mcap or sqlite3) from the synthetic world or a data-set folder.
+"""ttt_kd_make_bag: write a real rosbag2 (mcap or sqlite3) from any data source (synthetic by default).
 
 The bag holds what a robot would record (see replay.bag_writer): a labelled
 PointCloud2, rgb8 Images with their CameraInfo, and /tf_static from the cloud
 frame to each camera's optical frame, stamped at ``--rate-hz``. It is the
 input of ``ttt_kd_replay`` and of the demo, and plays with ``ros2 bag play``.
+The scans come from a data spec, as every other tool takes it (``--data
+KIND:ROOT?opt=v``, docs/DATA.md); ``--domain D`` is short for ``--data
+synthetic:D``.
 
-    ttt_kd_make_bag OUT [--storage mcap|sqlite3] [--source synthetic] [--domain lidar] [--count 10] [--seed 0]
+    ttt_kd_make_bag OUT [--storage mcap|sqlite3] [--domain lidar | --data SPEC] [--count 10] [--seed 0]
                     [--rate-hz 10] [--max-points N]
-    ttt_kd_make_bag OUT --source semantic_kitti --root /data/sequences/08 --count 20
+    ttt_kd_make_bag OUT --data semantickitti:/data/semantickitti?sequences=08 --count 20
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
 
+from ttt_kd_ros.data.sources import DataSource, SubsetSource, open_source
 from ttt_kd_ros.replay.bag_writer import STORAGES, ScanBagWriter
 from ttt_kd_ros.scan import Scan
 
-
-def _synthetic(args: argparse.Namespace) -> Iterable[Scan]:
-    from ttt_kd_ros.data.synthetic import SyntheticDataset
-
-    return SyntheticDataset(args.domain, args.count, seed=args.seed)
-
-
-def _folder(loader: Callable[[Path], Iterable[Scan]]) -> Callable[[argparse.Namespace], Iterable[Scan]]:
-    def open_root(args: argparse.Namespace) -> Iterable[Scan]:
-        if args.root is None:
-            raise ValueError(f"--root: --source {args.source} reads a data-set folder; give its path")
-        if not Path(args.root).is_dir():
-            raise ValueError(f"--root: {args.root} is not a folder")
-        return loader(Path(args.root))
-
-    return open_root
-
-
-def _semantic_kitti(root: Path) -> Iterable[Scan]:
-    from ttt_kd_ros.data.semantic_kitti import SemanticKittiScans
-
-    return SemanticKittiScans(root)
-
-
-def _kitti_object(root: Path) -> Iterable[Scan]:
-    from ttt_kd_ros.data.kitti_object import KittiObjectFrames
-
-    return KittiObjectFrames(root)
-
-
-def _scannet(root: Path) -> Iterable[Scan]:
-    from ttt_kd_ros.data.scannet import ScanNetFrames
-
-    return ScanNetFrames(root)
-
-
-SOURCES: dict[str, Callable[[argparse.Namespace], Iterable[Scan]]] = {
-    "synthetic": _synthetic,
-    "semantic_kitti": _folder(_semantic_kitti),
-    "kitti_object": _folder(_kitti_object),
-    "scannet": _folder(_scannet),
-}
-"""--source name -> Scans; data-set folders come from --root."""
+DEFAULT_DOMAIN = "lidar"
 
 
 @dataclass
@@ -85,11 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ttt_kd_make_bag", description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="bag folder to create")
     parser.add_argument("--storage", choices=STORAGES, default="mcap", help="rosbag2 storage plugin (default mcap)")
-    parser.add_argument("--source", choices=sorted(SOURCES), default="synthetic", help="where the scans come from")
-    parser.add_argument("--domain", default="lidar", help="synthetic domain (see data.synthetic.DOMAINS)")
-    parser.add_argument("--count", type=int, default=10, help="scans to write (at most; a folder may have fewer)")
-    parser.add_argument("--seed", type=int, default=0, help="synthetic data set seed")
-    parser.add_argument("--root", default=None, help="data-set folder for --source semantic_kitti/kitti_object/scannet")
+    parser.add_argument("--data", default=None, metavar="SPEC",
+                        help=f"where the scans come from: a data spec KIND:ROOT?opt=v (docs/DATA.md), e.g. "
+                             f"semantickitti:/data/sk?sequences=08 or synthetic:office (default synthetic:"
+                             f"{DEFAULT_DOMAIN})")
+    parser.add_argument("--domain", default=None,
+                        help=f"synthetic domain, short for --data synthetic:DOMAIN (default {DEFAULT_DOMAIN})")
+    parser.add_argument("--count", type=int, default=10,
+                        help="scans to write: the source's first ones (a synthetic spec without scans= makes "
+                             "this many)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of a synthetic spec that gives no seed=")
     parser.add_argument("--rate-hz", type=float, default=10.0, help="sensor rate: scan k is stamped start + k / rate")
     parser.add_argument("--start-s", type=float, default=1_700_000_000.0, help="stamp of the first scan (s)")
     parser.add_argument("--max-points", type=int, default=0, help="random subset of points per scan (0: all)")
@@ -136,16 +102,25 @@ def _length(scans: Iterable[Scan]) -> int | None:
         return None
 
 
+def open_scans(args: argparse.Namespace) -> DataSource:
+    """The source's first ``--count`` scans (``--data``, or ``--domain``'s synthetic world); ValueError /
+    FileNotFoundError naming the flag or the spec."""
+    if args.count <= 0:
+        raise ValueError(f"--count: expected > 0, got {args.count}")
+    if args.data is not None and args.domain is not None:
+        raise ValueError(f"--domain {args.domain} and --data {args.data}: give one (--data synthetic:{args.domain} "
+                         "is the same as --domain)")
+    spec = args.data if args.data is not None else f"synthetic:{args.domain or DEFAULT_DOMAIN}"
+    # keep=0: a synthetic scan is written once, never revisited, so none is kept in memory
+    source = open_source(spec, scans=args.count, seed=args.seed, keep=0)
+    return source if len(source) <= args.count else SubsetSource(source, range(args.count), source.spec)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        if args.count <= 0:
-            raise ValueError(f"--count: expected > 0, got {args.count}")
-        scans = SOURCES[args.source](args)
-        if args.source != "synthetic":
-            scans = islice(scans, args.count)
-        described = (f"synthetic domain={args.domain} seed={args.seed}" if args.source == "synthetic"
-                     else f"{args.source} {args.root}")
+        scans = open_scans(args)
+        described = f"{scans.spec} (--seed {args.seed})" if scans.kind == "synthetic" else scans.spec
         summary = write_bag(args.out, scans, storage=args.storage, rate_hz=args.rate_hz,
                             start_ns=round(args.start_s * 1e9), max_points=args.max_points,
                             namespace=args.namespace, overwrite=args.overwrite, source=described,

@@ -135,6 +135,7 @@ def run_replay(bag: Path, mode: str = "node", strategies: Sequence[str] = ("none
                                                "adapt.steps": params.get("adapt.steps"),
                                                "adapt.lr": params.get("adapt.lr"),
                                                "device": params.get("device")})
+    report.bag_labelled = _cloud_has_labels(plan)
     bar = _progress_factory(progress)
     if mode == "inprocess":
         from ttt_kd_ros.replay.inprocess import run_inprocess
@@ -150,8 +151,7 @@ def run_replay(bag: Path, mode: str = "node", strategies: Sequence[str] = ("none
         label_set, note = scoring_label_set(plan.label_set, model_label_set)
         if note:
             notes.append(note)
-        has_labels = _cloud_has_labels(plan)
-        report.label_set = label_set if has_labels else ""
+        report.label_set = label_set if report.bag_labelled else ""
         options = NodeReplayOptions(rate=rate, max_frames=max_frames, base_params_file=params_file,
                                     params=dict(overrides or {}), **(node_options or {}))
         report.pacing = "as fast as possible" if rate is None else f"rate x{rate:g}"
@@ -213,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     for note in report.notes:
         print(f"note: {note}")
     print(report.table())
+    print(report.ground_truth())
     print("wrote " + ", ".join(str(f) for f in files))
     return 0
 
