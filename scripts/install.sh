@@ -27,6 +27,12 @@ if ! "$VPY" -c "import torch" 2>/dev/null; then
   # A bare `torch` would pull a multi-GB CUDA build; pin the local CPU wheel.
   pip_install "torch==2.13.0"
 fi
+# The floor (README, "torch"): autocast queries by device type and bfloat16 autocast on a CPU need torch 2.4.
+if ! "$VPY" -c "import sys, torch; v = tuple(int(p) for p in torch.__version__.split('+')[0].split('.')[:2]); sys.exit(v < (2, 4))"; then
+  echo "install.sh: torch $("$VPY" -c 'import torch; print(torch.__version__)') is older than 2.4, the floor of" \
+       "ttt_kd_ros; install a newer build (on Jetson: JetPack 6.1 or later, see README)" >&2
+  exit 1
+fi
 pip_install -r requirements.txt
 pip_install --no-deps --force-reinstall .
 echo "$want" > "$stamp"

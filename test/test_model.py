@@ -275,3 +275,12 @@ def test_old_checkpoint_without_center_field_loads_and_behaves_as_before(tmp_pat
     scan = _room_scan()
     with torch.no_grad():
         assert torch.equal(net.eval()(net.prepare(scan)).logits, loaded(loaded.prepare(scan)).logits)
+
+
+def test_an_older_torch_is_refused_at_network_construction_naming_the_floor(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ttt_kd_ros import model as model_module
+
+    model_module.require_torch_floor("2.4.0+cu121")  # the floor itself runs
+    monkeypatch.setattr(torch, "__version__", "2.1.0a0+41361538.nv23.06")  # JetPack 5's torch
+    with pytest.raises(RuntimeError, match=r"torch 2\.1\.0a0.* older than 2\.4.*JetPack 6\.1"):
+        _tiny_net()

@@ -111,6 +111,38 @@ def test_slot_worker_error_is_reported_and_worker_goes_on() -> None:
     assert not worker.busy
 
 
+def test_slot_worker_runs_on_start_on_its_own_thread_before_the_first_item() -> None:
+    """Per-thread state (the current CUDA device) must be set on the worker thread, before any scan."""
+    slot: LatestSlot[int] = LatestSlot()
+    events: list[tuple[str, str]] = []
+    done = threading.Event()
+
+    def process(item: int) -> None:
+        events.append(("process", threading.current_thread().name))
+        done.set()
+
+    worker = SlotWorker(slot, process, on_error=lambda item, exc: None, name="scan-worker",
+                        on_start=lambda: events.append(("start", threading.current_thread().name)))
+    worker.start()
+    slot.put(1)
+    assert done.wait(timeout=5.0) and worker.stop(timeout_s=5.0)
+    assert events == [("start", "scan-worker"), ("process", "scan-worker")]
+
+
+def test_segmenter_bind_thread_sets_the_current_cuda_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from ttt_kd_ros.segmenter import Segmenter
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    fake = type("Fake", (), {"device": torch.device("cuda:1")})()
+    Segmenter.bind_thread(fake)
+    fake.device = torch.device("cpu")
+    Segmenter.bind_thread(fake)
+    assert chosen == [torch.device("cuda:1")]
+
+
 def test_node_stats_snapshot_rate_latency_and_counts() -> None:
     stats = NodeStats(strategy="ttt_kd")
     for i in range(5):

@@ -358,6 +358,28 @@ def point_inputs(scan: Scan, config: NetConfig) -> np.ndarray:
     return np.concatenate(columns, axis=1)
 
 
+TORCH_FLOOR = (2, 4)
+"""The oldest torch the package runs on: the sparse convolutions ask autocast about their device type
+(``torch.is_autocast_enabled(device)``, ``torch.get_autocast_dtype``) and mixed precision runs bfloat16 autocast on
+CPUs, both from torch 2.4. README, "torch", says what to do on an older JetPack."""
+
+
+def require_torch_floor(version: str | None = None) -> None:
+    """RuntimeError naming the installed torch when it is older than TORCH_FLOOR.
+
+    Why at network construction: on an old robot build the first convolution would fail deep inside a scan with
+    an AttributeError; every path (node, training, evaluation) builds a TTTKDNet first, so the user reads this.
+    """
+    text = torch.__version__ if version is None else version
+    try:
+        have = tuple(int(part) for part in text.split("+")[0].split(".")[:2])
+    except ValueError:
+        return  # a development build without a plain version: nothing to compare
+    if have < TORCH_FLOOR:
+        raise RuntimeError(f"torch {text} is older than {TORCH_FLOOR[0]}.{TORCH_FLOOR[1]}, the oldest ttt_kd_ros "
+                           "runs on: install a newer torch (on Jetson: JetPack 6.1 or later; README, 'torch')")
+
+
 class TTTKDNet(nn.Module):
     """backbone (psi_3D) + seg_head (rho_Y, class logits) + kd_head (rho_2D, teacher feature space).
 
@@ -367,6 +389,7 @@ class TTTKDNet(nn.Module):
     """
 
     def __init__(self, config: NetConfig) -> None:
+        require_torch_floor()
         super().__init__()
         self.config = config
         self.sparse_backend = get_backend(config.backend)

@@ -302,6 +302,16 @@ class Segmenter:
         with torch.inference_mode(False):
             return self._segment(scan, schedule)
 
+    def bind_thread(self) -> None:
+        """Make the Segmenter's GPU the calling thread's current CUDA device (a no-op on a CPU).
+
+        Why: torch keeps the current device per thread and defaults to cuda:0. The node runs segment() on its own
+        worker thread; with ``device: cuda:1`` every kernel torch itself places follows the tensors, but spconv and
+        MinkowskiEngine launch on the current device, so the worker sets it before its first scan.
+        """
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         """bfloat16 autocast on the Segmenter's device when amp is on: the same code path on a CPU and a GPU."""
         if self.amp:

@@ -254,7 +254,8 @@ class SegmenterNode(LifecycleNode):
         """Worker, pairing and subscriptions: what activation and ``~/enable`` true start."""
         params = self.params
         self._handoff = Handoff(LatestSlot(), self.stats)
-        self._worker = SlotWorker(self._handoff.slot, self._process_jobs, self._on_jobs_error)
+        self._worker = SlotWorker(self._handoff.slot, self._process_jobs, self._on_jobs_error,
+                                  on_start=self.segmenter.bind_thread)
         self._worker.start()
         if not params.cloud_only:
             self._pairing.start(params, self._handoff)

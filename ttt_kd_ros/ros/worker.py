@@ -89,10 +89,14 @@ class SlotWorker(Generic[T]):
         process: Callable[[T], None],
         on_error: Callable[[T, Exception], None],
         name: str = "ttt_kd_worker",
+        on_start: Callable[[], None] | None = None,
     ) -> None:
+        """``on_start`` runs first on the worker thread itself: per-thread state such as the current CUDA device
+        (torch keeps it per thread, and spconv / MinkowskiEngine launch on it) must be set there."""
         self._slot = slot
         self._process = process
         self._on_error = on_error
+        self._on_start = on_start
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._busy = threading.Event()
 
@@ -105,6 +109,8 @@ class SlotWorker(Generic[T]):
         return self._busy.is_set()
 
     def _run(self) -> None:
+        if self._on_start is not None:
+            self._on_start()
         while True:
             item = self._slot.take(timeout_s=0.5)
             if item is None:
