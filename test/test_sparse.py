@@ -268,3 +268,15 @@ def test_ttt_kd_scan_on_other_backend_adapts_like_torch(other: str) -> None:
     assert theirs.kd_loss_before == pytest.approx(ours.kd_loss_before, abs=1e-4)
     assert theirs.kd_loss_after == pytest.approx(ours.kd_loss_after, abs=1e-3)
     assert (ours.labels == theirs.labels).mean() > 0.99
+
+
+def test_a_cpu_built_minkowski_engine_refuses_cuda_tensors_naming_the_build() -> None:
+    """CI builds MinkowskiEngine with --cpu_only: handing it CUDA coordinates is an error that names the fix."""
+    me = pytest.importorskip("MinkowskiEngine", reason="MinkowskiEngine is not built here (CI builds it)")
+    from ttt_kd_ros.sparse import minkowski_backend
+
+    minkowski_backend.require_cuda_build(False)  # CPU tensors: always fine
+    if me.is_cuda_available():
+        pytest.skip("this MinkowskiEngine was built with CUDA")
+    with pytest.raises(ValueError, match="built for the CPU only.*rebuild it with CUDA"):
+        minkowski_backend.require_cuda_build(True)

@@ -23,10 +23,24 @@ def _weight_to_me(weight: torch.Tensor, size: int) -> torch.Tensor:
     return weight.reshape(size, size, size, cin, cout).permute(2, 1, 0, 3, 4).reshape(size**3, cin, cout)
 
 
+def require_cuda_build(on_cuda: bool) -> None:
+    """ValueError when CUDA tensors meet a MinkowskiEngine built for the CPU (``--cpu_only``, as CI builds it).
+
+    Why: such a build accepts the CUDA coordinate map type and fails later inside the extension with an error
+    that names neither the build nor the fix; a robot moved from a CPU test box to its GPU would meet exactly that.
+    """
+    cuda_built = bool(getattr(ME, "is_cuda_available", lambda: False)())
+    if on_cuda and not cuda_built:
+        raise ValueError("backend 'minkowski': this MinkowskiEngine was built for the CPU only, but the scan is on "
+                         "CUDA; rebuild it with CUDA (pip install MinkowskiEngine without --cpu_only, against this "
+                         "torch), or use backend 'torch' / 'spconv', or device cpu")
+
+
 class MinkowskiGeometry:
     """A CoordinateManager holding the voxel pyramid; see SparseGeometry."""
 
     def __init__(self, coords: torch.Tensor, num_levels: int) -> None:
+        require_cuda_build(coords.is_cuda)
         top = 2 ** (num_levels - 1)
         shift = torch.div(coords.min(dim=0).values, top, rounding_mode="floor") * top
         self._shift = shift
