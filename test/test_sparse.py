@@ -278,5 +278,5 @@ def test_a_cpu_built_minkowski_engine_refuses_cuda_tensors_naming_the_build() ->
     minkowski_backend.require_cuda_build(False)  # CPU tensors: always fine
     if me.is_cuda_available():
         pytest.skip("this MinkowskiEngine was built with CUDA")
-    with pytest.raises(ValueError, match="built for the CPU only.*rebuild it with CUDA"):
+    with pytest.raises(ValueError, match=r"built for the CPU only.*rebuild it with CUDA"):
         minkowski_backend.require_cuda_build(True)
