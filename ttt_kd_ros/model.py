@@ -419,6 +419,21 @@ class TTTKDNet(nn.Module):
         geometry = self.sparse_backend.build_geometry(voxels.coords, self.config.num_levels)
         return PreparedScan(features, voxels, geometry, device)
 
+    def crop(self, prepared: PreparedScan, rows: torch.Tensor) -> PreparedScan:
+        """The sub-scan of voxels ``rows`` (ascending) as a PreparedScan of its own, one "point" per voxel.
+
+        Features are the scan's own voxel inputs (no re-voxelisation); only the neighbour maps are built anew,
+        for the crop. Adaptation steps run on crops so their cost is bounded (adapt/crops.py).
+        """
+        rows = rows.to(prepared.device)
+        coords = prepared.voxels.coords.index_select(0, rows)
+        count = rows.numel()
+        voxels = Voxelization(coords, torch.arange(count, device=prepared.device),
+                              torch.ones(count, dtype=torch.long, device=prepared.device),
+                              prepared.voxels.voxel_size_m)
+        geometry = self.sparse_backend.build_geometry(coords, self.config.num_levels)
+        return PreparedScan(prepared.features.index_select(0, rows), voxels, geometry, prepared.device)
+
     def voxel_features(self, prepared: PreparedScan) -> torch.Tensor:
         """(V, F) backbone features per voxel."""
         return self.backbone(prepared.features, prepared.geometry)

@@ -58,6 +58,9 @@ class AdaptConfig:
     weight_decay: float = 0.0
     params: str = "all"  # ttt_kd*: which backbone parameters move; tent always uses "norm"
     kd_points_per_step: int = 8192  # visible points sampled (with replacement) per step; 0 = all of them
+    crop_voxels: int = 8000  # ttt_kd*: each step runs on a crop of at most this many voxels where targets are
+    # (adapt/crops.py); 0 = every step runs on the whole scan
+    crops_per_scan: int = 4  # different crops per scan, cycled over its steps (each crop's maps built once)
     loss: str = "cosine"
     time_budget_s: float | None = None  # adapt(): no step that would end past this (from its start); the Segmenter:
     # a bound on the whole scan, its final forward included (Segmenter._adapt_budget)
@@ -89,6 +92,9 @@ class AdaptConfig:
         for name, value, allowed in checks:
             if value not in allowed:
                 raise ValueError(f"AdaptConfig.{name}: expected one of {allowed}, got {value!r}")
+        if self.crop_voxels < 0 or self.crops_per_scan < 1:
+            raise ValueError(f"AdaptConfig: crop_voxels must be >= 0 (0 = whole scan) and crops_per_scan >= 1, got "
+                             f"{self.crop_voxels} and {self.crops_per_scan}")
         if self.steps < 0 or self.kd_points_per_step < 0:
             raise ValueError(f"AdaptConfig: steps and kd_points_per_step must be >= 0, got {self.steps} and "
                              f"{self.kd_points_per_step}")

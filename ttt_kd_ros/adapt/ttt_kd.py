@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ttt_kd_ros.adapt.config import Targets
+from ttt_kd_ros.adapt.crops import Crop, ScanCrops
 from ttt_kd_ros.adapt.gradient import GradientStrategy
 from ttt_kd_ros.losses import kd_loss
 
@@ -28,6 +29,14 @@ class TTTKD(GradientStrategy):
     loss_name = "KD loss"
     needs_targets = True
     episodic = True
+    _crops: ScanCrops | None = None
+    _crop_step = 0
+
+    def reset(self) -> None:
+        """The base's restore, and the scan's crops dropped: a scan adapted again gets the same crops and samples
+        from the reseeded generator, step for step."""
+        super().reset()
+        self._crops = None
 
     def usable(self, targets: Targets | None) -> str:
         if targets is None or targets.point_index.numel() == 0:
@@ -37,21 +46,47 @@ class TTTKD(GradientStrategy):
                              "feature rows")
         return ""
 
+    def _rng(self, device: torch.device) -> torch.Generator:
+        """The strategy's generator on ``device``, seeded from the config (reset() reseeds it)."""
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device)
+            self._generator.manual_seed(self.config.seed)
+        return self._generator
+
     def _sample(self, num_visible: int, device: torch.device) -> torch.Tensor | None:
         """(S,) rows of the targets to use this step, or None for all of them."""
         per_step = self.config.kd_points_per_step
         if per_step == 0 or per_step >= num_visible:
             return None
-        if self._generator is None or self._generator.device != device:
-            self._generator = torch.Generator(device=device)
-            self._generator.manual_seed(self.config.seed)
-        return torch.randint(0, num_visible, (per_step,), generator=self._generator, device=device)
+        return torch.randint(0, num_visible, (per_step,), generator=self._rng(device), device=device)
+
+    def _crop(self, prepared: Any, targets: Targets) -> Crop | None:
+        """This step's crop of the scan, or None when steps run on the whole scan (no crop_voxels, a scan no
+        larger than a crop, or a model without crops)."""
+        limit = self.config.crop_voxels
+        if limit <= 0 or not hasattr(self.model, "crop") or prepared.num_voxels <= limit:
+            return None
+        if self._crops is None or not self._crops.belongs_to(prepared, targets):
+            self._crops = ScanCrops(self.model, prepared, targets, limit, self.config.crops_per_scan,
+                                    self._rng(targets.point_index.device))
+            self._crop_step = 0
+        crop = self._crops.for_step(self._crop_step)
+        self._crop_step += 1
+        return crop
 
     def loss(self, prepared: Any, targets: Targets | None) -> torch.Tensor:
         assert targets is not None  # usable() returned "" only with targets
-        rows = self._sample(int(targets.point_index.numel()), targets.features.device)
-        point_index = targets.point_index if rows is None else targets.point_index.index_select(0, rows)
-        teacher = targets.features if rows is None else targets.features.index_select(0, rows)
+        crop = self._crop(prepared, targets)
+        if crop is not None:  # the step's forward and backward cover the crop's voxels only
+            prepared, target_rows, point_index = crop.prepared, crop.target_rows, crop.crop_rows
+        else:
+            target_rows, point_index = None, targets.point_index
+        count = int(point_index.numel())
+        rows = self._sample(count, targets.features.device)
+        if rows is not None:
+            point_index = point_index.index_select(0, rows)
+            target_rows = rows if target_rows is None else target_rows.index_select(0, rows)
+        teacher = targets.features if target_rows is None else targets.features.index_select(0, target_rows)
         pred = self.model.kd_features(prepared, point_index)  # (S, D): rho_2D at the sampled points only
         return kd_loss(pred, teacher, self.config.loss)
 

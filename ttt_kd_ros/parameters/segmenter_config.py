@@ -61,6 +61,8 @@ def segmenter_config_from_parameters(values: Mapping[str, Any], given: Iterable[
             params=params["adapt.params"],
             bn_train=_flag(params["adapt.bn_train"], "adapt.bn_train"),
             kd_points_per_step=int(params["adapt.kd_points_per_step"]),
+            crop_voxels=int(params["adapt.crop_voxels"]),
+            crops_per_scan=int(params["adapt.crops_per_scan"]),
             loss=params["adapt.loss"],
             time_budget_s=budget if budget > 0 else None,
             seed=int(params["seed"]),

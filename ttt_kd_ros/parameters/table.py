@@ -107,6 +107,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "docs/EVALUATION.md)."),
     ParamSpec("adapt.kd_points_per_step", _ADAPT.kd_points_per_step, "Visible points sampled per KD step; 0: all.",
               minimum=0, runtime=True),
+    ParamSpec("adapt.crop_voxels", _ADAPT.crop_voxels, "TTT-KD steps run on crops of at most this many voxels "
+              "where the cameras see (the final forward covers the whole scan), so a step's cost does not grow with "
+              "the scan; 0: every step on the whole scan.", minimum=0),
+    ParamSpec("adapt.crops_per_scan", _ADAPT.crops_per_scan, "Different crops per scan, cycled over its steps.",
+              minimum=1),
     ParamSpec("adapt.loss", _ADAPT.loss, "KD loss form.", choices=KD_LOSS_KINDS, runtime=True),
     ParamSpec("adapt.guard_kd_ratio", 0.0, "Keep a scan's adapted labels only when its KD loss over the visible "
               "points fell below this fraction of the unadapted one, else publish the unadapted labels; 0: no "
