@@ -136,6 +136,8 @@ def test_robot_activation_warms_the_engine_up_before_it_subscribes(robot: Robot)
     log = robot.logs_text()
     warm, active = log.find("warm-up: one synthetic scan in"), log.find("]: active: ")
     assert 0 <= warm < active, log[-3000:]
+    costs = r"the final forward \d+\.\d ms, every stage but the steps \d+\.\d ms"
+    assert re.search(costs, log[warm:active]), log[warm:]
 
 
 def test_robot_scans_that_ran_no_step_report_no_kd_loss_after(robot: Robot) -> None:

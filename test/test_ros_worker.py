@@ -334,3 +334,15 @@ def test_label_info_publisher_maps_class_ids_to_names_latched() -> None:
     (msg,) = sent
     assert msg.header.stamp == "stamp" and msg.threshold == 0.0
     assert [(c.class_id, c.class_name) for c in msg.class_map] == list(enumerate(label_set.class_names))
+
+
+def test_warm_up_costs_name_the_step_and_the_final_forward() -> None:
+    from types import SimpleNamespace
+
+    from ttt_kd_ros.ros.node import warm_up_costs
+
+    prediction = SimpleNamespace(steps_run=2, timings_s={"ttt_step": 0.5, "forward": 0.125, "teacher": 0.1})
+    words = warm_up_costs(prediction)
+    assert "one adaptation step 250.0 ms" in words and "the final forward 125.0 ms" in words
+    assert "every stage but the steps 225.0 ms" in words
+    assert "step" not in warm_up_costs(SimpleNamespace(steps_run=0, timings_s={"forward": 0.1})).split(",")[0]
