@@ -24,10 +24,16 @@ from ttt_kd_ros.data.sources import open_source
 from ttt_kd_ros.segmenter import BUILTIN, Segmenter, SegmenterConfig
 
 
-def run_budget(source, budget_s: float, passes: int, checkpoint: str, teacher: str, steps: int) -> dict:
-    """Latency and steps of every scan of ``source`` over ``passes`` passes (the first one discarded)."""
-    config = SegmenterConfig(checkpoint=checkpoint, teacher=teacher, device="cpu",
-                             adapt=AdaptConfig(steps=steps, time_budget_s=budget_s))
+def run_budget(source, budget_s: float, passes: int, checkpoint: str, teacher: str, steps: int, crop_voxels: int,
+               validated: bool) -> dict:
+    """Latency and steps of every scan of ``source`` over ``passes`` passes (the first one discarded).
+
+    validated: the checkpoint's validated settings (guard, mix with the unadapted prediction, fusion: what the
+    node runs) for every field but steps, budget and crop; else AdaptConfig's defaults as they are.
+    """
+    given = ("adapt.steps", "adapt.time_budget_s", "adapt.crop_voxels") if validated else None
+    config = SegmenterConfig(checkpoint=checkpoint, teacher=teacher, device="cpu", given=given,
+                             adapt=AdaptConfig(steps=steps, time_budget_s=budget_s, crop_voxels=crop_voxels))
     segmenter = Segmenter.from_config(config)
     latencies, steps_run, stages = [], [], []
     for p in range(passes):
@@ -58,24 +64,30 @@ def main() -> int:
     p.add_argument("--teacher", default=BUILTIN)
     p.add_argument("--steps", type=int, default=1000, help="adapt.steps: large, so the budget ends each scan")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--crop-voxels", type=int, default=AdaptConfig.crop_voxels,
+                   help="adapt.crop_voxels (0: every step on the whole scan, as before crops)")
+    p.add_argument("--validated", action="store_true",
+                   help="the checkpoint's validated settings (guard, mix, fusion), as the node runs it")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     source = open_source(args.data)
     rows = []
     for budget in args.budgets:
-        row = run_budget(source, budget, args.passes, args.checkpoint, args.teacher, args.steps)
-        row.update(data=args.data, threads=args.threads, checkpoint=args.checkpoint, teacher=args.teacher)
+        row = run_budget(source, budget, args.passes, args.checkpoint, args.teacher, args.steps, args.crop_voxels,
+                         args.validated)
+        row.update(data=args.data, threads=args.threads, checkpoint=args.checkpoint, teacher=args.teacher,
+                   crop_voxels=args.crop_voxels, validated=args.validated)
         print(json.dumps(row), flush=True)
         rows.append(row)
     print("\n| budget (s) | scans | points | latency median (s) | latency max (s) | over budget | steps median "
-          "(min-max) | teacher (s) | targets (s) | forward (s) |")
-    print("|" + " --- |" * 10)
+          "(min-max) | teacher (s) | targets (s) | reference (s) | forward (s) |")
+    print("|" + " --- |" * 11)
     for r in rows:
         st = r["stage_median_s"]
         print(f"| {r['budget_s']:g} | {r['scans']} | {r['points'] // 1000}k | {r['latency_median_s']:.3f} | "
               f"{r['latency_max_s']:.3f} | {r['over_budget']} | {r['steps_median']:g} ({r['steps_min']}-"
               f"{r['steps_max']}) | {st.get('teacher', 0):.3f} | {st.get('targets', 0):.3f} | "
-              f"{st.get('forward', 0):.3f} |")
+              f"{st.get('reference', 0):.3f} | {st.get('forward', 0):.3f} |")
     return 0
 
 

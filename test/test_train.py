@@ -18,6 +18,7 @@ from ttt_kd_ros.scan import Scan
 from ttt_kd_ros.targets import distillation_targets
 from ttt_kd_ros.teachers.resolve import resolve
 from ttt_kd_ros.teachers.weights import tiny_teacher
+from ttt_kd_ros.training.distributed import DistContext
 from ttt_kd_ros.training.loop import (
     FINAL_CHECKPOINT,
     LAST_CHECKPOINT,
@@ -83,13 +84,36 @@ def test_train_lowers_ce_and_kd_and_writes_loadable_checkpoint(scans, tmp_path) 
     assert len(extra["history"]) == 6
 
 
-def test_train_with_mixed_precision_on_the_cpu_lowers_both_losses(scans, tmp_path) -> None:
-    """--amp's path (bfloat16 autocast on a CPU; float16 + GradScaler on CUDA): the losses still fall, in float32."""
-    result = train(plain_config(6, center_targets=False, amp=True), tiny_model(), scans, tiny_teacher(), tmp_path,
-                   progress=False)
+def test_train_on_every_device_with_and_without_mixed_precision_lowers_both_losses(scans, tmp_path, device, amp
+                                                                                    ) -> None:
+    """The training path on each device, float32 and --amp (bfloat16 where supported, float16 + GradScaler on
+    older GPUs): the losses fall and the weights stay float32."""
+    ctx = DistContext(device=device)
+    result = train(plain_config(6, center_targets=False, amp=amp), tiny_model().to(device), scans,
+                   tiny_teacher(device=device), tmp_path, ctx, progress=False)
     first, last = result.history[0], result.history[-1]
     assert last["ce"] < 0.9 * first["ce"] and last["kd"] < 0.9 * first["kd"]
     assert all(v.dtype == torch.float32 for v in result.model.state_dict().values() if v.is_floating_point())
+
+
+def test_mixed_precision_is_bfloat16_where_the_device_has_it_else_float16_with_scaling(monkeypatch) -> None:
+    from ttt_kd_ros.training.loop import amp_dtype
+
+    assert amp_dtype(torch.device("cpu")) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # a Volta / Turing GPU
+    assert amp_dtype(torch.device("cuda")) == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # Ampere and later
+    assert amp_dtype(torch.device("cuda")) == torch.bfloat16
+
+
+def test_every_epoch_ends_with_the_ranks_waiting_for_rank_zero(scans, tmp_path, monkeypatch) -> None:
+    """Rank 0 validates and saves after each epoch; every rank then meets at a barrier (called once per epoch)."""
+    import ttt_kd_ros.training.loop as loop
+
+    calls = []
+    monkeypatch.setattr(loop, "wait_for_all_ranks", lambda ctx: calls.append(ctx.rank))
+    train(plain_config(2), tiny_model(), scans, tiny_teacher(), tmp_path, progress=False)
+    assert calls == [0, 0]
 
 
 def test_train_with_the_oracle_teacher_learns_its_class_vectors(scans, tmp_path) -> None:

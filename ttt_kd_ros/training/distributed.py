@@ -81,6 +81,20 @@ def average_buffers(model: torch.nn.Module, ctx: DistContext) -> None:
             dist.broadcast(buffer, src=0)
 
 
+def wait_for_all_ranks(ctx: DistContext) -> None:
+    """Every rank waits here until all arrive (nothing when not distributed).
+
+    Why: rank 0 validates and writes checkpoints after each epoch while the other ranks would run into the next
+    epoch's first all-reduce and sit in it past NCCL's timeout on a long validation; a barrier after rank 0's
+    work keeps every rank in step (and no rank reads a checkpoint rank 0 is still writing).
+    """
+    if not ctx.distributed:
+        return
+    if ctx.device.type == "cuda":
+        dist.barrier(device_ids=[ctx.local_rank])
+    else:
+        dist.barrier()
+
 
 def max_over_ranks(value: int, ctx: DistContext) -> int:
     """The largest ``value`` any rank holds (itself when not distributed): ranks pad to it to run equal steps."""

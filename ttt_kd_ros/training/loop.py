@@ -9,8 +9,8 @@ distributed.py):
   skips bad scans with a count; epochs then read the cache only, through a
   DataLoader (``workers`` processes) that never runs the ViT;
 - ``joint_loss``: the two terms as a pure function;
-- mixed precision (``amp``): float16 autocast with a GradScaler on CUDA,
-  bfloat16 autocast on a CPU;
+- mixed precision (``amp``): bfloat16 autocast where the device supports it
+  (CPUs, CUDA from Ampere on), float16 with a GradScaler on older GPUs;
 - DDP under torchrun (gloo on CPU, NCCL on CUDA): scans are sharded
   statically and every rank pads its trainable scans to the longest shard so
   all run the same steps;
@@ -42,6 +42,7 @@ from ttt_kd_ros.losses import KD_LOSS_KINDS, kd_loss
 from ttt_kd_ros.metrics import ConfusionMatrix
 from ttt_kd_ros.model import TTTKDNet, net_config
 from ttt_kd_ros.scan import IGNORE_LABEL, Scan
+from ttt_kd_ros.segmenter import bfloat16_supported
 from ttt_kd_ros.teachers.feature_cache import CachedTeacher
 from ttt_kd_ros.teachers.teacher import Teacher
 from ttt_kd_ros.training.distributed import (
@@ -51,6 +52,7 @@ from ttt_kd_ros.training.distributed import (
     max_over_ranks,
     shard_indices,
     sum_over_ranks,
+    wait_for_all_ranks,
 )
 from ttt_kd_ros.training.examples import (
     Augmentation,
@@ -157,7 +159,7 @@ class TrainConfig:
     center_targets: bool = True  # subtract the mean training target (NetConfig.kd_target_center); see targets.py
     augment: Augmentation | None = field(default_factory=Augmentation)
     workers: int = 0  # DataLoader worker processes (0: scans are read in the training process)
-    amp: bool = False  # mixed precision: float16 + GradScaler on CUDA, bfloat16 on a CPU
+    amp: bool = False  # mixed precision: bfloat16 where supported, else float16 + GradScaler (older GPUs)
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):
@@ -261,7 +263,7 @@ def train(
             param.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    use_cuda_amp = config.amp and ctx.device.type == "cuda"
+    use_cuda_amp = config.amp and amp_dtype(ctx.device) == torch.float16  # float16 needs loss scaling
     scaler = torch.amp.GradScaler("cuda", enabled=use_cuda_amp)
     history: list[dict[str, float]] = []
     start_epoch = 0
@@ -361,6 +363,7 @@ def train(
             with open(out_dir / HISTORY_FILE, "a") as f:
                 f.write(json.dumps(record) + "\n")
             plot_history(history, out_dir / CURVES_FILE, title=f"{model.config.name}: {extra_base['mode']}")
+        wait_for_all_ranks(ctx)  # rank 0 validated and saved; the others wait instead of timing out in an all-reduce
         if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < config.epochs - 1:
             return TrainResult(model, history, None)
     final = None
@@ -378,13 +381,18 @@ def _run_extra(base: dict[str, Any], epoch: int, history: list[dict[str, float]]
     return {**base, "epoch": epoch, "history": history, "epochs_without_kd": empty}
 
 
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """The autocast dtype of mixed-precision training on ``device``: bfloat16 when it runs natively (no loss
+    scaling, float32's range), float16 with a GradScaler on GPUs without bfloat16 (Volta, Turing)."""
+    return torch.bfloat16 if bfloat16_supported(device) else torch.float16
+
+
 def scan_loss(net: torch.nn.Module, model: TTTKDNet, scan: Scan, kd_index: np.ndarray, kd_features: torch.Tensor,
                config: TrainConfig, device: torch.device) -> LossTerms:
     """One scan's joint loss (autocast when config.amp); the losses themselves are computed in float32."""
     prepared = model.prepare(scan, device)
     labels = torch.from_numpy(scan.labels).to(device)
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=config.amp):
+    with torch.autocast(device_type=device.type, dtype=amp_dtype(device), enabled=config.amp):
         out = net(prepared, with_kd=not config.source_only)
     kd_pred = None
     if out.kd is not None:
