@@ -58,6 +58,7 @@ def test_bn_stats_reset_restores_source_bit_exactly() -> None:
     source = state_copy(net)
     strategy = _bn_stats(net, steps=2)
     strategy.adapt(make_scan(seed=4)[0])
+    assert not states_equal(state_copy(net), source)  # something to restore
     strategy.reset()
     assert states_equal(state_copy(net), source)
 

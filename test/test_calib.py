@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rig_files
 
 from ttt_kd_ros.data import calib, pointfiles
 from ttt_kd_ros.geometry import project_points
@@ -16,7 +17,7 @@ from ttt_kd_ros.geometry import project_points
 @pytest.mark.data
 def test_kitti_info_views_reproduce_stored_lidar2img(real_data: Path) -> None:
     info = real_data / "kitti_demo" / "000008_info.json"
-    (view,) = calib.mmdet3d_info_views(info)
+    (view,) = rig_files.kitti_info_views(info)
     points = pointfiles.read_kitti_bin(calib.info_lidar_path(info))[:, :3]
     proj = project_points(points, view, occlusion=False)
 
@@ -51,7 +52,7 @@ def test_kitti_camera_view_object_frames_project_into_image(real_data: Path) -> 
 @pytest.mark.data
 def test_nuscenes_info_views_six_cameras_plausible(real_data: Path) -> None:
     info = real_data / "nuscenes_sample" / "info.json"
-    views = calib.mmdet3d_info_views(info)
+    views = calib.nuscenes_info_views(info)
     assert sorted(v.name for v in views) == sorted(
         ["CAM_FRONT", "CAM_FRONT_LEFT", "CAM_FRONT_RIGHT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT"]
     )
@@ -75,13 +76,13 @@ def test_nuscenes_info_views_six_cameras_plausible(real_data: Path) -> None:
 @pytest.mark.data
 def test_pjlab_camera_view_distortion_changes_pixels(real_data: Path) -> None:
     folder = real_data / "pjlab_urban"
-    view = calib.pjlab_camera_view(
+    view = rig_files.pjlab_camera_view(
         folder / "center_camera-intrinsic.json", folder / "top_center_lidar-to-center_camera-extrinsic.json",
         folder / "0.png",
     )
     assert (view.intrinsics.width_px, view.intrinsics.height_px) == (1920, 1200)  # from the image, not the file
     assert view.intrinsics.distortion_model == "plumb_bob" and view.intrinsics.D.size == 4
-    points = pointfiles.pcd_xyz(pointfiles.read_pcd(folder / "0.pcd"))
+    points = rig_files.read_pcd_xyz(folder / "0.pcd")
     assert points.shape == (78238, 3)
     proj = project_points(points, view, occlusion=False)
     pinhole_view = dataclasses.replace(
@@ -100,8 +101,8 @@ def test_pjlab_camera_view_distortion_changes_pixels(real_data: Path) -> None:
 @pytest.mark.data
 def test_sunrgbd_info_views_match_depth2img(real_data: Path) -> None:
     info = real_data / "sunrgbd" / "000017_info.json"
-    (view,) = calib.mmdet3d_info_views(info)
-    points = pointfiles.read_sunrgbd_bin(calib.info_lidar_path(info))
+    (view,) = rig_files.sunrgbd_info_views(info)
+    points = rig_files.read_sunrgbd_bin(calib.info_lidar_path(info))
     assert points.shape == (50000, 6) and points[:, 3:].min() >= 0.0 and points[:, 3:].max() <= 1.0
     proj = project_points(points[:, :3], view, occlusion=False)
     _, frame = calib.read_info(info)
@@ -157,26 +158,6 @@ def test_read_kitti_calib_bad_file_names_the_field(tmp_path: Path, text: str, me
         calib.read_kitti_calib(path)
 
 
-def test_decompose_camera_matrix_recovers_k_and_r() -> None:
-    K = np.array([[500.0, 0.5, 320.0], [0, 510.0, 240.0], [0, 0, 1]])
-    a, b = 0.3, -0.2
-    Rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
-    Rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
-    R = Rz @ Rx
-    K_out, R_out = calib.decompose_camera_matrix(2.5 * K @ R)  # any homogeneous scale
-    np.testing.assert_allclose(K_out, K, atol=1e-9)
-    np.testing.assert_allclose(R_out, R, atol=1e-12)
-    with pytest.raises(ValueError, match="mirrored"):
-        calib.decompose_camera_matrix(K @ np.diag([1.0, 1.0, -1.0]))
-
-
-def test_mmdet3d_info_views_unknown_dataset(tmp_path: Path) -> None:
-    path = tmp_path / "info.json"
-    path.write_text(json.dumps({"metainfo": {"dataset": "waymo"}, "data_list": [{}]}))
-    with pytest.raises(ValueError, match="waymo"):
-        calib.mmdet3d_info_views(path)
-
-
 def test_nuscenes_info_views_missing_matrix_names_field(tmp_path: Path) -> None:
     from PIL import Image
 
@@ -186,20 +167,11 @@ def test_nuscenes_info_views_missing_matrix_names_field(tmp_path: Path) -> None:
     path = tmp_path / "info.json"
     path.write_text(json.dumps(doc))
     with pytest.raises(ValueError, match="lidar2cam"):
-        calib.mmdet3d_info_views(path)
+        calib.nuscenes_info_views(path)
     doc["data_list"][0]["images"]["CAM_FRONT"]["lidar2cam"] = np.eye(4).tolist()
     path.write_text(json.dumps(doc))
-    (view,) = calib.mmdet3d_info_views(path)
+    (view,) = calib.nuscenes_info_views(path)
     assert view.image_rgb.shape == (4, 6, 3) and view.name == "CAM_FRONT"
-
-
-def test_read_pjlab_intrinsics_rejects_odd_coefficients(tmp_path: Path) -> None:
-    doc = {"cam-intrinsic": {"param": {"cam_K": {"data": [[100, 0, 5], [0, 100, 5], [0, 0, 1]]},
-                                       "cam_dist": {"data": [[0.1, 0.2, 0.0]]}}}}
-    path = tmp_path / "intr.json"
-    path.write_text(json.dumps(doc))
-    with pytest.raises(ValueError, match="cam_dist"):
-        calib.read_pjlab_intrinsics(path, 10, 10)
 
 
 def test_load_image_rgb_missing_file(tmp_path: Path) -> None:
@@ -215,36 +187,3 @@ def test_read_float_bin_checks_row_size(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="rows of 5"):
         pointfiles.read_nuscenes_bin(path)
 
-
-def _pcd_header(points: int, data: str) -> str:
-    return (
-        "# .PCD v0.7\nVERSION 0.7\nFIELDS x y z intensity ring\nSIZE 4 4 4 4 2\nTYPE F F F F U\n"
-        f"COUNT 1 1 1 1 1\nWIDTH {points}\nHEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\nPOINTS {points}\nDATA {data}\n"
-    )
-
-
-def test_read_pcd_binary_and_ascii_agree(tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
-    records = np.zeros(5, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("intensity", "<f4"), ("ring", "<u2")])
-    for name in ("x", "y", "z", "intensity"):
-        records[name] = rng.normal(size=5).round(3)
-    records["ring"] = np.arange(5) * 7
-    (tmp_path / "b.pcd").write_bytes(_pcd_header(5, "binary").encode() + records.tobytes())
-    rows = "\n".join(" ".join(str(r[name]) for name in records.dtype.names) for r in records)
-    (tmp_path / "a.pcd").write_text(_pcd_header(5, "ascii") + rows + "\n")
-    for name in ("b.pcd", "a.pcd"):
-        fields = pointfiles.read_pcd(tmp_path / name)
-        np.testing.assert_allclose(pointfiles.pcd_xyz(fields), np.c_[records["x"], records["y"], records["z"]])
-        np.testing.assert_array_equal(fields["ring"], records["ring"])
-        assert fields["ring"].dtype == np.uint16
-
-
-def test_read_pcd_rejects_compressed_and_truncated(tmp_path: Path) -> None:
-    (tmp_path / "c.pcd").write_bytes(_pcd_header(2, "binary_compressed").encode() + b"\0" * 8)
-    with pytest.raises(ValueError, match="binary_compressed"):
-        pointfiles.read_pcd(tmp_path / "c.pcd")
-    (tmp_path / "t.pcd").write_bytes(_pcd_header(3, "binary").encode() + b"\0" * 10)
-    with pytest.raises(ValueError, match="expected 54"):
-        pointfiles.read_pcd(tmp_path / "t.pcd")
-    with pytest.raises(ValueError, match="no field"):
-        pointfiles.pcd_xyz({"x": np.zeros(1)})

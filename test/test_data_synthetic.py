@@ -172,7 +172,14 @@ def test_domains_office_changes_colours_not_sensor() -> None:
         return float(np.mean([s.rgb[:, 2].mean() - s.rgb[:, 0].mean() for s in scans]))
 
     assert blue_minus_red(office) > blue_minus_red(home) + 0.05
+    assert DOMAINS["office"].sensor == DOMAINS["source"].sensor  # the same sensor, declared
     assert {s.num_points for s in home} == {s.num_points for s in office} == {DOMAINS["source"].sensor.max_points}
+    for a, b in zip(home, office, strict=True):  # ... and seen: the same cameras, image sizes and lenses
+        assert [(c.name, c.image_rgb.shape) for c in a.cameras] == [(c.name, c.image_rgb.shape) for c in b.cameras]
+        for ca, cb in zip(a.cameras, b.cameras, strict=True):
+            np.testing.assert_array_equal(ca.intrinsics.K, cb.intrinsics.K)
+            assert (ca.intrinsics.distortion_model, ca.depth_m is None) == (cb.intrinsics.distortion_model,
+                                                                            cb.depth_m is None)
 
 
 def _min_filter3(depth: np.ndarray) -> np.ndarray:

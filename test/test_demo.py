@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT
 from PIL import Image
+from replay_books import assert_nothing_lost, bag_cloud_stamps
 
 from ttt_kd_ros.demo.figures import ROW_TOP, TRUTH_COLUMN, ScanPanel, scan_figure_layout
 from ttt_kd_ros.demo.scans import ADAPTED, UNADAPTED, case_scans
@@ -37,10 +38,12 @@ def test_demo_module_live_node_prints_table_and_writes_report(tmp_path: Path) ->
         assert str(tmp_path / "report" / name) in done.stdout
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["mode"] == "node"
+    bag_stamps = bag_cloud_stamps(tmp_path / "bag")
+    assert len(bag_stamps) == 2  # --frames 2
     for run in report["runs"]:
+        assert assert_nothing_lost(run, bag_stamps) == {}  # one frame at a time: nothing to drop
         summary = run["summary"]
-        assert summary["frames_in"] == 2 and summary["frames_in"] == summary["frames_out"] + summary["dropped"]
-        assert "miou" in summary
+        assert summary["frames_out"] == 2 and "miou" in summary
 
 
 @pytest.mark.slow
@@ -52,6 +55,10 @@ def test_main_moving_camera_domain_replays_in_process(tmp_path: Path, capsys: py
     assert code == 0
     assert "inprocess replay" in out and "Segmenter in this process" in out
     assert (tmp_path / "report" / "report.md").is_file()
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["mode"] == "inprocess" and [r["summary"]["strategy"] for r in report["runs"]] == ["none"]
+    assert [f["stamp_ns"] for f in report["runs"][0]["frames"]] == bag_cloud_stamps(tmp_path / "bag")  # --frames 1
+    assert report["runs"][0]["summary"]["frames_out"] == 1
 
 
 def test_main_missing_bag_fails_with_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

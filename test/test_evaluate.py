@@ -14,7 +14,7 @@ from PIL import Image
 
 from ttt_kd_ros.adapt import AdaptConfig, build_strategy
 from ttt_kd_ros.checkpoint_format import load_checkpoint, save_checkpoint
-from ttt_kd_ros.evaluation.evaluator import OnlineStream, SplitResult, window_miou
+from ttt_kd_ros.evaluation.evaluator import OnlineStream, SplitResult, StepsCurve, window_miou
 from ttt_kd_ros.evaluation.report import online_summary, relative_gain, table_rows
 from ttt_kd_ros.evaluation.splits import generate_split, parse_split
 from ttt_kd_ros.metrics import ConfusionMatrix
@@ -122,13 +122,22 @@ def test_relative_gain_maths() -> None:
     rows = table_rows(results, "id", ["a", "b"])
     src, ttt = rows
     assert [r["strategy"] for r in rows] == ["source_only", "ttt_kd"]
+
+    def miou(correct: int, wrong: int) -> float:  # by hand: IoU of class 0 and of class 1 (see _result)
+        return (10 / (10 + wrong) + correct / (correct + wrong)) / 2
+
+    assert src["in_distribution_miou"] == pytest.approx(miou(5, 5)) == pytest.approx(35 / 60)
+    assert ttt["in_distribution_miou"] == pytest.approx(miou(8, 2)) == pytest.approx(49 / 60)
+    assert ttt["shift_miou"] == pytest.approx({"a": miou(6, 4), "b": miou(4, 6)})
     assert src["gain_in_distribution_pct"] == pytest.approx(0.0)
-    expected_id = 100 * (ttt["in_distribution_miou"] - src["in_distribution_miou"]) / src["in_distribution_miou"]
-    assert ttt["gain_in_distribution_pct"] == pytest.approx(expected_id)
-    per_shift = [100 * (ttt["shift_miou"][s] - src["shift_miou"][s]) / src["shift_miou"][s] for s in ("a", "b")]
-    assert ttt["gain_ood_pct"] == pytest.approx(np.mean(per_shift))
-    assert ttt["ood_average_miou"] == pytest.approx(np.mean([ttt["shift_miou"]["a"], ttt["shift_miou"]["b"]]))
-    assert ttt["gain_ood_pct"] > 0 and ttt["seconds_per_scan"] == pytest.approx(0.5)
+    assert ttt["gain_in_distribution_pct"] == pytest.approx(40.0)  # (49 - 35) / 35
+    per_shift = {"a": 100 * (miou(6, 4) / miou(5, 5) - 1), "b": 100 * (miou(4, 6) / miou(2, 8) - 1)}
+    assert ttt["gain_per_shift_pct"] == pytest.approx(per_shift)
+    assert ttt["gain_ood_pct"] == pytest.approx((per_shift["a"] + per_shift["b"]) / 2)
+    ood, ood_source = (miou(6, 4) + miou(4, 6)) / 2, (miou(5, 5) + miou(2, 8)) / 2
+    assert ttt["ood_average_miou"] == pytest.approx(ood)
+    assert ttt["gain_ood_of_average_pct"] == pytest.approx(100 * (ood / ood_source - 1))
+    assert ttt["seconds_per_scan"] == pytest.approx(0.5)
 
 
 def test_parse_split_overrides_only_named_fields() -> None:
@@ -230,14 +239,28 @@ def test_main_named_row_errors_are_clear(checkpoints: dict[str, Path], tmp_path:
 def test_main_oracle_teacher_runs_table_and_curve(checkpoints: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "oracle"
     args = _base_args(checkpoints, out, "--strategies", "joint_train,ttt_kd", "--steps", "1", "--curve-steps",
-                      "0,1", "--curve-scans", "1")
+                      "0,1", "--curve-scans", "1", "--shift", OFFICE_SPEC)
     args[args.index("tiny")] = "oracle:dim=32"
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["teacher"]["kind"].startswith("oracle control")
     assert results["teacher"]["id"].startswith("oracle:dim=32")
     curve = json.loads((out / "steps_curve.json").read_text())
-    assert set(curve["kd_loss"]["src"]) == {"0", "1"} and curve["kd_loss_ratio_unadapted"]["src"] == 1.0
+    kd_loss = curve["kd_loss"]
+    assert set(kd_loss["src"]) == set(kd_loss["off"]) == {"0", "1"}
+    # each split's unadapted (0-step) loss over the in-distribution split's
+    assert curve["kd_loss_ratio_unadapted"] == pytest.approx({"src": 1.0,
+                                                               "off": kd_loss["off"]["0"] / kd_loss["src"]["0"]})
+    assert kd_loss["off"]["0"] != kd_loss["src"]["0"]
+
+
+def test_kd_ratio_at_zero_divides_each_splits_unadapted_loss_by_the_in_distribution_one() -> None:
+    curve = StepsCurve(miou={}, kd_loss={"src": {0: 0.4, 2: 0.1}, "off": {0: 0.6, 2: 0.3}, "li": {2: 0.5},
+                                         "mean": {0: 0.5}})
+    ratios = curve.kd_ratio_at_zero("src")
+    assert set(ratios) == {"src", "off", "li"}  # "mean" is not a split
+    assert ratios["src"] == pytest.approx(1.0) and ratios["off"] == pytest.approx(1.5) and math.isnan(ratios["li"])
+    assert math.isnan(StepsCurve(miou={}, kd_loss={"off": {0: 0.6}}).kd_ratio_at_zero("src")["off"])
 
 
 def test_pool_adds_confusions_of_runs_on_other_seeds(checkpoints: dict[str, Path], tmp_path: Path) -> None:

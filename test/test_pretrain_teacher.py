@@ -65,12 +65,27 @@ def test_patch_class_distribution_rejects_ragged_image() -> None:
         patch_class_distribution(torch.zeros(1, 5, 8, dtype=torch.long), patch=4, num_classes=3)
 
 
+def _best_shift(out: torch.Tensor, reference: torch.Tensor, reach: int = 2) -> tuple[int, int]:
+    """The (dy, dx) roll of ``reference`` (H, W) that correlates best with ``out`` (H, W)."""
+    def corr(a: torch.Tensor, b: torch.Tensor) -> float:
+        a, b = a - a.mean(), b - b.mean()
+        return float((a * b).sum() / (a.norm() * b.norm()))
+
+    shifts = [(dy, dx) for dy in range(-reach, reach + 1) for dx in range(-reach, reach + 1)]
+    return max(shifts, key=lambda d: corr(out, reference.roll(d, dims=(0, 1))))
+
+
 def test_photometric_changes_colour_only() -> None:
-    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
-    gen = torch.Generator().manual_seed(0)
-    out = photometric(images, gen)
+    """Colours change, and no pixel moves: each output lines up with its input at shift (0, 0), not one pixel off
+    (blur, in a third of the batch, spreads a pixel symmetrically and does not move it)."""
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    out = photometric(images, torch.Generator().manual_seed(0))
     assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
     assert not torch.allclose(out, images.float() / 255, atol=0.05)
+    grey_in = images.float().mean(dim=1)
+    for image, before in zip(out.mean(dim=1), grey_in, strict=True):
+        assert _best_shift(image, before) == (0, 0)
+    assert _best_shift(out[0].mean(dim=0).roll(1, dims=1), grey_in[0]) == (0, 1)  # the check sees a shift
 
 
 def _tiny_config(**changes: object) -> PretrainConfig:
@@ -153,7 +168,14 @@ def test_prototype_head_logits_are_scaled_cosines() -> None:
 
 def test_photometric_blur_and_exposure_keep_geometry() -> None:
     images = torch.zeros(8, 3, 16, 16, dtype=torch.uint8)
-    images[:, :, :, 8:] = 255  # left half dark, right half bright, in every channel
+    images[:, :, :, 8:] = 255  # left half dark, right half bright, in every channel: the edge is at x = 7.5
     out = photometric(images, torch.Generator().manual_seed(1))
-    grey = out.mean(dim=1)
-    assert (grey[:, :, 12:].mean(dim=(1, 2)) > grey[:, :, :4].mean(dim=(1, 2))).all()
+    profile = out.mean(dim=(1, 2))  # (8, 16) mean over channels and rows, per column
+    dark, bright = profile[:, :4].mean(dim=1), profile[:, 12:].mean(dim=1)
+    assert (bright > dark).all()
+    for row, lo, hi in zip(profile, dark, bright, strict=True):
+        # where the profile crosses half way between its two sides: blur spreads the edge, both ways alike
+        mid = (lo + hi) / 2
+        k = int(torch.nonzero((row[:-1] < mid) & (row[1:] >= mid))[0])
+        crossing = k + float((mid - row[k]) / (row[k + 1] - row[k]))
+        assert abs(crossing - 7.5) < 0.25, crossing

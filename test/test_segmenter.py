@@ -151,10 +151,15 @@ def test_segment_rejects_wrong_point_shape_naming_field() -> None:
         _segmenter().segment(scan)
 
 
-def test_segment_max_points_subsamples_but_labels_every_point() -> None:
+def test_segment_max_points_subsamples_but_labels_every_point(monkeypatch: pytest.MonkeyPatch) -> None:
     seg = _segmenter(max_points=150)
+    networked = []  # the points each scan the network prepares holds
+    prepare = seg.model.prepare
+    monkeypatch.setattr(seg.model, "prepare", lambda work, device: networked.append(work.num_points) or prepare(
+        work, device))
     scan = _scan(n=600)
     pred = seg.segment(scan)
+    assert networked == [150]
     assert len(pred.labels) == 600 and (pred.labels >= 0).all() and (pred.confidence > 0).all()
     assert pred.adapted
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rig_files
 import torch
 import torch.nn.functional as F
 
@@ -110,7 +111,7 @@ def test_distillation_targets_reuse_cached_feature_maps(teacher: Teacher) -> Non
 @pytest.mark.data
 def test_distillation_targets_real_kitti_frame(real_data: Path, teacher: Teacher) -> None:
     info = real_data / "kitti_demo" / "000008_info.json"
-    views = calib.mmdet3d_info_views(info)
+    views = rig_files.kitti_info_views(info)
     points = pointfiles.read_kitti_bin(calib.info_lidar_path(info))
     scan = Scan(points_xyz_m=points[:, :3], intensity=points[:, 3], cameras=views)
     targets = distillation_targets(scan, teacher)
@@ -126,7 +127,7 @@ def test_distillation_targets_real_kitti_frame(real_data: Path, teacher: Teacher
 def test_distillation_targets_real_nuscenes_overlapping_cameras(real_data: Path, teacher: Teacher) -> None:
     info = real_data / "nuscenes_sample" / "info.json"
     points = pointfiles.read_nuscenes_bin(calib.info_lidar_path(info))[:, :3]
-    scan = Scan(points_xyz_m=points, cameras=calib.mmdet3d_info_views(info))
+    scan = Scan(points_xyz_m=points, cameras=calib.nuscenes_info_views(info))
     targets = distillation_targets(scan, teacher)
     per_camera = targets.visible_per_camera
     assert len(per_camera) == 6 and min(per_camera.values()) > 1000

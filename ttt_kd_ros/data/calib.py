@@ -8,15 +8,11 @@ view against the file by eye:
 - KITTI object ``calib/*.txt``: pixel = P2 @ R0_rect @ Tr_velo_to_cam @ X, i.e.
   cam_from_cloud = Tr_velo_to_cam, rectification = R0_rect, projection = P2
   (what a ROS rectified CameraInfo carries too).
-- mmdet3d info JSONs: KITTI (``cam2img`` = P 4x4, ``R0_rect``,
-  ``Tr_velo_to_cam``), nuScenes (per camera ``cam2img`` = K 3x3, ``lidar2cam``
-  4x4, undistorted images), SUN RGB-D (``depth2img`` 3x3 = K @ R, no
-  translation: split by an RQ decomposition).
-- PJLab SensorsCalibration JSONs: K + 4 OpenCV coefficients (k1 k2 p1 p2) on
-  the raw image, and a lidar -> camera 4x4.
+- mmdet3d nuScenes info JSONs: per camera ``cam2img`` = K 3x3 and
+  ``lidar2cam`` 4x4, undistorted images.
 
 Images load with PIL as (H, W, 3) uint8; the image, not the calibration file,
-decides the image size (PJLab's file states 1080 rows for 1200-row images).
+decides the image size.
 """
 
 from __future__ import annotations
@@ -173,15 +169,6 @@ def info_lidar_path(info_path: str | Path, index: int = 0) -> Path:
     return Path(info_path).parent / Path(name).name
 
 
-def mmdet3d_info_views(info_path: str | Path, index: int = 0, image_dir: str | Path | None = None) -> list[CameraView]:
-    """Every camera with an image in an mmdet3d info JSON (KITTI, nuScenes or SUN RGB-D)."""
-    dataset, _ = read_info(info_path, index)
-    readers = {"kitti": kitti_info_views, "nuscenes": nuscenes_info_views, "sunrgbd": sunrgbd_info_views}
-    if dataset not in readers:
-        raise ValueError(f"{info_path}: metainfo data set {dataset!r} is not one of {sorted(readers)}")
-    return readers[dataset](info_path, index=index, image_dir=image_dir)
-
-
 def _imaged_cameras(images: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     """(name, entry) of the info's cameras that have an image (other keys are calibration, not cameras)."""
     for cam_name, cam in images.items():
@@ -197,21 +184,6 @@ def _pinhole_view(image: np.ndarray, K: np.ndarray, cam_from_cloud: np.ndarray, 
                       cam_from_cloud=cam_from_cloud, stamp_ns=stamp_ns, name=name)
 
 
-def kitti_info_views(info_path: str | Path, index: int = 0, image_dir: str | Path | None = None) -> list[CameraView]:
-    """KITTI info: cameras that list an ``img_path``, as P (cam2img) @ R0_rect @ Tr_velo_to_cam."""
-    _, frame = read_info(info_path, index)
-    images = _field(frame, "images", info_path)
-    R0 = _matrix(_field(images, "R0_rect", info_path), info_path, "images.R0_rect")[:3, :3]
-    velo = _matrix(_field(_field(frame, "lidar_points", info_path), "Tr_velo_to_cam", info_path), info_path,
-                   "lidar_points.Tr_velo_to_cam")
-    views = []
-    for cam_name, cam in _imaged_cameras(images):
-        P = _matrix(_field(cam, "cam2img", info_path), info_path, f"images.{cam_name}.cam2img")
-        image = load_image_rgb(_image_path(info_path, cam["img_path"], image_dir))
-        views.append(rectified_camera_view(image, P[:3], R0, velo, name=cam_name))
-    return views
-
-
 def nuscenes_info_views(
     info_path: str | Path, index: int = 0, image_dir: str | Path | None = None
 ) -> list[CameraView]:
@@ -225,84 +197,6 @@ def nuscenes_info_views(
         stamp_ns = seconds_to_ns(cam.get("timestamp", 0.0))
         views.append(_pinhole_view(image, K, T, cam_name, stamp_ns))
     return views
-
-
-def sunrgbd_info_views(
-    info_path: str | Path, index: int = 0, image_dir: str | Path | None = None
-) -> list[CameraView]:
-    """SUN RGB-D info: the RGB camera seeing the upright depth frame through ``depth2img`` = K @ R."""
-    _, frame = read_info(info_path, index)
-    views = []
-    for cam_name, cam in _imaged_cameras(_field(frame, "images", info_path)):
-        M = np.asarray(_field(cam, "depth2img", info_path), dtype=np.float64)
-        if M.shape != (3, 3):
-            raise ValueError(f"{info_path}: images.{cam_name}.depth2img: expected 3x3, got {M.shape}")
-        K, R = decompose_camera_matrix(M, source=f"{info_path}: images.{cam_name}.depth2img")
-        T = np.eye(4)
-        T[:3, :3] = R
-        image = load_image_rgb(_image_path(info_path, cam["img_path"], image_dir))
-        views.append(_pinhole_view(image, K, T, cam_name))
-    return views
-
-
-def decompose_camera_matrix(M: np.ndarray, source: str = "camera matrix") -> tuple[np.ndarray, np.ndarray]:
-    """M (3, 3) = K @ R -> (K upper-triangular with K[2,2] = 1 and positive focals, R a rotation).
-
-    RQ decomposition done as a QR of the row-reversed transpose. The overall
-    scale of M is free (homogeneous), so K is normalised by K[2, 2].
-    """
-    M = np.asarray(M, dtype=np.float64)
-    flip = np.eye(3)[::-1]
-    q, r = np.linalg.qr((flip @ M).T)
-    K = flip @ r.T @ flip
-    R = flip @ q.T
-    signs = np.diag(np.sign(np.diag(K)))
-    K, R = K @ signs, signs @ R  # signs @ signs = I, so K @ R is unchanged
-    if K[2, 2] == 0 or not np.isfinite(K).all():
-        raise ValueError(f"{source}: cannot split into K @ R (singular matrix)")
-    K = K / K[2, 2]
-    if np.linalg.det(R) < 0:
-        raise ValueError(f"{source}: K @ R with a mirrored R (det < 0); not a physical camera")
-    return K, R
-
-
-# ---------------------------------------------------------------------------------------------------- PJLab JSONs
-
-
-def read_pjlab_intrinsics(path: str | Path, width_px: int, height_px: int) -> CameraIntrinsics:
-    """PJLab ``*-intrinsic.json``: K and (k1, k2, p1, p2) on the raw image.
-
-    The image size must come from the image itself: the file's
-    ``img_dist_w/h`` are not reliable (the shipped sample says 1080 rows for a
-    1200-row image).
-    """
-    path = Path(path)
-    param = _single_entry(path)["param"]
-    K = _matrix(_field(_field(param, "cam_K", path), "data", path), path, "param.cam_K.data")
-    D = np.asarray(_field(_field(param, "cam_dist", path), "data", path), dtype=np.float64).reshape(-1)
-    if D.size not in (4, 5, 8):
-        raise ValueError(f"{path}: param.cam_dist: expected 4, 5 or 8 OpenCV coefficients, got {D.size}")
-    model = "plumb_bob" if D.size <= 5 else "rational_polynomial"
-    return CameraIntrinsics(K=K[:3, :3], width_px=width_px, height_px=height_px, distortion_model=model, D=D)
-
-
-def read_pjlab_extrinsic(path: str | Path) -> np.ndarray:
-    """PJLab ``<a>-to-<b>-extrinsic.json`` -> (4, 4) b_from_a (X_b = T @ X_a)."""
-    path = Path(path)
-    param = _single_entry(path)["param"]
-    return _matrix(_field(_field(param, "sensor_calib", path), "data", path), path, "param.sensor_calib.data")
-
-
-def pjlab_camera_view(
-    intrinsic_json: str | Path, extrinsic_json: str | Path, image: np.ndarray | str | Path, name: str = ""
-) -> CameraView:
-    """The PJLab rig's distorted camera seeing the lidar frame."""
-    image_rgb = load_image_rgb(image) if isinstance(image, (str, Path)) else image
-    h, w = image_rgb.shape[:2]
-    intrinsics = read_pjlab_intrinsics(intrinsic_json, width_px=w, height_px=h)
-    T = read_pjlab_extrinsic(extrinsic_json)
-    cam_name = name or _single_entry(Path(intrinsic_json)).get("sensor_name", "camera")
-    return CameraView(image_rgb=image_rgb, intrinsics=intrinsics, cam_from_cloud=T, name=str(cam_name))
 
 
 # --------------------------------------------------------------------------------------------------------- shared
@@ -337,16 +231,6 @@ def _matrix(value: Any, source: str | Path, name: str) -> np.ndarray:
     if not np.isfinite(M).all():
         raise ValueError(f"{source}: {name}: matrix has non-finite entries")
     return _homogeneous(M) if M.shape == (3, 4) else M
-
-
-def _single_entry(path: Path) -> dict[str, Any]:
-    doc = json.loads(path.read_text())
-    if not isinstance(doc, dict) or len(doc) != 1:
-        raise ValueError(f"{path}: expected one top-level calibration entry, got {list(doc)[:5]}")
-    entry = next(iter(doc.values()))
-    if not isinstance(entry, dict) or "param" not in entry:
-        raise ValueError(f"{path}: calibration entry has no 'param'")
-    return entry
 
 
 def _image_path(info_path: str | Path, img_path: str, image_dir: str | Path | None) -> Path:

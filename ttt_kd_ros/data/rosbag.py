@@ -370,8 +370,3 @@ def _nearest(queue: Sequence[tuple[int, Any]], stamp: int, slop_ns: int) -> tupl
     if best is None or abs(best[0] - stamp) > slop_ns:
         return None
     return best
-
-
-def read_rosbag_scans(path: str | Path, **kwargs: Any) -> Iterator[Scan]:
-    """Scans of a bag; keyword arguments as RosbagScans."""
-    return iter(RosbagScans(path, **kwargs))
