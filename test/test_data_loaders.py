@@ -202,3 +202,31 @@ def test_scannet_frames_label_size_mismatch_names_file(tmp_path: Path) -> None:
 def test_scannet_frames_rejects_non_scene_folder(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="color/"):
         ScanNetFrames(tmp_path)
+
+
+@pytest.mark.parametrize("cut", [1, 13])  # 13: the partial value dropped leaves whole rows: loaded short
+def test_a_velodyne_file_cut_mid_value_is_named_as_truncated_not_blamed_on_the_labels(tmp_path: Path, cut: int,
+                                                                                     ) -> None:
+    """A .bin cut a few bytes short used to load with fewer points (np.fromfile drops the partial value)."""
+    from layout_semantickitti import write_semantickitti
+
+    from ttt_kd_ros.data.sources import open_source
+
+    root = write_semantickitti(tmp_path / "skitti", {"00": 1}, points=300)
+    velodyne = root / "sequences/00/velodyne/000000.bin"
+    velodyne.write_bytes(velodyne.read_bytes()[:-cut])
+    with pytest.raises(ValueError, match=r"000000\.bin: \d+ bytes is not a whole number of 4-float32 rows"):
+        open_source(f"semantickitti:{root}")[0]
+
+
+def test_a_corrupt_png_is_reported_with_its_path(tmp_path: Path) -> None:
+    from ttt_kd_ros.data.calib import load_image_rgb
+
+    good = tmp_path / "good.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(good)
+    truncated, garbage = tmp_path / "truncated.png", tmp_path / "garbage.png"
+    truncated.write_bytes(good.read_bytes()[:40])
+    garbage.write_bytes(b"not an image at all")
+    for path in (truncated, garbage):
+        with pytest.raises(ValueError, match=rf"{path.name}: not a readable image"):
+            load_image_rgb(path)

@@ -35,8 +35,11 @@ def load_image_rgb(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError) as err:  # PIL: UnidentifiedImageError, "image file is truncated"
+        raise ValueError(f"{path}: not a readable image ({err}); replace or remove the file") from None
 
 
 # ---------------------------------------------------------------------------------------------------- KITTI txt

@@ -16,8 +16,17 @@ NUSCENES_FIELDS = 5  # x, y, z, intensity, ring index
 
 
 def read_float_bin(path: str | Path, num_fields: int) -> np.ndarray:
-    """Headerless little-endian float32 file -> (N, num_fields) float32."""
+    """Headerless little-endian float32 file -> (N, num_fields) float32.
+
+    The size is checked in bytes first: np.fromfile silently drops a partial trailing value, so a file cut
+    mid-value would load with fewer points and the error would surface later, blaming the label file.
+    """
     path = Path(path)
+    row_bytes = 4 * num_fields
+    size = path.stat().st_size
+    if num_fields > 0 and size % row_bytes != 0:
+        raise ValueError(f"{path}: {size} bytes is not a whole number of {num_fields}-float32 rows ({row_bytes} "
+                         f"bytes each): the file is truncated or not in this format")
     raw = np.fromfile(path, dtype="<f4")
     if num_fields <= 0 or raw.size % num_fields != 0:
         raise ValueError(
