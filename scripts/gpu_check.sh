@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# One short run on a lent GPU machine (device tool): the gpu-marked tests, then the engine benchmark on CUDA for
-# 120k points x 1 camera and 150k points x 6 cameras, 1/5/10/30 TTT steps, AMP off/on, the torch backend and,
-# when a spconv CUDA wheel was carried along (wheels/spconv*.whl beside this repo's root), spconv too. Writes
-# $OUT/gpu_tests.txt, $OUT/engine.jsonl (one JSON line per row) and $OUT/engine.md (the table for
-# docs/BENCHMARKS.md). Nothing is downloaded: the machine has no network.
+# One short run on a lent GPU machine (device tool), under 8 minutes in all:
+#  1. the device-parametrised tests (`pytest -m gpu`: the engine, segmenter, adaptation, model and training tests
+#     on CUDA, mixed precision off and on), 4 minutes at most;
+#  2. whole Segmenter.segment calls timed end to end with the device synchronised (scripts/segment_timing.py):
+#     120k points + 1 camera and 150k + 6 cameras, 1 / 5 / 10 TTT-KD steps, mixed precision off and on, every
+#     sparse backend importable (spconv when a CUDA wheel was carried along: wheels/spconv*.whl), 3 minutes;
+#  3. the profiler's kernel count per adaptation step (scripts/count_kernels.py, when present), 1 minute.
+# Writes $OUT/device.txt, gpu_tests.txt, segment.jsonl + segment.md, kernels.txt. Nothing is downloaded.
 #   usage (device tool): bash scripts/gpu_check.sh        (OUT defaults to ./gpu_out)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -11,21 +14,15 @@ OUT="${OUT:-gpu_out}"
 PY="${PYTHON:-python3}"
 mkdir -p "$OUT"
 export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
-"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))" \
-  | tee "$OUT/device.txt"
-backends="torch"
-if ls wheels/spconv*.whl >/dev/null 2>&1 && "$PY" -m pip install -q --no-deps wheels/*.whl; then
-  backends="torch spconv"
+"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0),
+'bf16', torch.cuda.is_bf16_supported())" | tee "$OUT/device.txt"
+if ls wheels/spconv*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-deps wheels/*.whl || echo "spconv wheel did not install" | tee -a "$OUT/failures.txt"
 fi
-"$PY" -m pytest -m gpu test -q -p no:cacheprovider 2>&1 | tail -20 | tee "$OUT/gpu_tests.txt"
-for backend in $backends; do
-  for amp in "" "--amp"; do
-    for case in "120000 1" "150000 6"; do
-      set -- $case
-      "$PY" -m ttt_kd_ros.tools.benchmark_engine --device cuda --backend "$backend" $amp --points "$1" \
-        --cameras "$2" --steps 1 5 10 30 --reps 5 --warmup 2 --json "$OUT/engine.jsonl" \
-        >> "$OUT/engine_log.txt" 2>&1 || echo "failed: backend=$backend amp=$amp case=$case" | tee -a "$OUT/failures.txt"
-    done
-  done
-done
-"$PY" -m ttt_kd_ros.tools.benchmark_engine --table "$OUT/engine.jsonl" | tee "$OUT/engine.md"
+timeout 240 "$PY" -m pytest -m gpu test -q -p no:cacheprovider 2>&1 | tail -30 | tee "$OUT/gpu_tests.txt"
+timeout 180 "$PY" scripts/segment_timing.py --device cuda --reps 5 --warmup 2 --json "$OUT/segment.jsonl" \
+  > "$OUT/segment.md" 2>&1 || echo "segment timing stopped (timeout or error)" | tee -a "$OUT/failures.txt"
+tail -30 "$OUT/segment.md"
+if [ -f scripts/count_kernels.py ]; then
+  timeout 60 "$PY" scripts/count_kernels.py --device cuda 2>&1 | tail -20 | tee "$OUT/kernels.txt"
+fi
