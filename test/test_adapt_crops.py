@@ -38,12 +38,18 @@ def _segmenter(crop_voxels: int, steps: int = 6, **adapt: object) -> Segmenter:
     return Segmenter(model, tiny_teacher(resolution=56), build_strategy(model, config))
 
 
-def test_no_step_sees_more_than_the_crop_and_the_final_labels_cover_every_point(monkeypatch) -> None:
-    seg = _segmenter(crop_voxels=150)
+def _voxels_per_step(seg: Segmenter, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The voxel count of what each KD step's forward runs on, recorded as the steps run."""
     seen: list[int] = []
     real = seg.model.kd_features
     monkeypatch.setattr(seg.model, "kd_features", lambda prepared, index: seen.append(prepared.num_voxels)
                         or real(prepared, index))
+    return seen
+
+
+def test_no_step_sees_more_than_the_crop_and_the_final_labels_cover_every_point(monkeypatch) -> None:
+    seg = _segmenter(crop_voxels=150)
+    seen = _voxels_per_step(seg, monkeypatch)
     scan = _scan()
     prepared = seg.model.prepare(scan)
     assert prepared.num_voxels > 4 * 150  # the crop is a small part of the scan
@@ -54,10 +60,7 @@ def test_no_step_sees_more_than_the_crop_and_the_final_labels_cover_every_point(
 
 def test_a_scan_smaller_than_the_crop_steps_on_the_whole_scan(monkeypatch) -> None:
     seg = _segmenter(crop_voxels=100000)
-    seen: list[int] = []
-    real = seg.model.kd_features
-    monkeypatch.setattr(seg.model, "kd_features", lambda prepared, index: seen.append(prepared.num_voxels)
-                        or real(prepared, index))
+    seen = _voxels_per_step(seg, monkeypatch)
     scan = _scan(1200)
     seg.segment(scan)
     assert set(seen) == {seg.model.prepare(scan).num_voxels}
