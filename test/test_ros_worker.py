@@ -346,3 +346,20 @@ def test_warm_up_costs_name_the_step_and_the_final_forward() -> None:
     assert "one adaptation step 250.0 ms" in words and "the final forward 125.0 ms" in words
     assert "every stage but the steps 225.0 ms" in words
     assert "step" not in warm_up_costs(SimpleNamespace(steps_run=0, timings_s={"forward": 0.1})).split(",")[0]
+
+
+def test_admission_refuses_stamps_too_old_or_in_the_future_and_unread_output() -> None:
+    from types import SimpleNamespace
+
+    from ttt_kd_ros.ros.admission import NO_SUBSCRIBER, STAMP_IN_FUTURE, STAMP_TOO_OLD, output_refusal, stamp_refusal
+
+    now = 100 * 10**9
+    assert stamp_refusal(now - 3 * 10**9, now, max_age_s=2.0, max_future_s=0.5) == STAMP_TOO_OLD
+    assert stamp_refusal(now + 10**9, now, max_age_s=2.0, max_future_s=0.5) == STAMP_IN_FUTURE
+    assert stamp_refusal(now - 1 * 10**9, now, max_age_s=2.0, max_future_s=0.5) == ""
+    assert stamp_refusal(0, now, max_age_s=0.0, max_future_s=0.0) == ""  # limits of 0 are off
+    per_scan, online = SimpleNamespace(name="ttt_kd", episodic=True), SimpleNamespace(name="ttt_kd_online",
+                                                                                        episodic=False)
+    assert output_refusal(True, 0, per_scan) == NO_SUBSCRIBER
+    assert output_refusal(True, 0, online) == ""  # an online strategy would miss an update
+    assert output_refusal(True, 1, per_scan) == "" and output_refusal(False, 0, per_scan) == ""

@@ -60,6 +60,7 @@ from ttt_kd_ros.msgs.scan_messages import (
 )
 from ttt_kd_ros.parameters.segmenter_config import engine_error_text
 from ttt_kd_ros.parameters.table import NODE_NAME, RUNTIME_PARAMETERS
+from ttt_kd_ros.ros.admission import NO_SUBSCRIBER, output_refusal, stamp_refusal
 from ttt_kd_ros.ros.compat import backends, label_info_publisher
 from ttt_kd_ros.ros.diagnostics import NodeStats, diagnostic_array
 from ttt_kd_ros.ros.extrinsics import CameraExtrinsics
@@ -98,7 +99,7 @@ def own_qos(profile: QoSProfile) -> QoSProfile:
     return copy.copy(profile)
 
 
-WARM_UP_POINTS = 16000
+WARM_UP_POINTS = 8000
 """Enough points (about as many voxels, scattered in a frustum) for the warm-up's step to run on a whole crop
 (adapt.crop_voxels, 8000 by default), so the step cost it logs is the one a large real scan pays."""
 WARM_UP_IMAGE_PX = (640, 480)
@@ -444,37 +445,19 @@ class SegmenterNode(LifecycleNode):
         except ValueError as exc:
             self._outcomes.bad_cloud(exc)
             return None
-        refusal = self._stamp_refusal(header.stamp_ns) or self._output_refusal()
+        params = self.params
+        refusal = (stamp_refusal(header.stamp_ns, self.get_clock().now().nanoseconds, params["max_cloud_age_s"],
+                                 params["max_future_s"])
+                   or output_refusal(params["skip_without_subscriber"], self._output_pub.get_subscription_count(),
+                                     self.segmenter.strategy))
         if refusal:
             self.stats.count_skipped(refusal)
             self._problems.report(refusal, f"cloud refused: {refusal}" + (
                 f" (nothing subscribes to {self.params['output_topic']}; strategy {self.stats.strategy} keeps "
                 "nothing between scans, so the scan is not segmented; skip_without_subscriber: false to segment "
-                "anyway)" if refusal == "no_subscriber" else ""))
+                "anyway)" if refusal == NO_SUBSCRIBER else ""))
             return None
         return PendingCloud(msg, header, received_s)
-
-    def _output_refusal(self) -> str:
-        """"no_subscriber" while nothing reads the output and the strategy keeps nothing between scans.
-
-        WHY: segmenting a scan nobody reads costs a robot's CPU or GPU for
-        nothing; a per-scan strategy loses nothing by skipping it, an online
-        one would miss an update, so it segments on.
-        """
-        if not self.params["skip_without_subscriber"] or self._output_pub.get_subscription_count() > 0:
-            return ""
-        strategy = self.segmenter.strategy
-        online = strategy.name != "none" and not getattr(strategy, "episodic", True)
-        return "" if online else "no_subscriber"
-
-    def _stamp_refusal(self, stamp_ns: int) -> str:
-        now_ns = self.get_clock().now().nanoseconds
-        max_age, max_future = self.params["max_cloud_age_s"], self.params["max_future_s"]
-        if max_age > 0 and now_ns - stamp_ns > max_age * 1e9:
-            return "stamp_too_old"
-        if max_future > 0 and stamp_ns - now_ns > max_future * 1e9:
-            return "stamp_in_future"
-        return ""
 
     # ---- worker thread ---------------------------------------------------------------------------------------
 
