@@ -58,6 +58,39 @@ def test_feature_map_cache_hit_skips_forward(teacher: Teacher) -> None:
     assert teacher.forward_count == before + 2
 
 
+@pytest.mark.parametrize("kind", ["vit", "dense"])
+def test_view_feature_maps_batch_the_cameras_and_equal_one_at_a_time(kind: str, device: torch.device) -> None:
+    """A rig's cameras go through the teacher in one batched forward per input size; the maps are the ones a
+    camera alone gets, and cached cameras cost nothing."""
+    from ttt_kd_ros.scan import CameraIntrinsics, CameraView
+    from ttt_kd_ros.teachers.dense import DenseSegNet, DenseTeacher, DenseTeacherConfig
+
+    if kind == "vit":
+        teacher = tiny_teacher(resolution=42, device=device)
+    else:
+        config = DenseTeacherConfig()
+        torch.manual_seed(0)
+        teacher = DenseTeacher(DenseSegNet(config), config, "dense-test", resolution=48, device=device)
+    sizes = [(60, 100), (60, 100), (60, 100), (90, 120)]  # three cameras of one size, one of another
+
+    def camera(i: int, hw: tuple[int, int]) -> CameraView:
+        intrinsics = CameraIntrinsics(K=np.eye(3), width_px=hw[1], height_px=hw[0])
+        return CameraView(random_image(*hw, seed=i), intrinsics, np.eye(4), name=f"cam{i}")
+
+    views = [camera(i, hw) for i, hw in enumerate(sizes)]
+    calls = []
+    real = teacher._compute_batch
+    teacher._compute_batch = lambda images: calls.append(len(images)) or real(images)
+    batched = teacher.view_feature_maps(views)
+    assert sorted(calls) == [1, 3]  # one forward per input size
+    assert teacher.view_feature_maps(views) == batched and sorted(calls) == [1, 3]  # all cached now
+    teacher.clear_cache()
+    for view, fmap in zip(views, batched, strict=True):
+        alone = teacher.view_feature_map(view)
+        assert alone.image_size_px == fmap.image_size_px and alone.input_size_px == fmap.input_size_px
+        torch.testing.assert_close(alone.features, fmap.features, atol=1e-5, rtol=1e-4)
+
+
 def test_feature_map_cache_detects_in_place_overwrite(teacher: Teacher) -> None:
     teacher.clear_cache()
     image = random_image(seed=4)

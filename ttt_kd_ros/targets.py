@@ -69,18 +69,17 @@ def distillation_targets(scan: Scan, teacher: Teacher, occlusion: bool = True,
     adapters treat as "skip adaptation". center: the checkpoint's
     NetConfig.kd_target_center, applied last (``center_features``).
     """
-    indices: list[torch.Tensor] = []
-    features: list[torch.Tensor] = []
     counts: dict[str, int] = {}
+    seen = []  # (camera, visible rows, their pixels): cameras nothing projects into cost no teacher forward
     for view in scan.cameras:
         projection = project_points(scan.points_xyz_m, view, occlusion=occlusion)
         visible = np.flatnonzero(projection.visible)
         counts[view.name] = len(visible)
-        if len(visible) == 0:
-            continue  # no forward for an image nothing projects into
-        fmap = teacher.view_feature_map(view)
-        features.append(teacher.sample(fmap, projection.uv_px[visible]))
-        indices.append(torch.from_numpy(visible).to(teacher.device))
+        if len(visible):
+            seen.append((view, visible, projection.uv_px[visible]))
+    fmaps = teacher.view_feature_maps([view for view, _, _ in seen])  # one batched forward per image size
+    features = [teacher.sample(fmap, uv) for fmap, (_, _, uv) in zip(fmaps, seen, strict=True)]
+    indices = [torch.from_numpy(visible).to(teacher.device) for _, visible, _ in seen]
     if not indices:
         return DistillTargets(
             point_index=torch.zeros(0, dtype=torch.long, device=teacher.device),

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ttt_kd_ros.teachers.teacher import DEFAULT_CACHE_SIZE, FeatureMap, Teacher
+from ttt_kd_ros.teachers.teacher import DEFAULT_CACHE_SIZE, Teacher
 from ttt_kd_ros.teachers.weights import weights_digest
 
 DENSE_CONFIG_NAME = "dense_teacher.json"
@@ -147,13 +147,10 @@ class DenseTeacher(Teacher):
         return (f"DenseTeacher({self.teacher_id!r}, dim={self.feature_dim}, output={self.config.output}, "
                 f"patch={self.config.patch}, resolution={self.resolution}, device={self.device})")
 
-    @torch.no_grad()
-    def _compute(self, image: np.ndarray) -> FeatureMap:
-        pixels, (w, h), (w_in, h_in) = self._input_pixels(image)
+    def _patch_features(self, pixels: torch.Tensor, hp: int, wp: int) -> torch.Tensor:
+        """(B, 3, H_in, W_in) -> (B, C, Hp, Wp): the U-Net's outputs pooled onto the patch grid."""
         dtype = next(self.model.parameters()).dtype
-        features = patch_outputs(self.model, self.config, pixels.to(dtype))[0].float()
-        self.forward_count += 1
-        return FeatureMap(features.contiguous(), image_size_px=(w, h), input_size_px=(w_in, h_in))
+        return patch_outputs(self.model, self.config, pixels.to(dtype)).float()
 
 
 def is_dense_teacher_folder(path: str | Path) -> bool:

@@ -197,3 +197,8 @@ class CachedTeacher(Teacher):
 
     def view_feature_map(self, view: CameraView) -> FeatureMap:
         return self.cache.view_feature_map(view)
+
+
+    def view_feature_maps(self, views: list[CameraView]) -> list[FeatureMap]:
+        """One camera at a time: each entry is read from (or written to) disk on its own."""
+        return [self.view_feature_map(view) for view in views]

@@ -107,6 +107,11 @@ class OracleTeacher(Teacher):
                              f"{view.image_rgb.shape[:2]}")
         return self._cached(labels, self._class_features)
 
+
+    def view_feature_maps(self, views: list[CameraView]) -> list[FeatureMap]:
+        """One camera at a time: class images are cheap to pool and each has its own label array."""
+        return [self.view_feature_map(view) for view in views]
+
     @torch.no_grad()
     def _class_features(self, labels: np.ndarray) -> FeatureMap:
         h, w = labels.shape
