@@ -184,6 +184,6 @@ def test_read_float_bin_checks_row_size(tmp_path: Path) -> None:
     np.arange(12, dtype="<f4").tofile(path)
     assert pointfiles.read_kitti_bin(path).shape == (3, 4)
     assert pointfiles.read_float_bin(path, 6)[1, 0] == 6.0
-    with pytest.raises(ValueError, match="rows of 5"):
+    with pytest.raises(ValueError, match="whole number of 5-float32 rows"):
         pointfiles.read_nuscenes_bin(path)
 
