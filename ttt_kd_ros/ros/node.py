@@ -99,9 +99,10 @@ def own_qos(profile: QoSProfile) -> QoSProfile:
     return copy.copy(profile)
 
 
-WARM_UP_POINTS = 8000
-"""Enough points (about as many voxels, scattered in a frustum) for the warm-up's step to run on a whole crop
-(adapt.crop_voxels, 8000 by default), so the step cost it logs is the one a large real scan pays."""
+WARM_UP_POINTS = 2000
+"""Small on purpose: two nodes warming up side by side on a 2-core machine must not starve each other. The step
+cost it logs is a small scan's; a large scan's steps run on crops of adapt.crop_voxels and cost more (the start-up
+log names the point count so nobody mistakes one for the other)."""
 WARM_UP_IMAGE_PX = (640, 480)
 
 
