@@ -102,7 +102,7 @@ def test_nearest_voxels_and_crop_targets_on_a_line() -> None:
     assert inside.tolist() == [0, 1] and crop_rows.tolist() == [0, 1]
 
 
-@pytest.mark.parametrize("crop_voxels", [-1])
-def test_a_negative_crop_is_refused(crop_voxels: int) -> None:
+@pytest.mark.parametrize("fields", [{"crop_voxels": -1}, {"crops_per_scan": 0}])
+def test_a_negative_crop_or_no_crop_per_scan_is_refused(fields: dict) -> None:
     with pytest.raises(ValueError, match="crop_voxels"):
-        AdaptConfig(crop_voxels=crop_voxels)
+        AdaptConfig(**fields)

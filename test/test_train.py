@@ -111,9 +111,16 @@ def test_every_epoch_ends_with_the_ranks_waiting_for_rank_zero(scans, tmp_path, 
     import ttt_kd_ros.training.loop as loop
 
     calls = []
-    monkeypatch.setattr(loop, "wait_for_all_ranks", lambda ctx: calls.append(ctx.rank))
+    history = tmp_path / loop.HISTORY_FILE
+
+    def barrier(ctx) -> None:  # what rank 0 has finished by the time the ranks meet
+        lines = history.read_text().splitlines() if history.is_file() else []
+        calls.append((ctx.rank, len(lines), (tmp_path / LAST_CHECKPOINT).is_file()))
+
+    monkeypatch.setattr(loop, "wait_for_all_ranks", barrier)
     train(plain_config(2), tiny_model(), scans, tiny_teacher(), tmp_path, progress=False)
-    assert calls == [0, 0]
+    assert [rank for rank, _, _ in calls] == [0, 0]
+    assert calls == [(0, 1, True), (0, 2, True)]  # each epoch validated, logged and saved before the barrier
 
 
 def test_train_with_the_oracle_teacher_learns_its_class_vectors(scans, tmp_path) -> None:

@@ -22,6 +22,7 @@ from torch import nn
 from ttt_kd_ros.labels import LABEL_SETS, get_label_set
 from ttt_kd_ros.scan import Scan
 from ttt_kd_ros.sparse import SparseGeometry, Voxelization, get_backend, voxelize
+from ttt_kd_ros.teachers.teacher import resolution_value
 
 FEATURE_WIDTHS: dict[str, int] = {"ones": 1, "xyz": 3, "height": 1, "floor_height": 1, "intensity": 1, "rgb": 3}
 """Per-point inputs the net can read. xyz: offset from the voxel centre in voxel units ([-0.5, 0.5));
@@ -32,14 +33,6 @@ intensity: [0, 1]; rgb: [0, 1]. Missing ones are zeros."""
 FLOOR_PERCENTILE = 2.0
 """Percentile of z taken as the floor: low enough to sit on the floor when a scan sees any floor, high enough that
 a few stray points below it (noise, reflections) do not move it."""
-
-def resolution_value(value: object) -> int | tuple[int, int]:
-    """A teacher resolution from a config or checkpoint (int, [s], [H, W], (H, W)) as the Teacher takes it."""
-    items = [value] if isinstance(value, int) else list(value) if isinstance(value, (list, tuple)) else []
-    if len(items) not in (1, 2) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items):
-        raise ValueError(f"teacher_resolution: expected a short side or (H, W) of positive integers, got {value!r}")
-    return items[0] if len(items) == 1 else (items[0], items[1])
-
 
 @dataclass
 class NetConfig:
@@ -82,7 +75,7 @@ class NetConfig:
         for name in ("input_features", "encoder_planes", "encoder_blocks", "decoder_planes", "decoder_blocks",
                      "kd_target_center"):
             setattr(self, name, tuple(getattr(self, name)))
-        self.teacher_resolution = resolution_value(self.teacher_resolution)
+        self.teacher_resolution = resolution_value(self.teacher_resolution, "teacher_resolution")
         unknown = [f for f in self.input_features if f not in FEATURE_WIDTHS]
         if unknown or not self.input_features:
             raise ValueError(f"input_features: expected names from {list(FEATURE_WIDTHS)}, got {self.input_features}")

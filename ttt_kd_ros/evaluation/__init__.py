@@ -1,6 +1,6 @@
 """Offline evaluation of strategies across synthetic domain shifts (ttt_kd_evaluate's engine).
 
-splits: named splits from domain or data-source specs, scans streamed from their source; runner: strategies x
+splits: named splits from domain or data-source specs, scans streamed from their source; evaluator: strategies x
 splits through the Segmenter, the steps curve, the online stream; report: table, JSON, plots.
 """
 

@@ -29,7 +29,7 @@ import torch
 from ttt_kd_ros.labels import SYNTHETIC_INDOOR
 from ttt_kd_ros.teachers.dense import DENSE_CONFIG_NAME, is_dense_teacher_folder, load_dense_teacher
 from ttt_kd_ros.teachers.oracle import OracleTeacher, is_oracle, parse_oracle
-from ttt_kd_ros.teachers.teacher import DEFAULT_RESOLUTION, Teacher
+from ttt_kd_ros.teachers.teacher import DEFAULT_RESOLUTION, Teacher, resolution_value
 from ttt_kd_ros.teachers.weights import dinov2_teacher_id, load_hf_dinov2, load_official_dinov2, tiny_teacher
 
 BUILTIN = "builtin"
@@ -72,11 +72,7 @@ def default_resolution(spec: str) -> Resolution:
 
 def resolution_from_flag(values: list[int] | None, flag: str = "--teacher-resolution") -> Resolution | None:
     """A tool's resolution flag (a short side, or H W) as resolve takes it; None when not given."""
-    if not values:
-        return None
-    if len(values) not in (1, 2):
-        raise ValueError(f"{flag}: expected a short side or H W, got {values}")
-    return values[0] if len(values) == 1 else (values[0], values[1])
+    return resolution_value(values, flag) if values else None
 
 
 def resolve(spec: str | Path, resolution: Resolution | None = None, device: str | torch.device = "cpu",

@@ -11,6 +11,7 @@ teachers/weights.py's job; this module is what runs on every scan.
 
 from __future__ import annotations
 
+import operator
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -79,7 +80,7 @@ class Teacher:
         self.feature_dim = int(feature_dim)
         self.patch_size = int(patch_size)
         self.device = torch.device(device)
-        self.resolution = _check_resolution(resolution)
+        self.resolution = resolution_value(resolution)
         self.cache_size = int(cache_size)
         self._cache: OrderedDict[tuple, tuple[np.ndarray, FeatureMap]] = OrderedDict()
         self._lock = threading.Lock()
@@ -149,16 +150,16 @@ class Teacher:
         than six forwards of one (each a full launch sequence). Same maps as ``view_feature_map`` per camera.
         """
         images = [_check_image(view.image_rgb) for view in views]
-        maps: list[FeatureMap | None] = [self._lookup(image) for image in images]
+        maps = {i: fmap for i, image in enumerate(images) if (fmap := self._lookup(image)) is not None}
         groups: dict[tuple[int, int], list[int]] = {}
         for i, image in enumerate(images):
-            if maps[i] is None:
+            if i not in maps:
                 groups.setdefault(self.input_size(image.shape[1], image.shape[0]), []).append(i)
         for rows in groups.values():
             for i, fmap in zip(rows, self._compute_batch([images[i] for i in rows]), strict=True):
                 self._store(images[i], fmap)
                 maps[i] = fmap
-        return [fmap for fmap in maps if fmap is not None]
+        return [maps[i] for i in range(len(images))]
 
     def view_feature_map(self, view: CameraView) -> FeatureMap:
         """The FeatureMap of one camera of a scan: what targets and caches call.
@@ -249,14 +250,20 @@ def normalise_pixels(pixels: torch.Tensor) -> torch.Tensor:
     return (pixels - mean) / std
 
 
-def _check_resolution(resolution: int | tuple[int, int]) -> int | tuple[int, int]:
-    if isinstance(resolution, (tuple, list)):
-        if len(resolution) != 2 or min(resolution) <= 0:
-            raise ValueError(f"teacher resolution: expected a short side or (H, W) > 0, got {resolution}")
-        return int(resolution[0]), int(resolution[1])
-    if int(resolution) <= 0:
-        raise ValueError(f"teacher resolution: expected a positive short side, got {resolution}")
-    return int(resolution)
+def resolution_value(value: object, name: str = "teacher resolution") -> int | tuple[int, int]:
+    """A teacher resolution as the Teacher takes it (a short side, or (H, W)), from an int, a one- or two-item list
+    (a tool's flag, a checkpoint's JSON) or a tuple; ValueError in ``name``'s words otherwise.
+
+    The one reader of resolutions: the Teacher, NetConfig, checkpoints and the tools' --teacher-resolution agree.
+    """
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    try:
+        sides = [operator.index(v) for v in items if not isinstance(v, bool)]
+    except TypeError:
+        sides = []
+    if len(sides) != len(items) or len(sides) not in (1, 2) or min(sides) <= 0:
+        raise ValueError(f"{name}: expected a short side or (H, W) of positive integers, got {value!r}")
+    return sides[0] if len(sides) == 1 else (sides[0], sides[1])
 
 
 def _check_image(image_rgb: np.ndarray) -> np.ndarray:

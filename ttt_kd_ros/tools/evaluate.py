@@ -77,7 +77,6 @@ from ttt_kd_ros.evaluation.splits import (
 from ttt_kd_ros.evaluation.suites import SUITES, suite_sensor, suite_splits
 from ttt_kd_ros.fusion import FusionConfig
 from ttt_kd_ros.labels import LABEL_SETS, common_classes
-from ttt_kd_ros.model import resolution_value
 from ttt_kd_ros.segmenter import checkpoint_settings, resolve_device
 from ttt_kd_ros.teachers.dense import DenseTeacher
 from ttt_kd_ros.teachers.feature_cache import CachedTeacher
@@ -90,7 +89,7 @@ from ttt_kd_ros.teachers.resolve import (
     resolution_from_flag,
     resolve,
 )
-from ttt_kd_ros.teachers.teacher import Teacher
+from ttt_kd_ros.teachers.teacher import Teacher, resolution_value
 from ttt_kd_ros.validated_settings import ValidatedSettings
 
 LOG = logging.getLogger("ttt_kd_evaluate")
@@ -336,7 +335,7 @@ def _resolution(args: argparse.Namespace, joint_meta: dict[str, Any] | None) -> 
     if flag is not None:
         return flag
     if joint_meta is not None:
-        return resolution_value(joint_meta["teacher_resolution"])
+        return resolution_value(joint_meta["teacher_resolution"], "teacher_resolution")
     return None
 
 

@@ -216,10 +216,11 @@ def trainable(data: DataSource, val: DataSource | None, label_set: str, label_fl
         try:
             common_classes(source.label_set, label_set)
         except ValueError as err:
-            where = "the --init model's classes" if label_flag == "--init" else label_flag
+            init = label_flag == "--init"
+            where = "the --init model's classes" if init else label_flag
+            fix = f"--label-set {source.label_set}" + (" and without --init" if init else "")
             return (f"{flag} {source.spec} is labelled in {source.label_set!r}, {where} are {label_set!r}: {err}. "
-                    f"Train with --label-set {source.label_set}" + (" and without --init" if label_flag == "--init"
-                                                                     else "") + ", or add a bridge")
+                    f"Train with {fix}, or add a bridge")
     if not source_only and data.has_cameras is False:
         return (f"--data {data.spec}: its scans carry no camera image, so joint training has no distillation target. "
                 "Add the images and their calibration (SemanticKITTI: image_2/ and calib.txt of KITTI odometry in "
