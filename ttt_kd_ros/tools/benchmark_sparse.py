@@ -30,6 +30,7 @@ import collections
 import dataclasses
 import importlib.util
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -144,6 +145,7 @@ def load_baseline(path: str) -> ModuleType | None:
     if spec is None or spec.loader is None:
         raise ValueError(f"--baseline-backend: expected a torch_backend.py file, got {path!r}")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
     spec.loader.exec_module(module)
     return module
 
