@@ -174,6 +174,7 @@ class AdaptStep:
 
     net: TTTKDNet
     prepared: PreparedScan
+    params: list[torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
     point_index: torch.Tensor
     targets: torch.Tensor
@@ -183,19 +184,21 @@ class AdaptStep:
     def build(cls, net: TTTKDNet, prepared: PreparedScan, seed: int = 0) -> AdaptStep:
         """Backbone parameters trainable (heads frozen), BN in training mode, Adam, random unit KD targets."""
         from ttt_kd_ros.adapt.config import AdaptConfig
-        from ttt_kd_ros.adapt.verbs import collect_params, configure_model, make_optimizer
+        from ttt_kd_ros.adapt.verbs import collect_params, make_optimizer
 
         params, _ = collect_params(net, "all")
-        configure_model(net, params, bn_train=True)
         gen = torch.Generator().manual_seed(seed)
         num = min(KD_POINTS_PER_STEP, prepared.num_points)
         point_index = torch.randperm(prepared.num_points, generator=gen)[:num].to(prepared.device)
         targets = torch.randn(num, net.config.teacher_dim, generator=gen).to(prepared.device)
-        return cls(net, prepared, make_optimizer(params, AdaptConfig()), point_index, targets)
+        return cls(net, prepared, params, make_optimizer(params, AdaptConfig()), point_index, targets)
 
     def forward(self) -> None:
+        """Modes and frozen heads set first (as every adapt() does), since a plain pass may have run in between."""
+        from ttt_kd_ros.adapt.verbs import configure_model
         from ttt_kd_ros.losses import kd_loss
 
+        configure_model(self.net, self.params, bn_train=True)
         self.loss = kd_loss(self.net.kd_features(self.prepared, self.point_index), self.targets)
 
     def backward(self) -> None:
@@ -295,13 +298,14 @@ def bench_scan(net: TTTKDNet, scan: Scan, args: argparse.Namespace, baseline: Mo
     target = torch.randint(0, net.config.num_classes, (scan.num_points,), device=device)
 
     def fwd_bwd(prep: PreparedScan) -> None:
+        """Training mode, every parameter trainable: the plain pass, whatever a step set before it."""
+        net.train()
+        for p in net.parameters():
+            p.requires_grad_(True)
         out = net(prep, with_kd=False)
         torch.nn.functional.cross_entropy(out.logits, target).backward()
         _sync(device)
 
-    net.train()
-    for p in net.parameters():
-        p.requires_grad_(True)
     fwd_bwd(prepared)  # warm-up
     once = _median_times({
         "prepare": lambda: (net.prepare(scan, device), _sync(device)),
@@ -313,7 +317,6 @@ def bench_scan(net: TTTKDNet, scan: Scan, args: argparse.Namespace, baseline: Mo
     steps = {path: AdaptStep.build(net, variant) for path, variant in variants.items()}
     timed: dict[str, Callable[[], None]] = {}
     for path, variant in variants.items():
-        net.train()
         fwd_bwd(variant)  # warm-up: tables and workspace buffers
         steps[path]()  # warm-up: Adam state
         timed[f"pass {path}"] = lambda v=variant: fwd_bwd(v)
