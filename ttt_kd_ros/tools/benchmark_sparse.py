@@ -14,7 +14,8 @@ unit targets, backward through the backbone (heads frozen), Adam. Medians over
 --reps of wall and process CPU time, the conv paths interleaved rep by rep so
 that a shared machine's load falls on all of them alike.
 
---conv-path picks the torch backend's formulation: auto (the device's
+--per-layer times every distinct conv of the net alone too (what a device's
+ConvPolicy is chosen from). --conv-path picks the torch backend's formulation: auto (the device's
 policy), pairs (one matmul per kernel offset), table (one gather and one
 matmul per conv), baseline (the TorchGeometry of another version's
 torch_backend.py, --baseline-backend, over the same maps). --count-kernels
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import functools
 import importlib.util
 import statistics
 import sys
@@ -119,20 +121,23 @@ class LabelledGeometry:
     """A geometry whose convs are "sparse_conv" ranges in a profile; everything else is the wrapped geometry's.
 
     Their backward shows up as the autograd node _SparseConvFunctionBackward (in this and older versions), so a
-    step's kernels can be split into the sparse convs' and the rest.
+    step's kernels can be split into the sparse convs' and the rest. ``calls`` keeps every distinct conv it ran,
+    (method, level, Cin, Cout) in first-call order, for --per-layer.
     """
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
+        self.calls: dict[tuple[str, int, int, int], None] = {}
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self.inner, name)
         if not name.endswith("_conv"):
             return attr
 
-        def labelled(*args: Any) -> torch.Tensor:
+        def labelled(x: torch.Tensor, weight: torch.Tensor, level: int) -> torch.Tensor:
+            self.calls.setdefault((name, level, weight.shape[1], weight.shape[2]))
             with record_function(CONV_RANGE):
-                return attr(*args)
+                return attr(x, weight, level)
 
         return labelled
 
@@ -291,6 +296,36 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _conv_fwd_bwd(conv: Callable[..., torch.Tensor], x: torch.Tensor, weight: torch.Tensor, level: int) -> None:
+    out = conv(x, weight, level)
+    out.backward(torch.ones_like(out))
+    _sync(x.device)
+
+
+def per_layer(variants: dict[str, PreparedScan], reps: int) -> list[str]:
+    """Forward + backward of each distinct conv of the net alone, per conv path, with the map's fill.
+
+    The numbers a device's ConvPolicy is chosen from: which formulation wins for which fill and widths.
+    """
+    probe = next(iter(variants.values())).geometry
+    lines = []
+    for method, level, cin, cout in probe.calls:
+        kind = "subm" if method == "subm_conv" else "down"
+        fill = (probe.maps.subm if kind == "subm" else probe.maps.down)[level].fill
+        rows = probe.num_voxels(level + 1 if method == "up_conv" else level)
+        x = torch.randn(rows, cin, device=probe.coords(0).device, requires_grad=True)
+        weight = torch.randn(27 if kind == "subm" else 8, cin, cout, device=x.device, requires_grad=True)
+
+        fns = {path: functools.partial(_conv_fwd_bwd, getattr(variant.geometry, method), x, weight, level)
+               for path, variant in variants.items()}
+        for fn in fns.values():
+            fn()  # warm-up
+        medians = _median_times(fns, reps)
+        times = " | ".join(f"{path} {_ms(t)}" for path, t in medians.items())
+        lines.append(f"    {method:>9} level {level} {cin:>3} -> {cout:<3} fill {fill:4.2f}: {times}")
+    return lines
+
+
 def bench_scan(net: TTTKDNet, scan: Scan, args: argparse.Namespace, baseline: ModuleType | None) -> list[str]:
     """Timings (and kernel counts) of one scan under every --conv-path, as printable lines."""
     device = torch.device(args.device)
@@ -327,6 +362,8 @@ def bench_scan(net: TTTKDNet, scan: Scan, args: argparse.Namespace, baseline: Mo
                      f"step {_ms(medians[f'step {path}'])}")
         if args.count_kernels:
             lines += count_kernels(steps[path], device)
+    if args.per_layer:
+        lines += ["    per conv, forward + backward alone (wall / CPU ms):", *per_layer(variants, args.reps)]
     return lines
 
 
@@ -345,6 +382,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline-backend", default="",
                         help="another version's torch_backend.py, timed as --conv-path baseline")
     parser.add_argument("--count-kernels", action="store_true", help="profile one step and print its kernel counts")
+    parser.add_argument("--per-layer", action="store_true",
+                        help="also time every distinct conv of the net alone, per conv path")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
