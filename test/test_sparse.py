@@ -7,7 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from ttt_kd_ros.sparse import available_backends, build_scan_maps, get_backend, known_backends, voxelize
-from ttt_kd_ros.sparse.torch_backend import TorchGeometry
+from ttt_kd_ros.sparse.maps import neighbour_table
+from ttt_kd_ros.sparse.torch_backend import (
+    PAIRS_ONLY,
+    TABLE_ONLY,
+    ConvPolicy,
+    TorchGeometry,
+    policy_for,
+)
 
 
 def _random_sites(num: int, box: int, seed: int) -> torch.Tensor:
@@ -280,3 +287,133 @@ def test_a_cpu_built_minkowski_engine_refuses_cuda_tensors_naming_the_build() ->
         pytest.skip("this MinkowskiEngine was built with CUDA")
     with pytest.raises(ValueError, match=r"built for the CPU only.*rebuild it with CUDA"):
         minkowski_backend.require_cuda_build(True)
+
+
+# ----------------------------------------------------------------------------- table formulation vs pairs
+
+
+def _conv_chain(geom: TorchGeometry, x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+    """subm at level 0, stride-2 down, subm at level 1, transposed up: every kind of conv the U-Net runs."""
+    y = geom.subm_conv(x, weights[0], 0)
+    z = geom.subm_conv(geom.down_conv(y, weights[1], 0), weights[2], 1)
+    return geom.up_conv(z, weights[3], 0) + y
+
+
+def _chain_grads(policy: ConvPolicy, coords: torch.Tensor, seed: int) -> list[torch.Tensor]:
+    """Output, then the gradients of the input and of the four weights, of _conv_chain under ``policy``."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(coords), 3, generator=gen, dtype=torch.float64).requires_grad_(True)
+    shapes = ((27, 3, 5), (8, 5, 4), (27, 4, 4), (8, 4, 5))
+    weights = [torch.randn(*s, generator=gen, dtype=torch.float64).requires_grad_(True) for s in shapes]
+    out = _conv_chain(TorchGeometry(build_scan_maps(coords, 2), policy), x, weights)
+    (out * torch.randn(out.shape, generator=gen, dtype=torch.float64)).sum().backward()
+    return [out.detach(), x.grad, *(w.grad for w in weights)]
+
+
+@pytest.mark.parametrize("chunk_bytes", [0, 200])
+def test_table_conv_equals_pairs_forward_and_gradients(chunk_bytes: int) -> None:
+    """Random sparse sites (most neighbours missing): the table gives the pairs' outputs and every gradient."""
+    coords = _random_sites(300, 12, seed=21)
+    maps = build_scan_maps(coords, 2)
+    assert maps.subm[0].fill < 0.5 and maps.down[0].fill < 1.0  # missing neighbours and missing children
+    table = ConvPolicy(table_min_fill=0.0, table_max_width=1 << 30, chunk_bytes=chunk_bytes)
+    for mine, theirs in zip(_chain_grads(table, coords, 22), _chain_grads(PAIRS_ONLY, coords, 22), strict=True):
+        assert torch.allclose(mine, theirs, atol=1e-10, rtol=1e-10)
+
+
+def test_table_down_up_gradients_pass_gradcheck() -> None:
+    coords = _random_sites(60, 6, seed=23)
+    geom = TorchGeometry(build_scan_maps(coords, 2), TABLE_ONLY)
+    x = torch.randn(len(coords), 2, dtype=torch.float64, requires_grad=True)
+    w_subm = torch.randn(27, 2, 2, dtype=torch.float64, requires_grad=True)
+    w_down = torch.randn(8, 2, 3, dtype=torch.float64, requires_grad=True)
+    w_up = torch.randn(8, 3, 2, dtype=torch.float64, requires_grad=True)
+
+    def chain(a: torch.Tensor, s: torch.Tensor, d: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return geom.up_conv(geom.down_conv(geom.subm_conv(a, s, 0), d, 0), u, 0)
+
+    assert torch.autograd.gradcheck(chain, (x, w_subm, w_down, w_up))
+
+
+def test_neighbour_table_points_missing_neighbours_at_the_sentinel_and_inverts_stride_maps() -> None:
+    coords = _random_sites(200, 10, seed=24)
+    maps = build_scan_maps(coords, 2)
+    subm = neighbour_table(maps.subm[0], symmetric=True)
+    num = len(coords)
+    assert subm.rows.shape == (num, 27) and torch.equal(subm.rows[:, 13], torch.arange(num))
+    valid = subm.rows < num
+    assert int(valid.sum()) == maps.subm[0].in_idx.numel() + num  # every pair once, the rest the sentinel
+    rows, cols = valid.nonzero(as_tuple=True)
+    assert torch.equal(subm.rows[subm.rows[rows, cols], 26 - cols], rows)  # symmetric: offsets reversed
+    down = neighbour_table(maps.down[0], symmetric=False)
+    assert down.slots is not None and subm.slots is None
+    assert torch.equal(down.rows.reshape(-1)[down.slots], torch.arange(num))  # every fine voxel once
+
+
+@pytest.mark.parametrize("policy", [PAIRS_ONLY, TABLE_ONLY], ids=["pairs", "table"])
+def test_frozen_weight_gets_no_gradient_on_either_path(policy: ConvPolicy) -> None:
+    coords = _random_sites(100, 6, seed=25)
+    geom = TorchGeometry(build_scan_maps(coords, 2), policy)
+    x = torch.randn(len(coords), 3, requires_grad=True)
+    weights = [torch.randn(27, 3, 3), torch.randn(8, 3, 3), torch.randn(27, 3, 3), torch.randn(8, 3, 3)]
+    _conv_chain(geom, x, weights).sum().backward()
+    assert all(w.grad is None for w in weights)
+    assert x.grad is not None and bool(x.grad.abs().sum() > 0)
+
+
+@pytest.mark.parametrize("policy", [PAIRS_ONLY, TABLE_ONLY], ids=["pairs", "table"])
+def test_weight_grads_are_float32_sums_under_bfloat16_autocast(policy: ConvPolicy) -> None:
+    """Summed in bfloat16 over 4000 voxels a weight gradient is off by ~2e-3 of its largest entry; in float32 ~1e-6."""
+    coords = _random_sites(4000, 24, seed=26)
+    gen = torch.Generator().manual_seed(27)
+    x = torch.randn(len(coords), 8, generator=gen)
+    weights = [torch.randn(27, 8, 8, generator=gen).requires_grad_(True), torch.randn(8, 8, 8, generator=gen)
+               .requires_grad_(True), torch.randn(27, 8, 8, generator=gen).requires_grad_(True),
+               torch.randn(8, 8, 8, generator=gen).requires_grad_(True)]
+    geom = TorchGeometry(build_scan_maps(coords, 2), policy)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = geom.subm_conv(x, weights[0], 0)
+        up = geom.up_conv(geom.down_conv(y, weights[1], 0), weights[3], 0)
+    assert y.dtype == torch.bfloat16
+    upstream = torch.randn(up.shape, generator=gen).bfloat16()
+    up.backward(upstream)
+    assert all(w.grad.dtype == torch.float32 for w in (weights[0], weights[1], weights[3]))
+    # The float64 reference of the up conv's weight gradient from the very bfloat16 values the conv saw.
+    ref_geom = TorchGeometry(build_scan_maps(coords, 2), PAIRS_ONLY)
+    w_up = weights[3].detach().bfloat16().double().requires_grad_(True)
+    down = geom.down_conv(y.detach(), weights[1].detach(), 0).bfloat16()  # what the up conv got under autocast
+    ref_geom.up_conv(down.double(), w_up, 0).backward(upstream.double())
+    rel = (weights[3].grad.double() - w_up.grad).abs().max() / w_up.grad.abs().max()
+    assert float(rel) < 1e-5
+
+
+def test_policy_for_runs_tables_on_accelerators_and_pairs_on_cpu() -> None:
+    assert policy_for(torch.device("cpu")) == PAIRS_ONLY
+    assert policy_for(torch.device("cuda")) == TABLE_ONLY
+    assert TABLE_ONLY.use_table(0.01, 512, 512) and not PAIRS_ONLY.use_table(1.0, 1, 1)
+
+
+def test_network_outputs_and_gradients_equal_on_both_paths() -> None:
+    """A whole TTTKDNet (the weights a checkpoint holds, unchanged): same logits and parameter gradients."""
+    import numpy as np
+
+    from ttt_kd_ros.model import TTTKDNet, net_config
+    from ttt_kd_ros.scan import Scan
+
+    rng = np.random.default_rng(1)
+    points = rng.uniform([-2, -2, 0], [2, 2, 1.5], (1500, 3)).astype(np.float32)
+    scan = Scan(points_xyz_m=points, rgb=rng.uniform(0, 1, (len(points), 3)).astype(np.float32))
+    torch.manual_seed(0)
+    net = TTTKDNet(net_config("ttt_kd_small", teacher_dim=8, encoder_planes=(8, 16, 16), encoder_blocks=(1, 1, 1),
+                              decoder_planes=(16, 8), decoder_blocks=(1, 1), kd_hidden=8)).double().train()
+    results = []
+    for policy in (PAIRS_ONLY, TABLE_ONLY):
+        prepared = net.prepare(scan)
+        prepared.geometry.policy = policy
+        prepared.features = prepared.features.double()
+        net.zero_grad()
+        out = net(prepared, with_kd=False)
+        out.logits.square().mean().backward()
+        results.append([out.logits.detach()] + [p.grad.clone() for p in net.backbone.parameters()])
+    for mine, theirs in zip(*results, strict=True):
+        assert torch.allclose(mine, theirs, atol=1e-9, rtol=1e-9)

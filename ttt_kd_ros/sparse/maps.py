@@ -50,6 +50,12 @@ class KernelMap:
     def kernel_volume(self) -> int:
         return len(self.offset_ptr) - 1
 
+    @property
+    def fill(self) -> float:
+        """Share of the (num_out, K) neighbour slots that hold a pair: the useful share of a NeighbourTable's work."""
+        pairs = self.in_idx.numel() + (self.num_out if self.identity_offset is not None else 0)
+        return pairs / max(1, self.num_out * self.kernel_volume)
+
     def transposed(self) -> KernelMap:
         """The map of the transposed convolution: same pairs, roles swapped."""
         return KernelMap(self.out_idx, self.in_idx, self.offset_ptr, self.num_out, self.num_in, self.identity_offset)
@@ -110,6 +116,53 @@ def downsample(coords: torch.Tensor) -> tuple[torch.Tensor, KernelMap]:
     counts = torch.bincount(code, minlength=8).cpu()
     kmap = KernelMap(order, parent[order], _ptr_from_counts(counts), int(coords.shape[0]), int(coarse.shape[0]))
     return coarse, kmap
+
+
+@dataclass
+class NeighbourTable:
+    """A KernelMap as one dense row of K input rows per output, so a conv is one gather and one matmul.
+
+    rows: (num_out, K) int64; rows[o, k] is the input row at offset k of output o, or ``num_in`` where there is
+    none: the sentinel row, a zero row the conv appends to its input, so missing neighbours add nothing.
+    slots: (num_in,) int64 flat positions in ``rows`` of every input, when each input appears exactly once
+    (stride-2 maps), else None: the transposed conv then picks rows instead of scatter-adding them.
+    symmetric: rows[o, k] = i exactly when rows[i, K-1-k] = o (submanifold maps, whose offsets come in
+    opposite pairs around the centre): the transposed conv is this table with the offsets reversed.
+    """
+
+    rows: torch.Tensor
+    num_in: int
+    slots: torch.Tensor | None
+    symmetric: bool
+
+    @property
+    def num_out(self) -> int:
+        return int(self.rows.shape[0])
+
+    @property
+    def kernel_volume(self) -> int:
+        return int(self.rows.shape[1])
+
+
+def neighbour_table(kmap: KernelMap, symmetric: bool) -> NeighbourTable:
+    """The dense table of ``kmap`` (built once per scan, on kmap's device); ``symmetric`` for submanifold maps.
+
+    Slots are filled when the pairs cover every input once, as in a stride-2 map, where every fine voxel has
+    exactly one parent.
+    """
+    device = kmap.in_idx.device
+    counts = torch.tensor(kmap.offset_ptr[1:]) - torch.tensor(kmap.offset_ptr[:-1])
+    offset_of_pair = torch.repeat_interleave(torch.arange(kmap.kernel_volume), counts).to(device)
+    rows = torch.full((kmap.num_out, kmap.kernel_volume), kmap.num_in, dtype=torch.int64, device=device)
+    rows[kmap.out_idx, offset_of_pair] = kmap.in_idx
+    if kmap.identity_offset is not None:
+        rows[:, kmap.identity_offset] = torch.arange(kmap.num_out, device=device)
+    slots = None
+    covers_once = kmap.identity_offset is None and kmap.in_idx.numel() == kmap.num_in
+    if covers_once and bool((torch.bincount(kmap.in_idx, minlength=kmap.num_in) == 1).all()):
+        slots = torch.empty(kmap.num_in, dtype=torch.int64, device=device)
+        slots[kmap.in_idx] = kmap.out_idx * kmap.kernel_volume + offset_of_pair
+    return NeighbourTable(rows, kmap.num_in, slots, symmetric)
 
 
 @dataclass
