@@ -12,7 +12,13 @@ import torch
 
 from ttt_kd_ros.adapt import AdaptConfig, build_strategy
 from ttt_kd_ros.checkpoint_format import load_checkpoint, read_checkpoint_metadata, save_checkpoint
-from ttt_kd_ros.fusion import FusionConfig, fit_fusion_head, fuse_probabilities, normalised_entropy
+from ttt_kd_ros.fusion import (
+    GEOMETRIC_FLOOR,
+    FusionConfig,
+    fit_fusion_head,
+    fuse_probabilities,
+    normalised_entropy,
+)
 from ttt_kd_ros.geometry import project_points
 from ttt_kd_ros.model import TTTKDNet, net_config
 from ttt_kd_ros.scan import CameraIntrinsics, CameraView, Scan
@@ -70,6 +76,29 @@ def test_fuse_probabilities_entropy_lets_the_confident_modality_lead() -> None:
     assert fused.argmax().item() == 0 and fused[0, 0] > 0.9
     assert torch.allclose(fused.sum(dim=1), torch.ones(1))
     assert normalised_entropy(unsure).item() > 0.99 and normalised_entropy(confident).item() < 0.15
+
+
+def test_fuse_probabilities_geometric_is_the_renormalised_weighted_product() -> None:
+    p3 = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6]])
+    p2 = torch.tensor([[0.1, 0.8, 0.1], [0.5, 0.25, 0.25]])
+    fused = fuse_probabilities(p3, p2, FusionConfig("geometric", 0.25))
+    expected = (p3 + GEOMETRIC_FLOOR) ** 0.75 * (p2 + GEOMETRIC_FLOOR) ** 0.25
+    assert torch.allclose(fused, expected / expected.sum(dim=1, keepdim=True), atol=1e-6)
+    assert torch.allclose(fused.sum(dim=1), torch.ones(2))
+
+
+def test_geometric_fusion_picks_the_class_both_allow_and_ignores_a_flat_teacher() -> None:
+    """Where each modality rules out the other's favourite, the product keeps the class both allow (the mean
+    takes the teacher's, which the 3D network ruled out); a uniform teacher keeps the 3D ranking, only tempered."""
+    p3 = torch.tensor([[0.5, 0.5, 0.0]])
+    p2 = torch.tensor([[0.0, 0.2, 0.8]])
+    assert fuse_probabilities(p3, p2, FusionConfig("geometric", 0.5)).argmax().item() == 1
+    assert fuse_probabilities(p3, p2, FusionConfig("mean", 0.5)).argmax().item() == 2
+    p3 = torch.tensor([[0.40, 0.35, 0.25]])
+    uniform = torch.full((1, 3), 1 / 3)
+    fused = fuse_probabilities(p3, uniform, FusionConfig("geometric", 0.4))
+    assert torch.equal(fused.argsort(dim=1), p3.argsort(dim=1))
+    assert torch.allclose(fused, p3**0.6 / (p3**0.6).sum(), atol=1e-5)
 
 
 def test_fusion_config_refuses_unknown_modes_and_weights() -> None:

@@ -2,12 +2,14 @@
 
 import numpy as np
 import pytest
+import torch
 
 from ttt_kd_ros.geometry import (
     default_occlusion_cell_px,
     distort_normalized,
     inside_image,
     project_points,
+    project_tensor,
     zbuffer_occluded,
 )
 from ttt_kd_ros.scan import CameraIntrinsics, CameraView
@@ -203,3 +205,24 @@ def test_distort_normalized_rejects_wrong_coefficient_count() -> None:
         distort_normalized(np.zeros((1, 2)), "equidistant", np.array([0.1, 0.2]))
     with pytest.raises(ValueError, match="plumb_bob"):
         distort_normalized(np.zeros((1, 2)), "plumb_bob", np.ones(9))
+
+
+@pytest.mark.parametrize(("model", "D"), [("plumb_bob", [-0.3, 0.1, 0.001, -0.002, 0.0]),
+                                          ("equidistant", [0.05, -0.01, 0.002, 0.0])])
+def test_project_tensor_on_the_device_in_float32_agrees_with_the_float64_cpu_projection(
+        device: torch.device, model: str, D: list) -> None:
+    """The teacher's device projects the cloud (distillation_targets): same pixels, depths and visibility as the
+    float64 numpy face, with NaN rows and points behind the camera still never visible."""
+    rng = np.random.default_rng(3)
+    pts = np.r_[random_points_in_front(3000, seed=3) * [3, 3, 1], rng.uniform(-5, 5, (200, 3)),
+                np.full((5, 3), np.nan)]
+    view = make_view(model, D)
+    reference = project_points(pts, view)
+    on_device = project_tensor(torch.tensor(pts, dtype=torch.float32, device=device), view)
+    assert on_device.visible.device.type == device.type and on_device.uv_px.dtype == torch.float32
+    visible = on_device.visible.cpu().numpy()
+    assert (visible == reference.visible).mean() > 0.995 and reference.visible.sum() > 300
+    both = visible & reference.visible
+    np.testing.assert_allclose(on_device.uv_px.cpu().numpy()[both], reference.uv_px[both], atol=2e-3)
+    np.testing.assert_allclose(on_device.depth_m.cpu().numpy()[both], reference.depth_m[both], rtol=1e-5)
+    assert not visible[-5:].any() and np.isnan(on_device.uv_px.cpu().numpy()[-5:]).all()

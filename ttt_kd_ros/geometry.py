@@ -3,7 +3,9 @@
 TTT-KD distils the teacher's feature *at the pixel a point projects to*, so a
 wrong pixel or a point that the camera cannot actually see (behind the camera,
 outside the image, hidden behind a nearer surface) teaches the 3D network a
-wrong target. Everything here is vectorised numpy over all points at once.
+wrong target. Everything here is vectorised torch over all points at once, on
+the device the points live on (the teacher's, at test time); ``project_points``
+is the same code for numpy clouds, in float64 on the CPU.
 
 Pixel convention (the one OpenCV, ROS CameraInfo, KITTI and mmdet3d all use,
 so calibrations need no conversion): the centre of pixel column i / row j is
@@ -15,8 +17,10 @@ u grows to the right, v downwards. A point is inside a W x H image when
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
+import torch
 
 from ttt_kd_ros.scan import CameraIntrinsics, CameraView
 
@@ -32,10 +36,12 @@ OCCLUSION_CELLS_PER_SHORT_SIDE = 96
 _RADIUS_SEARCH_MAX = 10.0  # normalised radius searched for the distortion fold-over (about 84 degrees)
 _RADIUS_SEARCH_SAMPLES = 4096
 
+Array = TypeVar("Array", np.ndarray, torch.Tensor)  # lens polynomials: tensors per point, numpy in _fold_radius
+
 
 @dataclass
 class Projection:
-    """Where N points land in one camera.
+    """Where N points land in one camera (numpy, for callers that hold numpy clouds).
 
     uv_px: (N, 2) float32 pixel coordinates (convention in the module docstring);
         NaN for points that have no image position (behind the camera or non-finite).
@@ -54,6 +60,16 @@ class Projection:
         return int(np.count_nonzero(self.visible))
 
 
+@dataclass
+class TensorProjection:
+    """``Projection``'s fields as tensors on the points' device: uv_px (N, 2) and depth_m (N,) in the points'
+    floating dtype, visible (N,) bool."""
+
+    uv_px: torch.Tensor
+    depth_m: torch.Tensor
+    visible: torch.Tensor
+
+
 def project_points(
     points_xyz_m: np.ndarray,
     view: CameraView,
@@ -62,21 +78,41 @@ def project_points(
     occlusion_cell_px: float | None = None,
     occlusion_rel_tol: float = OCCLUSION_REL_TOL,
 ) -> Projection:
-    """Project cloud-frame points (N, 3) into ``view``.
+    """Project cloud-frame points (N, 3) into ``view``: ``project_tensor`` in float64 on the CPU, as numpy."""
+    out = project_tensor(torch.from_numpy(_check_points(points_xyz_m)), view, occlusion=occlusion,
+                         min_depth_m=min_depth_m, occlusion_cell_px=occlusion_cell_px,
+                         occlusion_rel_tol=occlusion_rel_tol)
+    return Projection(uv_px=out.uv_px.numpy().astype(np.float32), depth_m=out.depth_m.numpy().astype(np.float32),
+                      visible=out.visible.numpy())
+
+
+def project_tensor(
+    points_xyz_m: torch.Tensor,
+    view: CameraView,
+    occlusion: bool = True,
+    min_depth_m: float = MIN_DEPTH_M,
+    occlusion_cell_px: float | None = None,
+    occlusion_rel_tol: float = OCCLUSION_REL_TOL,
+) -> TensorProjection:
+    """Project cloud-frame points (N, 3), a floating tensor on any device, into ``view``, on that device.
 
     The camera frame is view.cam_from_cloud @ X. With intrinsics.projection (P)
     set, pixels follow the rectified chain P @ [R @ X_cam; 1] (R =
     intrinsics.rectification or identity) and the distortion is ignored, as for
     KITTI and ROS ``image_rect`` topics; otherwise K and the distortion model.
     Non-finite points are never visible (they get NaN pixels) instead of
-    raising, so one bad return cannot drop a whole scan.
+    raising, so one bad return cannot drop a whole scan. Why on the points'
+    device: at test time the points live where the teacher's feature maps are,
+    so the pixels it samples never make a round trip through host memory.
     """
-    points = _check_points(points_xyz_m)
+    points = points_xyz_m
+    if points.ndim != 2 or points.shape[1] != 3 or not points.is_floating_point():
+        raise ValueError(f"points_xyz_m: expected a floating (N, 3) tensor, got {points.dtype} "
+                         f"{tuple(points.shape)}")
     T = np.asarray(view.cam_from_cloud, dtype=np.float64)
     if T.shape != (4, 4) or not np.isfinite(T).all():
         raise ValueError(f"camera {view.name}: cam_from_cloud must be a finite (4, 4) matrix, got shape {T.shape}")
-    with np.errstate(invalid="ignore", over="ignore"):
-        xyz_cam = _affine(points, T[:3, :3], T[:3, 3])
+    xyz_cam = _affine(points, T[:3, :3], T[:3, 3])
     uv, depth, valid = pixels_from_camera(xyz_cam, view.intrinsics, min_depth_m=min_depth_m)
     intr = view.intrinsics
     visible = valid & inside_image(uv, intr.width_px, intr.height_px)
@@ -87,47 +123,42 @@ def project_points(
         visible &= ~zbuffer_occluded(
             uv, depth, visible, intr.width_px, intr.height_px, cell_px=cell, rel_tol=occlusion_rel_tol
         )
-    return Projection(uv_px=uv.astype(np.float32), depth_m=depth.astype(np.float32), visible=visible)
+    return TensorProjection(uv_px=uv, depth_m=depth, visible=visible)
 
 
 def pixels_from_camera(
-    xyz_cam: np.ndarray, intrinsics: CameraIntrinsics, min_depth_m: float = MIN_DEPTH_M
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Camera-frame points (N, 3) -> (uv_px (N, 2) float64, depth (N,) float64, valid (N,) bool).
+    xyz_cam: torch.Tensor, intrinsics: CameraIntrinsics, min_depth_m: float = MIN_DEPTH_M
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Camera-frame points (N, 3) -> (uv_px (N, 2), depth (N,), valid (N,) bool), in xyz_cam's dtype.
 
     ``valid`` means in front of the camera, finite, and (for distorted models)
     inside the radius where the lens polynomial is still monotonic: beyond it
     the polynomial folds back and far off-axis points would land in the image.
     """
-    xyz_cam = np.asarray(xyz_cam, dtype=np.float64)
+    xyz_cam = _floating(xyz_cam)
     if intrinsics.projection is not None:
         R = np.eye(3) if intrinsics.rectification is None else intrinsics.rectification
         P = intrinsics.projection
-        with np.errstate(invalid="ignore", over="ignore"):
-            homog = _affine(xyz_cam, P[:, :3] @ R, P[:, 3])
+        homog = _affine(xyz_cam, P[:, :3] @ R, P[:, 3])
         depth = homog[:, 2]
-        valid = np.isfinite(homog).all(axis=1) & (depth > min_depth_m)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            uv = homog[:, :2] / depth[:, None]
-        uv[~valid] = np.nan
-        return uv, depth, valid
+        valid = torch.isfinite(homog).all(dim=1) & (depth > min_depth_m)
+        uv = homog[:, :2] / depth[:, None]
+        return uv.masked_fill(~valid[:, None], float("nan")), depth, valid
 
     depth = xyz_cam[:, 2]
-    valid = np.isfinite(xyz_cam).all(axis=1) & (depth > min_depth_m)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        xy = xyz_cam[:, :2] / depth[:, None]
-    xy[~valid] = np.nan
+    valid = torch.isfinite(xyz_cam).all(dim=1) & (depth > min_depth_m)
+    xy = (xyz_cam[:, :2] / depth[:, None]).masked_fill(~valid[:, None], float("nan"))
     xy_dist, in_range = distort_normalized(xy, intrinsics.distortion_model, intrinsics.D)
     valid &= in_range
     K = intrinsics.K
     u = K[0, 0] * xy_dist[:, 0] + K[0, 1] * xy_dist[:, 1] + K[0, 2]
     v = K[1, 1] * xy_dist[:, 1] + K[1, 2]
-    uv = np.stack([u, v], axis=1)
-    uv[~valid] = np.nan
-    return uv, depth, valid
+    uv = torch.stack([u, v], dim=1)
+    return uv.masked_fill(~valid[:, None], float("nan")), depth, valid
 
 
-def distort_normalized(xy: np.ndarray, model: str, D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def distort_normalized(xy: torch.Tensor | np.ndarray, model: str, D: np.ndarray
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Undistorted normalised coordinates (N, 2) -> distorted ones (N, 2), and in-range mask (N,).
 
     plumb_bob / rational_polynomial follow OpenCV and ROS CameraInfo:
@@ -135,44 +166,42 @@ def distort_normalized(xy: np.ndarray, model: str, D: np.ndarray) -> tuple[np.nd
     equidistant is OpenCV's fisheye model with D = (k1, k2, k3, k4) on the
     angle theta = atan(r).
     """
+    xy = _floating(xy)
     D = np.asarray(D, dtype=np.float64).reshape(-1)
-    in_range = np.isfinite(xy).all(axis=1)
+    in_range = torch.isfinite(xy).all(dim=1)
     if model == "none" or (model != "equidistant" and not np.any(D)):
-        return xy.copy(), in_range
+        return xy.clone(), in_range
     x, y = xy[:, 0], xy[:, 1]
     r2 = x * x + y * y
     if model in ("plumb_bob", "rational_polynomial"):
         if len(D) > 8:
             raise ValueError(f"D: {model} takes at most 8 coefficients (k1 k2 p1 p2 k3 k4 k5 k6), got {len(D)}")
-        k1, k2, p1, p2, k3, k4, k5, k6 = np.concatenate([D, np.zeros(8 - len(D))])
+        k1, k2, p1, p2, k3, k4, k5, k6 = (float(d) for d in np.concatenate([D, np.zeros(8 - len(D))]))
         radial = _radial_factor(r2, k1, k2, k3, k4, k5, k6)
         xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
         yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
         r_limit = _fold_radius(lambda r: r * _radial_factor(r * r, k1, k2, k3, k4, k5, k6), _RADIUS_SEARCH_MAX)
-        with np.errstate(invalid="ignore"):
-            in_range &= r2 < r_limit * r_limit
-        return np.stack([xd, yd], axis=1), in_range
+        in_range &= r2 < r_limit * r_limit
+        return torch.stack([xd, yd], dim=1), in_range
     if model == "equidistant":
         if len(D) != 4:
             raise ValueError(f"D: equidistant takes 4 coefficients (k1 k2 k3 k4), got {len(D)}")
-        k1, k2, k3, k4 = D
-        r = np.sqrt(r2)
-        theta = np.arctan(r)
+        k1, k2, k3, k4 = (float(d) for d in D)
+        r = torch.sqrt(r2)
+        theta = torch.arctan(r)
         theta_d = _fisheye_angle(theta, k1, k2, k3, k4)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            scale = np.where(r > 1e-12, theta_d / r, 1.0)
+        scale = torch.where(r > 1e-12, theta_d / r, torch.ones_like(r))
         theta_limit = _fold_radius(lambda t: _fisheye_angle(t, k1, k2, k3, k4), np.pi / 2)
-        with np.errstate(invalid="ignore"):
-            in_range &= theta < theta_limit
+        in_range &= theta < theta_limit
         return xy * scale[:, None], in_range
     raise ValueError(f"distortion_model: expected one of none/plumb_bob/rational_polynomial/equidistant, got {model!r}")
 
 
-def inside_image(uv_px: np.ndarray, width_px: int, height_px: int) -> np.ndarray:
+def inside_image(uv_px: torch.Tensor | np.ndarray, width_px: int, height_px: int) -> torch.Tensor:
     """(N, 2) pixels -> (N,) bool: inside the W x H image (NaN is outside)."""
+    uv_px = _floating(uv_px)
     u, v = uv_px[:, 0], uv_px[:, 1]
-    with np.errstate(invalid="ignore"):
-        return (u >= -0.5) & (u < width_px - 0.5) & (v >= -0.5) & (v < height_px - 0.5)
+    return (u >= -0.5) & (u < width_px - 0.5) & (v >= -0.5) & (v < height_px - 0.5)
 
 
 def default_occlusion_cell_px(width_px: int, height_px: int) -> float:
@@ -185,14 +214,14 @@ def default_occlusion_cell_px(width_px: int, height_px: int) -> float:
 
 
 def zbuffer_occluded(
-    uv_px: np.ndarray,
-    depth_m: np.ndarray,
-    candidates: np.ndarray,
+    uv_px: torch.Tensor | np.ndarray,
+    depth_m: torch.Tensor | np.ndarray,
+    candidates: torch.Tensor | np.ndarray,
     width_px: int,
     height_px: int,
     cell_px: float,
     rel_tol: float = OCCLUSION_REL_TOL,
-) -> np.ndarray:
+) -> torch.Tensor:
     """(N,) bool: candidate points hidden behind a nearer point of the same z-buffer cell.
 
     A sparse cloud has no surfaces, so the test is done on a coarse grid: the
@@ -206,20 +235,29 @@ def zbuffer_occluded(
     """
     if cell_px <= 0:
         raise ValueError(f"occlusion cell_px: expected > 0, got {cell_px}")
-    occluded = np.zeros(len(depth_m), dtype=bool)
-    idx = np.flatnonzero(candidates)
-    if len(idx) == 0:
+    uv_px, depth_m = _floating(uv_px), _floating(depth_m)
+    candidates = torch.as_tensor(candidates, dtype=torch.bool, device=depth_m.device)
+    occluded = torch.zeros(depth_m.shape[0], dtype=torch.bool, device=depth_m.device)
+    idx = torch.nonzero(candidates).squeeze(1)
+    if idx.numel() == 0:
         return occluded
     cols = int(np.ceil(width_px / cell_px))
     rows = int(np.ceil(height_px / cell_px))
-    cu = np.clip(((uv_px[idx, 0] + 0.5) / cell_px).astype(np.int64), 0, cols - 1)
-    cv = np.clip(((uv_px[idx, 1] + 0.5) / cell_px).astype(np.int64), 0, rows - 1)
+    uv = uv_px.index_select(0, idx)
+    cu = ((uv[:, 0] + 0.5) / cell_px).long().clamp(0, cols - 1)
+    cv = ((uv[:, 1] + 0.5) / cell_px).long().clamp(0, rows - 1)
     cell = cv * cols + cu
-    d = np.asarray(depth_m, dtype=np.float64)[idx]
-    nearest = np.full(rows * cols, np.inf)
-    np.minimum.at(nearest, cell, d)
-    occluded[idx] = d > nearest[cell] * (1.0 + rel_tol)
+    d = depth_m.index_select(0, idx)
+    nearest = torch.full((rows * cols,), float("inf"), dtype=d.dtype, device=d.device)
+    nearest.scatter_reduce_(0, cell, d, reduce="amin")
+    occluded[idx] = d > nearest.index_select(0, cell) * (1.0 + rel_tol)
     return occluded
+
+
+def _floating(values: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """A floating tensor of ``values`` (numpy and integer input become float64 on the CPU; tensors keep device)."""
+    t = torch.as_tensor(values)
+    return t if t.is_floating_point() else t.double()
 
 
 def _check_points(points_xyz_m: np.ndarray) -> np.ndarray:
@@ -228,31 +266,32 @@ def _check_points(points_xyz_m: np.ndarray) -> np.ndarray:
         raise ValueError(f"points_xyz_m: expected shape (N, 3), got {points.shape}")
     if not np.issubdtype(points.dtype, np.number):
         raise ValueError(f"points_xyz_m: expected a numeric array, got dtype {points.dtype}")
-    return points.astype(np.float64, copy=False)
+    return np.array(points, dtype=np.float64)  # a copy: torch.from_numpy needs a writable array
 
 
-def _affine(points: np.ndarray, A: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(N, 3) points -> (N, k) A @ p + b, without BLAS.
+def _affine(points: torch.Tensor, A: np.ndarray, b: np.ndarray) -> torch.Tensor:
+    """(N, 3) points -> (N, k) A @ p + b as three broadcast multiply-adds, in the points' dtype and device.
 
-    A (N, 3) x (3, 3) matmul goes through multithreaded BLAS, whose threads
-    spin against other processes on a busy 2-core robot computer: measured
-    185-375 ms instead of 30 ms for 115k points. Three broadcast
-    multiply-adds are as fast and never wait.
+    Why not a matmul: a (N, 3) x (3, 3) product goes through multithreaded
+    BLAS, whose threads spin against other processes on a busy 2-core robot
+    computer (measured 185-375 ms instead of 30 ms for 115k points with numpy).
     """
-    out = points[:, 0:1] * A[:, 0] + points[:, 1:2] * A[:, 1]
-    out += points[:, 2:3] * A[:, 2]
-    out += b
+    At = torch.as_tensor(np.asarray(A, dtype=np.float64), dtype=points.dtype, device=points.device)
+    bt = torch.as_tensor(np.asarray(b, dtype=np.float64), dtype=points.dtype, device=points.device)
+    out = points[:, 0:1] * At[:, 0] + points[:, 1:2] * At[:, 1]
+    out += points[:, 2:3] * At[:, 2]
+    out += bt
     return out
 
 
-def _radial_factor(r2: np.ndarray, k1: float, k2: float, k3: float, k4: float, k5: float, k6: float) -> np.ndarray:
+def _radial_factor(r2: Array, k1: float, k2: float, k3: float, k4: float, k5: float, k6: float) -> Array:
     numerator = 1 + r2 * (k1 + r2 * (k2 + r2 * k3))
     denominator = 1 + r2 * (k4 + r2 * (k5 + r2 * k6))
     with np.errstate(divide="ignore", invalid="ignore"):
         return numerator / denominator
 
 
-def _fisheye_angle(theta: np.ndarray, k1: float, k2: float, k3: float, k4: float) -> np.ndarray:
+def _fisheye_angle(theta: Array, k1: float, k2: float, k3: float, k4: float) -> Array:
     t2 = theta * theta
     return theta * (1 + t2 * (k1 + t2 * (k2 + t2 * (k3 + t2 * k4))))
 

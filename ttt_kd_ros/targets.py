@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ttt_kd_ros.geometry import project_points
+from ttt_kd_ros.geometry import project_tensor
 from ttt_kd_ros.scan import Scan
 from ttt_kd_ros.teachers.teacher import Teacher
 
@@ -62,6 +62,9 @@ def distillation_targets(scan: Scan, teacher: Teacher, occlusion: bool = True,
                          center: Sequence[float] | torch.Tensor | None = None) -> DistillTargets:
     """Project the scan into every camera, keep visible points, sample the teacher there.
 
+    Projection, visibility and sampling run on the teacher's device, where its feature maps are: only the
+    points go over, once, and no pixel comes back to the host.
+
     A point seen by several cameras gets the mean of their features,
     re-normalised (i.e. the normalised sum), so overlapping cameras agree on
     one target instead of pulling the point two ways. A scan with no cameras,
@@ -71,15 +74,16 @@ def distillation_targets(scan: Scan, teacher: Teacher, occlusion: bool = True,
     """
     counts: dict[str, int] = {}
     seen = []  # (camera, visible rows, their pixels): cameras nothing projects into cost no teacher forward
+    points = torch.from_numpy(np.array(scan.points_xyz_m, dtype=np.float64)).to(teacher.device)
     for view in scan.cameras:
-        projection = project_points(scan.points_xyz_m, view, occlusion=occlusion)
-        visible = np.flatnonzero(projection.visible)
-        counts[view.name] = len(visible)
-        if len(visible):
-            seen.append((view, visible, projection.uv_px[visible]))
+        projection = project_tensor(points, view, occlusion=occlusion)
+        visible = torch.nonzero(projection.visible).squeeze(1)
+        counts[view.name] = int(visible.numel())
+        if counts[view.name]:
+            seen.append((view, visible, projection.uv_px.index_select(0, visible)))
     fmaps = teacher.view_feature_maps([view for view, _, _ in seen])  # one batched forward per image size
     features = [teacher.sample(fmap, uv) for fmap, (_, _, uv) in zip(fmaps, seen, strict=True)]
-    indices = [torch.from_numpy(visible).to(teacher.device) for _, visible, _ in seen]
+    indices = [visible for _, visible, _ in seen]
     if not indices:
         return DistillTargets(
             point_index=torch.zeros(0, dtype=torch.long, device=teacher.device),

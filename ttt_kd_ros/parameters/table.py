@@ -119,7 +119,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("adapt.unadapted_weight", 0.0, "Weight of the unadapted prediction averaged into the adapted one.",
               minimum=0.0, maximum=0.99),
     ParamSpec("fusion.mode", "off", "On points a camera sees, combine the 3D prediction with the teacher's "
-              "(the checkpoint's fusion head): off, mean or entropy (docs/ADAPTATION.md).", choices=FUSION_MODES),
+              "(the checkpoint's fusion head): off, mean, entropy or geometric (docs/ADAPTATION.md).",
+              choices=FUSION_MODES),
     ParamSpec("fusion.weight_2d", 0.5, "The teacher's share in the fusion (0-1).", minimum=0.0, maximum=1.0),
     ParamSpec("use_validated", True, "Start from the checkpoint's validated adaptation and fusion settings; each "
               "adapt.* / fusion.* parameter given in a params file or with -p overrides its value. false: the "
