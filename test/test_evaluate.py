@@ -340,3 +340,18 @@ def test_main_refuses_fusion_rows_for_a_checkpoint_without_a_head(checkpoints: d
                                                                   tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         main(_base_args(checkpoints, tmp_path / "x", "--strategies", "teacher_projection", "--curve-scans", "0"))
+
+
+def test_checkpoint_builtin_names_resolve_as_in_the_node(tmp_path: Path) -> None:
+    """``--checkpoint builtin:lidar`` (the node's spelling) is the shipped LiDAR model with its fusion head and
+    validated settings, so its fusion and default rows run instead of being refused as 'no fusion head'."""
+    from ttt_kd_ros.checkpoints import default_checkpoint
+    from ttt_kd_ros.fusion import FusionConfig
+    from ttt_kd_ros.tools.evaluate import Evaluation, build_parser
+
+    argv = ["--out", str(tmp_path / "e"), "--checkpoint", "builtin:lidar", "--strategies", "fusion_only,default",
+            "--teacher", "tiny", "--scans", "1", "--in-distribution", ID_SPEC, "--curve-scans", "0"]
+    evaluation = Evaluation(build_parser().parse_args(argv), argv)
+    assert Path(evaluation.args.checkpoint) == default_checkpoint("lidar")
+    assert [r.name for r in evaluation.rows] == ["fusion_only", "default"]
+    assert evaluation.rows[1].fusion == FusionConfig("geometric", 0.4)  # what the shipped LiDAR model carries
