@@ -114,7 +114,8 @@ def main() -> int:
                 rules[f"mix{w}joint[{guard}]"] = mixed(rules[guard], "joint", w)
         for w in (0.3, 0.5):
             rules[f"mix{w}joint[{name}]"] = mixed(variant(name), "joint", w)
-    fusions = [FusionConfig("off")] + [FusionConfig(m, w) for m in ("mean", "entropy") for w in (0.2, 0.3, 0.4, 0.5)]
+    fusions = [FusionConfig("off")] + [FusionConfig(m, w) for m in ("mean", "entropy", "geometric")
+                                       for w in (0.15, 0.2, 0.25, 0.3, 0.4, 0.5)]
     src = score(splits, variant("src"), FusionConfig("off"), classes)
     rows = []
     print(f"{len(splits) - 1} shifts; source-only: id {src['in_dist']:.1f}, ood "
