@@ -5,7 +5,11 @@ in-distribution mIoU, the OOD average, the worst shift's change against the sour
 number of shifts more than 1 point below it. Nothing here runs a network: every rule is a function of the
 stored probabilities and KD losses, so dozens of rules cost seconds.
 
-    python scripts/choose_output_rule.py /work/runs/cand_rgbd [--json out.json]
+    python scripts/choose_output_rule.py /work/runs/cand_rgbd [more candidate folders] [--json out.json]
+
+Several folders are scored as one suite (a later dump of new splits beside the first one). The grids are flags;
+``--ceilings`` are multiples of the in-distribution median unadapted KD loss, stored as the absolute
+``guard_kd_max`` the Segmenter reads.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ttt_kd_ros.fusion import FusionConfig, fuse_probabilities
+from ttt_kd_ros.fusion import FusionConfig, fuse_scan
 from ttt_kd_ros.metrics import ConfusionMatrix
 from ttt_kd_ros.scan import IGNORE_LABEL
 
@@ -45,8 +49,8 @@ def fused(probs: np.ndarray, scan: Scan, fusion: FusionConfig) -> np.ndarray:
         return probs
     out = probs.astype(np.float32).copy()
     vis = scan["visible"]
-    out[vis] = fuse_probabilities(torch.from_numpy(out[vis]), torch.from_numpy(scan["p2d"].astype(np.float32)),
-                                  fusion).numpy()
+    fused_rows, _ = fuse_scan(torch.from_numpy(out[vis]), torch.from_numpy(scan["p2d"].astype(np.float32)), fusion)
+    out[vis] = fused_rows.numpy()
     return out
 
 
@@ -57,13 +61,14 @@ def variant(name: str) -> Rule:
     return lambda scan, stat: scan[name].astype(np.float32)
 
 
-def guarded(inner: Rule, names: tuple[str, ...], fallback: str, margin: float) -> Rule:
+def guarded(inner: Rule, names: tuple[str, ...], fallback: str, margin: float, ceiling: float = 0.0) -> Rule:
     """The inner rule unless the chosen variant's KD loss fell by less than ``margin`` (relative) from the
-    unadapted one; then the fallback variant."""
+    unadapted one, or the unadapted one is above ``ceiling`` (absolute, 0 = none: the Segmenter's
+    ``guard_kd_max``); then the fallback variant."""
     def rule(scan: Scan, stat: dict) -> np.ndarray:
         before = stat.get("kd_joint")
         after = min((stat[f"kd_{n}"] for n in names if f"kd_{n}" in stat), default=None)
-        if before is None or after is None or after > before * (1.0 - margin):
+        if before is None or after is None or after > before * (1.0 - margin) or 0 < ceiling < before:
             return scan[fallback].astype(np.float32)
         return inner(scan, stat)
     return rule
@@ -95,34 +100,49 @@ def summary(result: dict[str, float], src: dict[str, float]) -> dict[str, float]
             "worst_split": shifts[int(np.argmin(deltas))]}
 
 
+def floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("folder", type=Path)
+    p.add_argument("folders", type=Path, nargs="+")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--margins", default="0.2,0.3,0.35,0.4,0.45,0.5", help="1 - guard_kd_ratio values")
+    p.add_argument("--ceilings", default="0", help="guard_kd_max as multiples of the in-distribution median KD")
+    p.add_argument("--mixes", default="0.3,0.5", help="unadapted_weight values besides 0")
+    p.add_argument("--modes", default="mean,entropy,geometric")
+    p.add_argument("--weights", default="0.15,0.2,0.25,0.3,0.4,0.5")
+    p.add_argument("--disagreements", default="1.0", help="fusion max_disagreement values")
+    p.add_argument("--variants", default="", help="adaptation variants to score (default: every kd_* stored)")
     args = p.parse_args()
-    splits = load_splits(args.folder)
+    splits = {}
+    for folder in args.folders:
+        splits.update(load_splits(folder))
     first = next(iter(splits.values()))[0][0]
     classes = first["joint"].shape[1]
     variants = [v for v in ("joint", "bn", "kd_bn", "kd_run", "kd_run3") if v in first]
     rules: dict[str, Rule] = {v: variant(v) for v in variants}
-    kd = [v for v in variants if v.startswith("kd_")]
+    kd = [v for v in variants if v.startswith("kd_") and (not args.variants or v in args.variants.split(","))]
+    reference = float(np.median([stat["kd_joint"] for stat in splits["in_dist"][1]]))
+    print(f"in-distribution median unadapted KD loss {reference:.4f} (ceilings are multiples of it)")
     for name in kd:
-        for margin in (0.2, 0.3, 0.35, 0.4, 0.45, 0.5):
-            guard = f"guard{margin}[{name}]"
-            rules[guard] = guarded(variant(name), (name,), "joint", margin)
-            for w in (0.3, 0.5):
+        for margin, times in itertools.product(floats(args.margins), floats(args.ceilings)):
+            guard = f"guard{margin}" + (f"max{times * reference:.3f}" if times else "") + f"[{name}]"
+            rules[guard] = guarded(variant(name), (name,), "joint", margin, times * reference)
+            for w in floats(args.mixes):
                 rules[f"mix{w}joint[{guard}]"] = mixed(rules[guard], "joint", w)
-        for w in (0.3, 0.5):
+        for w in floats(args.mixes):
             rules[f"mix{w}joint[{name}]"] = mixed(variant(name), "joint", w)
-    fusions = [FusionConfig("off")] + [FusionConfig(m, w) for m in ("mean", "entropy", "geometric")
-                                       for w in (0.15, 0.2, 0.25, 0.3, 0.4, 0.5)]
+    fusions = [FusionConfig("off")] + [FusionConfig(m, w, d) for m in args.modes.split(",")
+                                       for w in floats(args.weights) for d in floats(args.disagreements)]
     src = score(splits, variant("src"), FusionConfig("off"), classes)
     rows = []
     print(f"{len(splits) - 1} shifts; source-only: id {src['in_dist']:.1f}, ood "
           f"{np.mean([v for k, v in src.items() if k != 'in_dist']):.1f}")
     for (name, rule), fusion in itertools.product(rules.items(), fusions):
         s = summary(score(splits, rule, fusion, classes), src)
-        rows.append({"rule": name, "fusion": f"{fusion.mode}:{fusion.weight_2d}", **s})
+        rows.append({"rule": name, "fusion": f"{fusion.mode}:{fusion.weight_2d}:{fusion.max_disagreement}", **s})
     rows.append({"rule": "src", "fusion": "off:0.5", **summary(src, src)})
     rows.sort(key=lambda r: (r["losses"], -r["ood"]))
     print(f"{'rule':40s} {'fusion':14s} {'id':>6s} {'ood':>6s} {'worst':>7s} losses worst_split")

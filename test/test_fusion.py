@@ -15,8 +15,10 @@ from ttt_kd_ros.checkpoint_format import load_checkpoint, read_checkpoint_metada
 from ttt_kd_ros.fusion import (
     GEOMETRIC_FLOOR,
     FusionConfig,
+    class_mix_disagreement,
     fit_fusion_head,
     fuse_probabilities,
+    fuse_scan,
     normalised_entropy,
 )
 from ttt_kd_ros.geometry import project_points
@@ -137,6 +139,49 @@ def test_segment_fuses_exactly_the_visible_points_and_keeps_the_3d_label_elsewhe
         head_labels = model.fusion_head(targets.features).argmax(dim=1).numpy()
     assert np.array_equal(teacher_only.labels[targets.point_index.numpy()], head_labels)
     assert "fusion" in teacher_only.timings_s
+
+
+def test_class_mix_disagreement_is_the_total_variation_of_the_label_histograms() -> None:
+    one_hot = torch.eye(4)
+    same_mix = one_hot[[0, 1, 2, 3]], one_hot[[1, 0, 3, 2]]  # every point disagrees, the mix is the same
+    assert class_mix_disagreement(*same_mix) == pytest.approx(0.0)
+    assert class_mix_disagreement(one_hot[[0, 0, 1, 1]], one_hot[[2, 2, 3, 3]]) == pytest.approx(1.0)
+    assert class_mix_disagreement(one_hot[[0, 0, 0, 1]], one_hot[[0, 0, 1, 1]]) == pytest.approx(0.25)
+
+
+def test_fuse_scan_withholds_a_teacher_whose_class_mix_is_unlike_the_3d_one() -> None:
+    """A collapsed teacher (blocky images) labels every visible point with one class: past max_disagreement the
+    scan keeps its 3D probabilities, below it the rule fuses as usual."""
+    p3 = torch.softmax(torch.randn(100, 5, generator=torch.Generator().manual_seed(0)) * 3, dim=1)
+    collapsed = torch.full((100, 5), 0.05).index_fill_(1, torch.tensor([4]), 0.8)
+    config = FusionConfig("geometric", 0.5, max_disagreement=0.4)
+    assert class_mix_disagreement(p3, collapsed) > 0.4
+    kept, withheld = fuse_scan(p3, collapsed, config)
+    assert withheld and torch.equal(kept, p3)
+    fused, withheld = fuse_scan(p3, p3.roll(1, dims=0), config)  # the same mix: fused
+    assert not withheld and torch.allclose(fused, fuse_probabilities(p3, p3.roll(1, dims=0), config))
+    fused, withheld = fuse_scan(p3, collapsed, FusionConfig("geometric", 0.5))  # 1.0: never withheld
+    assert not withheld and not torch.equal(fused, p3)
+    with pytest.raises(ValueError, match="max_disagreement"):
+        FusionConfig("mean", 0.3, max_disagreement=0.0)
+
+
+def test_segment_withholds_a_collapsed_teacher_and_says_so() -> None:
+    """The fusion head forced to one class: no point is fused, the labels are the 3D ones, the prediction says
+    the teacher was withheld (the node counts it in /diagnostics as fusion_withheld)."""
+    scan = _scan()
+    model = _net()
+    plain = _segmenter(model, FusionConfig("off")).segment(scan)
+    teacher_label = min(set(range(model.config.num_classes)) - set(plain.labels[:200].tolist()))
+    with torch.no_grad():  # one class the 3D side never says, on every visible point
+        model.fusion_head.weight.zero_()
+        model.fusion_head.bias.fill_(-10.0)
+        model.fusion_head.bias[teacher_label] = 10.0
+    fused = _segmenter(model, FusionConfig("mean", 0.9)).segment(scan)
+    assert (fused.labels[:200] == teacher_label).all() and not fused.fusion_withheld
+    gated = _segmenter(model, FusionConfig("mean", 0.9, max_disagreement=0.5)).segment(scan)
+    assert gated.fusion_withheld and not gated.fused.any()
+    assert np.array_equal(gated.labels, plain.labels)
 
 
 def test_segment_with_fusion_and_no_camera_keeps_every_3d_label() -> None:

@@ -12,7 +12,7 @@ from ttt_kd_ros.adapt import AdaptConfig, build_strategy
 from ttt_kd_ros.metrics import ConfusionMatrix
 from ttt_kd_ros.model import TTTKDNet, net_config
 from ttt_kd_ros.scan import CameraIntrinsics, CameraView, Scan
-from ttt_kd_ros.segmenter import GUARD_REJECTED, Segmenter
+from ttt_kd_ros.segmenter import GUARD_CEILING, GUARD_REJECTED, Segmenter
 from ttt_kd_ros.targets import distillation_targets
 from ttt_kd_ros.teachers.teacher import Teacher
 from ttt_kd_ros.teachers.weights import tiny_teacher
@@ -81,6 +81,29 @@ def test_guard_falls_back_to_the_unadapted_labels_when_adaptation_diverges() -> 
     assert "reference" in guarded.timings_s
 
 
+def test_ceiling_runs_no_step_on_targets_unlike_any_the_network_learnt() -> None:
+    """The scan's image swapped for a blocky one: the fitted network's unadapted KD loss jumps far above its level
+    on the real image. Above guard_kd_max no step runs, the labels are the unadapted ones, and the reference
+    forward is the only one (the final forward reuses it); below it the scan adapts as before."""
+    scan = _scan()
+    blocky_image = np.repeat(np.repeat(scan.cameras[0].image_rgb[::16, ::16], 16, axis=0), 16, axis=1)
+    camera = scan.cameras[0]
+    blocky = Scan(scan.points_xyz_m, cameras=[CameraView(blocky_image, camera.intrinsics, camera.cam_from_cloud,
+                                                         name=camera.name)])
+    clean_loss = _segmenter(fitted=True, steps=0).segment(scan).kd_loss_before  # no step: the unadapted loss
+    blocky_loss = _segmenter(fitted=True, steps=0).segment(blocky).kd_loss_before
+    assert blocky_loss > 1.2 * clean_loss
+    ceiling = (clean_loss + blocky_loss) / 2
+    unadapted = _segmenter(fitted=True, strategy="none").segment(blocky)
+    skipped = _segmenter(fitted=True, guard_kd_max=ceiling).segment(blocky)
+    assert skipped.steps_run == 0 and not skipped.adapted and skipped.skip_reason == GUARD_CEILING
+    assert np.array_equal(skipped.labels, unadapted.labels)
+    assert skipped.kd_loss_before == pytest.approx(blocky_loss, rel=1e-5)
+    assert "reference" in skipped.timings_s and skipped.timings_s["forward"] == 0.0
+    clean = _segmenter(fitted=True, guard_kd_max=ceiling).segment(scan)
+    assert clean.steps_run == 5 and clean.adapted
+
+
 def test_guard_keeps_an_adaptation_whose_kd_loss_fell_enough() -> None:
     scan = _scan()
     plain = _segmenter(lr=3e-3, steps=20).segment(scan)
@@ -107,5 +130,7 @@ def test_unadapted_weight_mixes_the_two_predictions() -> None:
 def test_safety_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="guard_kd_ratio"):
         AdaptConfig(guard_kd_ratio=1.5)
+    with pytest.raises(ValueError, match="guard_kd_max"):
+        AdaptConfig(guard_kd_max=-0.1)
     with pytest.raises(ValueError, match="unadapted_weight"):
         AdaptConfig(unadapted_weight=1.0)

@@ -53,12 +53,15 @@ class FusionConfig:
 
     mode: str = "off"
     weight_2d: float = 0.5
+    max_disagreement: float = 1.0  # withhold the teacher on a scan whose class mix differs more (1 = never)
 
     def __post_init__(self) -> None:
         if self.mode not in FUSION_MODES:
             raise ValueError(f"FusionConfig.mode: expected one of {FUSION_MODES}, got {self.mode!r}")
         if not 0.0 <= self.weight_2d <= 1.0:
             raise ValueError(f"FusionConfig.weight_2d: expected in [0, 1], got {self.weight_2d}")
+        if not 0.0 < self.max_disagreement <= 1.0:
+            raise ValueError(f"FusionConfig.max_disagreement: expected in (0, 1], got {self.max_disagreement}")
 
     @property
     def enabled(self) -> bool:
@@ -89,6 +92,33 @@ def fuse_probabilities(probs_3d: torch.Tensor, probs_2d: torch.Tensor, config: F
         w3 = w3 * (1.0 - normalised_entropy(probs_3d)).unsqueeze(1)
     total = (w2 + w3).clamp_min(1e-6)
     return (w3 * probs_3d.float() + w2 * probs_2d.float()) / total
+
+
+def class_mix_disagreement(probs_3d: torch.Tensor, probs_2d: torch.Tensor) -> float:
+    """Total-variation distance in [0, 1] between the class histograms of the two modalities' labels on the same
+    (M, K) points: 0 = the same mix of classes, 1 = no class in common.
+
+    Why: when the image is so degraded that the teacher collapses (8-11 px blocks, 3 px blur), its head labels the
+    visible points with a class mix unlike the 3D network's; a shift that only moves the 3D network's confidence
+    leaves the mix alike. On the validation suites no other scan-level signal (agreement per point, entropies, KD
+    loss) told the two apart as well; it reads labels of both modalities only, so it holds for any teacher.
+    """
+    if probs_3d.shape[0] == 0:
+        return 0.0
+    k = probs_3d.shape[1]
+    mix_3d = torch.bincount(probs_3d.argmax(dim=1), minlength=k).float() / probs_3d.shape[0]
+    mix_2d = torch.bincount(probs_2d.argmax(dim=1), minlength=k).float() / probs_2d.shape[0]
+    return float(0.5 * (mix_3d - mix_2d).abs().sum())
+
+
+def fuse_scan(probs_3d: torch.Tensor, probs_2d: torch.Tensor, config: FusionConfig) -> tuple[torch.Tensor, bool]:
+    """One scan's visible points: (fused (M, K) probabilities, whether the teacher was withheld). The teacher is
+    withheld, and the 3D probabilities returned as they are, when the class mixes of the two disagree by more than
+    ``config.max_disagreement`` (``class_mix_disagreement``)."""
+    if config.enabled and config.max_disagreement < 1.0 and \
+            class_mix_disagreement(probs_3d, probs_2d) > config.max_disagreement:
+        return probs_3d, True
+    return fuse_probabilities(probs_3d, probs_2d, config), False
 
 
 def teacher_probabilities(head: nn.Module, features: torch.Tensor) -> torch.Tensor:

@@ -135,6 +135,7 @@ class Prediction:
     strategy: str = "none"
     visible_points: int = 0  # points some camera sees (the distillation targets; coverage = this / N)
     fused: np.ndarray | None = None  # (N,) bool: the label fuses the teacher's prediction (None: fusion off)
+    fusion_withheld: bool = False  # the teacher was not fused on this scan: its class mix too unlike the 3D one
 
     @property
     def total_s(self) -> float:

@@ -30,10 +30,10 @@ import torch
 
 from ttt_kd_ros.adapt import AdaptConfig, AdaptResult, Strategy, build_strategy
 from ttt_kd_ros.checkpoint_format import load_checkpoint, validated_settings
-from ttt_kd_ros.fusion import FusionConfig, fuse_probabilities, teacher_probabilities
+from ttt_kd_ros.fusion import FusionConfig, fuse_scan, teacher_probabilities
 from ttt_kd_ros.model import PreparedScan, TTTKDNet, net_config
 from ttt_kd_ros.scan import IGNORE_LABEL, Prediction, Scan
-from ttt_kd_ros.targets import DistillTargets, distillation_targets
+from ttt_kd_ros.targets import DistillTargets, distillation_targets, project_views
 from ttt_kd_ros.teachers.resolve import BUILTIN, resolve
 from ttt_kd_ros.teachers.teacher import Teacher
 from ttt_kd_ros.validated_settings import ValidatedSettings
@@ -353,6 +353,7 @@ class Segmenter:
         if not self.strategy.needs_targets:
             skip = ""  # fusion asked for the targets; a strategy that does not distil adapts without them
         reference = self._reference(prepared, targets, timings) if self._wants_reference(skip) else None
+        skip = skip or self._ceiling(reference)
         predictions = []
         done = 0
         for k in schedule if schedule is not None else [None]:
@@ -408,8 +409,16 @@ class Segmenter:
         config = self.strategy.config
         if self.strategy.name == "none" or skip:
             return False
-        guard = config.guard_kd_ratio is not None and self.strategy.needs_targets
+        guard = (config.guard_kd_ratio is not None or config.guard_kd_max > 0) and self.strategy.needs_targets
         return guard or config.unadapted_weight > 0
+
+    def _ceiling(self, reference: Reference | None) -> str:
+        """GUARD_CEILING when the scan's unadapted KD loss is above ``guard_kd_max``: no step is run on targets
+        that far from what the network learnt to predict (adapt/config.py says why), else ""."""
+        ceiling = self.strategy.config.guard_kd_max
+        if reference is None or reference.kd_loss is None or not ceiling > 0 or reference.kd_loss <= ceiling:
+            return ""
+        return GUARD_CEILING
 
     def _reference(self, prepared: PreparedScan, targets: DistillTargets | None,
                    timings: dict[str, float]) -> Reference:
@@ -452,20 +461,28 @@ class Segmenter:
                  keep: np.ndarray, work_index: np.ndarray, reference: Reference | None = None) -> None:
         """The final forward with the current weights, the post-adaptation KD loss, labels for every point."""
         t = time.perf_counter()
-        with self._autocast():
-            output = self.strategy.predict(prepared)
-        with torch.no_grad():
-            probs = torch.softmax(output.logits.float(), dim=1)
         visible = targets is not None and targets.point_index.numel() > 0
-        if visible and self.strategy.needs_targets:
-            loss = self.strategy.kd_loss_of(output, targets)
-            if pred.steps_run > 0:
-                pred.kd_loss_after = loss
-            else:  # no step ran: this forward's loss is the scan's unadapted KD loss, there is no "after"
-                pred.kd_loss_before = loss
-        probs = self._safe(pred, probs, reference)
-        pred.timings_s["forward"] = time.perf_counter() - t
-        self._last_forward_s = pred.timings_s["forward"]
+        if reference is not None and pred.steps_run == 0:
+            # no step ran since the reference forward: its output is this scan's, and a second forward would
+            # repeat it (a rejected scan, or a budget with no room for a step, costs one forward, not two)
+            probs = reference.probs
+            if reference.kd_loss is not None:
+                pred.kd_loss_before = reference.kd_loss
+            pred.timings_s["forward"] = 0.0
+        else:
+            with self._autocast():
+                output = self.strategy.predict(prepared)
+            with torch.no_grad():
+                probs = torch.softmax(output.logits.float(), dim=1)
+            if visible and self.strategy.needs_targets:
+                loss = self.strategy.kd_loss_of(output, targets)
+                if pred.steps_run > 0:
+                    pred.kd_loss_after = loss
+                else:  # no step ran: this forward's loss is the scan's unadapted KD loss, there is no "after"
+                    pred.kd_loss_before = loss
+            probs = self._safe(pred, probs, reference)
+            pred.timings_s["forward"] = time.perf_counter() - t
+            self._last_forward_s = pred.timings_s["forward"]
         work_fused = None
         if visible:
             pred.visible_points = int(targets.point_index.numel())
@@ -473,8 +490,8 @@ class Segmenter:
             t = time.perf_counter()
             work_fused = np.zeros(len(probs), dtype=bool)
             if visible:
-                probs = self._fuse(probs, targets)
-                work_fused[targets.point_index.cpu().numpy()] = True
+                probs, pred.fusion_withheld = self._fuse(probs, targets)
+                work_fused[targets.point_index.cpu().numpy()] = not pred.fusion_withheld
             pred.timings_s["fusion"] = time.perf_counter() - t
         conf_t, label_t = probs.max(dim=1)
         work_labels = label_t.cpu().numpy()
@@ -491,13 +508,17 @@ class Segmenter:
             pred.fused[work_index] = work_fused
         pred.timings_s["upsample"] = time.perf_counter() - t
 
-    def _fuse(self, probs: torch.Tensor, targets: DistillTargets) -> torch.Tensor:
-        """(N, K) 3D probabilities with the teacher head's fused in on the visible rows (fusion.py)."""
+    def _fuse(self, probs: torch.Tensor, targets: DistillTargets) -> tuple[torch.Tensor, bool]:
+        """(N, K) 3D probabilities with the teacher head's fused in on the visible rows (fusion.py), and whether
+        the teacher was withheld on this scan (its class mix too unlike the 3D one: ``fusion.fuse_scan``)."""
         rows = targets.point_index.to(probs.device)
         probs_2d = teacher_probabilities(self.model.fusion_head, targets.features.to(probs.device))
+        fused, withheld = fuse_scan(probs.index_select(0, rows), probs_2d, self.fusion)
+        if withheld:
+            return probs, True
         out = probs.clone()
-        out[rows] = fuse_probabilities(probs.index_select(0, rows), probs_2d, self.fusion)
-        return out
+        out[rows] = fused
+        return out, False
 
     def _targets(self, work: Scan, timings: dict[str, float]) -> tuple[DistillTargets | None, str]:
         """Teacher feature maps (cached per image), then projection + sampling; a reason instead when unusable."""
@@ -505,12 +526,15 @@ class Segmenter:
             return None, "no camera"
         try:
             t = time.perf_counter()
-            for camera in work.cameras:
-                self.teacher.view_feature_map(camera)
+            projected = project_views(work, self.teacher.device)
+            timings["projection"] = time.perf_counter() - t
+            t = time.perf_counter()
+            self.teacher.view_feature_maps(projected.views)  # every camera that sees a point, batched
             self._sync()
             timings["teacher"] = time.perf_counter() - t
             t = time.perf_counter()
-            targets = distillation_targets(work, self.teacher, center=self.model.config.kd_target_center)
+            targets = distillation_targets(work, self.teacher, center=self.model.config.kd_target_center,
+                                           projected=projected)
             self._sync()
             timings["targets"] = time.perf_counter() - t
         except ValueError as err:
@@ -554,6 +578,7 @@ class Segmenter:
 
 
 GUARD_REJECTED = "adaptation rejected: its KD loss fell too little"
+GUARD_CEILING = "targets unlike training: the unadapted KD loss is above guard_kd_max"
 """skip_reason of a scan whose adaptation the guard rejected (AdaptConfig.guard_kd_ratio): a fixed name, so logs and
 diagnostics count it under one key; the losses are in the Prediction's kd_loss_before / kd_loss_after."""
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ttt_kd_ros.geometry import project_tensor
-from ttt_kd_ros.scan import Scan
+from ttt_kd_ros.scan import CameraView, Scan
 from ttt_kd_ros.teachers.teacher import Teacher
 
 
@@ -58,30 +58,52 @@ def center_features(features: torch.Tensor, center: Sequence[float] | torch.Tens
     return F.normalize(features - c, dim=1)
 
 
-def distillation_targets(scan: Scan, teacher: Teacher, occlusion: bool = True,
-                         center: Sequence[float] | torch.Tensor | None = None) -> DistillTargets:
-    """Project the scan into every camera, keep visible points, sample the teacher there.
+@dataclass
+class ProjectedViews:
+    """The cameras some point of a scan projects into: (camera, visible rows, their (M, 2) pixels) each, on the
+    device the projection ran on, and the number of visible points of every camera (0 for those left out)."""
 
-    Projection, visibility and sampling run on the teacher's device, where its feature maps are: only the
-    points go over, once, and no pixel comes back to the host.
+    seen: list[tuple[CameraView, torch.Tensor, torch.Tensor]]
+    counts: dict[str, int]
 
-    A point seen by several cameras gets the mean of their features,
-    re-normalised (i.e. the normalised sum), so overlapping cameras agree on
-    one target instead of pulling the point two ways. A scan with no cameras,
-    or whose points no camera sees, gives empty targets (M = 0), which the
-    adapters treat as "skip adaptation". center: the checkpoint's
-    NetConfig.kd_target_center, applied last (``center_features``).
-    """
+    @property
+    def views(self) -> list[CameraView]:
+        return [view for view, _, _ in self.seen]
+
+
+def project_views(scan: Scan, device: torch.device | str, occlusion: bool = True) -> ProjectedViews:
+    """Project the scan into every camera on ``device`` (the teacher's, where its feature maps are: only the points
+    go over, once, and no pixel comes back to the host). Cameras nothing projects into are left out, so they cost
+    no teacher forward."""
     counts: dict[str, int] = {}
-    seen = []  # (camera, visible rows, their pixels): cameras nothing projects into cost no teacher forward
-    points = torch.from_numpy(np.array(scan.points_xyz_m, dtype=np.float64)).to(teacher.device)
+    seen = []
+    points = torch.from_numpy(np.array(scan.points_xyz_m, dtype=np.float64)).to(device)
     for view in scan.cameras:
         projection = project_tensor(points, view, occlusion=occlusion)
         visible = torch.nonzero(projection.visible).squeeze(1)
         counts[view.name] = int(visible.numel())
         if counts[view.name]:
             seen.append((view, visible, projection.uv_px.index_select(0, visible)))
-    fmaps = teacher.view_feature_maps([view for view, _, _ in seen])  # one batched forward per image size
+    return ProjectedViews(seen, counts)
+
+
+def distillation_targets(scan: Scan, teacher: Teacher, occlusion: bool = True,
+                         center: Sequence[float] | torch.Tensor | None = None,
+                         projected: ProjectedViews | None = None) -> DistillTargets:
+    """Project the scan into every camera, keep visible points, sample the teacher there.
+
+    The cameras that see a point go through the teacher in one batched forward per image size (cached maps are
+    reused: ``Teacher.view_feature_maps``). A point seen by several cameras gets the mean of their features,
+    re-normalised (i.e. the normalised sum), so overlapping cameras agree on
+    one target instead of pulling the point two ways. A scan with no cameras,
+    or whose points no camera sees, gives empty targets (M = 0), which the
+    adapters treat as "skip adaptation". center: the checkpoint's
+    NetConfig.kd_target_center, applied last (``center_features``). projected: ``project_views`` of this scan
+    on the teacher's device when the caller already ran it (the Segmenter times projection and teacher apart).
+    """
+    projected = projected or project_views(scan, teacher.device, occlusion)
+    seen, counts = projected.seen, projected.counts
+    fmaps = teacher.view_feature_maps(projected.views)
     features = [teacher.sample(fmap, uv) for fmap, (_, _, uv) in zip(fmaps, seen, strict=True)]
     indices = [visible for _, visible, _ in seen]
     if not indices:

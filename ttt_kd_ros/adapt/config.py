@@ -77,6 +77,10 @@ class AdaptConfig:
     guard_kd_ratio: float | None = None  # ttt_kd*: keep the adapted prediction only when its KD loss over all
     # visible points is below this fraction of the unadapted one; else the unadapted prediction is the output
     unadapted_weight: float = 0.0  # weight of the unadapted prediction averaged into the adapted one (0 = none)
+    guard_kd_max: float = 0.0  # ttt_kd*: adapt only when the unadapted KD loss over the visible points is at most
+    # this (0 = no ceiling). Far above the model's own level the teacher's features are not ones the network learnt
+    # to predict (blurred or blocky images): on validation such adaptations passed the ratio guard and cost 10-15
+    # points, because smooth targets are easy to fit. A rejected scan runs no step at all.
 
     def __post_init__(self) -> None:
         # The strategy names are the keys of the one table (adapt/strategies.py), which lives with the classes
@@ -110,6 +114,8 @@ class AdaptConfig:
             raise ValueError(f"AdaptConfig.guard_kd_ratio: expected in (0, 1] or None, got {self.guard_kd_ratio}")
         if not 0.0 <= self.unadapted_weight < 1.0:
             raise ValueError(f"AdaptConfig.unadapted_weight: expected in [0, 1), got {self.unadapted_weight}")
+        if not self.guard_kd_max >= 0.0:
+            raise ValueError(f"AdaptConfig.guard_kd_max: expected >= 0 (0 = no ceiling), got {self.guard_kd_max}")
         if self.time_budget_s is not None and not (isinstance(self.time_budget_s, (int, float))
                                                    and self.time_budget_s > 0):
             raise ValueError(f"AdaptConfig.time_budget_s: expected seconds > 0 or None, got {self.time_budget_s!r}")

@@ -68,8 +68,10 @@ def segmenter_config_from_parameters(values: Mapping[str, Any], given: Iterable[
             seed=int(params["seed"]),
             guard_kd_ratio=guard if guard > 0 else None,
             unadapted_weight=float(params["adapt.unadapted_weight"]),
+            guard_kd_max=float(params["adapt.guard_kd_max"]),
         )
-        fusion = FusionConfig(params["fusion.mode"], float(params["fusion.weight_2d"]))
+        fusion = FusionConfig(params["fusion.mode"], float(params["fusion.weight_2d"]),
+                              float(params["fusion.max_disagreement"]))
         explicit = None
         if given is not None and _flag(params["use_validated"], "use_validated"):
             explicit = tuple(n for n in given if n.startswith(VALIDATED_PREFIXES))

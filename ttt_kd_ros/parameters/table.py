@@ -118,10 +118,16 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "guard.", minimum=0.0, maximum=1.0),
     ParamSpec("adapt.unadapted_weight", 0.0, "Weight of the unadapted prediction averaged into the adapted one.",
               minimum=0.0, maximum=0.99),
+    ParamSpec("adapt.guard_kd_max", 0.0, "Run no step on a scan whose unadapted KD loss over the visible points is "
+              "above this (its targets are unlike any the network learnt: blurred or blocky images); 0: no "
+              "ceiling.", minimum=0.0, maximum=2.0),
     ParamSpec("fusion.mode", "off", "On points a camera sees, combine the 3D prediction with the teacher's "
               "(the checkpoint's fusion head): off, mean, entropy or geometric (docs/ADAPTATION.md).",
               choices=FUSION_MODES),
     ParamSpec("fusion.weight_2d", 0.5, "The teacher's share in the fusion (0-1).", minimum=0.0, maximum=1.0),
+    ParamSpec("fusion.max_disagreement", 1.0, "Withhold the teacher on a scan whose class mix (labels of its head "
+              "on the visible points) differs from the 3D one by more than this total-variation distance; 1: "
+              "never.", minimum=0.01, maximum=1.0),
     ParamSpec("use_validated", True, "Start from the checkpoint's validated adaptation and fusion settings; each "
               "adapt.* / fusion.* parameter given in a params file or with -p overrides its value. false: the "
               "declared defaults above."),

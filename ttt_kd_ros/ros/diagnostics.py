@@ -94,6 +94,7 @@ class StatsSnapshot:
     enabled: bool = True
     fusion: str = "off"  # the output's fusion mode (fusion.mode as the node runs it)
     fused_points: int = 0  # points of the last scan whose label fuses the teacher's prediction
+    fusion_withheld: int = 0  # scans whose teacher was withheld (class mix too unlike the 3D one)
 
     @property
     def in_flight(self) -> int:
@@ -129,6 +130,7 @@ class NodeStats:
     _kd_after: float | None = None
     _steps_run: int = 0
     _fused_points: int = 0
+    _fusion_withheld: int = 0
     _unadapted_in_a_row: int = 0
     _last_unadapted_reason: str = ""
     _visible: dict = field(default_factory=dict)
@@ -193,6 +195,7 @@ class NodeStats:
         steps_run: int = 0,
         now_s: float | None = None,
         fused_points: int = 0,
+        fusion_withheld: bool = False,
     ) -> int:
         """One published scan: per-stage seconds, whether it adapted (else why not), the KD losses.
 
@@ -204,6 +207,7 @@ class NodeStats:
             self._processed += 1
             self._steps_run = int(steps_run)
             self._fused_points = int(fused_points)
+            self._fusion_withheld += int(bool(fusion_withheld))
             self._done_at.append(time.monotonic() if now_s is None else now_s)
             for stage, seconds in stage_s.items():
                 self._stage_ms.setdefault(stage, deque(maxlen=WINDOW)).append(1000.0 * float(seconds))
@@ -275,6 +279,7 @@ class NodeStats:
                 enabled=self.enabled,
                 fusion=self.fusion,
                 fused_points=self._fused_points,
+                fusion_withheld=self._fusion_withheld,
             )
 
 
@@ -333,6 +338,7 @@ def snapshot_to_status(snap: StatsSnapshot, name: str, hardware_id: str) -> Diag
         KeyValue(key="resets", value=str(snap.resets)),
         KeyValue(key="fusion", value=snap.fusion),
         KeyValue(key="fused_points", value=str(snap.fused_points)),
+        KeyValue(key="fusion_withheld", value=str(snap.fusion_withheld)),
         KeyValue(key="late_scans", value=str(snap.late_scans)),
         KeyValue(key="late_in_a_row", value=str(snap.late_in_a_row)),
     ]

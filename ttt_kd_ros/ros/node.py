@@ -324,9 +324,11 @@ class SegmenterNode(LifecycleNode):
         settings = (f"strategy={adapt.strategy} steps={adapt.steps} lr={adapt.lr:g} optimizer={adapt.optimizer} "
                     f"params={adapt.params} bn_train={adapt.bn_train} kd_points_per_step={adapt.kd_points_per_step} "
                     f"loss={adapt.loss} time_budget_s={adapt.time_budget_s} guard_kd_ratio={adapt.guard_kd_ratio} "
-                    f"unadapted_weight={adapt.unadapted_weight}") if adapt is not None else "none"
+                    f"unadapted_weight={adapt.unadapted_weight} guard_kd_max={adapt.guard_kd_max:g}") \
+            if adapt is not None else "none"
         fusion = getattr(seg, "fusion", None)
-        settings += f"; fusion: {fusion.mode} weight_2d={fusion.weight_2d:g}" if fusion is not None else ""
+        settings += (f"; fusion: {fusion.mode} weight_2d={fusion.weight_2d:g} max_disagreement="
+                     f"{fusion.max_disagreement:g}") if fusion is not None else ""
         validated = ("the checkpoint's validated settings except " + (", ".join(params.given) or "none")
                      if params["use_validated"] else "the declared parameters (use_validated false)")
         self.get_logger().info(

@@ -75,7 +75,7 @@ class ScanOutcomes:
         fused = int(prediction.fused.sum()) if prediction.fused is not None else 0
         in_a_row = self._stats.record_scan(timings, prediction.adapted, prediction.kd_loss_before,
                                           prediction.kd_loss_after, skip_reason=reason, steps_run=prediction.steps_run,
-                                          fused_points=fused)
+                                          fused_points=fused, fusion_withheld=prediction.fusion_withheld)
         self._log_unadapted(reason, in_a_row)
         self._log_late(params, timings["total"])
 
