@@ -121,7 +121,8 @@ def main() -> int:
         splits.update(load_splits(folder))
     first = next(iter(splits.values()))[0][0]
     classes = first["joint"].shape[1]
-    variants = [v for v in ("joint", "bn", "kd_bn", "kd_run", "kd_run3") if v in first]
+    variants = [v for v in ("joint", "bn", "kd_bn", "kd_run", "kd_run3")
+                if all(v in scans[0] for scans, _ in splits.values())]  # stored for every split
     rules: dict[str, Rule] = {v: variant(v) for v in variants}
     kd = [v for v in variants if v.startswith("kd_") and (not args.variants or v in args.variants.split(","))]
     reference = float(np.median([stat["kd_joint"] for stat in splits["in_dist"][1]]))

@@ -354,4 +354,5 @@ def test_checkpoint_builtin_names_resolve_as_in_the_node(tmp_path: Path) -> None
     evaluation = Evaluation(build_parser().parse_args(argv), argv)
     assert Path(evaluation.args.checkpoint) == default_checkpoint("lidar")
     assert [r.name for r in evaluation.rows] == ["fusion_only", "default"]
-    assert evaluation.rows[1].fusion == FusionConfig("geometric", 0.4)  # what the shipped LiDAR model carries
+    assert evaluation.rows[1].fusion == FusionConfig("geometric", 0.3)  # what the shipped LiDAR model carries
+    assert evaluation.rows[1].config.guard_kd_max == pytest.approx(0.68)
