@@ -51,6 +51,17 @@ def test_resolve_builtin_unknown_sensor_lists_the_shipped_models() -> None:
         resolve_builtin("builtin:sonar")
 
 
+def test_every_checkpoint_reader_takes_the_nodes_builtin_spelling() -> None:
+    """ttt_kd_replay and ttt_kd_evaluate once read ``--checkpoint builtin:lidar`` as a missing file."""
+    from ttt_kd_ros.checkpoint_format import load_checkpoint, read_checkpoint_metadata
+
+    lidar = read_checkpoint_metadata("builtin:lidar")
+    assert lidar == read_checkpoint_metadata(default_checkpoint("lidar"))
+    assert load_checkpoint("builtin:lidar").config == load_checkpoint(default_checkpoint("lidar")).config
+    with pytest.raises(ValueError, match="builtin:rgbd, builtin:lidar"):
+        load_checkpoint("builtin:sonar")
+
+
 def test_node_defaults_are_the_builtin_model() -> None:
     defaults = {spec.name: spec.default for spec in PARAMETERS}
     assert defaults["checkpoint"] == BUILTIN and defaults["teacher"] == BUILTIN

@@ -20,6 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ttt_kd_ros.checkpoints import shipped_path
 from ttt_kd_ros.labels import LABEL_SETS, get_label_set
 from ttt_kd_ros.model import NetConfig, TTTKDNet
 
@@ -65,8 +66,9 @@ _REQUIRED_META = ("format_version", "config", "class_names", "voxel_size_m", "te
 
 
 def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON metadata of a checkpoint, validated; ValueError names the file and the field."""
-    path = Path(path)
+    """The JSON metadata of a checkpoint (a path, or a shipped model's name: ``builtin:lidar``), validated;
+    ValueError names the file and the field."""
+    path = Path(shipped_path(os.fspath(path)))
     if not path.is_file():
         raise ValueError(f"checkpoint {path}: file not found")
     try:
@@ -137,14 +139,14 @@ def load_checkpoint(
     expect: dict[str, Any] | None = None,
     backend: str | None = None,
 ) -> TTTKDNet:
-    """Rebuild the TTTKDNet stored at ``path`` (eval mode) on ``device``.
+    """Rebuild the TTTKDNet stored at ``path`` (or a shipped model: ``builtin:lidar``) (eval mode) on ``device``.
 
     ``expect`` maps config / metadata fields to required values (e.g.
     {"teacher_dim": 384, "label_set": "scannet20"}); ``backend`` overrides the
     stored sparse backend (weights are backend-independent). Every problem is
     a ValueError naming the file and the field.
     """
-    path = Path(path)
+    path = Path(shipped_path(os.fspath(path)))
     meta = read_checkpoint_metadata(path)
     config = _config_from_meta(path, meta, backend)
     if config.label_set in LABEL_SETS:

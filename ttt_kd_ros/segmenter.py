@@ -30,11 +30,12 @@ import torch
 
 from ttt_kd_ros.adapt import AdaptConfig, AdaptResult, Strategy, build_strategy
 from ttt_kd_ros.checkpoint_format import load_checkpoint, validated_settings
+from ttt_kd_ros.checkpoints import shipped_path
 from ttt_kd_ros.fusion import FusionConfig, fuse_scan, teacher_probabilities
 from ttt_kd_ros.model import PreparedScan, TTTKDNet, net_config
 from ttt_kd_ros.scan import IGNORE_LABEL, Prediction, Scan
 from ttt_kd_ros.targets import DistillTargets, distillation_targets, project_views
-from ttt_kd_ros.teachers.resolve import BUILTIN, resolve
+from ttt_kd_ros.teachers.resolve import resolve
 from ttt_kd_ros.teachers.teacher import Teacher
 from ttt_kd_ros.validated_settings import ValidatedSettings
 
@@ -42,25 +43,10 @@ LOG = logging.getLogger(__name__)
 
 
 def resolve_builtin(checkpoint: str | None) -> str | None:
-    """``checkpoint`` with BUILTIN / ``builtin:<sensor>`` replaced by the shipped file's path.
-
-    One place decides what "the package's own model" means, so the node, the
-    tools and the docs cannot disagree. A missing shipped file is a
-    ValueError naming it (a source tree whose checkpoints were not trained).
-    The teacher's BUILTIN is teachers.resolve's.
-    """
-    from ttt_kd_ros.checkpoints import DEFAULT_SENSOR, SENSORS, default_checkpoint
-
-    if checkpoint is None or not (checkpoint == BUILTIN or checkpoint.startswith(BUILTIN + ":")):
-        return checkpoint
-    sensor = checkpoint.partition(":")[2] or DEFAULT_SENSOR
-    if sensor not in SENSORS:
-        raise ValueError(f"checkpoint {checkpoint!r}: the shipped models are "
-                         f"{', '.join(f'{BUILTIN}:{s}' for s in SENSORS)} ({BUILTIN} = {BUILTIN}:{DEFAULT_SENSOR})")
-    path = default_checkpoint(sensor)
-    if not path.is_file():
-        raise ValueError(f"checkpoint {checkpoint!r}: the shipped file {path} is missing")
-    return str(path)
+    """``checkpoint`` with BUILTIN / ``builtin:<sensor>`` replaced by the shipped file's path
+    (``checkpoints.shipped_path``: one place decides what "the package's own model" means, so the node, the tools
+    and the docs cannot disagree). The teacher's BUILTIN is teachers.resolve's."""
+    return None if checkpoint is None else shipped_path(checkpoint)
 
 
 @dataclass

@@ -56,6 +56,27 @@ def source_only_checkpoint(sensor: str = DEFAULT_SENSOR) -> Path:
     return CHECKPOINT_DIR / _sensor_files(sensor)[1]
 
 
+SHIPPED = "builtin"
+"""The name a user gives for a shipped model: ``builtin`` (the RGB-D one) or ``builtin:<sensor>``."""
+
+
+def shipped_path(checkpoint: str) -> str:
+    """``checkpoint`` with ``builtin`` / ``builtin:<sensor>`` replaced by the shipped file's path (other names as
+    they are). Why here: every reader of a checkpoint (the node, ttt_kd_evaluate, ttt_kd_replay, training,
+    load_checkpoint itself) then takes the node's spelling; ValueError names a sensor that has no shipped model
+    and a shipped file that is missing (a source tree whose checkpoints were not trained)."""
+    if not (checkpoint == SHIPPED or checkpoint.startswith(SHIPPED + ":")):
+        return checkpoint
+    sensor = checkpoint.partition(":")[2] or DEFAULT_SENSOR
+    if sensor not in SENSORS:
+        raise ValueError(f"checkpoint {checkpoint!r}: the shipped models are "
+                         f"{', '.join(f'{SHIPPED}:{s}' for s in SENSORS)} ({SHIPPED} = {SHIPPED}:{DEFAULT_SENSOR})")
+    path = default_checkpoint(sensor)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {checkpoint!r}: the shipped file {path} is missing")
+    return str(path)
+
+
 def default_teacher() -> Path:
     """Folder of the stand-in teacher, a spec that ``teachers.resolve`` reads like any teacher folder."""
     return CHECKPOINT_DIR / DEFAULT_TEACHER_NAME
