@@ -276,8 +276,9 @@ def _affine(points: torch.Tensor, A: np.ndarray, b: np.ndarray) -> torch.Tensor:
     BLAS, whose threads spin against other processes on a busy 2-core robot
     computer (measured 185-375 ms instead of 30 ms for 115k points with numpy).
     """
-    At = torch.as_tensor(np.asarray(A, dtype=np.float64), dtype=points.dtype, device=points.device)
-    bt = torch.as_tensor(np.asarray(b, dtype=np.float64), dtype=points.dtype, device=points.device)
+    # np.array copies: a calibration's matrix may be a read-only view, which torch will not wrap
+    At = torch.as_tensor(np.array(A, dtype=np.float64), dtype=points.dtype, device=points.device)
+    bt = torch.as_tensor(np.array(b, dtype=np.float64), dtype=points.dtype, device=points.device)
     out = points[:, 0:1] * At[:, 0] + points[:, 1:2] * At[:, 1]
     out += points[:, 2:3] * At[:, 2]
     out += bt
