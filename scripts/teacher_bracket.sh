@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The teacher bracket under the shipped RGB-D model's settings (docs/EVALUATION.md, "The teacher bracket under the
+# session-7 defaults"): each teacher's joint model (runs/joint_oracle, runs/joint_tiny: docs/EVALUATION.md's
+# training commands) gets those settings, then the rows whose output the settings change, on the bracket's splits.
+#   usage: bash scripts/teacher_bracket.sh        (RUNS defaults to ./runs; three jobs side by side, about 12 min)
+set -e
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$(pwd)"
+PY="${PYTHON:-.venv/bin/python}"
+RUNS="${RUNS:-runs}"
+SETTINGS="--adapt strategy=ttt_kd,steps=20,optimizer=adam,lr=1e-4,params=all,bn_train=true,guard_kd_ratio=0.55,unadapted_weight=0.3 --fusion mode=geometric,weight_2d=0.25,max_disagreement=0.4"
+for t in oracle tiny; do
+  $PY scripts/set_validated_settings.py --checkpoint $RUNS/joint_$t/model.safetensors \
+      --out $RUNS/joint_$t/validated7.safetensors $SETTINGS --how "the shipped RGB-D model's settings (bracket, session 7)"
+done
+run() {  # teacher checkpoint out [extra]
+  $PY -m ttt_kd_ros.tools.evaluate --out $RUNS/bracket7_$3 --teacher "$1" --checkpoint "$2" \
+      --source-only-checkpoint ttt_kd_ros/checkpoints/ttt_kd_small_synthetic_source_only.safetensors \
+      --strategies source_only,fusion_only,default \
+      --shift office --shift lidar --shift noisy --scans 4 --max-points 16000 --subsample crop \
+      --seed 20261121 --steps 20 --lr 1e-4 --curve-scans 0 --threads 1 -q "${@:4}"
+}
+run oracle $RUNS/joint_oracle/validated7.safetensors oracle &
+run tiny $RUNS/joint_tiny/validated7.safetensors tiny --teacher-resolution 120 160 &
+run ttt_kd_ros/checkpoints/teacher_synthetic_dense ttt_kd_ros/checkpoints/ttt_kd_small_synthetic.safetensors standin &
+wait
