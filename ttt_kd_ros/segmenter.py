@@ -564,9 +564,11 @@ class Segmenter:
 
 
 GUARD_REJECTED = "adaptation rejected: its KD loss fell too little"
-GUARD_CEILING = "targets unlike training: the unadapted KD loss is above guard_kd_max"
 """skip_reason of a scan whose adaptation the guard rejected (AdaptConfig.guard_kd_ratio): a fixed name, so logs and
 diagnostics count it under one key; the losses are in the Prediction's kd_loss_before / kd_loss_after."""
+GUARD_CEILING = "targets unlike training: the unadapted KD loss is above guard_kd_max"
+"""skip_reason of a scan that ran no step because its unadapted KD loss is above AdaptConfig.guard_kd_max (a fixed
+name like GUARD_REJECTED; the loss is the Prediction's kd_loss_before)."""
 
 
 @dataclass
