@@ -34,7 +34,7 @@ from ttt_kd_ros.checkpoints import shipped_path
 from ttt_kd_ros.fusion import FusionConfig, fuse_scan, teacher_probabilities
 from ttt_kd_ros.model import PreparedScan, TTTKDNet, net_config
 from ttt_kd_ros.scan import IGNORE_LABEL, Prediction, Scan
-from ttt_kd_ros.targets import DistillTargets, distillation_targets, project_views
+from ttt_kd_ros.targets import DistillTargets, project_views, sample_targets
 from ttt_kd_ros.teachers.resolve import resolve
 from ttt_kd_ros.teachers.teacher import Teacher
 from ttt_kd_ros.validated_settings import ValidatedSettings
@@ -515,12 +515,11 @@ class Segmenter:
             projected = project_views(work, self.teacher.device)
             timings["projection"] = time.perf_counter() - t
             t = time.perf_counter()
-            self.teacher.view_feature_maps(projected.views)  # every camera that sees a point, batched
+            fmaps = self.teacher.view_feature_maps(projected.views)  # every camera that sees a point, batched
             self._sync()
             timings["teacher"] = time.perf_counter() - t
             t = time.perf_counter()
-            targets = distillation_targets(work, self.teacher, center=self.model.config.kd_target_center,
-                                           projected=projected)
+            targets = sample_targets(projected, fmaps, self.teacher, center=self.model.config.kd_target_center)
             self._sync()
             timings["targets"] = time.perf_counter() - t
         except ValueError as err:

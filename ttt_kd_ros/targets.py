@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ttt_kd_ros.geometry import project_tensor
 from ttt_kd_ros.scan import CameraView, Scan
-from ttt_kd_ros.teachers.teacher import Teacher
+from ttt_kd_ros.teachers.teacher import FeatureMap, Teacher
 
 
 @dataclass
@@ -88,22 +88,26 @@ def project_views(scan: Scan, device: torch.device | str, occlusion: bool = True
 
 
 def distillation_targets(scan: Scan, teacher: Teacher, occlusion: bool = True,
-                         center: Sequence[float] | torch.Tensor | None = None,
-                         projected: ProjectedViews | None = None) -> DistillTargets:
-    """Project the scan into every camera, keep visible points, sample the teacher there.
-
-    The cameras that see a point go through the teacher in one batched forward per image size (cached maps are
-    reused: ``Teacher.view_feature_maps``). A point seen by several cameras gets the mean of their features,
-    re-normalised (i.e. the normalised sum), so overlapping cameras agree on
-    one target instead of pulling the point two ways. A scan with no cameras,
-    or whose points no camera sees, gives empty targets (M = 0), which the
-    adapters treat as "skip adaptation". center: the checkpoint's
-    NetConfig.kd_target_center, applied last (``center_features``). projected: ``project_views`` of this scan
-    on the teacher's device when the caller already ran it (the Segmenter times projection and teacher apart).
+                         center: Sequence[float] | torch.Tensor | None = None) -> DistillTargets:
+    """Project the scan into every camera, keep visible points, sample the teacher there: ``project_views``, the
+    teacher's maps of the cameras that see a point (one batched forward per image size, cached maps reused:
+    ``Teacher.view_feature_maps``), then ``sample_targets``. A scan with no cameras, or whose points no camera
+    sees, gives empty targets (M = 0), which the adapters treat as "skip adaptation". center: the checkpoint's
+    NetConfig.kd_target_center, applied last (``center_features``).
     """
-    projected = projected or project_views(scan, teacher.device, occlusion)
+    projected = project_views(scan, teacher.device, occlusion)
+    return sample_targets(projected, teacher.view_feature_maps(projected.views), teacher, center)
+
+
+def sample_targets(projected: ProjectedViews, fmaps: Sequence[FeatureMap], teacher: Teacher,
+                   center: Sequence[float] | torch.Tensor | None = None) -> DistillTargets:
+    """The targets from a scan's projection and the feature maps of its ``projected.views`` (in that order).
+
+    Why a phase of its own: the Segmenter times projection, teacher and sampling apart and runs each once. A
+    point seen by several cameras gets the mean of their features, re-normalised (i.e. the normalised sum), so
+    overlapping cameras agree on one target instead of pulling the point two ways.
+    """
     seen, counts = projected.seen, projected.counts
-    fmaps = teacher.view_feature_maps(projected.views)
     features = [teacher.sample(fmap, uv) for fmap, (_, _, uv) in zip(fmaps, seen, strict=True)]
     indices = [visible for _, visible, _ in seen]
     if not indices:
