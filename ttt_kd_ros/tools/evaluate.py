@@ -36,6 +36,7 @@ from ttt_kd_ros.checkpoints import (
     DEFAULT_SENSOR,
     SENSORS,
     default_checkpoint,
+    shipped_path,
     source_only_checkpoint,
 )
 from ttt_kd_ros.config_edits import apply_overrides
@@ -77,7 +78,7 @@ from ttt_kd_ros.evaluation.splits import (
 from ttt_kd_ros.evaluation.suites import SUITES, suite_sensor, suite_splits
 from ttt_kd_ros.fusion import FusionConfig
 from ttt_kd_ros.labels import LABEL_SETS, common_classes
-from ttt_kd_ros.segmenter import checkpoint_settings, resolve_builtin, resolve_device
+from ttt_kd_ros.segmenter import checkpoint_settings, resolve_device
 from ttt_kd_ros.teachers.dense import DenseTeacher
 from ttt_kd_ros.teachers.feature_cache import CachedTeacher
 from ttt_kd_ros.teachers.oracle import is_oracle
@@ -350,11 +351,6 @@ def _validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--lr: expected > 0, got {args.lr}")
 
 
-def _builtin_path(checkpoint: Path | None) -> Path | None:
-    """``--checkpoint builtin:lidar`` as the node spells it: the shipped file's path (other paths unchanged)."""
-    return None if checkpoint is None else Path(resolve_builtin(str(checkpoint)))
-
-
 class Evaluation:
     """The state of one ttt_kd_evaluate run and the files it writes; reports are rewritten as results arrive."""
 
@@ -364,7 +360,8 @@ class Evaluation:
         self.command = "ttt_kd_evaluate " + " ".join(shlex.quote(a) for a in argv)
         self.adapt = adapt_configs(args)
         sensor = suite_sensor(args.suite) if args.suite and suite_sensor(args.suite) in SENSORS else DEFAULT_SENSOR
-        args.checkpoint = _builtin_path(args.checkpoint) or default_checkpoint(sensor)
+        # ``builtin:lidar`` as the node spells it: the rows are chosen from the shipped file's metadata
+        args.checkpoint = Path(shipped_path(str(args.checkpoint))) if args.checkpoint else default_checkpoint(sensor)
         args.source_only_checkpoint = args.source_only_checkpoint or source_only_checkpoint(sensor)
         joint_meta = _check_checkpoint(args.checkpoint, "--checkpoint") if args.checkpoint.is_file() else None
         self.rows = rows_for_checkpoint(args.strategies, joint_meta, args.checkpoint, self.adapt)
