@@ -168,7 +168,7 @@ def test_fuse_scan_withholds_a_teacher_whose_class_mix_is_unlike_the_3d_one() ->
 
 def test_segment_withholds_a_collapsed_teacher_and_says_so() -> None:
     """The fusion head forced to one class: no point is fused, the labels are the 3D ones, the prediction says
-    the teacher was withheld (the node counts it in /diagnostics as fusion_withheld)."""
+    the teacher was withheld (test_ros_worker checks /diagnostics counts it as fusion_withheld)."""
     scan = _scan()
     model = _net()
     plain = _segmenter(model, FusionConfig("off")).segment(scan)

@@ -165,6 +165,18 @@ def test_node_stats_snapshot_rate_latency_and_counts() -> None:
     assert abs(snap.adapted_fraction - 3 / 6) < 1e-9
 
 
+def test_node_stats_count_scans_whose_teacher_was_withheld_and_show_the_last_fused_points() -> None:
+    """What test_fusion's withheld scan reaches /diagnostics as: a running count, and 0 fused points for it."""
+    stats = NodeStats(strategy="ttt_kd")
+    for withheld, fused in ((False, 120), (True, 0), (True, 0), (False, 80)):
+        stats.record_scan({}, adapted=True, kd_loss_before=0.5, kd_loss_after=0.3, fused_points=fused,
+                          fusion_withheld=withheld)
+    snap = stats.snapshot()
+    assert snap.fusion_withheld == 2 and snap.fused_points == 80
+    values = {kv.key: kv.value for kv in snapshot_to_status(snap, "seg", "hw").values}
+    assert values["fusion_withheld"] == "2" and values["fused_points"] == "80"
+
+
 def test_node_stats_engine_reasons_are_fixed_keys_and_the_values_stay_in_the_message() -> None:
     stats = NodeStats(strategy="ttt_kd")
     for remaining_s in (0.539, 0.412, 0.0, 1.25):
