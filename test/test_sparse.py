@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ttt_kd_ros.sparse import available_backends, build_scan_maps, get_backend, known_backends, voxelize
-from ttt_kd_ros.sparse.maps import neighbour_table
+from ttt_kd_ros.sparse.maps import SUBM_CENTER, SUBM_OFFSETS, neighbour_table, submanifold_map
 from ttt_kd_ros.sparse.torch_backend import (
     PAIRS_ONLY,
     TABLE_ONLY,
@@ -81,6 +81,34 @@ def test_voxel_mean_averages_points_of_a_voxel() -> None:
     vox = voxelize(pts, 0.1)
     mean = vox.voxel_mean(torch.tensor([[1.0], [3.0], [5.0]]))
     assert torch.allclose(mean[vox.point_to_voxel], torch.tensor([[2.0], [2.0], [5.0]]))
+
+
+def _brute_force_pairs(coords: torch.Tensor) -> dict[int, list[tuple[int, int]]]:
+    """Offset index -> [(input row, output row)] by a dictionary lookup of every site's 27 neighbours."""
+    row_of = {tuple(c): i for i, c in enumerate(coords.tolist())}
+    pairs: dict[int, list[tuple[int, int]]] = {}
+    for k, offset in enumerate(SUBM_OFFSETS.tolist()):
+        if k == SUBM_CENTER:
+            continue
+        for out_row, site in enumerate(coords.tolist()):
+            in_row = row_of.get(tuple(s + o for s, o in zip(site, offset, strict=True)))
+            if in_row is not None:
+                pairs.setdefault(k, []).append((in_row, out_row))
+    return pairs
+
+
+@pytest.mark.parametrize(("num", "box", "seed"), [(1, 4, 0), (40, 4, 1), (600, 12, 2), (3000, 60, 3)])
+def test_submanifold_map_holds_exactly_the_neighbour_pairs_grouped_by_offset(num: int, box: int, seed: int) -> None:
+    """The 4-search map (columns + mirrored offsets) against a dictionary of every site's neighbours: the same
+    pairs per offset, outputs ascending inside each (dense clusters, where z-columns touch, and sparse ones)."""
+    coords = _random_sites(num, box, seed)
+    kmap = submanifold_map(coords)
+    expected = _brute_force_pairs(coords)
+    assert kmap.identity_offset == SUBM_CENTER and kmap.num_in == kmap.num_out == len(coords)
+    for k in range(27):
+        start, stop = kmap.offset_ptr[k], kmap.offset_ptr[k + 1]
+        got = list(zip(kmap.in_idx[start:stop].tolist(), kmap.out_idx[start:stop].tolist(), strict=True))
+        assert got == expected.get(k, []), f"offset {k}"
 
 
 def test_subm_conv_equals_dense_conv3d_at_active_sites() -> None:
