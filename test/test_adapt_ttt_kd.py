@@ -110,6 +110,22 @@ def test_ttt_kd_budget_uses_the_previous_scans_step_time_for_the_first_step() ->
     assert result.steps_run == 0 and "time budget" in result.reason  # a first step that cannot fit never starts
 
 
+def test_unadapted_swaps_the_source_weights_in_and_the_adapted_ones_back() -> None:
+    """Inside ``unadapted()`` the net holds its source tensors; after it, the adapted ones, bit for bit, with the
+    optimizer's moments untouched: the guard labels with the source weights and a steps curve goes on adapting."""
+    net = TinyNet()
+    source = state_copy(net)
+    strategy = TTTKD(net, _config(steps=3, lr=1e-1))
+    strategy.adapt(*make_scan(seed=6))
+    adapted = state_copy(net)
+    moments = {id(p): {k: v.clone() for k, v in st.items()} for p, st in strategy.optimizer.state.items()}
+    assert not states_equal(adapted, source)
+    with strategy.unadapted():
+        assert states_equal(state_copy(net), source)
+    assert states_equal(state_copy(net), adapted)
+    assert all(torch.equal(v, moments[id(p)][k]) for p, st in strategy.optimizer.state.items() for k, v in st.items())
+
+
 def test_ttt_kd_zero_budget_runs_no_step_and_keeps_weights() -> None:
     net = TinyNet()
     source = state_copy(net)

@@ -128,7 +128,8 @@ def test_report_summary_splits_drops_by_the_node_and_counts_the_rest_lost(tmp_pa
     # 5 sent, frame 2 replaced in the node's slot
     replaced = StrategyRun("ttt_kd", frames({2}), wall_s=1.0,
                            node_diagnostics={"received": "5", "processed": "4", "dropped": "1", "dropped.stale": "1",
-                                             "skipped": "0", "in_flight": "0", "latency_ms.forward": "12.5"})
+                                             "skipped": "0", "in_flight": "0", "latency_ms.forward": "12.5",
+                                             "latency_ms.pipeline": "1.3e12"})  # a KITTI stamp: the bag's age
     # 5 sent, the node got 4: one failed in its worker, one never arrived
     leaky = StrategyRun("tent", frames({2, 3}), wall_s=1.0,
                         node_diagnostics={"received": "4", "processed": "3", "dropped": "1",
@@ -143,6 +144,7 @@ def test_report_summary_splits_drops_by_the_node_and_counts_the_rest_lost(tmp_pa
             other["lost"], other["not_received_by_node"]) == (4, 0, 0, 1, 1, 1)
     assert summary["latency_ms"]["p50"] == pytest.approx(50.0)
     assert summary["stage_ms"]["forward"]["p50"] == pytest.approx(12.5)
+    assert "pipeline" not in summary["stage_ms"]  # the node's clock minus a recorded stamp is no stage of a replay
     assert summary["achieved_rate_hz"] == pytest.approx(3 / 0.4)
     json_path, md_path = report.write(tmp_path)
     assert json.loads(json_path.read_text())["runs"][0]["summary"]["dropped"] == 1

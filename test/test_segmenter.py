@@ -285,3 +285,28 @@ def test_segment_budget_reserves_the_last_final_forward() -> None:
     tight._last_forward_s = 31.0  # as if the last final forward took longer than the whole budget
     pred = tight.segment(_scan())
     assert pred.steps_run == 0 and "time budget" in pred.skip_reason and len(pred.labels) == 300
+
+
+def test_segment_budget_scales_the_reserved_forward_by_voxels() -> None:
+    """The forward the budget holds back is the last one's time scaled to this scan's voxels: a forward measured
+    on a small scan (the node's warm-up) does not leave a big scan's steps without room for its own forward."""
+    small, big = _scan(n=40), _scan(n=3000)
+    seg = _segmenter(steps=2, time_budget_s=30.0)
+    small_prepared, big_prepared = seg.model.prepare(small), seg.model.prepare(big)
+    assert big_prepared.num_voxels > 3 * small_prepared.num_voxels
+    seg._note_forward(10.0, small_prepared)  # as if a forward of the small scan took 10 s
+    assert seg.segment(small).steps_run == 2  # 10 s reserved: room for tiny steps in 30 s
+    seg._note_forward(10.0, small_prepared)
+    pred = seg.segment(big)  # over 30 s reserved for the big scan's forward
+    assert pred.steps_run == 0 and "time budget" in pred.skip_reason
+
+
+def test_first_step_estimate_scales_the_last_step_by_the_voxels_a_step_runs_on() -> None:
+    """A step measured on 100 voxels plans a whole-scan step of a bigger scan in proportion, and a cropped one at
+    the crop's size: the step cost the budget expects follows what the step will run on."""
+    whole, cropped = _segmenter(crop_voxels=0).strategy, _segmenter(crop_voxels=50).strategy
+    prepared = _segmenter().model.prepare(_scan(n=3000))
+    for strategy in (whole, cropped):
+        strategy.expected_step_s, strategy.expected_step_voxels = 0.01, 100
+    assert whole.first_step_estimate(prepared, None) == pytest.approx(0.01 * prepared.num_voxels / 100)
+    assert cropped.first_step_estimate(prepared, None) == pytest.approx(0.005)

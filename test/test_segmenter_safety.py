@@ -40,9 +40,19 @@ def _segmenter(fitted: bool = False, **adapt: object) -> Segmenter:
     torch.manual_seed(0)
     model = TTTKDNet(net_config("ttt_kd_small", **TINY_NET))
     if fitted:
-        _fit_kd_head(model)
+        model.load_state_dict(_fitted_state())
+        model.eval()
     config = AdaptConfig(**{"strategy": "ttt_kd", "steps": 5, "kd_points_per_step": 128, **adapt})
     return Segmenter(model, _teacher(), build_strategy(model, config))
+
+
+@functools.cache
+def _fitted_state() -> dict[str, torch.Tensor]:
+    """The fitted net's weights, fitted once per session (every test that asks gets the same net)."""
+    torch.manual_seed(0)
+    model = TTTKDNet(net_config("ttt_kd_small", **TINY_NET))
+    _fit_kd_head(model)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _fit_kd_head(model: TTTKDNet) -> None:
@@ -102,6 +112,67 @@ def test_ceiling_runs_no_step_on_targets_unlike_any_the_network_learnt() -> None
     assert "reference" in skipped.timings_s and skipped.timings_s["forward"] == 0.0
     clean = _segmenter(fitted=True, guard_kd_max=ceiling).segment(scan)
     assert clean.steps_run == 5 and clean.adapted
+
+
+def _count_whole_forwards(segmenter: Segmenter) -> list[int]:
+    """Counts calls of the model's forward (whole-scan passes; crop passes go through kd_features)."""
+    calls = [0]
+    forward = segmenter.model.forward
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls[0] += 1
+        return forward(*args, **kwargs)
+
+    segmenter.model.forward = counted
+    return calls
+
+
+CROP = 60
+"""Voxels per crop in the crop-guard tests: well under the test scan's ~190 voxels at 0.1 m, so steps run on crops."""
+
+
+def test_crop_guard_rejects_on_the_first_crop_and_labels_with_the_source_weights() -> None:
+    """A scan larger than a crop, no unadapted mix: the guard measures the KD loss on the first step's crop before
+    and after the steps, runs no whole-scan reference, and a rejected adaptation is labelled by the one final
+    forward with the source weights, exactly as the unadapted model labels it."""
+    unadapted = _segmenter(fitted=True, strategy="none").segment(_scan())
+    scan = _scan(labels=unadapted.labels)
+    segmenter = _segmenter(guard_kd_ratio=0.9, lr=1.0, fitted=True, bn_train=False, crop_voxels=CROP)
+    assert segmenter.model.prepare(scan).num_voxels > 2 * CROP
+    forwards = _count_whole_forwards(segmenter)
+    guarded = segmenter.segment(scan)
+    assert guarded.steps_run == 5 and not guarded.adapted and guarded.skip_reason == GUARD_REJECTED
+    assert forwards[0] == 1 and {"reference", "guard"} <= set(guarded.timings_s)
+    assert np.array_equal(guarded.labels, unadapted.labels)
+    assert guarded.kd_loss_after >= 0.9 * guarded.kd_loss_before
+    # the adapted weights were put back after the source-weight forward, then the scan's reset restored them
+    assert all(torch.equal(a, b) for a, b in zip(segmenter.model.state_dict().values(),
+                                                  _segmenter(fitted=True).model.state_dict().values(), strict=True))
+
+
+def test_crop_guard_measures_the_loss_the_first_step_starts_from() -> None:
+    """The guard's "before" is the KD loss over every target of the first step's crop with the source weights:
+    with all targets per step and running BN statistics, exactly the first step's own loss (same crop, same
+    generator draws), which an unguarded segmenter reports as its kd_loss_before."""
+    settings = {"lr": 1e-3, "bn_train": False, "crop_voxels": CROP, "kd_points_per_step": 0, "fitted": True}
+    guarded = _segmenter(guard_kd_ratio=1.0, **settings).segment(_scan())
+    plain = _segmenter(**settings).segment(_scan())
+    assert "guard" in guarded.timings_s and "guard" not in plain.timings_s
+    assert guarded.kd_loss_before == pytest.approx(plain.kd_loss_before, rel=1e-5)
+    assert guarded.adapted and guarded.kd_loss_after < guarded.kd_loss_before
+    assert np.array_equal(guarded.labels, plain.labels)  # kept: the same adapted weights labelled the scan
+
+
+def test_a_crop_guard_with_no_room_for_a_step_measures_nothing() -> None:
+    """When the budget left after the final forward cannot hold one step, the guard's crop passes are not run
+    (they would only delay an unadapted scan): one forward, and the reason names the budget."""
+    segmenter = _segmenter(guard_kd_ratio=0.9, crop_voxels=CROP, time_budget_s=5.0)
+    segmenter.segment(_scan())  # measures a step and a forward
+    segmenter.strategy.expected_step_s = 10.0  # as if a step took twice the budget
+    forwards = _count_whole_forwards(segmenter)
+    pred = segmenter.segment(_scan())
+    assert pred.steps_run == 0 and "no room for a step" in pred.skip_reason
+    assert forwards[0] == 1 and "reference" not in pred.timings_s and "guard" not in pred.timings_s
 
 
 def test_guard_keeps_an_adaptation_whose_kd_loss_fell_enough() -> None:

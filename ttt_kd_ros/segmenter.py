@@ -197,7 +197,8 @@ class Segmenter:
             LOG.warning("amp asked for on %s, but this GPU has no bfloat16 support: running float32 (float16 "
                         "would need loss scaling that test-time steps do not have)", self.device)
         self.max_points = int(max_points)
-        self._last_forward_s = 0.0  # the last final forward, reserved inside a scan's time budget
+        self._last_forward_s = 0.0  # the last whole-scan forward, reserved inside a scan's time budget ...
+        self._last_forward_voxels = 0  # ... scaled by voxels: the next scan may be of another size
         self._rng = np.random.default_rng(seed)
         self._warned: set[str] = set()
 
@@ -338,7 +339,10 @@ class Segmenter:
         targets, skip = self._targets(work, timings) if wants_targets else (None, "")
         if not self.strategy.needs_targets:
             skip = ""  # fusion asked for the targets; a strategy that does not distil adapts without them
-        reference = self._reference(prepared, targets, timings) if self._wants_reference(skip) else None
+        reference = None
+        if self._wants_reference(skip):
+            skip = self._no_room_for_a_step(scan_start, prepared, targets) if schedule is None else ""
+            reference = None if skip else self._reference(prepared, targets, timings)
         skip = skip or self._ceiling(reference)
         predictions = []
         done = 0
@@ -348,7 +352,7 @@ class Segmenter:
             if self.strategy.name != "none" and not skip:
                 more = None if k is None else k - done
                 result, skip = self._adapt(prepared, targets, more, resume=k is not None and done > 0,
-                                           time_budget_s=self._adapt_budget(scan_start))
+                                           time_budget_s=self._adapt_budget(scan_start, prepared, reference))
                 done = done if k is None else k
             pred = Prediction(np.full(n, IGNORE_LABEL, dtype=np.int64), np.zeros(n, dtype=np.float32), step_timings,
                               strategy=self.strategy.name)
@@ -365,14 +369,52 @@ class Segmenter:
             last["upsample"] = last.pop("upsample")
         return predictions
 
-    def _adapt_budget(self, scan_start: float) -> float | None:
+    def _adapt_budget(self, scan_start: float, prepared: PreparedScan, reference: Reference | None) -> float | None:
         """What is left of the scan's time budget for the steps: the budget minus the time this scan has taken so
-        far (checks, voxels, teacher, targets) minus the last scan's final forward, so that forward still fits.
+        far (checks, voxels, teacher, targets, reference) minus what must still run after the steps: the final
+        forward (the last one's time scaled to this scan's voxels) and a crop guard's second crop pass.
         None when the strategy has no budget."""
         budget = self.strategy.config.time_budget_s
         if budget is None:
             return None
-        return max(0.0, budget - (time.perf_counter() - scan_start) - self._last_forward_s)
+        after = self._forward_estimate(prepared)
+        if reference is not None and reference.crop is not None:
+            after += reference.crop_forward_s
+        return max(0.0, budget - (time.perf_counter() - scan_start) - after)
+
+    def _no_room_for_a_step(self, scan_start: float, prepared: PreparedScan, targets: DistillTargets | None) -> str:
+        """A time-budget reason when what is left cannot hold the guard's reference passes and one step, else "".
+
+        Why: on a CPU the final forward of a 100k-voxel LiDAR scan takes most of a 1.5 s budget; measuring the
+        guard's reference for steps that cannot run would only make the scan later.
+        """
+        estimate = getattr(self.strategy, "first_step_estimate", None)
+        left = self._adapt_budget(scan_start, prepared, None)
+        step = None if estimate is None or left is None else estimate(prepared, targets)
+        if step is None:
+            return ""
+        voxels = self.strategy.step_voxels(prepared, targets) or prepared.num_voxels
+        if self.strategy.config.unadapted_weight == 0 and voxels < prepared.num_voxels:
+            passes = 2.0 * self._forward_estimate(prepared) * voxels / prepared.num_voxels  # crop, before and after
+        else:
+            passes = 0.0  # a whole-scan reference is the output of a scan with no step: it costs nothing extra
+        if left - passes >= step:
+            return ""
+        return f"time budget {left:.3f} s: no room for a step ({step:.3f} s) and the guard ({passes:.3f} s)"
+
+    def _forward_estimate(self, prepared: PreparedScan) -> float:
+        """The expected time of a whole-scan forward of ``prepared``: the last one's, scaled by voxels.
+
+        Why scaled: the node's warm-up measures a small synthetic scan; reserved as is, it let the first real
+        LiDAR scan start steps its final forward then had no room for.
+        """
+        if not self._last_forward_voxels:
+            return self._last_forward_s
+        return self._last_forward_s * prepared.num_voxels / self._last_forward_voxels
+
+    def _note_forward(self, seconds: float, prepared: PreparedScan) -> None:
+        """Remember a whole-scan forward's cost for the budget of the scans that follow."""
+        self._last_forward_s, self._last_forward_voxels = seconds, prepared.num_voxels
 
     def _unlabelled(self, n: int, timings: dict[str, float], reason: str) -> Prediction:
         """Every point IGNORE_LABEL, confidence 0: the scan could not be labelled at all."""
@@ -391,7 +433,7 @@ class Segmenter:
             pred.skip_reason = skip or result.reason
 
     def _wants_reference(self, skip: str) -> bool:
-        """Whether the output safety needs the unadapted prediction of this scan (one extra forward)."""
+        """Whether the output safety needs the unadapted KD loss or prediction of this scan (_reference)."""
         config = self.strategy.config
         if self.strategy.name == "none" or skip:
             return False
@@ -408,8 +450,21 @@ class Segmenter:
 
     def _reference(self, prepared: PreparedScan, targets: DistillTargets | None,
                    timings: dict[str, float]) -> Reference:
-        """The unadapted prediction and KD loss of the scan: what the safety compares the adapted one with."""
+        """The unadapted KD loss of the scan, and its prediction when the output needs it: what the safety
+        compares the adapted scan with.
+
+        On a scan whose steps run on crops, when no unadapted prediction is mixed into the output, the guard
+        measures the KD loss on the first step's crop (before the steps here, after them in _predict) instead of
+        a whole-scan forward: the crop costs a tenth of a 100k-voxel LiDAR scan's forward, and a rejected
+        adaptation is then labelled by the final forward itself, with the source weights (one forward either way).
+        """
         t = time.perf_counter()
+        crop = self._guard_crop(prepared, targets)
+        if crop is not None:
+            with self._autocast():
+                kd = self.strategy.crop_kd_loss(crop, targets)
+            timings["reference"] = time.perf_counter() - t
+            return Reference(None, kd, crop, crop_forward_s=timings["reference"])
         with self._autocast():
             output = self.strategy.predict(prepared)
         with torch.no_grad():
@@ -418,7 +473,16 @@ class Segmenter:
         if targets is not None and targets.point_index.numel() > 0 and self.strategy.needs_targets:
             kd = self.strategy.kd_loss_of(output, targets)
         timings["reference"] = time.perf_counter() - t
+        self._note_forward(timings["reference"], prepared)
         return Reference(probs, kd)
+
+    def _guard_crop(self, prepared: PreparedScan, targets: DistillTargets | None) -> Any:
+        """The crop the guard measures on (_reference), or None for a whole-scan reference: that is needed when
+        the unadapted prediction is mixed into the output, or when the steps run on the whole scan anyway."""
+        if (self.strategy.config.unadapted_weight > 0 or targets is None or targets.point_index.numel() == 0
+                or not hasattr(self.strategy, "guard_crop")):
+            return None
+        return self.strategy.guard_crop(prepared, targets)
 
     def _safe(self, pred: Prediction, probs: torch.Tensor, reference: Reference | None) -> torch.Tensor:
         """The adapted probabilities, the unadapted ones when the guard rejects the adaptation, or their mix.
@@ -428,27 +492,46 @@ class Segmenter:
         worse (docs/EVALUATION.md). Such a scan is labelled as if it had not adapted.
         """
         config = self.strategy.config
-        if reference is None or pred.steps_run == 0:
+        if reference is None or reference.probs is None or pred.steps_run == 0:
             return probs
         if reference.kd_loss is not None:
             pred.kd_loss_before = reference.kd_loss
-        ratio = config.guard_kd_ratio
-        if (ratio is not None and reference.kd_loss is not None and pred.kd_loss_after is not None
-                and not pred.kd_loss_after < ratio * reference.kd_loss):
-            pred.adapted = False
-            pred.skip_reason = GUARD_REJECTED
+        if self._rejects(pred, reference.kd_loss, pred.kd_loss_after):
             return reference.probs
         if config.unadapted_weight > 0:
             w = config.unadapted_weight
             return (1.0 - w) * probs + w * reference.probs
         return probs
 
+    def _rejects(self, pred: Prediction, before: float | None, after: float | None) -> bool:
+        """Whether the ratio guard rejects this adaptation (its KD loss fell too little); marks ``pred`` if so."""
+        ratio = self.strategy.config.guard_kd_ratio
+        if ratio is None or before is None or after is None or after < ratio * before:
+            return False
+        pred.adapted = False
+        pred.skip_reason = GUARD_REJECTED
+        return True
+
+    def _crop_guard(self, pred: Prediction, reference: Reference | None, targets: DistillTargets | None) -> bool:
+        """The crop guard after the steps (_reference says why a crop): the KD losses of the guard crop before
+        and after, recorded on ``pred``; True when the output must be the source weights' (a rejection)."""
+        if reference is None or reference.crop is None:
+            return False
+        pred.kd_loss_before = reference.kd_loss
+        if pred.steps_run == 0:
+            return False
+        t = time.perf_counter()
+        with self._autocast():
+            pred.kd_loss_after = self.strategy.crop_kd_loss(reference.crop, targets)
+        pred.timings_s["guard"] = time.perf_counter() - t
+        return self._rejects(pred, reference.kd_loss, pred.kd_loss_after)
+
     def _predict(self, pred: Prediction, prepared: PreparedScan, targets: DistillTargets | None, points: np.ndarray,
                  keep: np.ndarray, work_index: np.ndarray, reference: Reference | None = None) -> None:
         """The final forward with the current weights, the post-adaptation KD loss, labels for every point."""
         t = time.perf_counter()
         visible = targets is not None and targets.point_index.numel() > 0
-        if reference is not None and pred.steps_run == 0:
+        if reference is not None and reference.probs is not None and pred.steps_run == 0:
             # no step ran since the reference forward: its output is this scan's, and a second forward would
             # repeat it (a rejected scan, or a budget with no room for a step, costs one forward, not two)
             probs = reference.probs
@@ -456,19 +539,23 @@ class Segmenter:
                 pred.kd_loss_before = reference.kd_loss
             pred.timings_s["forward"] = 0.0
         else:
-            with self._autocast():
+            rejected = self._crop_guard(pred, reference, targets)
+            t = time.perf_counter()
+            weights = self.strategy.unadapted() if rejected else contextlib.nullcontext()
+            with self._autocast(), weights:
                 output = self.strategy.predict(prepared)
             with torch.no_grad():
                 probs = torch.softmax(output.logits.float(), dim=1)
-            if visible and self.strategy.needs_targets:
-                loss = self.strategy.kd_loss_of(output, targets)
-                if pred.steps_run > 0:
-                    pred.kd_loss_after = loss
-                else:  # no step ran: this forward's loss is the scan's unadapted KD loss, there is no "after"
-                    pred.kd_loss_before = loss
-            probs = self._safe(pred, probs, reference)
+            if reference is None or reference.crop is None:  # a whole-scan guard reads this forward's KD loss
+                if visible and self.strategy.needs_targets:
+                    loss = self.strategy.kd_loss_of(output, targets)
+                    if pred.steps_run > 0:
+                        pred.kd_loss_after = loss
+                    else:  # no step ran: this forward's loss is the scan's unadapted KD loss, there is no "after"
+                        pred.kd_loss_before = loss
+                probs = self._safe(pred, probs, reference)
             pred.timings_s["forward"] = time.perf_counter() - t
-            self._last_forward_s = pred.timings_s["forward"]
+            self._note_forward(pred.timings_s["forward"], prepared)
         work_fused = None
         if visible:
             pred.visible_points = int(targets.point_index.numel())
@@ -572,10 +659,17 @@ name like GUARD_REJECTED; the loss is the Prediction's kd_loss_before)."""
 
 @dataclass
 class Reference:
-    """A scan's unadapted prediction (N, K) probabilities and KD loss over its visible points (None: none)."""
+    """A scan's unadapted KD loss, and its (N, K) probabilities when a whole-scan forward was run.
 
-    probs: torch.Tensor
+    probs: None for a crop reference (Segmenter._reference). kd_loss: over the scan's visible points, or over the
+    targets inside ``crop`` (None: no visible point). crop_forward_s: what the crop pass cost, reserved in the
+    budget for the second pass after the steps.
+    """
+
+    probs: torch.Tensor | None
     kd_loss: float | None
+    crop: Any = None
+    crop_forward_s: float = 0.0
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:

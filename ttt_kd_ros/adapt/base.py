@@ -12,6 +12,7 @@ sets that state and the attributes that differ (``predict_bn_train``,
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -88,8 +89,17 @@ class BaseStrategy:
     def predict(self, prepared: Any) -> Any:
         """Forward with the current (adapted) weights, frozen: running BN statistics, or with
         ``predict_bn_train`` the scan's batch statistics in the normalisation layers, as TENT predicts."""
+        self.predict_mode()
+        return self.model(prepared, with_kd=False)
+
+    def predict_mode(self) -> None:
+        """The normalisation mode predict() runs in (also for any other frozen pass that must match it)."""
         if self.predict_bn_train:
             configure_model(self.model, self.params, bn_train=True)
         else:
             self.model.eval()
-        return self.model(prepared, with_kd=False)
+
+    def unadapted(self) -> contextlib.AbstractContextManager:
+        """A context in which the model holds the source state; the adapted one is back after it (a strategy
+        that moves nothing has nothing to swap)."""
+        return contextlib.nullcontext() if self._source is None else self._source.swapped_in()

@@ -50,6 +50,7 @@ class GradientStrategy(BaseStrategy):
         self.optimizer = optimizer if optimizer is not None else make_optimizer(self.params, config)
         self._source = SourceState(model, self.params)
         self.expected_step_s: float | None = None  # the last step's duration, kept across scans for the budget
+        self.expected_step_voxels: int | None = None  # the voxels that step ran on (None: not known)
 
     @staticmethod
     def param_set(config: AdaptConfig) -> str:
@@ -71,6 +72,24 @@ class GradientStrategy(BaseStrategy):
     def first_loss_rejected(self, loss: float) -> str:
         """Why the scan's first loss means its data must not be trained on ("" = train)."""
         return "" if math.isfinite(loss) else f"non-finite {self.loss_name} ({loss})"
+
+    def step_voxels(self, prepared: Any, targets: Targets | None) -> int | None:
+        """How many voxels a step on this scan runs on (None when the prepared scan does not say).
+
+        Why: the budget plans a scan's first step with the last step's time, which the node's warm-up measured
+        on a small synthetic scan; scaled by voxels, a 100k-voxel LiDAR scan is not planned with it as is.
+        """
+        voxels = getattr(prepared, "num_voxels", None)
+        return None if voxels is None else int(voxels)
+
+    def first_step_estimate(self, prepared: Any, targets: Targets | None) -> float | None:
+        """The expected duration of this scan's first step: the last step's, scaled by the voxels each runs on."""
+        if self.expected_step_s is None:
+            return None
+        voxels = self.step_voxels(prepared, targets)
+        if voxels is None or not self.expected_step_voxels:
+            return self.expected_step_s
+        return self.expected_step_s * voxels / self.expected_step_voxels
 
     def usable(self, targets: Targets | None) -> str:
         """Why this scan cannot be adapted on at all ("" = it can)."""
@@ -104,11 +123,12 @@ class GradientStrategy(BaseStrategy):
             return result
         self._start_scan(resume)
         budget = self.config.time_budget_s if time_budget_s is None else time_budget_s
+        first_step_s = self.first_step_estimate(prepared, targets)
         start = time.perf_counter()
         configure_model(self.model, self.params, self.bn_train(self.config))
         with torch.inference_mode(False), torch.enable_grad():
             for step in range(self.config.steps if steps is None else steps):
-                if _next_step_overruns(budget, start, result, self.expected_step_s):
+                if _next_step_overruns(budget, start, result, first_step_s):
                     break
                 t0 = time.perf_counter()
                 loss = self.loss(prepared, targets)
@@ -129,6 +149,7 @@ class GradientStrategy(BaseStrategy):
                 result.steps_run += 1
                 result.step_times_s.append(time.perf_counter() - t0)
                 self.expected_step_s = result.step_times_s[-1]
+                self.expected_step_voxels = self.step_voxels(prepared, targets)
         if not resume:
             self.scan_done(result)
         return result

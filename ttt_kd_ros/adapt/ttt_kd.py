@@ -60,9 +60,9 @@ class TTTKD(GradientStrategy):
             return None
         return torch.randint(0, num_visible, (per_step,), generator=self._rng(device), device=device)
 
-    def _crop(self, prepared: Any, targets: Targets) -> Crop | None:
-        """This step's crop of the scan, or None when steps run on the whole scan (no crop_voxels, a scan no
-        larger than a crop, or a model without crops)."""
+    def _scan_crops(self, prepared: Any, targets: Targets) -> ScanCrops | None:
+        """The crops of this scan (cut on first use), or None when steps run on the whole scan (no crop_voxels,
+        a scan no larger than a crop, or a model without crops)."""
         limit = self.config.crop_voxels
         if limit <= 0 or not hasattr(self.model, "crop") or prepared.num_voxels <= limit:
             return None
@@ -70,9 +70,43 @@ class TTTKD(GradientStrategy):
             self._crops = ScanCrops(self.model, prepared, targets, limit, self.config.crops_per_scan,
                                     self._rng(targets.point_index.device))
             self._crop_step = 0
-        crop = self._crops.for_step(self._crop_step)
+        return self._crops
+
+    def _crop(self, prepared: Any, targets: Targets) -> Crop | None:
+        """This step's crop of the scan, or None when steps run on the whole scan."""
+        crops = self._scan_crops(prepared, targets)
+        if crops is None:
+            return None
+        crop = crops.for_step(self._crop_step)
         self._crop_step += 1
         return crop
+
+    def guard_crop(self, prepared: Any, targets: Targets) -> Crop | None:
+        """The scan's first crop (the one its first step runs on), or None when steps run on the whole scan.
+
+        The output guard measures the KD loss before and after the steps on it when a whole-scan reference
+        forward would cost more than the steps themselves (segmenter.py); it is cut here, before the steps,
+        with the same generator draws the first step would make, so the steps are the same either way.
+        """
+        crops = self._scan_crops(prepared, targets)
+        return None if crops is None else crops.for_step(0)
+
+    def step_voxels(self, prepared: Any, targets: Targets | None) -> int | None:
+        """A crop's voxels at most (steps on a bigger scan run on crops), else the scan's."""
+        voxels = super().step_voxels(prepared, targets)
+        limit = self.config.crop_voxels
+        if voxels is not None and limit > 0 and hasattr(self.model, "crop"):
+            return min(limit, voxels)
+        return voxels
+
+    @torch.no_grad()
+    def crop_kd_loss(self, crop: Crop, targets: Targets) -> float:
+        """The KD loss over every target inside ``crop`` with the weights as they are, normalised as predict()
+        normalises: the guard's measure of a scan too large for a whole-scan reference."""
+        self.predict_mode()
+        pred = self.model.kd_features(crop.prepared, crop.crop_rows).float()
+        teacher = targets.features.index_select(0, crop.target_rows.to(targets.features.device)).float()
+        return float(kd_loss(pred, teacher, self.config.loss))
 
     def loss(self, prepared: Any, targets: Targets | None) -> torch.Tensor:
         assert targets is not None  # usable() returned "" only with targets

@@ -11,7 +11,9 @@ parameter set) without subclassing.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -113,6 +115,24 @@ class SourceState:
     def restore(self) -> None:
         for live, saved in self._pairs:
             live.copy_(saved)
+
+    @contextlib.contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        """The source tensors in place for the body, the live (adapted) ones back after it, bit-exact.
+
+        Why: the output guard may reject an adaptation and must then label the scan with the source weights,
+        while a steps curve goes on adapting the same scan afterwards; the optimizer keeps its moments and the
+        Parameter objects never change.
+        """
+        with torch.no_grad():
+            adapted = [live.clone() for live, _ in self._pairs]
+            self.restore()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for (live, _), value in zip(self._pairs, adapted, strict=True):
+                    live.copy_(value)
 
 
 def _next_step_overruns(budget_s: float | None, start: float, result: AdaptResult,

@@ -113,9 +113,16 @@ class StrategyRun:
             return {stage: _percentiles(np.array(values)) for stage, values in stages.items()}
         prefix = "latency_ms."
         return {key[len(prefix):]: {"p50": _float(value), "p95": None, "max": None}
-                for key, value in self.node_diagnostics.items() if key.startswith(prefix)}
+                for key, value in self.node_diagnostics.items()
+                if key.startswith(prefix) and key[len(prefix):] not in NOT_A_REPLAY_STAGE}
 
 
+
+
+NOT_A_REPLAY_STAGE = ("pipeline",)
+"""Node latency keys a replay does not report as stages: ``pipeline`` is the node's clock minus the cloud's
+stamp, and a replayed cloud carries the recording's stamp (years old for KITTI), so it measured the bag's age.
+The replay's own end-to-end latency (send to answer) is the report's latency_ms."""
 
 
 def node_books(diagnostics: dict[str, str]) -> dict[str, int]:
