@@ -301,6 +301,19 @@ def test_segment_budget_scales_the_reserved_forward_by_voxels() -> None:
     assert pred.steps_run == 0 and "time budget" in pred.skip_reason
 
 
+def test_warm_up_measures_a_step_the_guards_would_refuse_and_restores_everything() -> None:
+    """The node's warm-up scan is noise to the teacher, which the ceiling refuses; the warm-up still takes its step
+    (so the first real scan's budget knows a step's cost), then the guards, the budget and the weights are back."""
+    seg = _segmenter(steps=3, guard_kd_max=1e-6, guard_kd_ratio=0.5, time_budget_s=1.0)
+    source = _state(seg.model)
+    assert seg.segment(_scan()).steps_run == 0  # the ceiling refuses this scan ...
+    config = seg.strategy.config
+    warm = seg.warm_up(_scan(), steps=1)
+    assert warm.steps_run == 1 and seg.strategy.expected_step_s is not None  # ... the warm-up steps anyway
+    assert seg.strategy.config is config and _same(_state(seg.model), source)
+    assert seg.segment(_scan()).steps_run == 0
+
+
 def test_first_step_estimate_scales_the_last_step_by_the_voxels_a_step_runs_on() -> None:
     """A step measured on 100 voxels plans a whole-scan step of a bigger scan in proportion, and a cropped one at
     the crop's size: the step cost the budget expects follows what the step will run on."""

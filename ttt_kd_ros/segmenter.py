@@ -289,6 +289,22 @@ class Segmenter:
         with torch.inference_mode(False):
             return self._segment(scan, schedule)
 
+    def warm_up(self, scan: Scan, steps: int = 1) -> Prediction:
+        """One scan through every stage with ``steps`` steps whatever the guards say, then the strategy reset.
+
+        Why: the first real scan's budget is planned from the costs measured here (a step, a forward, both scaled
+        to its voxels), but a synthetic warm-up scan's noise image is exactly what the guards refuse (its KD loss is
+        above ``guard_kd_max``), so a guarded warm-up measured no step and the first real scan was planned blind.
+        The guards and the budget are off for this one scan only; the running config is back afterwards.
+        """
+        config = self.strategy.config
+        self.strategy.retune(dataclasses.replace(config, guard_kd_ratio=None, guard_kd_max=0.0, time_budget_s=None))
+        try:
+            return self.segment_steps(scan, [steps])[-1]
+        finally:
+            self.strategy.retune(config)
+            self.reset()
+
     def bind_thread(self) -> None:
         """Make the Segmenter's GPU the calling thread's current CUDA device (a no-op on a CPU).
 

@@ -259,8 +259,8 @@ class SegmenterNode(LifecycleNode):
         start = time.perf_counter()
         try:
             steps = min(1, int(self.params["adapt.steps"]))
-            prediction = self.segmenter.segment_steps(warm_up_scan(not self.params.cloud_only), [steps])[-1]
-            self.segmenter.reset()  # an online strategy starts from the checkpoint, as without a warm-up
+            # reset inside: an online strategy starts from the checkpoint, as without a warm-up
+            prediction = self.segmenter.warm_up(warm_up_scan(not self.params.cloud_only), steps)
         except Exception as exc:  # any engine failure: activation goes on without the warm-up
             self.warm_up_s = 0.0
             self.get_logger().warning(f"warm-up failed, the first scan pays for initialisation: "
