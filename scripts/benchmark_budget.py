@@ -21,7 +21,8 @@ import torch
 
 from ttt_kd_ros.adapt import AdaptConfig
 from ttt_kd_ros.data.sources import open_source
-from ttt_kd_ros.segmenter import BUILTIN, Segmenter, SegmenterConfig
+from ttt_kd_ros.segmenter import Segmenter, SegmenterConfig
+from ttt_kd_ros.teachers.resolve import BUILTIN
 
 
 def run_budget(source, budget_s: float, passes: int, checkpoint: str, teacher: str, steps: int, crop_voxels: int,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -74,6 +75,17 @@ def test_console_scripts_point_at_importable_callables() -> None:
         module_name, func_name = target.split(":")
         module = importlib.import_module(module_name)
         assert callable(getattr(module, func_name)), f"{name}: {target} is not callable"
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO_ROOT / "scripts").glob("*.py")))
+def test_every_script_imports(script: str) -> None:
+    """The docs' commands run scripts/*.py: each must at least import against the package as it is now (a
+    renamed package name once broke benchmark_budget.py with nothing noticing). Their mains do not run here."""
+    path = REPO_ROOT / "scripts" / script
+    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert callable(getattr(module, "main", None)), f"{script}: no main()"
 
 
 def test_console_scripts_are_documented_in_readme() -> None:
