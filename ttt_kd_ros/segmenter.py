@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ttt_kd_ros.adapt import AdaptConfig, AdaptResult, Strategy, build_strategy
+from ttt_kd_ros.adapt.crops import Crop
 from ttt_kd_ros.checkpoint_format import load_checkpoint, validated_settings
 from ttt_kd_ros.checkpoints import shipped_path
 from ttt_kd_ros.fusion import FusionConfig, fuse_scan, teacher_probabilities
@@ -409,11 +410,11 @@ class Segmenter:
         step = None if estimate is None or left is None else estimate(prepared, targets)
         if step is None:
             return ""
-        voxels = self.strategy.step_voxels(prepared, targets) or prepared.num_voxels
-        if self.strategy.config.unadapted_weight == 0 and voxels < prepared.num_voxels:
-            passes = 2.0 * self._forward_estimate(prepared) * voxels / prepared.num_voxels  # crop, before and after
-        else:
-            passes = 0.0  # a whole-scan reference is the output of a scan with no step: it costs nothing extra
+        if self._guard_on_crop(prepared, targets):  # the crop's two passes, at the forward's cost per voxel
+            passes = 2.0 * self._forward_estimate(prepared) * self.strategy.step_voxels(prepared, targets) \
+                / prepared.num_voxels
+        else:  # a whole-scan reference: a forward before the steps (with no step it would be the output instead)
+            passes = self._forward_estimate(prepared)
         if left - passes >= step:
             return ""
         return f"time budget {left:.3f} s: no room for a step ({step:.3f} s) and the guard ({passes:.3f} s)"
@@ -492,13 +493,23 @@ class Segmenter:
         self._note_forward(timings["reference"], prepared)
         return Reference(probs, kd)
 
-    def _guard_crop(self, prepared: PreparedScan, targets: DistillTargets | None) -> Any:
-        """The crop the guard measures on (_reference), or None for a whole-scan reference: that is needed when
-        the unadapted prediction is mixed into the output, or when the steps run on the whole scan anyway."""
-        if (self.strategy.config.unadapted_weight > 0 or targets is None or targets.point_index.numel() == 0
-                or not hasattr(self.strategy, "guard_crop")):
-            return None
-        return self.strategy.guard_crop(prepared, targets)
+    def _guard_on_crop(self, prepared: PreparedScan, targets: DistillTargets | None) -> bool:
+        """Whether the guard measures on the first step's crop (_reference) rather than with a whole-scan forward.
+
+        Not when the unadapted prediction is mixed into the output (only a whole-scan forward gives it), when the
+        steps run on the whole scan anyway, or for a strategy that carries weights across scans (its unadapted
+        prediction is the one before this scan's steps, which only a whole-scan reference holds).
+        """
+        strategy = self.strategy
+        if (strategy.config.unadapted_weight > 0 or not strategy.episodic or not hasattr(strategy, "guard_crop")
+                or targets is None or targets.point_index.numel() == 0):
+            return False
+        voxels = strategy.step_voxels(prepared, targets)
+        return voxels is not None and voxels < prepared.num_voxels
+
+    def _guard_crop(self, prepared: PreparedScan, targets: DistillTargets | None) -> Crop | None:
+        """The crop the guard measures on, or None for a whole-scan reference (_guard_on_crop)."""
+        return self.strategy.guard_crop(prepared, targets) if self._guard_on_crop(prepared, targets) else None
 
     def _safe(self, pred: Prediction, probs: torch.Tensor, reference: Reference | None) -> torch.Tensor:
         """The adapted probabilities, the unadapted ones when the guard rejects the adaptation, or their mix.
@@ -684,7 +695,7 @@ class Reference:
 
     probs: torch.Tensor | None
     kd_loss: float | None
-    crop: Any = None
+    crop: Crop | None = None
     crop_forward_s: float = 0.0
 
 
