@@ -13,6 +13,7 @@ import torch
 from ttt_kd_ros.adapt import AdaptConfig, build_strategy
 from ttt_kd_ros.checkpoint_format import load_checkpoint, read_checkpoint_metadata, save_checkpoint
 from ttt_kd_ros.fusion import (
+    ADAPTIVE_WEIGHT_RANGE,
     GEOMETRIC_FLOOR,
     FusionConfig,
     class_mix_disagreement,
@@ -20,11 +21,13 @@ from ttt_kd_ros.fusion import (
     fuse_probabilities,
     fuse_scan,
     normalised_entropy,
+    scan_weight_2d,
 )
 from ttt_kd_ros.geometry import project_points
 from ttt_kd_ros.model import TTTKDNet, net_config
 from ttt_kd_ros.scan import CameraIntrinsics, CameraView, Scan
 from ttt_kd_ros.segmenter import Segmenter, SegmenterConfig
+from ttt_kd_ros.shift import BatchNormShift, teacher_shift
 from ttt_kd_ros.targets import distillation_targets
 from ttt_kd_ros.teachers.teacher import Teacher
 from ttt_kd_ros.teachers.weights import tiny_teacher
@@ -234,3 +237,68 @@ def test_with_fusion_head_keeps_every_network_weight() -> None:
     assert out.config.fusion_head and torch.equal(out.fusion_head.weight, head.weight)
     for key, value in model.state_dict().items():
         assert torch.equal(out.state_dict()[key], value)
+
+
+def test_scan_weight_follows_each_modality_shift_and_is_clipped() -> None:
+    """More teacher when the 3D input shifted, less when the teacher's features did, a fixed share without slopes,
+    and a measure that is missing moves nothing."""
+    fixed = FusionConfig("geometric", 0.3)
+    assert scan_weight_2d(fixed, 5.0, 5.0) == 0.3
+    both = FusionConfig("geometric", 0.3, shift_slope_3d=1.0, shift_ref_3d=0.2, shift_slope_2d=0.5, shift_ref_2d=0.4)
+    assert scan_weight_2d(both, 0.2, 0.4) == pytest.approx(0.3)  # in-distribution levels: the base share
+    assert scan_weight_2d(both, 0.3, 0.4) == pytest.approx(0.4)
+    assert scan_weight_2d(both, 0.2, 0.6) == pytest.approx(0.2)
+    assert scan_weight_2d(both, None, None) == pytest.approx(0.3)
+    assert scan_weight_2d(both, 10.0, 0.4) == ADAPTIVE_WEIGHT_RANGE[1]
+    assert scan_weight_2d(both, 0.2, 10.0) == ADAPTIVE_WEIGHT_RANGE[0]
+    with pytest.raises(ValueError, match="shift_slope_2d"):
+        FusionConfig("geometric", 0.3, shift_slope_2d=-1.0)
+
+
+def test_batch_norm_shift_is_the_log_variance_distance_and_leaves_no_hook() -> None:
+    """An input with the running variance reads 0, one with 9x the variance log 9; outside the context the layers
+    record nothing."""
+    layer = torch.nn.BatchNorm1d(4).eval()
+    layer.running_var.fill_(4.0)
+    x = torch.randn(20000, 4, generator=torch.Generator().manual_seed(0))
+    with BatchNormShift(layer) as same:
+        layer(2.0 * x)
+    with BatchNormShift(layer) as wider:
+        layer(6.0 * x)
+    assert same.value == pytest.approx(0.0, abs=0.03)
+    assert wider.value == pytest.approx(np.log(9.0), abs=0.03)
+    layer(x)  # after the context: no hook left to record it
+    assert wider.value == pytest.approx(np.log(9.0), abs=0.03) and not layer._forward_hooks
+
+
+def test_teacher_shift_grows_as_the_features_collapse() -> None:
+    spread = torch.nn.functional.normalize(torch.randn(500, 16, generator=torch.Generator().manual_seed(1)), dim=1)
+    collapsed = torch.nn.functional.normalize(spread + 4.0 * torch.ones(16), dim=1)
+    assert teacher_shift(spread) < 0.2 < 0.9 < teacher_shift(collapsed) <= 1.0 + 1e-6
+    assert teacher_shift(torch.zeros(0, 16)) is None
+
+
+def test_segment_shares_by_the_shifts_of_the_scan_it_labels() -> None:
+    """The teacher's share of a scan is scan_weight_2d of its shifts: the 3D one from the scan's unadapted
+    whole-scan forward, the teacher's from its targets. A flat grey image collapses the teacher's features: less
+    share than the textured image of the same points."""
+    model = _net()
+    # this untrained net's 3D shift is about 3.8, the teacher's 0.68 on the textured image, 1.0 on the grey one
+    fusion = FusionConfig("geometric", 0.3, shift_slope_3d=0.05, shift_ref_3d=3.7, shift_slope_2d=0.5,
+                          shift_ref_2d=0.6)
+    scan = _scan()
+    camera = scan.cameras[0]
+    grey = dataclasses.replace(scan, cameras=[CameraView(np.full_like(camera.image_rgb, 128), camera.intrinsics,
+                                                         camera.cam_from_cloud, name=camera.name)])
+    for strategy in ("none", "ttt_kd"):
+        weights = []
+        for image_scan in (scan, grey):
+            pred = _segmenter(model, fusion, strategy).segment(image_scan)
+            with torch.no_grad(), BatchNormShift(model.backbone) as shift:
+                model.eval()(model.prepare(image_scan), with_kd=False)
+            targets = distillation_targets(image_scan, _teacher(), center=model.config.kd_target_center)
+            expected = scan_weight_2d(fusion, shift.value, teacher_shift(targets.features))
+            assert pred.fusion_weight == pytest.approx(expected, rel=1e-5), strategy
+            weights.append(pred.fusion_weight)
+        low, high = ADAPTIVE_WEIGHT_RANGE
+        assert low < weights[1] < weights[0] - 0.1 < high, strategy

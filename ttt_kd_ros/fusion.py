@@ -54,6 +54,13 @@ class FusionConfig:
     mode: str = "off"
     weight_2d: float = 0.5
     max_disagreement: float = 1.0  # withhold the teacher on a scan whose class mix differs more (1 = never)
+    # The teacher's share per scan (scan_weight_2d): weight_2d, plus shift_slope_3d per unit of the 3D network's
+    # input shift above shift_ref_3d, minus shift_slope_2d per unit of the teacher's feature shift above
+    # shift_ref_2d (shift.py; the refs are the model's in-distribution levels). Slopes 0: a fixed share.
+    shift_slope_3d: float = 0.0
+    shift_ref_3d: float = 0.0
+    shift_slope_2d: float = 0.0
+    shift_ref_2d: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mode not in FUSION_MODES:
@@ -62,10 +69,43 @@ class FusionConfig:
             raise ValueError(f"FusionConfig.weight_2d: expected in [0, 1], got {self.weight_2d}")
         if not 0.0 < self.max_disagreement <= 1.0:
             raise ValueError(f"FusionConfig.max_disagreement: expected in (0, 1], got {self.max_disagreement}")
+        for name in ("shift_slope_3d", "shift_ref_3d", "shift_slope_2d", "shift_ref_2d"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0.0):
+                raise ValueError(f"FusionConfig.{name}: expected a finite value >= 0, got {value!r}")
 
     @property
     def enabled(self) -> bool:
         return self.mode != "off"
+
+    @property
+    def shift_adaptive(self) -> bool:
+        """Whether the teacher's share follows the scan's shifts (either slope above 0)."""
+        return self.enabled and (self.shift_slope_3d > 0 or self.shift_slope_2d > 0)
+
+
+ADAPTIVE_WEIGHT_RANGE = (0.05, 0.75)
+"""Where a shift-adaptive teacher share is clipped: the teacher always keeps a say on the points it sees, and the
+3D network too (on validation no shift's best share was above 0.65 or at 0 for both models together)."""
+
+
+def scan_weight_2d(config: FusionConfig, shift_3d: float | None, shift_2d: float | None) -> float:
+    """The teacher's share for one scan: ``config.weight_2d`` moved by the scan's shifts (shift.py), clipped to
+    ADAPTIVE_WEIGHT_RANGE; ``weight_2d`` itself when neither slope is set. A missing measure moves nothing.
+
+    Why: which modality a shift breaks decides the best share. Camera pose, room layout and palette shifts move
+    the 3D network's batch statistics and want more teacher; blocky or blurred images collapse the teacher's
+    features and want less (docs/EVALUATION.md, "Session 8").
+    """
+    if not config.shift_adaptive:
+        return config.weight_2d
+    weight = config.weight_2d
+    if config.shift_slope_3d > 0 and shift_3d is not None:
+        weight += config.shift_slope_3d * (shift_3d - config.shift_ref_3d)
+    if config.shift_slope_2d > 0 and shift_2d is not None:
+        weight -= config.shift_slope_2d * (shift_2d - config.shift_ref_2d)
+    low, high = ADAPTIVE_WEIGHT_RANGE
+    return float(min(max(weight, low), high))
 
 
 def normalised_entropy(probs: torch.Tensor) -> torch.Tensor:

@@ -136,6 +136,7 @@ class Prediction:
     visible_points: int = 0  # points some camera sees (the distillation targets; coverage = this / N)
     fused: np.ndarray | None = None  # (N,) bool: the label fuses the teacher's prediction (None: fusion off)
     fusion_withheld: bool = False  # the teacher was not fused on this scan: its class mix too unlike the 3D one
+    fusion_weight: float | None = None  # the teacher's share fused on this scan (fusion.scan_weight_2d; None: none)
 
     @property
     def total_s(self) -> float:

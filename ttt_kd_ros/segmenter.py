@@ -32,9 +32,10 @@ from ttt_kd_ros.adapt import AdaptConfig, AdaptResult, Strategy, build_strategy
 from ttt_kd_ros.adapt.crops import Crop
 from ttt_kd_ros.checkpoint_format import load_checkpoint, validated_settings
 from ttt_kd_ros.checkpoints import shipped_path
-from ttt_kd_ros.fusion import FusionConfig, fuse_scan, teacher_probabilities
+from ttt_kd_ros.fusion import FusionConfig, fuse_scan, scan_weight_2d, teacher_probabilities
 from ttt_kd_ros.model import PreparedScan, TTTKDNet, net_config
 from ttt_kd_ros.scan import IGNORE_LABEL, Prediction, Scan
+from ttt_kd_ros.shift import BatchNormShift, NoShift, teacher_shift
 from ttt_kd_ros.targets import DistillTargets, project_views, sample_targets
 from ttt_kd_ros.teachers.resolve import resolve
 from ttt_kd_ros.teachers.teacher import Teacher
@@ -455,7 +456,12 @@ class Segmenter:
         if self.strategy.name == "none" or skip:
             return False
         guard = (config.guard_kd_ratio is not None or config.guard_kd_max > 0) and self.strategy.needs_targets
-        return guard or config.unadapted_weight > 0
+        return guard or config.unadapted_weight > 0 or self._reads_shift_3d()
+
+    def _reads_shift_3d(self) -> bool:
+        """Whether fusion reads the scan's 3D input shift, which only an unadapted whole-scan forward measures
+        (the reference's, or the final forward of a scan with no step)."""
+        return self.fusion.shift_adaptive and self.fusion.shift_slope_3d > 0
 
     def _ceiling(self, reference: Reference | None) -> str:
         """GUARD_CEILING when the scan's unadapted KD loss is above ``guard_kd_max``: no step is run on targets
@@ -482,7 +488,7 @@ class Segmenter:
                 kd = self.strategy.crop_kd_loss(crop, targets)
             timings["reference"] = time.perf_counter() - t
             return Reference(None, kd, crop, crop_forward_s=timings["reference"])
-        with self._autocast():
+        with self._autocast(), self._shift_3d() as shift:
             output = self.strategy.predict(prepared)
         with torch.no_grad():
             probs = torch.softmax(output.logits.float(), dim=1)
@@ -491,18 +497,24 @@ class Segmenter:
             kd = self.strategy.kd_loss_of(output, targets)
         timings["reference"] = time.perf_counter() - t
         self._note_forward(timings["reference"], prepared)
-        return Reference(probs, kd)
+        return Reference(probs, kd, shift_3d=shift.value)
+
+    def _shift_3d(self) -> BatchNormShift | NoShift:
+        """The 3D input-shift measure for the scan's first whole-scan forward, when fusion reads it (shift.py)."""
+        if self._reads_shift_3d():
+            return BatchNormShift(self.model.backbone)
+        return NoShift()
 
     def _guard_on_crop(self, prepared: PreparedScan, targets: DistillTargets | None) -> bool:
         """Whether the guard measures on the first step's crop (_reference) rather than with a whole-scan forward.
 
-        Not when the unadapted prediction is mixed into the output (only a whole-scan forward gives it), when the
+        Not when the unadapted prediction or its 3D input shift is read (only a whole-scan forward gives them), when the
         steps run on the whole scan anyway, or for a strategy that carries weights across scans (its unadapted
         prediction is the one before this scan's steps, which only a whole-scan reference holds).
         """
         strategy = self.strategy
-        if (strategy.config.unadapted_weight > 0 or not strategy.episodic or not hasattr(strategy, "guard_crop")
-                or targets is None or targets.point_index.numel() == 0):
+        if (strategy.config.unadapted_weight > 0 or self._reads_shift_3d() or not strategy.episodic
+                or not hasattr(strategy, "guard_crop") or targets is None or targets.point_index.numel() == 0):
             return False
         voxels = strategy.step_voxels(prepared, targets)
         return voxels is not None and voxels < prepared.num_voxels
@@ -565,12 +577,15 @@ class Segmenter:
             if reference.kd_loss is not None:
                 pred.kd_loss_before = reference.kd_loss
             pred.timings_s["forward"] = 0.0
+            shift_3d = reference.shift_3d
         else:
             rejected = self._crop_guard(pred, reference, targets)
             t = time.perf_counter()
             weights = self.strategy.unadapted() if rejected else contextlib.nullcontext()
-            with self._autocast(), weights:
+            measured = reference is not None and reference.probs is not None  # the reference was a whole forward
+            with self._autocast(), weights, (NoShift() if measured else self._shift_3d()) as shift:
                 output = self.strategy.predict(prepared)
+            shift_3d = reference.shift_3d if measured else shift.value
             with torch.no_grad():
                 probs = torch.softmax(output.logits.float(), dim=1)
             if reference is None or reference.crop is None:  # a whole-scan guard reads this forward's KD loss
@@ -590,7 +605,7 @@ class Segmenter:
             t = time.perf_counter()
             work_fused = np.zeros(len(probs), dtype=bool)
             if visible:
-                probs, pred.fusion_withheld = self._fuse(probs, targets)
+                probs, pred.fusion_withheld, pred.fusion_weight = self._fuse(probs, targets, shift_3d)
                 work_fused[targets.point_index.cpu().numpy()] = not pred.fusion_withheld
             pred.timings_s["fusion"] = time.perf_counter() - t
         conf_t, label_t = probs.max(dim=1)
@@ -608,17 +623,22 @@ class Segmenter:
             pred.fused[work_index] = work_fused
         pred.timings_s["upsample"] = time.perf_counter() - t
 
-    def _fuse(self, probs: torch.Tensor, targets: DistillTargets) -> tuple[torch.Tensor, bool]:
-        """(N, K) 3D probabilities with the teacher head's fused in on the visible rows (fusion.py), and whether
-        the teacher was withheld on this scan (its class mix too unlike the 3D one: ``fusion.fuse_scan``)."""
+    def _fuse(self, probs: torch.Tensor, targets: DistillTargets, shift_3d: float | None
+              ) -> tuple[torch.Tensor, bool, float | None]:
+        """(N, K) 3D probabilities with the teacher head's fused in on the visible rows (fusion.py), whether the
+        teacher was withheld on this scan (its class mix too unlike the 3D one: ``fusion.fuse_scan``), and the
+        teacher's share used (``fusion.scan_weight_2d`` of the scan's shifts; None when withheld)."""
         rows = targets.point_index.to(probs.device)
-        probs_2d = teacher_probabilities(self.model.fusion_head, targets.features.to(probs.device))
-        fused, withheld = fuse_scan(probs.index_select(0, rows), probs_2d, self.fusion)
+        features = targets.features.to(probs.device)
+        probs_2d = teacher_probabilities(self.model.fusion_head, features)
+        weight = scan_weight_2d(self.fusion, shift_3d, teacher_shift(features))
+        config = dataclasses.replace(self.fusion, weight_2d=weight) if weight != self.fusion.weight_2d else self.fusion
+        fused, withheld = fuse_scan(probs.index_select(0, rows), probs_2d, config)
         if withheld:
-            return probs, True
+            return probs, True, None
         out = probs.clone()
         out[rows] = fused
-        return out, False
+        return out, False, weight
 
     def _targets(self, work: Scan, timings: dict[str, float]) -> tuple[DistillTargets | None, str]:
         """Teacher feature maps (cached per image), then projection + sampling; a reason instead when unusable."""
@@ -697,6 +717,7 @@ class Reference:
     kd_loss: float | None
     crop: Crop | None = None
     crop_forward_s: float = 0.0
+    shift_3d: float | None = None  # shift.BatchNormShift of a whole-scan reference, when fusion reads it
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:

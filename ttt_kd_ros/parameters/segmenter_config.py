@@ -71,7 +71,11 @@ def segmenter_config_from_parameters(values: Mapping[str, Any], given: Iterable[
             guard_kd_max=float(params["adapt.guard_kd_max"]),
         )
         fusion = FusionConfig(params["fusion.mode"], float(params["fusion.weight_2d"]),
-                              float(params["fusion.max_disagreement"]))
+                              float(params["fusion.max_disagreement"]),
+                              shift_slope_3d=float(params["fusion.shift_slope_3d"]),
+                              shift_ref_3d=float(params["fusion.shift_ref_3d"]),
+                              shift_slope_2d=float(params["fusion.shift_slope_2d"]),
+                              shift_ref_2d=float(params["fusion.shift_ref_2d"]))
         explicit = None
         if given is not None and _flag(params["use_validated"], "use_validated"):
             explicit = tuple(n for n in given if n.startswith(VALIDATED_PREFIXES))

@@ -128,6 +128,16 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("fusion.max_disagreement", 1.0, "Withhold the teacher on a scan whose class mix (labels of its head "
               "on the visible points) differs from the 3D one by more than this total-variation distance; 1: "
               "never.", minimum=0.01, maximum=1.0),
+    ParamSpec("fusion.shift_slope_3d", 0.0, "The teacher's share rises by this per unit of the 3D network's input "
+              "shift (batch-norm variance, shift.py) above fusion.shift_ref_3d; 0: not read.", minimum=0.0,
+              maximum=10.0),
+    ParamSpec("fusion.shift_ref_3d", 0.0, "The model's in-distribution 3D input shift (the checkpoint's).",
+              minimum=0.0, maximum=10.0),
+    ParamSpec("fusion.shift_slope_2d", 0.0, "The teacher's share falls by this per unit of the teacher's feature "
+              "shift (norm of the scan's mean centred feature, shift.py) above fusion.shift_ref_2d; 0: not read.",
+              minimum=0.0, maximum=10.0),
+    ParamSpec("fusion.shift_ref_2d", 0.0, "The model's in-distribution teacher feature shift (the checkpoint's).",
+              minimum=0.0, maximum=10.0),
     ParamSpec("use_validated", True, "Start from the checkpoint's validated adaptation and fusion settings; each "
               "adapt.* / fusion.* parameter given in a params file or with -p overrides its value. false: the "
               "declared defaults above."),
