@@ -9,12 +9,15 @@ stored probabilities and KD losses, so dozens of rules cost seconds.
 
 Several folders are scored as one suite (a later dump of new splits beside the first one). The grids are flags;
 ``--ceilings`` are multiples of the in-distribution median unadapted KD loss, stored as the absolute
-``guard_kd_max`` the Segmenter reads.
+``guard_kd_max`` the Segmenter reads. ``--shifts`` reads each scan's shift measures (scripts/validation_shifts.py)
+and adds the shift-adaptive teacher share's slopes to the fusion grid (``--slopes-3d``, ``--slopes-2d``); their
+refs are the file's in-distribution means.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import sys
@@ -24,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ttt_kd_ros.fusion import FusionConfig, fuse_scan
+from ttt_kd_ros.fusion import FusionConfig, fuse_scan, scan_weight_2d
 from ttt_kd_ros.metrics import ConfusionMatrix
 from ttt_kd_ros.scan import IGNORE_LABEL
 
@@ -49,6 +52,9 @@ def fused(probs: np.ndarray, scan: Scan, fusion: FusionConfig) -> np.ndarray:
         return probs
     out = probs.astype(np.float32).copy()
     vis = scan["visible"]
+    weight = scan_weight_2d(fusion, scan.get("shift_3d"), scan.get("shift_2d"))  # the Segmenter's per-scan share
+    if weight != fusion.weight_2d:
+        fusion = dataclasses.replace(fusion, weight_2d=weight)
     fused_rows, _ = fuse_scan(torch.from_numpy(out[vis]), torch.from_numpy(scan["p2d"].astype(np.float32)), fusion)
     out[vis] = fused_rows.numpy()
     return out
@@ -100,6 +106,20 @@ def summary(result: dict[str, float], src: dict[str, float]) -> dict[str, float]
             "worst_split": shifts[int(np.argmin(deltas))]}
 
 
+def attach_shifts(splits: dict, path: Path) -> tuple[float, float]:
+    """Each scan's shift_3d / shift_2d from scripts/validation_shifts.py's file, put into the scan dicts; returns
+    the in-distribution means (the refs the Segmenter would store)."""
+    values = json.loads(path.read_text())
+    for name, (scans, _) in splits.items():
+        if name not in values or len(values[name]) != len(scans):
+            raise SystemExit(f"{path}: no shift values for the {len(scans)} scans of split {name!r}")
+        for scan, value in zip(scans, values[name], strict=True):
+            scan["shift_3d"], scan["shift_2d"] = value["shift_3d"], value["shift_2d"]
+    own = values["in_dist"]
+    return (float(np.mean([v["shift_3d"] for v in own])),
+            float(np.mean([v["shift_2d"] for v in own if v["shift_2d"] is not None])))
+
+
 def floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
 
@@ -115,10 +135,17 @@ def main() -> int:
     p.add_argument("--weights", default="0.15,0.2,0.25,0.3,0.4,0.5")
     p.add_argument("--disagreements", default="1.0", help="fusion max_disagreement values")
     p.add_argument("--variants", default="", help="adaptation variants to score (default: every kd_* stored)")
+    p.add_argument("--shifts", type=Path, default=None, help="per-scan shift values (scripts/validation_shifts.py)")
+    p.add_argument("--slopes-3d", default="0", help="fusion shift_slope_3d values (with --shifts)")
+    p.add_argument("--slopes-2d", default="0", help="fusion shift_slope_2d values (with --shifts)")
     args = p.parse_args()
     splits = {}
     for folder in args.folders:
         splits.update(load_splits(folder))
+    ref_3d = ref_2d = 0.0
+    if args.shifts:
+        ref_3d, ref_2d = attach_shifts(splits, args.shifts)
+        print(f"shift refs (in-distribution means): 3D {ref_3d:.4f}, teacher {ref_2d:.4f}")
     first = next(iter(splits.values()))[0][0]
     classes = first["joint"].shape[1]
     variants = [v for v in ("joint", "bn", "kd_bn", "kd_run", "kd_run3")
@@ -135,20 +162,26 @@ def main() -> int:
                 rules[f"mix{w}joint[{guard}]"] = mixed(rules[guard], "joint", w)
         for w in floats(args.mixes):
             rules[f"mix{w}joint[{name}]"] = mixed(variant(name), "joint", w)
-    fusions = [FusionConfig("off")] + [FusionConfig(m, w, d) for m in args.modes.split(",")
-                                       for w in floats(args.weights) for d in floats(args.disagreements)]
+    slopes = list(itertools.product(floats(args.slopes_3d), floats(args.slopes_2d))) if args.shifts else [(0, 0)]
+    fusions = [FusionConfig("off")] + [
+        FusionConfig(m, w, d, shift_slope_3d=s3, shift_ref_3d=ref_3d, shift_slope_2d=s2, shift_ref_2d=ref_2d)
+        for m in args.modes.split(",") for w in floats(args.weights) for d in floats(args.disagreements)
+        for s3, s2 in slopes]
     src = score(splits, variant("src"), FusionConfig("off"), classes)
     rows = []
     print(f"{len(splits) - 1} shifts; source-only: id {src['in_dist']:.1f}, ood "
           f"{np.mean([v for k, v in src.items() if k != 'in_dist']):.1f}")
     for (name, rule), fusion in itertools.product(rules.items(), fusions):
         s = summary(score(splits, rule, fusion, classes), src)
-        rows.append({"rule": name, "fusion": f"{fusion.mode}:{fusion.weight_2d}:{fusion.max_disagreement}", **s})
+        label = f"{fusion.mode}:{fusion.weight_2d}:{fusion.max_disagreement}"
+        if fusion.shift_adaptive:
+            label += f":+{fusion.shift_slope_3d}x3d-{fusion.shift_slope_2d}x2d"
+        rows.append({"rule": name, "fusion": label, **s})
     rows.append({"rule": "src", "fusion": "off:0.5", **summary(src, src)})
     rows.sort(key=lambda r: (r["losses"], -r["ood"]))
-    print(f"{'rule':40s} {'fusion':14s} {'id':>6s} {'ood':>6s} {'worst':>7s} losses worst_split")
+    print(f"{'rule':40s} {'fusion':28s} {'id':>6s} {'ood':>6s} {'worst':>7s} losses worst_split")
     for r in rows[:60]:
-        print(f"{r['rule']:40s} {r['fusion']:14s} {r['id']:6.1f} {r['ood']:6.1f} {r['worst']:7.1f} {r['losses']:6d} "
+        print(f"{r['rule']:40s} {r['fusion']:28s} {r['id']:6.1f} {r['ood']:6.1f} {r['worst']:7.1f} {r['losses']:6d} "
               f"{r['worst_split']}")
     if args.json:
         per_split = {name: score(splits, rules.get(name, variant("src")), FusionConfig("off"), classes)
