@@ -2,7 +2,7 @@
 # The teacher bracket under the shipped RGB-D model's settings (docs/EVALUATION.md, "The teacher bracket under the
 # session-8 defaults"): each teacher's joint model (runs/joint_oracle, runs/joint_tiny: docs/EVALUATION.md's
 # training commands) gets those settings, then the rows whose output the settings change, on the bracket's splits.
-# The shift-adaptive fusion's refs are each model's own in-distribution levels (scripts/shift_refs.py), the rest
+# The shift-adaptive fusion's refs are each model's own in-distribution levels (scripts/validation_shifts.py), the rest
 # (guard, mix, base share, slopes, disagreement gate) is the shipped model's.
 #   usage: bash scripts/teacher_bracket.sh        (RUNS defaults to ./runs; three jobs side by side, about 15 min)
 set -e
@@ -13,7 +13,8 @@ RUNS="${RUNS:-runs}"
 ADAPT="strategy=ttt_kd,steps=20,optimizer=adam,lr=1e-4,params=all,bn_train=true,guard_kd_ratio=0.55,unadapted_weight=0.3"
 FUSION="mode=geometric,weight_2d=0.35,max_disagreement=0.4,shift_slope_3d=0.75,shift_slope_2d=0.25"
 for t in oracle tiny; do
-  refs=$($PY scripts/shift_refs.py --checkpoint $RUNS/joint_$t/model.safetensors --teacher $t --suite rgbd | $PY -c \
+  refs=$($PY scripts/validation_shifts.py --checkpoint $RUNS/joint_$t/model.safetensors --teacher $t --suite rgbd \
+      --splits in_dist 2>/dev/null | tail -1 | $PY -c \
       "import json, sys; r = json.load(sys.stdin); print(f\"shift_ref_3d={r['shift_ref_3d']},shift_ref_2d={r['shift_ref_2d']}\")")
   $PY scripts/set_validated_settings.py --checkpoint $RUNS/joint_$t/model.safetensors \
       --out $RUNS/joint_$t/validated8.safetensors --adapt $ADAPT --fusion "$FUSION,$refs" \

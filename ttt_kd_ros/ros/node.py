@@ -329,6 +329,9 @@ class SegmenterNode(LifecycleNode):
         fusion = getattr(seg, "fusion", None)
         settings += (f"; fusion: {fusion.mode} weight_2d={fusion.weight_2d:g} max_disagreement="
                      f"{fusion.max_disagreement:g}") if fusion is not None else ""
+        if fusion is not None and fusion.shift_adaptive:
+            settings += (f" per-scan share: +{fusion.shift_slope_3d:g} x (3D shift - {fusion.shift_ref_3d:g}) "
+                         f"- {fusion.shift_slope_2d:g} x (teacher shift - {fusion.shift_ref_2d:g})")
         validated = ("the checkpoint's validated settings except " + (", ".join(params.given) or "none")
                      if params["use_validated"] else "the declared parameters (use_validated false)")
         self.get_logger().info(
