@@ -282,7 +282,7 @@ def test_segment_budget_reserves_the_last_final_forward() -> None:
     assert roomy.segment(_scan()).steps_run == 2  # tiny steps, far inside 30 s
     tight = _segmenter(steps=2, time_budget_s=30.0)
     tight.segment(_scan())
-    tight._last_forward_s = 31.0  # as if the last final forward took longer than the whole budget
+    tight._note_forward(31.0, tight.model.prepare(_scan()))  # as if a forward took longer than the whole budget
     pred = tight.segment(_scan())
     assert pred.steps_run == 0 and "time budget" in pred.skip_reason and len(pred.labels) == 300
 
@@ -312,6 +312,16 @@ def test_warm_up_measures_a_step_the_guards_would_refuse_and_restores_everything
     assert warm.steps_run == 1 and seg.strategy.expected_step_s is not None  # ... the warm-up steps anyway
     assert seg.strategy.config is config and _same(_state(seg.model), source)
     assert seg.segment(_scan()).steps_run == 0
+
+
+def test_the_warm_ups_forward_cost_plans_only_the_first_real_scan() -> None:
+    """The warm-up's forward cost per voxel (a small scan's, far above a big scan's) plans the first real scan,
+    which is safe, and is then forgotten, so it does not hold back the steps of the scans after it."""
+    seg = _segmenter(steps=2, time_budget_s=30.0)
+    seg.warm_up(_scan(n=40))
+    seg._forward_rates.append(1.0)  # as if the warm-up forward cost 1 s per voxel: no room on the next scan
+    assert seg.segment(_scan()).steps_run == 0
+    assert seg.segment(_scan()).steps_run == 2  # its rate was replaced by the first real forward's
 
 
 def test_first_step_estimate_scales_the_last_step_by_the_voxels_a_step_runs_on() -> None:

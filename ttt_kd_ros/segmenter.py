@@ -17,6 +17,7 @@ takes the label of its own voxel, or of a voxel in the smallest coarser cell
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -199,8 +200,9 @@ class Segmenter:
             LOG.warning("amp asked for on %s, but this GPU has no bfloat16 support: running float32 (float16 "
                         "would need loss scaling that test-time steps do not have)", self.device)
         self.max_points = int(max_points)
-        self._last_forward_s = 0.0  # the last whole-scan forward, reserved inside a scan's time budget ...
-        self._last_forward_voxels = 0  # ... scaled by voxels: the next scan may be of another size
+        # seconds per voxel of the last whole-scan forwards: the budget reserves the next one's from them
+        self._forward_rates: collections.deque[float] = collections.deque(maxlen=FORWARD_HISTORY)
+        self._rates_from_warm_up = False  # the rates are the warm-up scan's: the first real forward replaces them
         self._rng = np.random.default_rng(seed)
         self._warned: set[str] = set()
 
@@ -306,6 +308,7 @@ class Segmenter:
         finally:
             self.strategy.retune(config)
             self.reset()
+            self._rates_from_warm_up = True
 
     def bind_thread(self) -> None:
         """Make the Segmenter's GPU the calling thread's current CUDA device (a no-op on a CPU).
@@ -421,18 +424,21 @@ class Segmenter:
         return f"time budget {left:.3f} s: no room for a step ({step:.3f} s) and the guard ({passes:.3f} s)"
 
     def _forward_estimate(self, prepared: PreparedScan) -> float:
-        """The expected time of a whole-scan forward of ``prepared``: the last one's, scaled by voxels.
+        """The expected time of a whole-scan forward of ``prepared``: the largest cost per voxel of the last
+        FORWARD_HISTORY forwards times its voxels (0 before any forward).
 
-        Why scaled: the node's warm-up measures a small synthetic scan; reserved as is, it let the first real
-        LiDAR scan start steps its final forward then had no room for.
+        Why per voxel: the node's warm-up measures a small synthetic scan; reserved as is, it let the first real
+        LiDAR scan start steps its final forward then had no room for. Why the largest: real KITTI frames of
+        similar size differ by 0.2 s per forward, and the last one alone let the engine overrun a 2 s budget by 11 %.
         """
-        if not self._last_forward_voxels:
-            return self._last_forward_s
-        return self._last_forward_s * prepared.num_voxels / self._last_forward_voxels
+        return max(self._forward_rates, default=0.0) * prepared.num_voxels
 
     def _note_forward(self, seconds: float, prepared: PreparedScan) -> None:
-        """Remember a whole-scan forward's cost for the budget of the scans that follow."""
-        self._last_forward_s, self._last_forward_voxels = seconds, prepared.num_voxels
+        """Remember a whole-scan forward's cost per voxel for the budget of the scans that follow."""
+        if self._rates_from_warm_up:  # a small synthetic scan's cost per voxel is 3x a LiDAR scan's: plan scan 1
+            self._forward_rates.clear()  # with it (safe), then forget it
+            self._rates_from_warm_up = False
+        self._forward_rates.append(seconds / max(1, prepared.num_voxels))
 
     def _unlabelled(self, n: int, timings: dict[str, float], reason: str) -> Prediction:
         """Every point IGNORE_LABEL, confidence 0: the scan could not be labelled at all."""
@@ -696,6 +702,8 @@ class Segmenter:
         return reason
 
 
+FORWARD_HISTORY = 3
+"""Whole-scan forwards whose cost per voxel the time budget remembers (Segmenter._forward_estimate)."""
 GUARD_REJECTED = "adaptation rejected: its KD loss fell too little"
 """skip_reason of a scan whose adaptation the guard rejected (AdaptConfig.guard_kd_ratio): a fixed name, so logs and
 diagnostics count it under one key; the losses are in the Prediction's kd_loss_before / kd_loss_after."""
