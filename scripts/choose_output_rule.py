@@ -17,7 +17,6 @@ refs are the file's in-distribution means.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import json
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ttt_kd_ros.fusion import FusionConfig, fuse_scan, scan_weight_2d
+from ttt_kd_ros.fusion import FusionConfig, fuse_scan
 from ttt_kd_ros.metrics import ConfusionMatrix
 from ttt_kd_ros.scan import IGNORE_LABEL
 
@@ -52,9 +51,7 @@ def fused(probs: np.ndarray, scan: Scan, fusion: FusionConfig) -> np.ndarray:
         return probs
     out = probs.astype(np.float32).copy()
     vis = scan["visible"]
-    weight = scan_weight_2d(fusion, scan.get("shift_3d"), scan.get("shift_2d"))  # the Segmenter's per-scan share
-    if weight != fusion.weight_2d:
-        fusion = dataclasses.replace(fusion, weight_2d=weight)
+    fusion = fusion.at_shifts(scan.get("shift_3d"), scan.get("shift_2d"))  # the Segmenter's per-scan share
     fused_rows, _ = fuse_scan(torch.from_numpy(out[vis]), torch.from_numpy(scan["p2d"].astype(np.float32)), fusion)
     out[vis] = fused_rows.numpy()
     return out

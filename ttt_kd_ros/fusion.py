@@ -27,6 +27,7 @@ Fusion rules (``FUSION_MODES``), all per point on the visible points:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,6 +83,11 @@ class FusionConfig:
     def shift_adaptive(self) -> bool:
         """Whether the teacher's share follows the scan's shifts (either slope above 0)."""
         return self.enabled and (self.shift_slope_3d > 0 or self.shift_slope_2d > 0)
+
+    def at_shifts(self, shift_3d: float | None, shift_2d: float | None) -> FusionConfig:
+        """This config with one scan's teacher share (scan_weight_2d); itself when the share is fixed."""
+        weight = scan_weight_2d(self, shift_3d, shift_2d)
+        return self if weight == self.weight_2d else dataclasses.replace(self, weight_2d=weight)
 
 
 ADAPTIVE_WEIGHT_RANGE = (0.05, 0.75)

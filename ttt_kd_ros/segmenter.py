@@ -33,7 +33,7 @@ from ttt_kd_ros.adapt import AdaptConfig, AdaptResult, Strategy, build_strategy
 from ttt_kd_ros.adapt.crops import Crop
 from ttt_kd_ros.checkpoint_format import load_checkpoint, validated_settings
 from ttt_kd_ros.checkpoints import shipped_path
-from ttt_kd_ros.fusion import FusionConfig, fuse_scan, scan_weight_2d, teacher_probabilities
+from ttt_kd_ros.fusion import FusionConfig, fuse_scan, teacher_probabilities
 from ttt_kd_ros.model import PreparedScan, TTTKDNet, net_config
 from ttt_kd_ros.scan import IGNORE_LABEL, Prediction, Scan
 from ttt_kd_ros.shift import BatchNormShift, NoShift, teacher_shift
@@ -398,7 +398,7 @@ class Segmenter:
         budget = self.strategy.config.time_budget_s
         if budget is None:
             return None
-        after = self._forward_estimate(prepared)
+        after = self._forward_estimate(prepared.num_voxels)
         if reference is not None and reference.crop is not None:
             after += reference.crop_forward_s
         return max(0.0, budget - (time.perf_counter() - scan_start) - after)
@@ -415,23 +415,22 @@ class Segmenter:
         if step is None:
             return ""
         if self._guard_on_crop(prepared, targets):  # the crop's two passes, at the forward's cost per voxel
-            passes = 2.0 * self._forward_estimate(prepared) * self.strategy.step_voxels(prepared, targets) \
-                / prepared.num_voxels
+            passes = 2.0 * self._forward_estimate(self.strategy.step_voxels(prepared, targets))
         else:  # a whole-scan reference: a forward before the steps (with no step it would be the output instead)
-            passes = self._forward_estimate(prepared)
+            passes = self._forward_estimate(prepared.num_voxels)
         if left - passes >= step:
             return ""
         return f"time budget {left:.3f} s: no room for a step ({step:.3f} s) and the guard ({passes:.3f} s)"
 
-    def _forward_estimate(self, prepared: PreparedScan) -> float:
-        """The expected time of a whole-scan forward of ``prepared``: the largest cost per voxel of the last
-        FORWARD_HISTORY forwards times its voxels (0 before any forward).
+    def _forward_estimate(self, voxels: int) -> float:
+        """The expected time of a forward over ``voxels`` voxels: the largest cost per voxel of the last
+        FORWARD_HISTORY whole-scan forwards times them (0 before any forward).
 
         Why per voxel: the node's warm-up measures a small synthetic scan; reserved as is, it let the first real
         LiDAR scan start steps its final forward then had no room for. Why the largest: real KITTI frames of
         similar size differ by 0.2 s per forward, and the last one alone let the engine overrun a 2 s budget by 11 %.
         """
-        return max(self._forward_rates, default=0.0) * prepared.num_voxels
+        return max(self._forward_rates, default=0.0) * voxels
 
     def _note_forward(self, seconds: float, prepared: PreparedScan) -> None:
         """Remember a whole-scan forward's cost per voxel for the budget of the scans that follow."""
@@ -539,8 +538,6 @@ class Segmenter:
         config = self.strategy.config
         if reference is None or reference.probs is None or pred.steps_run == 0:
             return probs
-        if reference.kd_loss is not None:
-            pred.kd_loss_before = reference.kd_loss
         if self._rejects(pred, reference.kd_loss, pred.kd_loss_after):
             return reference.probs
         if config.unadapted_weight > 0:
@@ -558,12 +555,9 @@ class Segmenter:
         return True
 
     def _crop_guard(self, pred: Prediction, reference: Reference | None, targets: DistillTargets | None) -> bool:
-        """The crop guard after the steps (_reference says why a crop): the KD losses of the guard crop before
-        and after, recorded on ``pred``; True when the output must be the source weights' (a rejection)."""
-        if reference is None or reference.crop is None:
-            return False
-        pred.kd_loss_before = reference.kd_loss
-        if pred.steps_run == 0:
+        """The crop guard after the steps (_reference says why a crop): the guard crop's KD loss after them,
+        recorded on ``pred``; True when the output must be the source weights' (a rejection)."""
+        if reference is None or reference.crop is None or pred.steps_run == 0:
             return False
         t = time.perf_counter()
         with self._autocast():
@@ -574,14 +568,13 @@ class Segmenter:
     def _predict(self, pred: Prediction, prepared: PreparedScan, targets: DistillTargets | None, points: np.ndarray,
                  keep: np.ndarray, work_index: np.ndarray, reference: Reference | None = None) -> None:
         """The final forward with the current weights, the post-adaptation KD loss, labels for every point."""
-        t = time.perf_counter()
         visible = targets is not None and targets.point_index.numel() > 0
+        if reference is not None and reference.kd_loss is not None:
+            pred.kd_loss_before = reference.kd_loss  # the unadapted loss the guards compare with
         if reference is not None and reference.probs is not None and pred.steps_run == 0:
             # no step ran since the reference forward: its output is this scan's, and a second forward would
             # repeat it (a rejected scan, or a budget with no room for a step, costs one forward, not two)
             probs = reference.probs
-            if reference.kd_loss is not None:
-                pred.kd_loss_before = reference.kd_loss
             pred.timings_s["forward"] = 0.0
             shift_3d = reference.shift_3d
         else:
@@ -637,14 +630,13 @@ class Segmenter:
         rows = targets.point_index.to(probs.device)
         features = targets.features.to(probs.device)
         probs_2d = teacher_probabilities(self.model.fusion_head, features)
-        weight = scan_weight_2d(self.fusion, shift_3d, teacher_shift(features))
-        config = dataclasses.replace(self.fusion, weight_2d=weight) if weight != self.fusion.weight_2d else self.fusion
+        config = self.fusion.at_shifts(shift_3d, teacher_shift(features))
         fused, withheld = fuse_scan(probs.index_select(0, rows), probs_2d, config)
         if withheld:
             return probs, True, None
         out = probs.clone()
         out[rows] = fused
-        return out, False, weight
+        return out, False, config.weight_2d
 
     def _targets(self, work: Scan, timings: dict[str, float]) -> tuple[DistillTargets | None, str]:
         """Teacher feature maps (cached per image), then projection + sampling; a reason instead when unusable."""

@@ -124,6 +124,7 @@ class GradientStrategy(BaseStrategy):
         self._start_scan(resume)
         budget = self.config.time_budget_s if time_budget_s is None else time_budget_s
         first_step_s = self.first_step_estimate(prepared, targets)
+        voxels = self.step_voxels(prepared, targets)  # per scan: every step of it runs on as many at most
         start = time.perf_counter()
         configure_model(self.model, self.params, self.bn_train(self.config))
         with torch.inference_mode(False), torch.enable_grad():
@@ -148,8 +149,7 @@ class GradientStrategy(BaseStrategy):
                 _sync(next(iter(self.params)).device)
                 result.steps_run += 1
                 result.step_times_s.append(time.perf_counter() - t0)
-                self.expected_step_s = result.step_times_s[-1]
-                self.expected_step_voxels = self.step_voxels(prepared, targets)
+                self.expected_step_s, self.expected_step_voxels = result.step_times_s[-1], voxels
         if not resume:
             self.scan_done(result)
         return result

@@ -60,12 +60,17 @@ class TTTKD(GradientStrategy):
             return None
         return torch.randint(0, num_visible, (per_step,), generator=self._rng(device), device=device)
 
-    def _scan_crops(self, prepared: Any, targets: Targets) -> ScanCrops | None:
-        """The crops of this scan (cut on first use), or None when steps run on the whole scan (no crop_voxels,
-        a scan no larger than a crop, or a model without crops)."""
+    def _cuts(self, voxels: int | None) -> bool:
+        """Whether steps on a scan of ``voxels`` voxels (None: a prepared scan that does not say) run on crops:
+        crop_voxels set, a model that crops, and a scan larger than a crop."""
         limit = self.config.crop_voxels
-        if limit <= 0 or not hasattr(self.model, "crop") or prepared.num_voxels <= limit:
+        return voxels is not None and limit > 0 and hasattr(self.model, "crop") and voxels > limit
+
+    def _scan_crops(self, prepared: Any, targets: Targets) -> ScanCrops | None:
+        """The crops of this scan (cut on first use), or None when steps run on the whole scan (_cuts)."""
+        if not self._cuts(super().step_voxels(prepared, targets)):
             return None
+        limit = self.config.crop_voxels
         if self._crops is None or not self._crops.belongs_to(prepared, targets):
             self._crops = ScanCrops(self.model, prepared, targets, limit, self.config.crops_per_scan,
                                     self._rng(targets.point_index.device))
@@ -94,10 +99,7 @@ class TTTKD(GradientStrategy):
     def step_voxels(self, prepared: Any, targets: Targets | None) -> int | None:
         """A crop's voxels at most (steps on a bigger scan run on crops), else the scan's."""
         voxels = super().step_voxels(prepared, targets)
-        limit = self.config.crop_voxels
-        if voxels is not None and limit > 0 and hasattr(self.model, "crop"):
-            return min(limit, voxels)
-        return voxels
+        return self.config.crop_voxels if self._cuts(voxels) else voxels
 
     @torch.no_grad()
     def crop_kd_loss(self, crop: Crop, targets: Targets) -> float:
