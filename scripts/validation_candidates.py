@@ -10,7 +10,8 @@ scripts/choose_output_rule.py then scores any rule from these files in seconds.
         --checkpoint runs/rgbd_head.safetensors --source-only-checkpoint ttt_kd_ros/checkpoints/..._source_only...
 
 Variants: src (source-only checkpoint), joint (no adaptation), bn (BN-stats, 20 passes), and TTT-KD with
-bn_train at lr 1e-4 (kd_bn) and with running statistics at lr 1e-4 and 3e-4 (kd_run, kd_run3), 20 steps each.
+bn_train at lr 1e-4 (kd_bn) and with running statistics at lr 1e-4 and 3e-4 (kd_run, kd_run3), 20 steps each;
+the same two with the decoder alone adapted (kd_run_dec, kd_run3_dec: the frozen-encoder path).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ VARIANTS = {
     "kd_bn": AdaptConfig(strategy="ttt_kd", steps=20, lr=1e-4, bn_train=True),
     "kd_run": AdaptConfig(strategy="ttt_kd", steps=20, lr=1e-4, bn_train=False),
     "kd_run3": AdaptConfig(strategy="ttt_kd", steps=20, lr=3e-4, bn_train=False),
+    "kd_run_dec": AdaptConfig(strategy="ttt_kd", steps=20, lr=1e-4, bn_train=False, params="decoder"),
+    "kd_run3_dec": AdaptConfig(strategy="ttt_kd", steps=20, lr=3e-4, bn_train=False, params="decoder"),
 }
 
 

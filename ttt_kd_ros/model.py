@@ -11,6 +11,7 @@ checkpoint_format.py.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -21,7 +22,7 @@ from torch import nn
 
 from ttt_kd_ros.labels import LABEL_SETS, get_label_set
 from ttt_kd_ros.scan import Scan
-from ttt_kd_ros.sparse import SparseGeometry, Voxelization, get_backend, voxelize
+from ttt_kd_ros.sparse import SparseGeometry, Voxelization, get_backend, rows_of, voxelize
 from ttt_kd_ros.teachers.teacher import resolution_value
 
 FEATURE_WIDTHS: dict[str, int] = {"ones": 1, "xyz": 3, "height": 1, "floor_height": 1, "intensity": 1, "rgb": 3}
@@ -265,7 +266,14 @@ class SparseUNet(nn.Module):
                 raise ValueError(f"decoder_blocks[{i}]: expected >= 1 (the skip concatenation needs a block), got 0")
         self.out_channels = width
 
-    def forward(self, x: torch.Tensor, geometry: SparseGeometry) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, geometry: SparseGeometry,
+                skips: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """The U-Net on voxel inputs ``x``; with ``skips`` (an earlier ``encode`` of the same voxels) the decoder
+        alone runs on them and ``x`` is not read."""
+        return self.decode(self.encode(x, geometry) if skips is None else skips, geometry)
+
+    def encode(self, x: torch.Tensor, geometry: SparseGeometry) -> list[torch.Tensor]:
+        """The encoder's output at every level (level l: (V_l, encoder_planes[l])), coarsest last."""
         skips: list[torch.Tensor] = []
         for level, stage in enumerate(self.encoder):
             # encoder[0].entry is the stem at stride 1; the others go from stride 2^(level-1) to 2^level.
@@ -273,6 +281,11 @@ class SparseUNet(nn.Module):
             for block in stage.blocks:
                 x = block(x, geometry, level)
             skips.append(x)
+        return skips
+
+    def decode(self, skips: list[torch.Tensor], geometry: SparseGeometry) -> torch.Tensor:
+        """(V_0, F) features from the encoder's outputs: upsample from the coarsest level, one skip per level."""
+        x = skips[-1]
         levels = len(self.encoder)
         for i, stage in enumerate(self.decoder):
             level = levels - 2 - i  # upsample from stride 2^(level+1) onto stride 2^level
@@ -298,6 +311,9 @@ class PreparedScan:
     voxels: Voxelization
     geometry: SparseGeometry
     device: torch.device
+    encoder_skips: list[torch.Tensor] | None = None
+    """The frozen encoder's outputs per level (``TTTKDNet.with_frozen_encoder``), or None: every pass runs the
+    whole backbone. When set, passes run the decoder alone on them (valid while the encoder does not change)."""
 
     @property
     def num_points(self) -> int:
@@ -425,11 +441,29 @@ class TTTKDNet(nn.Module):
                               torch.ones(count, dtype=torch.long, device=prepared.device),
                               prepared.voxels.voxel_size_m)
         geometry = self.sparse_backend.build_geometry(coords, self.config.num_levels)
-        return PreparedScan(prepared.features.index_select(0, rows), voxels, geometry, prepared.device)
+        skips = None
+        if prepared.encoder_skips is not None:  # the crop's rows of the scan's frozen encoder output, level by level
+            skips = [prepared.encoder_skips[0].index_select(0, rows)]
+            for level in range(1, self.config.num_levels):
+                level_rows = rows_of(prepared.geometry.coords(level), geometry.coords(level))
+                skips.append(prepared.encoder_skips[level].index_select(0, level_rows))
+        return PreparedScan(prepared.features.index_select(0, rows), voxels, geometry, prepared.device, skips)
+
+    @torch.no_grad()
+    def with_frozen_encoder(self, prepared: PreparedScan) -> PreparedScan:
+        """``prepared`` with the encoder's outputs computed once (the encoder in eval mode, no gradient).
+
+        Why: when adaptation moves the decoder alone and normalises with running statistics, the encoder's output
+        of a scan is the same in every step and in the final forward. Computed once here, each step runs the
+        decoder alone (on the crop's rows of these outputs: with the whole scan's context) and the final forward
+        costs the decoder. The caller sets the encoder's mode; training mode would move its running statistics.
+        """
+        skips = self.backbone.encode(prepared.features, prepared.geometry)
+        return dataclasses.replace(prepared, encoder_skips=[s.detach() for s in skips])
 
     def voxel_features(self, prepared: PreparedScan) -> torch.Tensor:
-        """(V, F) backbone features per voxel."""
-        return self.backbone(prepared.features, prepared.geometry)
+        """(V, F) backbone features per voxel (the decoder alone on a frozen encoder's outputs when it has them)."""
+        return self.backbone(prepared.features, prepared.geometry, prepared.encoder_skips)
 
     def backbone_features(self, prepared: PreparedScan) -> torch.Tensor:
         """(N, F) backbone features per input point (its voxel's features)."""

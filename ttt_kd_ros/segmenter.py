@@ -355,6 +355,8 @@ class Segmenter:
             return [self._unlabelled(n, timings, reason) for _ in (schedule or [None])]
         self._sync()
         timings["prepare"] = time.perf_counter() - t
+        if self._frozen_encoder():
+            prepared = self._encode(prepared, timings)
 
         wants_targets = self.strategy.needs_targets or self.fusion.enabled
         targets, skip = self._targets(work, timings) if wants_targets else (None, "")
@@ -389,6 +391,23 @@ class Segmenter:
             last = predictions[-1].timings_s
             last["upsample"] = last.pop("upsample")
         return predictions
+
+    def _frozen_encoder(self) -> bool:
+        """Whether the scan's encoder output is computed once (the strategy never changes it) and every pass runs
+        the decoder alone. Not when fusion reads the 3D shift: that is measured over every batch-norm layer of a
+        whole forward."""
+        return (self.strategy.frozen_encoder() and not self._reads_shift_3d()
+                and hasattr(self.model, "with_frozen_encoder"))
+
+    def _encode(self, prepared: PreparedScan, timings: dict[str, float]) -> PreparedScan:
+        """``prepared`` with its frozen encoder output (timing stage ``encoder``), in the mode predict() uses."""
+        t = time.perf_counter()
+        self.strategy.predict_mode()
+        with self._autocast():
+            prepared = self.model.with_frozen_encoder(prepared)
+        self._sync()
+        timings["encoder"] = time.perf_counter() - t
+        return prepared
 
     def _adapt_budget(self, scan_start: float, prepared: PreparedScan, reference: Reference | None) -> float | None:
         """What is left of the scan's time budget for the steps: the budget minus the time this scan has taken so

@@ -57,6 +57,11 @@ class BaseStrategy:
         """The fields of ``config`` that the strategy's objects were built from; retune cannot change them."""
         return ()
 
+    def frozen_encoder(self) -> bool:
+        """Whether nothing this strategy does changes the encoder's output of a scan: then the Segmenter computes
+        it once per scan and every pass runs the decoder alone (``TTTKDNet.with_frozen_encoder``)."""
+        return False
+
     def _start_scan(self, resume: bool) -> None:
         """An episodic strategy meets every new scan (not a resumed one) with the source state."""
         if self.episodic and self._dirty and not resume:

@@ -24,7 +24,7 @@ from torch import nn
 
 from ttt_kd_ros.losses import KD_LOSS_KINDS
 
-PARAM_SETS = ("all", "norm", "norm_decoder")
+PARAM_SETS = ("all", "norm", "norm_decoder", "decoder")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
@@ -145,7 +145,8 @@ class Strategy(Protocol):
     """What the Segmenter, the node and the evaluator use of a strategy (every class in STRATEGIES has it).
 
     Built alike from ``(model, config, optimizer)``; per scan the Segmenter calls ``adapt`` (k updates),
-    ``predict`` (the frozen forward, in the strategy's BN mode), then ``reset`` when ``episodic``; ``retune``
+    ``predict`` (the frozen forward, in the strategy's BN mode, which ``predict_mode`` sets), then ``reset`` when
+    ``episodic``; ``frozen_encoder`` says whether the scan's encoder output may be computed once; ``retune``
     takes a new config between scans. The distilling strategies (``needs_targets``) add
     ``kd_loss_of(output, targets)``.
     """
@@ -163,6 +164,10 @@ class Strategy(Protocol):
               steps: int | None = None, resume: bool = False) -> AdaptResult: ...
 
     def predict(self, prepared: Any) -> Any: ...
+
+    def predict_mode(self) -> None: ...
+
+    def frozen_encoder(self) -> bool: ...
 
     def reset(self) -> None: ...
 

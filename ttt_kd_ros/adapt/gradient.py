@@ -62,6 +62,12 @@ class GradientStrategy(BaseStrategy):
         """Whether normalisation layers use the scan's batch statistics during the steps."""
         return config.bn_train
 
+    def frozen_encoder(self) -> bool:
+        """The decoder alone moves and every pass normalises with running statistics: the encoder's output of a
+        scan is the same before, during and after the steps."""
+        return (self.param_set(self.config) == "decoder" and not self.bn_train(self.config)
+                and not self.predict_bn_train)
+
     def built_from(self, config: AdaptConfig) -> tuple[Any, ...]:
         """The parameter set and the optimizer: both are objects built once (params, optimizer state)."""
         return self.param_set(config), config.optimizer

@@ -36,13 +36,25 @@ def _norm_modules(module: nn.Module) -> list[nn.Module]:
     return [m for m in module.modules() if isinstance(m, NORM_TYPES)]
 
 
+def _decoder_params(backbone: nn.Module) -> dict[str, nn.Parameter]:
+    """The backbone's decoder-half parameters by name (ValueError when no name carries a decoder prefix)."""
+    prefixes = tuple(getattr(backbone, "decoder_prefixes", DECODER_PREFIXES))
+    decoder = {n: p for n, p in backbone.named_parameters() if n.split(".")[0].startswith(prefixes)}
+    if not decoder:
+        raise ValueError(f"collect_params: no backbone parameter starts with a decoder prefix {prefixes}; "
+                         f"names look like {next(iter(dict(backbone.named_parameters())), '<none>')!r}")
+    return decoder
+
+
 def collect_params(model: nn.Module, which: str = "all") -> tuple[list[nn.Parameter], list[str]]:
     """Backbone (psi_3D) parameters that test-time training updates, and their names for logging.
 
     "all": every backbone parameter; "norm": affine weight/bias of the
     normalisation layers only (TENT's choice: few parameters, cheap, stable);
     "norm_decoder": those plus every parameter of the decoder half, the part
-    closest to the heads. The heads are never returned: rho_Y and rho_2D stay frozen.
+    closest to the heads; "decoder": the decoder half alone, so the encoder does not change at all and its
+    features of a scan can be computed once (the frozen-encoder path of adapt/encoder_cache.py).
+    The heads are never returned: rho_Y and rho_2D stay frozen.
     """
     if which not in PARAM_SETS:
         raise ValueError(f"collect_params: which must be one of {PARAM_SETS}, got {which!r}")
@@ -50,18 +62,15 @@ def collect_params(model: nn.Module, which: str = "all") -> tuple[list[nn.Parame
     selected: dict[str, nn.Parameter] = {}
     if which == "all":
         selected.update(backbone.named_parameters())
+    elif which == "decoder":
+        selected.update(_decoder_params(backbone))
     else:
         for mod_name, mod in backbone.named_modules():
             if isinstance(mod, NORM_TYPES):
                 for p_name, p in mod.named_parameters(recurse=False):
                     selected[f"{mod_name}.{p_name}" if mod_name else p_name] = p
         if which == "norm_decoder":
-            prefixes = tuple(getattr(backbone, "decoder_prefixes", DECODER_PREFIXES))
-            decoder = {n: p for n, p in backbone.named_parameters() if n.split(".")[0].startswith(prefixes)}
-            if not decoder:
-                raise ValueError(f"collect_params: no backbone parameter starts with a decoder prefix {prefixes}; "
-                                 f"names look like {next(iter(dict(backbone.named_parameters())), '<none>')!r}")
-            selected.update(decoder)
+            selected.update(_decoder_params(backbone))
     if not selected:
         raise ValueError(f"collect_params: the backbone has no parameters for which={which!r}")
     order = {id(p): i for i, p in enumerate(backbone.parameters())}

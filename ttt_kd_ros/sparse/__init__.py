@@ -13,7 +13,7 @@ from ttt_kd_ros.sparse.backend import (
     get_backend,
     known_backends,
 )
-from ttt_kd_ros.sparse.maps import DOWN_OFFSETS, SUBM_OFFSETS, KernelMap, ScanMaps, build_scan_maps
+from ttt_kd_ros.sparse.maps import DOWN_OFFSETS, SUBM_OFFSETS, KernelMap, ScanMaps, build_scan_maps, rows_of
 from ttt_kd_ros.sparse.voxelize import Voxelization, voxelize
 
 __all__ = [
@@ -28,5 +28,6 @@ __all__ = [
     "build_scan_maps",
     "get_backend",
     "known_backends",
+    "rows_of",
     "voxelize",
 ]

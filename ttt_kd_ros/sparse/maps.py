@@ -211,6 +211,27 @@ class ScanMaps:
         return len(self.coords)
 
 
+def rows_of(coords: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """(Q,) rows of ``coords`` (V, 3) that hold each of ``query`` (Q, 3); ValueError when one is missing.
+
+    Why: a crop's voxel pyramid is a sub-pyramid of its scan's, so each crop voxel at each level is one voxel of
+    the scan at that level; its row there is where the scan's per-level features (a frozen encoder's) are read.
+    """
+    if query.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.long, device=coords.device)
+    both = torch.cat((coords, query))
+    origin = both.min(dim=0).values
+    extent = both.max(dim=0).values - origin + 1
+    keys = coords_to_keys(coords, origin, extent)
+    wanted = coords_to_keys(query, origin, extent)
+    ordered, order = torch.sort(keys)
+    pos = torch.searchsorted(ordered, wanted)
+    found = _rows_at(ordered, pos, wanted)
+    if bool((found < 0).any()):
+        raise ValueError(f"rows_of: {int((found < 0).sum())} of {query.shape[0]} query voxels are not in coords")
+    return order.index_select(0, found)
+
+
 def build_scan_maps(coords: torch.Tensor, num_levels: int) -> ScanMaps:
     """(V, 3) int64 sorted unique level-0 coords -> ScanMaps with ``num_levels`` levels."""
     if num_levels < 1:
