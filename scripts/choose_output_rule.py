@@ -145,7 +145,7 @@ def main() -> int:
         print(f"shift refs (in-distribution means): 3D {ref_3d:.4f}, teacher {ref_2d:.4f}")
     first = next(iter(splits.values()))[0][0]
     classes = first["joint"].shape[1]
-    variants = [v for v in ("joint", "bn", "kd_bn", "kd_run", "kd_run3")
+    variants = [v for v in ("joint", "bn", "kd_bn", "kd_run", "kd_run3", "kd_run_dec", "kd_run3_dec")
                 if all(v in scans[0] for scans, _ in splits.values())]  # stored for every split
     rules: dict[str, Rule] = {v: variant(v) for v in variants}
     kd = [v for v in variants if v.startswith("kd_") and (not args.variants or v in args.variants.split(","))]
