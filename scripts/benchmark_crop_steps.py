@@ -35,10 +35,14 @@ def subset(scan: Scan, points: int, seed: int = 0) -> Scan:
     return scan.select(keep)
 
 
-def step_times(scans: list[Scan], checkpoint: str, crop_voxels: int, steps: int) -> dict:
-    """Median step time (s) over every step of every scan but the first (warm-up), and the voxels per scan."""
+def step_times(scans: list[Scan], checkpoint: str, crop_voxels: int, steps: int, params: str = "all") -> dict:
+    """Median step time (s) over every step of every scan but the first (warm-up), and the voxels per scan.
+
+    params "decoder" (with running statistics) takes the frozen-encoder path: a step runs the decoder alone.
+    """
     config = SegmenterConfig(checkpoint=checkpoint, teacher="builtin", device="cpu",
-                             adapt=AdaptConfig(strategy="ttt_kd", steps=steps, crop_voxels=crop_voxels))
+                             adapt=AdaptConfig(strategy="ttt_kd", steps=steps, crop_voxels=crop_voxels,
+                                               params=params, bn_train=params != "decoder"))
     segmenter = Segmenter.from_config(config)
     times, voxels = [], []
     for i, scan in enumerate(scans):
@@ -103,6 +107,7 @@ def main() -> int:
     p.add_argument("--bn-data", default="synthetic:source?scans=1&seed=777")
     p.add_argument("--bn-checkpoint", default="builtin")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--params", default="all", help="adapt.params: all, or decoder (the frozen-encoder path)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     source = open_source(args.data)
@@ -110,9 +115,9 @@ def main() -> int:
     sizes = {"full": [full[0], *full], "small": [subset(s, args.small) for s in [full[0], *full]]}
     rows = []
     for crop in args.crops:
-        row = {"crop_voxels": crop}
+        row = {"crop_voxels": crop, "params": args.params}
         for name, scans in sizes.items():
-            measured = step_times(scans, args.checkpoint, crop, args.steps)
+            measured = step_times(scans, args.checkpoint, crop, args.steps, args.params)
             row[f"{name}_step_s"], row[f"{name}_voxels"] = measured["step_s"], measured["voxels"]
         row["ratio"] = row["full_step_s"] / row["small_step_s"]
         print(json.dumps(row), flush=True)
