@@ -13,7 +13,7 @@ from ttt_kd_ros.adapt.verbs import collect_params
 from ttt_kd_ros.model import TTTKDNet, net_config
 from ttt_kd_ros.scan import CameraIntrinsics, CameraView, Scan
 from ttt_kd_ros.segmenter import Segmenter
-from ttt_kd_ros.sparse import rows_of
+from ttt_kd_ros.sparse import available_backends, rows_of
 from ttt_kd_ros.teachers.weights import tiny_teacher
 
 NET = {"encoder_planes": (8, 16, 16), "encoder_blocks": (1, 1, 1), "decoder_planes": (16, 8), "decoder_blocks": (1, 1),
@@ -30,9 +30,9 @@ def _scan(points: int = 6000) -> Scan:
     return Scan(np.concatenate([wall, floor]).astype(np.float32), cameras=[CameraView(image, intrinsics, np.eye(4))])
 
 
-def _model() -> TTTKDNet:
+def _model(backend: str = "torch") -> TTTKDNet:
     torch.manual_seed(0)
-    model = TTTKDNet(net_config("ttt_kd_small", **NET))
+    model = TTTKDNet(net_config("ttt_kd_small", backend=backend, **NET))
     with torch.no_grad():  # running statistics unlike a fresh layer's, so "running" vs "batch" would show
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm1d):
@@ -41,8 +41,9 @@ def _model() -> TTTKDNet:
     return model
 
 
-def _segmenter(params: str = "decoder", crop_voxels: int = 0, bn_train: bool = False) -> Segmenter:
-    model = _model()
+def _segmenter(params: str = "decoder", crop_voxels: int = 0, bn_train: bool = False,
+               backend: str = "torch") -> Segmenter:
+    model = _model(backend)
     config = AdaptConfig(strategy="ttt_kd", steps=4, lr=1e-2, kd_points_per_step=64, params=params,
                          bn_train=bn_train, crop_voxels=crop_voxels, crops_per_scan=2)
     return Segmenter(model, tiny_teacher(resolution=56), build_strategy(model, config))
@@ -63,8 +64,15 @@ def test_rows_of_finds_each_query_voxel_and_refuses_a_missing_one() -> None:
         rows_of(coords, torch.tensor([[0, 0, 0], [9, 9, 9]]))
 
 
-def test_a_crop_reads_the_scans_encoder_output_at_its_own_voxels_on_every_level() -> None:
-    model = _model().eval()
+def _need(backend: str) -> None:
+    if backend not in available_backends():
+        pytest.skip(f"{backend} is not importable here; the torch backend runs these checks")
+
+
+@pytest.mark.parametrize("backend", ["torch", "minkowski"])
+def test_a_crop_reads_the_scans_encoder_output_at_its_own_voxels_on_every_level(backend: str) -> None:
+    _need(backend)
+    model = _model(backend).eval()
     prepared = model.with_frozen_encoder(model.prepare(_scan()))
     rows = torch.arange(0, prepared.num_voxels, 3)  # every third voxel: a crop scattered over the whole scan
     crop = model.crop(prepared, rows)
@@ -76,13 +84,23 @@ def test_a_crop_reads_the_scans_encoder_output_at_its_own_voxels_on_every_level(
         assert torch.equal(crop.encoder_skips[level], expected)
 
 
-def test_the_decoder_on_a_frozen_encoder_gives_the_whole_backbones_features() -> None:
-    model = _model().eval()
+@pytest.mark.parametrize("backend", ["torch", "minkowski"])
+def test_the_decoder_on_a_frozen_encoder_gives_the_whole_backbones_features(backend: str) -> None:
+    _need(backend)
+    model = _model(backend).eval()
     prepared = model.prepare(_scan())
     with torch.no_grad():
         whole = model.voxel_features(prepared)
         frozen = model.voxel_features(model.with_frozen_encoder(prepared))
+        rows = torch.arange(0, prepared.num_voxels, 2)
+        crop = model.crop(prepared, rows)  # the same crop with the whole backbone and with the frozen encoder's rows
+        crop_frozen = model.crop(model.with_frozen_encoder(prepared), rows)
+        crop_whole = model.voxel_features(crop)
+        crop_decoder = model.voxel_features(crop_frozen)
     assert torch.equal(whole, frozen)
+    # a crop's decoder reads encoder features computed with the whole scan around it: unlike the crop's own
+    # encoder at its borders, yet the same network on the same rows
+    assert crop_decoder.shape == crop_whole.shape and not torch.equal(crop_decoder, crop_whole)
 
 
 def test_the_encoder_runs_once_per_scan_and_the_labels_match_the_whole_backbone(monkeypatch) -> None:
@@ -139,3 +157,12 @@ def test_the_decoder_set_holds_no_encoder_parameter() -> None:
     assert names and all(n.startswith("backbone.decoder.") for n in names)
     assert not encoder & {id(p) for p in params}
     assert {id(p) for p in params} == {id(p) for p in model.backbone.decoder.parameters()}
+
+
+def test_spconv_whose_crops_know_no_pyramid_before_a_pass_runs_the_whole_backbone() -> None:
+    _need("spconv")
+    seg = _segmenter(crop_voxels=150, backend="spconv")
+    assert seg.strategy.frozen_encoder() and not seg._frozen_encoder()
+    seg.retune(steps=0)  # spconv's CPU wheel has no backward (ENVIRONMENT.md): the forward path is what runs here
+    pred = seg.segment(_scan())
+    assert pred.labels.shape == (_scan().num_points,) and "encoder" not in pred.timings_s

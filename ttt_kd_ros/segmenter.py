@@ -395,9 +395,10 @@ class Segmenter:
     def _frozen_encoder(self) -> bool:
         """Whether the scan's encoder output is computed once (the strategy never changes it) and every pass runs
         the decoder alone. Not when fusion reads the 3D shift: that is measured over every batch-norm layer of a
-        whole forward."""
+        whole forward; nor on a sparse backend whose crops cannot say their voxel pyramid before a pass (spconv)."""
         return (self.strategy.frozen_encoder() and not self._reads_shift_3d()
-                and hasattr(self.model, "with_frozen_encoder"))
+                and hasattr(self.model, "with_frozen_encoder")
+                and getattr(self.model.sparse_backend, "coords_before_a_pass", False))
 
     def _encode(self, prepared: PreparedScan, timings: dict[str, float]) -> PreparedScan:
         """``prepared`` with its frozen encoder output (timing stage ``encoder``), in the mode predict() uses."""

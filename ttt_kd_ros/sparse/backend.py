@@ -45,6 +45,9 @@ class SparseGeometry(Protocol):
 
 class SparseBackend(Protocol):
     name: str
+    coords_before_a_pass: bool
+    """Whether a new geometry's ``coords(level)`` answer for every level before any conv ran on it (a crop of a
+    frozen encoder's output needs them: ``TTTKDNet.crop``)."""
 
     def build_geometry(self, coords: torch.Tensor, num_levels: int) -> SparseGeometry:
         """(V, 3) int64 unique level-0 coords in Voxelization order -> geometry on coords' device."""

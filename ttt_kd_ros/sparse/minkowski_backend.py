@@ -98,6 +98,7 @@ class MinkowskiGeometry:
 
 class Backend:
     name = "minkowski"
+    coords_before_a_pass = True
 
     def build_geometry(self, coords: torch.Tensor, num_levels: int) -> MinkowskiGeometry:
         return MinkowskiGeometry(coords.to(torch.int64), num_levels)

@@ -101,6 +101,7 @@ class SpconvGeometry:
 
 class Backend:
     name = "spconv"
+    coords_before_a_pass = False  # its strided indices exist only after a pass over them
 
     def build_geometry(self, coords: torch.Tensor, num_levels: int) -> SpconvGeometry:
         return SpconvGeometry(coords.to(torch.int64), num_levels)

@@ -453,6 +453,7 @@ class Backend:
     """The default backend: nothing to install, works wherever torch does."""
 
     name = "torch"
+    coords_before_a_pass = True
 
     def build_geometry(self, coords: torch.Tensor, num_levels: int) -> TorchGeometry:
         return TorchGeometry(build_scan_maps(coords, num_levels))
