@@ -137,7 +137,8 @@ def test_crop_guard_rejects_on_the_first_crop_and_labels_with_the_source_weights
     forward with the source weights, exactly as the unadapted model labels it."""
     unadapted = _segmenter(fitted=True, strategy="none").segment(_scan())
     scan = _scan(labels=unadapted.labels)
-    segmenter = _segmenter(guard_kd_ratio=0.9, lr=1.0, fitted=True, bn_train=False, crop_voxels=CROP)
+    segmenter = _segmenter(guard_kd_ratio=0.9, lr=1.0, fitted=True, bn_train=False, crop_voxels=CROP,
+                           guard_voxels=CROP)
     assert segmenter.model.prepare(scan).num_voxels > 2 * CROP
     forwards = _count_whole_forwards(segmenter)
     guarded = segmenter.segment(scan)
@@ -154,13 +155,33 @@ def test_crop_guard_measures_the_loss_the_first_step_starts_from() -> None:
     """The guard's "before" is the KD loss over every target of the first step's crop with the source weights:
     with all targets per step and running BN statistics, exactly the first step's own loss (same crop, same
     generator draws), which an unguarded segmenter reports as its kd_loss_before."""
-    settings = {"lr": 1e-3, "bn_train": False, "crop_voxels": CROP, "kd_points_per_step": 0, "fitted": True}
+    settings = {"lr": 1e-3, "bn_train": False, "crop_voxels": CROP, "guard_voxels": CROP, "kd_points_per_step": 0,
+                "fitted": True}
     guarded = _segmenter(guard_kd_ratio=1.0, **settings).segment(_scan())
     plain = _segmenter(**settings).segment(_scan())
     assert "guard" in guarded.timings_s and "guard" not in plain.timings_s
     assert guarded.kd_loss_before == pytest.approx(plain.kd_loss_before, rel=1e-5)
     assert guarded.adapted and guarded.kd_loss_after < guarded.kd_loss_before
     assert np.array_equal(guarded.labels, plain.labels)  # kept: the same adapted weights labelled the scan
+
+
+def test_the_guard_measures_on_a_region_grown_around_the_first_crop() -> None:
+    """With crops smaller than ``guard_voxels`` the guard's region is the guard_voxels voxels around the first
+    crop's centre: it holds every voxel of the first crop (the steps start there) and more targets to judge by."""
+    segmenter = _segmenter(fitted=True, bn_train=False, crop_voxels=CROP, guard_voxels=2 * CROP)
+    scan = _scan()
+    prepared = segmenter.model.prepare(scan)
+    targets = distillation_targets(scan, segmenter.teacher)
+    strategy = segmenter.strategy
+    region = strategy.guard_crop(prepared, targets)
+    first = strategy._scan_crops(prepared, targets).for_step(0)  # the crop the first step runs on
+    assert first.num_voxels == CROP and region.num_voxels == 2 * CROP
+    region_coords = {tuple(c) for c in region.prepared.voxels.coords.tolist()}
+    assert {tuple(c) for c in first.prepared.voxels.coords.tolist()} <= region_coords
+    assert region.target_rows.numel() > first.target_rows.numel()
+    assert strategy.guard_voxels(prepared, targets) == 2 * CROP
+    whole = _segmenter(fitted=True, bn_train=False, crop_voxels=CROP, guard_voxels=10**6).strategy
+    assert whole.guard_voxels(prepared, targets) == prepared.num_voxels  # never more than the scan
 
 
 def test_a_crop_guard_with_no_room_for_a_step_measures_nothing() -> None:

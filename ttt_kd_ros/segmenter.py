@@ -434,8 +434,8 @@ class Segmenter:
         step = None if estimate is None or left is None else estimate(prepared, targets)
         if step is None:
             return ""
-        if self._guard_on_crop(prepared, targets):  # the crop's two passes, at the forward's cost per voxel
-            passes = 2.0 * self._forward_estimate(self.strategy.step_voxels(prepared, targets))
+        if self._guard_on_crop(prepared, targets):  # the guard region's two passes, at the forward's cost per voxel
+            passes = 2.0 * self._forward_estimate(self.strategy.guard_voxels(prepared, targets))
         else:  # a whole-scan reference: a forward before the steps (with no step it would be the output instead)
             passes = self._forward_estimate(prepared.num_voxels)
         if left - passes >= step:

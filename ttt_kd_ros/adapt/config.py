@@ -61,6 +61,8 @@ class AdaptConfig:
     crop_voxels: int = 8000  # ttt_kd*: each step runs on a crop of at most this many voxels where targets are
     # (adapt/crops.py); 0 = every step runs on the whole scan
     crops_per_scan: int = 4  # different crops per scan, cycled over its steps (each crop's maps built once)
+    guard_voxels: int = 8000  # the crop guard (Segmenter) measures the KD loss on at least this many voxels around
+    # the first step's crop: a small crop's few hundred targets judge an adaptation too noisily (docs/EVALUATION.md)
     loss: str = "cosine"
     time_budget_s: float | None = None  # adapt(): no step that would end past this (from its start); the Segmenter:
     # a bound on the whole scan, its final forward included (Segmenter._adapt_budget)
@@ -96,9 +98,10 @@ class AdaptConfig:
         for name, value, allowed in checks:
             if value not in allowed:
                 raise ValueError(f"AdaptConfig.{name}: expected one of {allowed}, got {value!r}")
-        if self.crop_voxels < 0 or self.crops_per_scan < 1:
-            raise ValueError(f"AdaptConfig: crop_voxels must be >= 0 (0 = whole scan) and crops_per_scan >= 1, got "
-                             f"{self.crop_voxels} and {self.crops_per_scan}")
+        if self.crop_voxels < 0 or self.crops_per_scan < 1 or self.guard_voxels < 0:
+            raise ValueError(f"AdaptConfig: crop_voxels and guard_voxels must be >= 0 (crop 0 = whole scan) and "
+                             f"crops_per_scan >= 1, got {self.crop_voxels}, {self.guard_voxels} and "
+                             f"{self.crops_per_scan}")
         if self.steps < 0 or self.kd_points_per_step < 0:
             raise ValueError(f"AdaptConfig: steps and kd_points_per_step must be >= 0, got {self.steps} and "
                              f"{self.kd_points_per_step}")

@@ -83,6 +83,8 @@ class ScanCrops:
         self.count = max(1, count)
         self.generator = generator
         self._crops: list[Crop] = []
+        self._centres: list[int] = []
+        self._regions: dict[int, Crop] = {}
 
     def belongs_to(self, prepared: Any, targets: Targets) -> bool:
         """Whether these crops were cut from this very scan (the strategy keeps one set between steps)."""
@@ -94,12 +96,30 @@ class ScanCrops:
             self._crops.append(self._cut())
         return self._crops[index]
 
+    def around_first(self, voxels: int) -> Crop:
+        """The ``voxels`` voxels nearest the first crop's centre (the first crop itself when no bigger), built once.
+
+        Why: the output guard judges the steps by the KD loss on this region before and after them; it holds the
+        first step's crop, and enough targets to judge by when the steps' crops are small.
+        """
+        first = self.for_step(0)
+        if voxels <= self.max_voxels:
+            return first
+        if voxels not in self._regions:
+            self._regions[voxels] = self._crop_around(self._centres[0], voxels)
+        return self._regions[voxels]
+
     def _cut(self) -> Crop:
         voxels = self.prepared.voxels
         pick = torch.randint(0, int(self.targets.point_index.numel()), (1,), generator=self.generator,
                              device=self.generator.device)
         centre = int(voxels.point_to_voxel[self.targets.point_index[pick.to(self.targets.point_index.device)]])
-        rows = nearest_voxels(voxels.coords, centre, min(self.max_voxels, voxels.num_voxels))
+        self._centres.append(centre)
+        return self._crop_around(centre, self.max_voxels)
+
+    def _crop_around(self, centre: int, count: int) -> Crop:
+        voxels = self.prepared.voxels
+        rows = nearest_voxels(voxels.coords, centre, min(count, voxels.num_voxels))
         inside, crop_rows = crop_targets(voxels.point_to_voxel, self.targets, rows, voxels.num_voxels)
         return Crop(self.model.crop(self.prepared, rows), inside, crop_rows)
 

@@ -87,14 +87,22 @@ class TTTKD(GradientStrategy):
         return crop
 
     def guard_crop(self, prepared: Any, targets: Targets) -> Crop | None:
-        """The scan's first crop (the one its first step runs on), or None when steps run on the whole scan.
+        """The region the output guard measures on: ``guard_voxels`` voxels around the scan's first crop (the one
+        its first step runs on; the crop itself when it is no smaller), or None when steps run on the whole scan.
 
         The output guard measures the KD loss before and after the steps on it when a whole-scan reference
-        forward would cost more than the steps themselves (segmenter.py); it is cut here, before the steps,
-        with the same generator draws the first step would make, so the steps are the same either way.
+        forward would cost more than the steps themselves (segmenter.py); the first crop is cut here, before the
+        steps, with the same generator draws the first step would make, so the steps are the same either way.
         """
         crops = self._scan_crops(prepared, targets)
-        return None if crops is None else crops.for_step(0)
+        return None if crops is None else crops.around_first(self.config.guard_voxels)
+
+    def guard_voxels(self, prepared: Any, targets: Targets | None) -> int | None:
+        """The voxels the guard's region holds on this scan (at most the scan's; None: the scan does not say)."""
+        voxels = super().step_voxels(prepared, targets)
+        if voxels is None:
+            return None
+        return min(voxels, max(self.step_voxels(prepared, targets) or 0, self.config.guard_voxels))
 
     def step_voxels(self, prepared: Any, targets: Targets | None) -> int | None:
         """A crop's voxels at most (steps on a bigger scan run on crops), else the scan's."""

@@ -63,6 +63,7 @@ def segmenter_config_from_parameters(values: Mapping[str, Any], given: Iterable[
             kd_points_per_step=int(params["adapt.kd_points_per_step"]),
             crop_voxels=int(params["adapt.crop_voxels"]),
             crops_per_scan=int(params["adapt.crops_per_scan"]),
+            guard_voxels=int(params["adapt.guard_voxels"]),
             loss=params["adapt.loss"],
             time_budget_s=budget if budget > 0 else None,
             seed=int(params["seed"]),

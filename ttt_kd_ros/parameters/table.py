@@ -112,6 +112,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "the scan; 0: every step on the whole scan.", minimum=0),
     ParamSpec("adapt.crops_per_scan", _ADAPT.crops_per_scan, "Different crops per scan, cycled over its steps.",
               minimum=1),
+    ParamSpec("adapt.guard_voxels", _ADAPT.guard_voxels, "When steps run on crops, the output guard measures the KD "
+              "loss before and after them on at least this many voxels around the first crop (a small crop's few "
+              "targets judge an adaptation too noisily).", minimum=0),
     ParamSpec("adapt.loss", _ADAPT.loss, "KD loss form.", choices=KD_LOSS_KINDS, runtime=True),
     ParamSpec("adapt.guard_kd_ratio", 0.0, "Keep a scan's adapted labels only when its KD loss over the visible "
               "points fell below this fraction of the unadapted one, else publish the unadapted labels; 0: no "
