@@ -359,3 +359,4 @@ def test_checkpoint_builtin_names_resolve_as_in_the_node(tmp_path: Path) -> None
     assert evaluation.rows[1].fusion == FusionConfig("geometric", 0.4, shift_slope_2d=0.75, shift_ref_2d=0.4766)
     assert evaluation.rows[1].config.guard_kd_max == pytest.approx(0.68)
     assert evaluation.rows[1].config.params == "decoder" and evaluation.rows[1].config.guard_kd_ratio == 0.7
+    assert evaluation.rows[1].config.crop_voxels == 2000
