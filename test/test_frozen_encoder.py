@@ -7,11 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from crop_scans import wall_and_floor_scan
 
 from ttt_kd_ros.adapt import AdaptConfig, build_strategy
 from ttt_kd_ros.adapt.verbs import collect_params
 from ttt_kd_ros.model import TTTKDNet, net_config
-from ttt_kd_ros.scan import CameraIntrinsics, CameraView, Scan
+from ttt_kd_ros.scan import Scan
 from ttt_kd_ros.segmenter import Segmenter
 from ttt_kd_ros.sparse import available_backends, rows_of
 from ttt_kd_ros.teachers.weights import tiny_teacher
@@ -21,13 +22,7 @@ NET = {"encoder_planes": (8, 16, 16), "encoder_blocks": (1, 1, 1), "decoder_plan
 
 
 def _scan(points: int = 6000) -> Scan:
-    """A wall a camera sees the middle of, and a floor behind the camera."""
-    rng = np.random.default_rng(1)
-    wall = np.c_[rng.uniform(-3, 3, points // 2), rng.uniform(-1, 1, points // 2), np.full(points // 2, 3.0)]
-    floor = np.c_[rng.uniform(-3, 3, points // 2), np.full(points // 2, 1.0), rng.uniform(-3, 0.5, points // 2)]
-    image = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
-    intrinsics = CameraIntrinsics(K=np.array([[40.0, 0, 32], [0, 40.0, 24], [0, 0, 1]]), width_px=64, height_px=48)
-    return Scan(np.concatenate([wall, floor]).astype(np.float32), cameras=[CameraView(image, intrinsics, np.eye(4))])
+    return wall_and_floor_scan(points, seed=1)
 
 
 def _model(backend: str = "torch") -> TTTKDNet:

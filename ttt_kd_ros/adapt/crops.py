@@ -98,6 +98,7 @@ class ScanCrops:
 
     def around_first(self, voxels: int) -> Crop:
         """The ``voxels`` voxels nearest the first crop's centre (the first crop itself when no bigger), built once.
+        The caller decides the size (``TTTKD.guard_voxels``: at least a crop, at most the scan).
 
         Why: the output guard judges the steps by the KD loss on this region before and after them; it holds the
         first step's crop, and enough targets to judge by when the steps' crops are small.

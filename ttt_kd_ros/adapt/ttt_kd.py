@@ -95,7 +95,7 @@ class TTTKD(GradientStrategy):
         steps, with the same generator draws the first step would make, so the steps are the same either way.
         """
         crops = self._scan_crops(prepared, targets)
-        return None if crops is None else crops.around_first(self.config.guard_voxels)
+        return None if crops is None else crops.around_first(self.guard_voxels(prepared, targets))
 
     def guard_voxels(self, prepared: Any, targets: Targets | None) -> int | None:
         """The voxels the guard's region holds on this scan (at most the scan's; None: the scan does not say)."""

@@ -53,7 +53,7 @@ def collect_params(model: nn.Module, which: str = "all") -> tuple[list[nn.Parame
     normalisation layers only (TENT's choice: few parameters, cheap, stable);
     "norm_decoder": those plus every parameter of the decoder half, the part
     closest to the heads; "decoder": the decoder half alone, so the encoder does not change at all and its
-    features of a scan can be computed once (the frozen-encoder path of adapt/encoder_cache.py).
+    features of a scan can be computed once (``TTTKDNet.with_frozen_encoder``, used by the Segmenter).
     The heads are never returned: rho_Y and rho_2D stay frozen.
     """
     if which not in PARAM_SETS:
