@@ -11,7 +11,8 @@ scripts/choose_output_rule.py then scores any rule from these files in seconds.
 
 Variants: src (source-only checkpoint), joint (no adaptation), bn (BN-stats, 20 passes), and TTT-KD with
 bn_train at lr 1e-4 (kd_bn) and with running statistics at lr 1e-4 and 3e-4 (kd_run, kd_run3), 20 steps each;
-the same two with the decoder alone adapted (kd_run_dec, kd_run3_dec: the frozen-encoder path).
+the same two with the decoder alone adapted (kd_run_dec, kd_run3_dec: the frozen-encoder path); the decoder's
+last stage alone at lr 1e-4, 3e-4 and 1e-3 (kd_run_dl, kd_run3_dl, kd_run10_dl: a frozen prefix up to it).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ VARIANTS = {
     "kd_run3": AdaptConfig(strategy="ttt_kd", steps=20, lr=3e-4, bn_train=False),
     "kd_run_dec": AdaptConfig(strategy="ttt_kd", steps=20, lr=1e-4, bn_train=False, params="decoder"),
     "kd_run3_dec": AdaptConfig(strategy="ttt_kd", steps=20, lr=3e-4, bn_train=False, params="decoder"),
+    "kd_run_dl": AdaptConfig(strategy="ttt_kd", steps=20, lr=1e-4, bn_train=False, params="decoder_last"),
+    "kd_run3_dl": AdaptConfig(strategy="ttt_kd", steps=20, lr=3e-4, bn_train=False, params="decoder_last"),
+    "kd_run10_dl": AdaptConfig(strategy="ttt_kd", steps=20, lr=1e-3, bn_train=False, params="decoder_last"),
 }
 
 

@@ -161,3 +161,71 @@ def test_spconv_whose_crops_know_no_pyramid_before_a_pass_runs_the_whole_backbon
     seg.retune(steps=0)  # spconv's CPU wheel has no backward (ENVIRONMENT.md): the forward path is what runs here
     pred = seg.segment(_scan())
     assert pred.labels.shape == (_scan().num_points,) and "encoder" not in pred.timings_s
+
+
+# ----------------------------------------------------------------------------- a prefix into the decoder
+
+
+def _stage_runs(seg: Segmenter, stage: int) -> list[int]:
+    """One entry per run of decoder stage ``stage``'s entry conv, recorded as the scan is segmented."""
+    runs: list[int] = []
+    seg.model.backbone.decoder[stage].entry.register_forward_hook(lambda *_: runs.append(1))
+    return runs
+
+
+def test_the_decoder_last_set_is_the_full_resolution_stage_alone() -> None:
+    model = _model()
+    params, names = collect_params(model, "decoder_last")
+    last = model.backbone.decoder[-1]
+    assert names and all(n.startswith(f"backbone.decoder.{len(model.backbone.decoder) - 1}.") for n in names)
+    assert {id(p) for p in params} == {id(p) for p in last.parameters()}
+
+
+@pytest.mark.parametrize("backend", ["torch", "minkowski"])
+def test_a_prefix_through_decoder_stages_gives_the_whole_backbones_features(backend: str) -> None:
+    _need(backend)
+    model = _model(backend).eval()
+    prepared = model.prepare(_scan())
+    with torch.no_grad():
+        whole = model.voxel_features(prepared)
+        for stages in range(len(model.backbone.decoder)):
+            frozen = model.with_frozen_encoder(prepared, stages)
+            assert frozen.decoder_start == stages and (frozen.decoded is None) == (stages == 0)
+            assert torch.equal(model.voxel_features(frozen), whole)
+
+
+def test_a_crop_reads_the_scans_decoded_output_at_its_own_voxels() -> None:
+    model = _model().eval()
+    frozen = model.with_frozen_encoder(model.prepare(_scan()), 1)
+    crop = model.crop(frozen, torch.arange(0, frozen.num_voxels, 4))
+    level = model.backbone.decoded_level(1)
+    scan_rows = {tuple(c): i for i, c in enumerate(frozen.geometry.coords(level).tolist())}
+    expected = frozen.decoded[[scan_rows[tuple(c)] for c in crop.geometry.coords(level).tolist()]]
+    assert crop.decoder_start == 1 and torch.equal(crop.decoded, expected)
+
+
+def test_a_prefix_must_leave_a_stage_to_run_and_a_late_start_needs_its_input() -> None:
+    model = _model().eval()
+    prepared = model.prepare(_scan(800))
+    with pytest.raises(ValueError, match="decoder_stages"):
+        model.with_frozen_encoder(prepared, len(model.backbone.decoder))
+    skips = model.backbone.encode(prepared.features, prepared.geometry)
+    with pytest.raises(ValueError, match="needs decoder stage 0's output"):
+        model.backbone.decode(skips, prepared.geometry, start=1)
+
+
+def test_with_the_last_stage_alone_moving_earlier_stages_run_once_per_scan(monkeypatch) -> None:
+    frozen_seg, whole_seg = _segmenter(params="decoder_last"), _segmenter(params="decoder_last")
+    monkeypatch.setattr(whole_seg, "_frozen_encoder", lambda: False)  # the same strategy, every pass whole
+    assert frozen_seg.strategy.frozen_decoder_stages() == len(frozen_seg.model.backbone.decoder) - 1
+    first, last = _stage_runs(frozen_seg, 0), _stage_runs(frozen_seg, -1)
+    before = [p.detach().clone() for p in frozen_seg.model.backbone.decoder[:-1].parameters()]
+    scan = _scan()
+    frozen, whole = frozen_seg.segment(scan), whole_seg.segment(scan)
+    assert frozen.steps_run == whole.steps_run == 4
+    assert len(first) == 1 and len(last) == 5  # the first stage with the encoder; the last in 4 steps + forward
+    assert all(torch.equal(a, b) for a, b in
+               zip(before, frozen_seg.model.backbone.decoder[:-1].parameters(), strict=True))
+    np.testing.assert_allclose(frozen.kd_loss_after, whole.kd_loss_after, rtol=1e-5)
+    np.testing.assert_allclose(frozen.confidence, whole.confidence, atol=1e-5)
+    assert (frozen.labels == whole.labels).mean() > 0.999

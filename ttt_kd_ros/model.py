@@ -266,11 +266,12 @@ class SparseUNet(nn.Module):
                 raise ValueError(f"decoder_blocks[{i}]: expected >= 1 (the skip concatenation needs a block), got 0")
         self.out_channels = width
 
-    def forward(self, x: torch.Tensor, geometry: SparseGeometry,
-                skips: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, geometry: SparseGeometry, skips: list[torch.Tensor] | None = None,
+                start: int = 0, decoded: torch.Tensor | None = None) -> torch.Tensor:
         """The U-Net on voxel inputs ``x``; with ``skips`` (an earlier ``encode`` of the same voxels) the decoder
-        alone runs on them and ``x`` is not read."""
-        return self.decode(self.encode(x, geometry) if skips is None else skips, geometry)
+        alone runs on them and ``x`` is not read; with ``start`` > 0 too, ``decoded`` is decoder stage
+        ``start - 1``'s output (``decode_stages``) and the stages from ``start`` on run."""
+        return self.decode(self.encode(x, geometry) if skips is None else skips, geometry, start, decoded)
 
     def encode(self, x: torch.Tensor, geometry: SparseGeometry) -> list[torch.Tensor]:
         """The encoder's output at every level (level l: (V_l, encoder_planes[l])), coarsest last."""
@@ -283,17 +284,35 @@ class SparseUNet(nn.Module):
             skips.append(x)
         return skips
 
-    def decode(self, skips: list[torch.Tensor], geometry: SparseGeometry) -> torch.Tensor:
-        """(V_0, F) features from the encoder's outputs: upsample from the coarsest level, one skip per level."""
-        x = skips[-1]
+    def decode(self, skips: list[torch.Tensor], geometry: SparseGeometry, start: int = 0,
+               decoded: torch.Tensor | None = None) -> torch.Tensor:
+        """(V_0, F) features from the encoder's outputs: upsample from the coarsest level, one skip per level.
+
+        From decoder stage ``start`` on, with ``decoded`` the output of stage ``start - 1`` (required when
+        ``start`` > 0: at level ``decoded_level(start)``).
+        """
+        return self.decode_stages(skips, geometry, start, len(self.decoder), decoded)
+
+    def decode_stages(self, skips: list[torch.Tensor], geometry: SparseGeometry, start: int, stop: int,
+                      decoded: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoder stages ``start`` .. ``stop - 1`` on the encoder's outputs (and stage ``start - 1``'s output
+        ``decoded`` when ``start`` > 0): the output of stage ``stop - 1``, at level ``decoded_level(stop)``."""
+        if start > 0 and decoded is None:
+            raise ValueError(f"decode_stages: start={start} needs decoder stage {start - 1}'s output")
+        x = skips[-1] if start == 0 else decoded
         levels = len(self.encoder)
-        for i, stage in enumerate(self.decoder):
+        for i in range(start, stop):
+            stage = self.decoder[i]
             level = levels - 2 - i  # upsample from stride 2^(level+1) onto stride 2^level
             x = stage.entry(x, geometry, level)
             x = torch.cat((x, skips[level].to(x.dtype)), dim=1)
             for block in stage.blocks:
                 x = block(x, geometry, level)
         return x
+
+    def decoded_level(self, stages: int) -> int:
+        """The level the output of the first ``stages`` decoder stages lives at (the coarsest for 0 stages)."""
+        return len(self.encoder) - 1 - stages
 
 
 # ----------------------------------------------------------------------------- network
@@ -314,6 +333,11 @@ class PreparedScan:
     encoder_skips: list[torch.Tensor] | None = None
     """The frozen encoder's outputs per level (``TTTKDNet.with_frozen_encoder``), or None: every pass runs the
     whole backbone. When set, passes run the decoder alone on them (valid while the encoder does not change)."""
+    decoder_start: int = 0
+    """Decoder stages already applied to ``encoder_skips`` (a frozen prefix that reaches into the decoder):
+    passes run the decoder from this stage on."""
+    decoded: torch.Tensor | None = None
+    """The output of decoder stage ``decoder_start - 1`` (None when ``decoder_start`` is 0)."""
 
     @property
     def num_points(self) -> int:
@@ -441,29 +465,41 @@ class TTTKDNet(nn.Module):
                               torch.ones(count, dtype=torch.long, device=prepared.device),
                               prepared.voxels.voxel_size_m)
         geometry = self.sparse_backend.build_geometry(coords, self.config.num_levels)
-        skips = None
-        if prepared.encoder_skips is not None:  # the crop's rows of the scan's frozen encoder output, level by level
-            skips = [prepared.encoder_skips[0].index_select(0, rows)]
-            for level in range(1, self.config.num_levels):
-                level_rows = rows_of(prepared.geometry.coords(level), geometry.coords(level))
-                skips.append(prepared.encoder_skips[level].index_select(0, level_rows))
-        return PreparedScan(prepared.features.index_select(0, rows), voxels, geometry, prepared.device, skips)
+        skips, decoded = None, None
+        if prepared.encoder_skips is not None:  # the crop's rows of the scan's frozen outputs, level by level
+            level_rows = [rows] + [rows_of(prepared.geometry.coords(level), geometry.coords(level))
+                                   for level in range(1, self.config.num_levels)]
+            skips = [skip.index_select(0, r) for skip, r in zip(prepared.encoder_skips, level_rows, strict=True)]
+            if prepared.decoded is not None:
+                decoded = prepared.decoded.index_select(
+                    0, level_rows[self.backbone.decoded_level(prepared.decoder_start)])
+        return PreparedScan(prepared.features.index_select(0, rows), voxels, geometry, prepared.device, skips,
+                            prepared.decoder_start, decoded)
 
     @torch.no_grad()
-    def with_frozen_encoder(self, prepared: PreparedScan) -> PreparedScan:
-        """``prepared`` with the encoder's outputs computed once (the encoder in eval mode, no gradient).
+    def with_frozen_encoder(self, prepared: PreparedScan, decoder_stages: int = 0) -> PreparedScan:
+        """``prepared`` with the encoder's outputs (and the first ``decoder_stages`` decoder stages' output)
+        computed once (in the modes the caller set, no gradient).
 
-        Why: when adaptation moves the decoder alone and normalises with running statistics, the encoder's output
-        of a scan is the same in every step and in the final forward. Computed once here, each step runs the
-        decoder alone (on the crop's rows of these outputs: with the whole scan's context) and the final forward
-        costs the decoder. The caller sets the encoder's mode; training mode would move its running statistics.
+        Why: when adaptation moves the decoder alone (or its last stages) and normalises with running statistics,
+        everything before the first layer that moves gives the same output in every step and in the final
+        forward. Computed once here, each step runs the rest alone (on the crop's rows of these outputs: with the
+        whole scan's context) and the final forward costs the rest. The caller sets the modes; training mode
+        would move the running statistics.
         """
-        skips = self.backbone.encode(prepared.features, prepared.geometry)
-        return dataclasses.replace(prepared, encoder_skips=[s.detach() for s in skips])
+        if not 0 <= decoder_stages < len(self.backbone.decoder):
+            raise ValueError(f"decoder_stages: expected 0..{len(self.backbone.decoder) - 1} (at least the last stage "
+                             f"runs per pass), got {decoder_stages}")
+        skips = [s.detach() for s in self.backbone.encode(prepared.features, prepared.geometry)]
+        decoded = None
+        if decoder_stages:
+            decoded = self.backbone.decode_stages(skips, prepared.geometry, 0, decoder_stages).detach()
+        return dataclasses.replace(prepared, encoder_skips=skips, decoder_start=decoder_stages, decoded=decoded)
 
     def voxel_features(self, prepared: PreparedScan) -> torch.Tensor:
-        """(V, F) backbone features per voxel (the decoder alone on a frozen encoder's outputs when it has them)."""
-        return self.backbone(prepared.features, prepared.geometry, prepared.encoder_skips)
+        """(V, F) backbone features per voxel (the rest of the network alone on a frozen prefix when it has one)."""
+        return self.backbone(prepared.features, prepared.geometry, prepared.encoder_skips, prepared.decoder_start,
+                             prepared.decoded)
 
     def backbone_features(self, prepared: PreparedScan) -> torch.Tensor:
         """(N, F) backbone features per input point (its voxel's features)."""

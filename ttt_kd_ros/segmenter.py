@@ -401,11 +401,12 @@ class Segmenter:
                 and getattr(self.model.sparse_backend, "coords_before_a_pass", False))
 
     def _encode(self, prepared: PreparedScan, timings: dict[str, float]) -> PreparedScan:
-        """``prepared`` with its frozen encoder output (timing stage ``encoder``), in the mode predict() uses."""
+        """``prepared`` with its frozen encoder output and any frozen decoder stages' (timing stage ``encoder``),
+        in the mode predict() uses."""
         t = time.perf_counter()
         self.strategy.predict_mode()
         with self._autocast():
-            prepared = self.model.with_frozen_encoder(prepared)
+            prepared = self.model.with_frozen_encoder(prepared, self.strategy.frozen_decoder_stages())
         self._sync()
         timings["encoder"] = time.perf_counter() - t
         return prepared
@@ -509,10 +510,11 @@ class Segmenter:
         t = time.perf_counter()
         crop = self._guard_crop(prepared, targets)
         if crop is not None:
+            t_pass = time.perf_counter()  # the pass alone is what the guard repeats after the steps: the cut is kept
             with self._autocast():
                 kd = self.strategy.crop_kd_loss(crop, targets)
             timings["reference"] = time.perf_counter() - t
-            return Reference(None, kd, crop, crop_forward_s=timings["reference"])
+            return Reference(None, kd, crop, crop_forward_s=time.perf_counter() - t_pass)
         with self._autocast(), self._shift_3d() as shift:
             output = self.strategy.predict(prepared)
         with torch.no_grad():
@@ -729,8 +731,8 @@ class Reference:
     """A scan's unadapted KD loss, and its (N, K) probabilities when a whole-scan forward was run.
 
     probs: None for a crop reference (Segmenter._reference). kd_loss: over the scan's visible points, or over the
-    targets inside ``crop`` (None: no visible point). crop_forward_s: what the crop pass cost, reserved in the
-    budget for the second pass after the steps.
+    targets inside ``crop`` (None: no visible point). crop_forward_s: what the crop pass cost (the pass alone,
+    not cutting the crop), reserved in the budget for the second pass after the steps.
     """
 
     probs: torch.Tensor | None

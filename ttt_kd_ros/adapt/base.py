@@ -62,6 +62,11 @@ class BaseStrategy:
         it once per scan and every pass runs the decoder alone (``TTTKDNet.with_frozen_encoder``)."""
         return False
 
+    def frozen_decoder_stages(self) -> int:
+        """With a frozen encoder, how many decoder stages (from the coarsest) nothing this strategy does changes
+        either: they are computed once per scan with the encoder."""
+        return 0
+
     def _start_scan(self, resume: bool) -> None:
         """An episodic strategy meets every new scan (not a resumed one) with the source state."""
         if self.episodic and self._dirty and not resume:

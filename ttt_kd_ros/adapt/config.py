@@ -24,7 +24,7 @@ from torch import nn
 
 from ttt_kd_ros.losses import KD_LOSS_KINDS
 
-PARAM_SETS = ("all", "norm", "norm_decoder", "decoder")
+PARAM_SETS = ("all", "norm", "norm_decoder", "decoder", "decoder_last")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
@@ -149,7 +149,8 @@ class Strategy(Protocol):
 
     Built alike from ``(model, config, optimizer)``; per scan the Segmenter calls ``adapt`` (k updates),
     ``predict`` (the frozen forward, in the strategy's BN mode, which ``predict_mode`` sets), then ``reset`` when
-    ``episodic``; ``frozen_encoder`` says whether the scan's encoder output may be computed once; ``retune``
+    ``episodic``; ``frozen_encoder`` says whether the scan's encoder output may be computed once (and
+    ``frozen_decoder_stages`` how many decoder stages with it); ``retune``
     takes a new config between scans. The distilling strategies (``needs_targets``) add
     ``kd_loss_of(output, targets)``.
     """
@@ -171,6 +172,8 @@ class Strategy(Protocol):
     def predict_mode(self) -> None: ...
 
     def frozen_encoder(self) -> bool: ...
+
+    def frozen_decoder_stages(self) -> int: ...
 
     def reset(self) -> None: ...
 

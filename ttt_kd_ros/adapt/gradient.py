@@ -65,8 +65,15 @@ class GradientStrategy(BaseStrategy):
     def frozen_encoder(self) -> bool:
         """The decoder alone moves and every pass normalises with running statistics: the encoder's output of a
         scan is the same before, during and after the steps."""
-        return (self.param_set(self.config) == "decoder" and not self.bn_train(self.config)
+        return (self.param_set(self.config) in ("decoder", "decoder_last") and not self.bn_train(self.config)
                 and not self.predict_bn_train)
+
+    def frozen_decoder_stages(self) -> int:
+        """Decoder stages before the first one that moves ("decoder_last": all but the last), which a frozen
+        encoder's scan computes once too."""
+        if not self.frozen_encoder() or self.param_set(self.config) != "decoder_last":
+            return 0
+        return len(self.model.backbone.decoder) - 1
 
     def built_from(self, config: AdaptConfig) -> tuple[Any, ...]:
         """The parameter set and the optimizer: both are objects built once (params, optimizer state)."""

@@ -46,6 +46,18 @@ def _decoder_params(backbone: nn.Module) -> dict[str, nn.Parameter]:
     return decoder
 
 
+def _last_decoder_stage_params(backbone: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters of the decoder's last stage (the one at full resolution, next to the heads) by name.
+
+    A stage is the decoder module at the second component of a parameter name ("decoder.2.blocks...": stage 2),
+    the last one in the backbone's parameter order.
+    """
+    decoder = _decoder_params(backbone)
+    stages = [".".join(n.split(".")[:2]) for n in decoder]
+    last = stages[-1]
+    return {n: p for n, p in decoder.items() if ".".join(n.split(".")[:2]) == last}
+
+
 def collect_params(model: nn.Module, which: str = "all") -> tuple[list[nn.Parameter], list[str]]:
     """Backbone (psi_3D) parameters that test-time training updates, and their names for logging.
 
@@ -53,7 +65,8 @@ def collect_params(model: nn.Module, which: str = "all") -> tuple[list[nn.Parame
     normalisation layers only (TENT's choice: few parameters, cheap, stable);
     "norm_decoder": those plus every parameter of the decoder half, the part
     closest to the heads; "decoder": the decoder half alone, so the encoder does not change at all and its
-    features of a scan can be computed once (``TTTKDNet.with_frozen_encoder``, used by the Segmenter).
+    features of a scan can be computed once (``TTTKDNet.with_frozen_encoder``, used by the Segmenter);
+    "decoder_last": the decoder's last stage alone (full resolution), so everything before it is computed once.
     The heads are never returned: rho_Y and rho_2D stay frozen.
     """
     if which not in PARAM_SETS:
@@ -64,6 +77,8 @@ def collect_params(model: nn.Module, which: str = "all") -> tuple[list[nn.Parame
         selected.update(backbone.named_parameters())
     elif which == "decoder":
         selected.update(_decoder_params(backbone))
+    elif which == "decoder_last":
+        selected.update(_last_decoder_stage_params(backbone))
     else:
         for mod_name, mod in backbone.named_modules():
             if isinstance(mod, NORM_TYPES):
