@@ -7,7 +7,8 @@ stored probabilities and KD losses, so dozens of rules cost seconds.
 
     python scripts/choose_output_rule.py /work/runs/cand_rgbd [more candidate folders] [--json out.json]
 
-Several folders are scored as one suite (a later dump of new splits beside the first one). The grids are flags;
+Several folders are scored as one suite: a later dump of new splits beside the first one, or of other variants
+on the same scans (each scan then holds both dumps' variants). The grids are flags;
 ``--ceilings`` are multiples of the in-distribution median unadapted KD loss, stored as the absolute
 ``guard_kd_max`` the Segmenter reads. ``--shifts`` reads each scan's shift measures (scripts/validation_shifts.py)
 and adds the shift-adaptive teacher share's slopes to the fusion grid (``--slopes-3d``, ``--slopes-2d``); their
@@ -55,6 +56,23 @@ def fused(probs: np.ndarray, scan: Scan, fusion: FusionConfig) -> np.ndarray:
     fused_rows, _ = fuse_scan(torch.from_numpy(out[vis]), torch.from_numpy(scan["p2d"].astype(np.float32)), fusion)
     out[vis] = fused_rows.numpy()
     return out
+
+
+def merge_splits(into: dict[str, tuple[list[Scan], list[dict]]],
+                 more: dict[str, tuple[list[Scan], list[dict]]]) -> None:
+    """A later dump's splits: new ones are added; one of the same scans (another run's variants on the same suite
+    and seed) gives each scan its variants and stats; one of other scans replaces the earlier (and says so)."""
+    for name, (scans, stats) in more.items():
+        have, have_stats = into.get(name, ([], []))
+        if len(have) != len(scans) or any(not np.array_equal(a["labels"], b["labels"]) for a, b in zip(have, scans,
+                                                                                                         strict=True)):
+            if have:
+                print(f"{name}: a later dump holds other scans; its split replaces the earlier one")
+            into[name] = (scans, stats)
+            continue
+        for a, b, sa, sb in zip(have, scans, have_stats, stats, strict=True):
+            a.update({k: v for k, v in b.items() if k not in a})
+            sa.update({k: v for k, v in sb.items() if k not in sa})
 
 
 Rule = Callable[[Scan, dict], np.ndarray]
@@ -136,16 +154,17 @@ def main() -> int:
     p.add_argument("--slopes-3d", default="0", help="fusion shift_slope_3d values (with --shifts)")
     p.add_argument("--slopes-2d", default="0", help="fusion shift_slope_2d values (with --shifts)")
     args = p.parse_args()
-    splits = {}
+    splits: dict[str, tuple[list[Scan], list[dict]]] = {}
     for folder in args.folders:
-        splits.update(load_splits(folder))
+        merge_splits(splits, load_splits(folder))
     ref_3d = ref_2d = 0.0
     if args.shifts:
         ref_3d, ref_2d = attach_shifts(splits, args.shifts)
         print(f"shift refs (in-distribution means): 3D {ref_3d:.4f}, teacher {ref_2d:.4f}")
     first = next(iter(splits.values()))[0][0]
     classes = first["joint"].shape[1]
-    variants = [v for v in ("joint", "bn", "kd_bn", "kd_run", "kd_run3", "kd_run_dec", "kd_run3_dec")
+    variants = [v for v in ("joint", "bn", "kd_bn", "kd_run", "kd_run3", "kd_run_dec", "kd_run3_dec", "kd_run_dl",
+                            "kd_run3_dl", "kd_run10_dl")
                 if all(v in scans[0] for scans, _ in splits.values())]  # stored for every split
     rules: dict[str, Rule] = {v: variant(v) for v in variants}
     kd = [v for v in variants if v.startswith("kd_") and (not args.variants or v in args.variants.split(","))]

@@ -2,10 +2,11 @@
 
     PYTHONPATH=. python scripts/crop_validation.py rgbd 8000 runs/crop_rgbd_8000
     PYTHONPATH=. python scripts/crop_validation.py rgbd 0 runs/crop_rgbd_whole      # whole-scan steps
+    PYTHONPATH=. python scripts/crop_validation.py lidar 2000 runs/crop_lidar_dl params=decoder_last,lr=3e-4
 
 Runs ``ttt_kd_evaluate`` on whole scans (``--max-points 0``: where crops actually cut), seed 777 (validation),
-2 scans per split, rows source-only and default, with ``adapt.crop_voxels`` set to the given value
-(docs/EVALUATION.md, "Crops at equal steps").
+2 scans per split, rows source-only and default, with ``adapt.crop_voxels`` set to the given value and any
+other AdaptConfig fields given after the output folder (docs/EVALUATION.md, "Crops at equal steps").
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ MODELS = {"rgbd": ("builtin", "ttt_kd_ros/checkpoints/ttt_kd_small_synthetic_sou
 
 def main() -> int:
     suite, crop, out = sys.argv[1], sys.argv[2], sys.argv[3]
+    more = f",{sys.argv[4]}" if len(sys.argv) > 4 else ""  # other AdaptConfig fields, e.g. params=decoder_last
     in_distribution, shifts = suite_splits(suite)
     joint, source_only = MODELS[suite]
     command = [sys.executable, "-m", "ttt_kd_ros.tools.evaluate", "--seed", "777", "--scans", "2",
                "--strategies", "source_only,default", "--curve-scans", "0", "--max-points", "0", "--threads", "1",
                "--no-progress", "-q", "--out", out, "--checkpoint", resolve_builtin(joint),
-               "--source-only-checkpoint", source_only, "--adapt", f"ttt_kd:crop_voxels={crop}",
+               "--source-only-checkpoint", source_only, "--adapt", f"ttt_kd:crop_voxels={crop}{more}",
                "--in-distribution", in_distribution]
     for shift in shifts:
         if shift.split("=")[0] in PICK[suite]:

@@ -360,3 +360,21 @@ def test_checkpoint_builtin_names_resolve_as_in_the_node(tmp_path: Path) -> None
     assert evaluation.rows[1].config.guard_kd_max == pytest.approx(0.68)
     assert evaluation.rows[1].config.params == "decoder" and evaluation.rows[1].config.guard_kd_ratio == 0.7
     assert evaluation.rows[1].config.crop_voxels == 2000
+
+
+def test_adapt_flags_win_over_the_checkpoints_validated_values_on_the_default_row(tmp_path: Path) -> None:
+    """``--adapt ttt_kd:params=...`` is how a candidate setting is validated against the shipped one: the fields it
+    names must reach the default row (the others stay the checkpoint's), as a node parameter the user set does."""
+    from ttt_kd_ros.segmenter import checkpoint_settings, resolve_builtin
+    from ttt_kd_ros.tools.evaluate import Evaluation, build_parser
+
+    argv = ["--out", str(tmp_path / "e"), "--checkpoint", "builtin:lidar", "--strategies", "default",
+            "--teacher", "tiny", "--scans", "1", "--in-distribution", ID_SPEC, "--curve-scans", "0",
+            "--adapt", "ttt_kd:params=norm_decoder,lr=5e-4"]
+    validated = checkpoint_settings(resolve_builtin("builtin:lidar")).adapt
+    assert validated["params"] != "norm_decoder" and validated["lr"] != 5e-4  # else the test shows nothing
+    row = Evaluation(build_parser().parse_args(argv), argv).rows[0]
+    assert row.config.params == "norm_decoder" and row.config.lr == pytest.approx(5e-4)
+    assert row.config.guard_kd_max == pytest.approx(validated["guard_kd_max"])  # the checkpoint's, not named
+    shipped = Evaluation(build_parser().parse_args(argv[:-2]), argv[:-2]).rows[0]
+    assert shipped.config.params == validated["params"] and shipped.config.lr == pytest.approx(validated["lr"])

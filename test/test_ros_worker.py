@@ -359,7 +359,7 @@ def test_warm_up_costs_name_the_step_and_the_final_forward() -> None:
     assert "every stage but the steps 225.0 ms" in words
     assert "step" not in warm_up_costs(SimpleNamespace(steps_run=0, timings_s={"forward": 0.1})).split(",")[0]
     frozen = warm_up_costs(SimpleNamespace(steps_run=1, timings_s={"ttt_step": 0.05, "encoder": 0.4, "forward": 0.45}))
-    assert "the encoder, once per scan, 400.0 ms" in frozen and "the final forward (decoder) 450.0 ms" in frozen
+    assert "once per scan, 400.0 ms" in frozen and "the final forward (the stages that move) 450.0 ms" in frozen
 
 
 def test_admission_refuses_stamps_too_old_or_in_the_future_and_unread_output() -> None:

@@ -116,9 +116,10 @@ def warm_up_costs(prediction: Any) -> str:
     parts = []
     if prediction.steps_run:
         parts.append(f"one adaptation step {1000 * timings.get('ttt_step', 0.0) / prediction.steps_run:.1f} ms")
-    if "encoder" in timings:  # the frozen-encoder path: the encoder once per scan, the final forward decodes
-        parts.append(f"the encoder, once per scan, {1000 * timings['encoder']:.1f} ms")
-        parts.append(f"the final forward (decoder) {1000 * timings.get('forward', 0.0):.1f} ms")
+    if "encoder" in timings:  # the frozen-prefix path: what never moves once per scan, the final forward the rest
+        parts.append(f"the frozen prefix (the encoder and any decoder stage before the first that moves), once per "
+                     f"scan, {1000 * timings['encoder']:.1f} ms")
+        parts.append(f"the final forward (the stages that move) {1000 * timings.get('forward', 0.0):.1f} ms")
     else:
         parts.append(f"the final forward {1000 * timings.get('forward', 0.0):.1f} ms")
     fixed = sum(v for k, v in timings.items() if k != "ttt_step")

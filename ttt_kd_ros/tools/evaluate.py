@@ -39,7 +39,7 @@ from ttt_kd_ros.checkpoints import (
     shipped_path,
     source_only_checkpoint,
 )
-from ttt_kd_ros.config_edits import apply_overrides
+from ttt_kd_ros.config_edits import apply_overrides, pairs
 from ttt_kd_ros.evaluation.evaluator import (
     EVAL_STRATEGIES,
     JOINT,
@@ -221,6 +221,16 @@ def adapt_configs(args: argparse.Namespace) -> dict[str, AdaptConfig]:
     return configs
 
 
+def adapt_given(args: argparse.Namespace) -> dict[str, set[str]]:
+    """The AdaptConfig fields each strategy's --adapt flags name: on the default row they win over the joint
+    checkpoint's validated values, as a node parameter the user set does (validated_settings.py)."""
+    given: dict[str, set[str]] = {}
+    for text in args.adapt:
+        name, _, fields = text.partition(":")
+        given.setdefault(name, set()).update(key for key, _ in pairs(fields, f"--adapt {text!r}"))
+    return given
+
+
 VALIDATED_ROWS = {
     "fusion_only": "Fusion only (no adaptation; the checkpoint's fusion)",
     "default": "Default output (the checkpoint's validated settings)",
@@ -237,11 +247,13 @@ def _strategies(text: str) -> list[str]:
     return names
 
 
-def validated_rows(names: Sequence[str], settings: ValidatedSettings, base: dict[str, AdaptConfig]
-                   ) -> list[EvalStrategy]:
-    """The VALIDATED_ROWS among ``names``: fusion alone, and the checkpoint's whole default output."""
+def validated_rows(names: Sequence[str], settings: ValidatedSettings, base: dict[str, AdaptConfig],
+                   given: dict[str, set[str]] | None = None) -> list[EvalStrategy]:
+    """The VALIDATED_ROWS among ``names``: fusion alone, and the checkpoint's whole default output (with the
+    fields ``given`` for its strategy taken from ``base``, not from the checkpoint: the --adapt flags)."""
     strategy = settings.adapt.get("strategy", "ttt_kd")
-    adapt, fusion = settings.apply(base.get(strategy, AdaptConfig(strategy=strategy)), FusionConfig())
+    explicit = [f"adapt.{field}" for field in (given or {}).get(strategy, ())]
+    adapt, fusion = settings.apply(base.get(strategy, AdaptConfig(strategy=strategy)), FusionConfig(), explicit)
     if not fusion.enabled:
         fusion = None
     rows = []
@@ -255,7 +267,8 @@ def validated_rows(names: Sequence[str], settings: ValidatedSettings, base: dict
 
 
 def rows_for_checkpoint(requested: str | None, joint_meta: dict[str, Any] | None, checkpoint: Path,
-                        base: dict[str, AdaptConfig]) -> list[EvalStrategy]:
+                        base: dict[str, AdaptConfig], given: dict[str, set[str]] | None = None
+                        ) -> list[EvalStrategy]:
     """The table rows: those asked for, or every row this joint checkpoint can run. Rows reading the fusion head
     (teacher_projection, fusion_only) need one, the default row needs validated settings; by default a row the
     checkpoint cannot run is left out with a log line, asked for by name it is an error."""
@@ -281,7 +294,7 @@ def rows_for_checkpoint(requested: str | None, joint_meta: dict[str, Any] | None
             if missing(name):
                 raise ValueError(f"--strategies {name}: checkpoint {checkpoint} {missing(name)}")
     rows = [EVAL_STRATEGIES[n] for n in names if n in EVAL_STRATEGIES]
-    return rows + validated_rows([n for n in names if n in VALIDATED_ROWS], settings, base)
+    return rows + validated_rows([n for n in names if n in VALIDATED_ROWS], settings, base, given)
 
 
 def named_rows(texts: Sequence[str], configs: dict[str, AdaptConfig], taken: Sequence[str]) -> list[EvalStrategy]:
@@ -364,7 +377,7 @@ class Evaluation:
         args.checkpoint = Path(shipped_path(str(args.checkpoint))) if args.checkpoint else default_checkpoint(sensor)
         args.source_only_checkpoint = args.source_only_checkpoint or source_only_checkpoint(sensor)
         joint_meta = _check_checkpoint(args.checkpoint, "--checkpoint") if args.checkpoint.is_file() else None
-        self.rows = rows_for_checkpoint(args.strategies, joint_meta, args.checkpoint, self.adapt)
+        self.rows = rows_for_checkpoint(args.strategies, joint_meta, args.checkpoint, self.adapt, adapt_given(args))
         self.rows += named_rows(args.row, self.adapt, [r.name for r in self.rows])
         self.id_split, self.shifts = columns(args)
         names = [self.id_split.name] + [s.name for s in self.shifts]
