@@ -38,11 +38,13 @@ def subset(scan: Scan, points: int, seed: int = 0) -> Scan:
 def step_times(scans: list[Scan], checkpoint: str, crop_voxels: int, steps: int, params: str = "all") -> dict:
     """Median step time (s) over every step of every scan but the first (warm-up), and the voxels per scan.
 
-    params "decoder" (with running statistics) takes the frozen-encoder path: a step runs the decoder alone.
+    params "decoder" or "decoder_last" (with running statistics) takes the frozen-prefix path: a step runs the
+    decoder alone, or its last stage alone.
     """
     config = SegmenterConfig(checkpoint=checkpoint, teacher="builtin", device="cpu",
                              adapt=AdaptConfig(strategy="ttt_kd", steps=steps, crop_voxels=crop_voxels,
-                                               params=params, bn_train=params != "decoder"))
+                                               params=params,
+                                               bn_train=params not in ("decoder", "decoder_last")))
     segmenter = Segmenter.from_config(config)
     times, voxels = [], []
     for i, scan in enumerate(scans):
@@ -107,7 +109,8 @@ def main() -> int:
     p.add_argument("--bn-data", default="synthetic:source?scans=1&seed=777")
     p.add_argument("--bn-checkpoint", default="builtin")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--params", default="all", help="adapt.params: all, or decoder (the frozen-encoder path)")
+    p.add_argument("--params", default="all",
+                   help="adapt.params: all, or decoder / decoder_last (the frozen-prefix path)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     source = open_source(args.data)

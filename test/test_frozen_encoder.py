@@ -202,6 +202,8 @@ def test_a_crop_reads_the_scans_decoded_output_at_its_own_voxels() -> None:
     scan_rows = {tuple(c): i for i, c in enumerate(frozen.geometry.coords(level).tolist())}
     expected = frozen.decoded[[scan_rows[tuple(c)] for c in crop.geometry.coords(level).tolist()]]
     assert crop.decoder_start == 1 and torch.equal(crop.decoded, expected)
+    # the crop's pyramid stops at the decoded level: the stages it runs need no coarser map nor skip
+    assert crop.geometry.num_levels == level + 1 and len(crop.encoder_skips) == level
 
 
 def test_a_prefix_must_leave_a_stage_to_run_and_a_late_start_needs_its_input() -> None:

@@ -301,6 +301,33 @@ def test_segment_budget_scales_the_reserved_forward_by_voxels() -> None:
     assert pred.steps_run == 0 and "time budget" in pred.skip_reason
 
 
+def _grid_scan(spacing_m: float, n_side: int = 12) -> Scan:
+    """An n_side^3 grid of points ``spacing_m`` apart at 3 m: one voxel each whatever the spacing, with 26
+    neighbours each when they touch (one voxel apart) and none when they do not."""
+    axis = np.arange(n_side) * spacing_m
+    grid = np.stack(np.meshgrid(axis, axis, axis + 3.0, indexing="ij"), axis=-1).reshape(-1, 3)
+    return Scan(grid.astype(np.float32) + 0.01, cameras=[_camera()])
+
+
+def test_a_pass_is_sized_by_its_voxels_and_neighbour_pairs_on_the_levels_it_runs() -> None:
+    """The budget's forward estimate scales with pass_size: equal voxel counts with more neighbours cost more
+    (real KITTI frames: the last stage's time follows their level-0 pairs), and a frozen prefix leaves the levels
+    below its output to the pass."""
+    seg = _segmenter()
+    voxel = seg.model.config.voxel_size_m
+    dense, sparse = seg.model.prepare(_grid_scan(voxel)), seg.model.prepare(_grid_scan(3 * voxel))
+    assert dense.num_voxels == sparse.num_voxels == 12 ** 3
+    assert seg.model.pass_size(dense) > 2 * seg.model.pass_size(sparse)
+    levels = seg.model.config.num_levels
+    geometry = dense.geometry
+    every_level = sum(geometry.num_voxels(lv) + geometry.neighbour_pairs(lv) for lv in range(levels))
+    assert seg.model.pass_size(dense) == every_level
+    last_stage = seg.model.with_frozen_encoder(dense, len(seg.model.backbone.decoder) - 1)
+    assert seg.model.pass_size(last_stage) == geometry.num_voxels(0) + geometry.neighbour_pairs(0)
+    seg._note_forward(1.0, sparse)  # as if a forward of the sparse grid took 1 s: the dense one is expected longer
+    assert seg._forward_estimate(seg._pass_size(dense)) > 2.0
+
+
 def test_warm_up_measures_a_step_the_guards_would_refuse_and_restores_everything() -> None:
     """The node's warm-up scan is noise to the teacher, which the ceiling refuses; the warm-up still takes its step
     (so the first real scan's budget knows a step's cost), then the guards, the budget and the weights are back."""

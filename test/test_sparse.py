@@ -445,3 +445,29 @@ def test_network_outputs_and_gradients_equal_on_both_paths() -> None:
         results.append([out.logits.detach()] + [p.grad.clone() for p in net.backbone.parameters()])
     for mine, theirs in zip(*results, strict=True):
         assert torch.allclose(mine, theirs, atol=1e-9, rtol=1e-9)
+
+
+def test_geometries_of_one_thread_share_its_workspace_and_another_thread_gets_its_own() -> None:
+    """Scans of one thread reuse one set of scratch buffers (no fresh pages per scan); a pass in another thread
+    uses that thread's, so two threads never fill each other's slots. The results do not depend on either."""
+    import threading
+
+    backend = get_backend("torch")
+    coords_a = torch.unique(torch.randint(0, 12, (400, 3)), dim=0)
+    coords_b = torch.unique(torch.randint(0, 12, (300, 3)), dim=0)
+    geo_a, geo_b = backend.build_geometry(coords_a, 2), backend.build_geometry(coords_b, 2)
+    assert geo_a.workspace is geo_b.workspace
+    x, weight = torch.randn(coords_a.shape[0], 4), torch.randn(27, 4, 5)
+    here = geo_a.subm_conv(x, weight, 0)
+    seen: dict[str, object] = {}
+
+    def other() -> None:
+        seen["workspace"] = geo_a.workspace
+        seen["out"] = geo_a.subm_conv(x, weight, 0)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join()
+    assert seen["workspace"] is not geo_a.workspace
+    geo_b.subm_conv(torch.randn(coords_b.shape[0], 4), weight, 0)  # another scan's pass in between
+    assert torch.equal(seen["out"], here) and torch.equal(geo_a.subm_conv(x, weight, 0), here)

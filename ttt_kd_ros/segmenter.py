@@ -419,7 +419,7 @@ class Segmenter:
         budget = self.strategy.config.time_budget_s
         if budget is None:
             return None
-        after = self._forward_estimate(prepared.num_voxels)
+        after = self._forward_estimate(self._pass_size(prepared))
         if reference is not None and reference.crop is not None:
             after += reference.crop_forward_s
         return max(0.0, budget - (time.perf_counter() - scan_start) - after)
@@ -436,29 +436,35 @@ class Segmenter:
         if step is None:
             return ""
         if self._guard_on_crop(prepared, targets):  # the guard region's two passes, at the forward's cost per voxel
-            passes = 2.0 * self._forward_estimate(self.strategy.guard_voxels(prepared, targets))
+            share = self.strategy.guard_voxels(prepared, targets) / max(1, prepared.num_voxels)
+            passes = 2.0 * self._forward_estimate(self._pass_size(prepared) * share)
         else:  # a whole-scan reference: a forward before the steps (with no step it would be the output instead)
-            passes = self._forward_estimate(prepared.num_voxels)
+            passes = self._forward_estimate(self._pass_size(prepared))
         if left - passes >= step:
             return ""
         return f"time budget {left:.3f} s: no room for a step ({step:.3f} s) and the guard ({passes:.3f} s)"
 
-    def _forward_estimate(self, voxels: int) -> float:
-        """The expected time of a forward over ``voxels`` voxels: the largest cost per voxel of the last
-        FORWARD_HISTORY whole-scan forwards times them (0 before any forward).
+    def _forward_estimate(self, size: float) -> float:
+        """The expected time of a forward of ``size`` (``_pass_size`` units): the largest cost per unit of the last
+        FORWARD_HISTORY whole-scan forwards times it (0 before any forward).
 
-        Why per voxel: the node's warm-up measures a small synthetic scan; reserved as is, it let the first real
-        LiDAR scan start steps its final forward then had no room for. Why the largest: real KITTI frames of
-        similar size differ by 0.2 s per forward, and the last one alone let the engine overrun a 2 s budget by 11 %.
+        Why per unit of size: the node's warm-up measures a small synthetic scan; reserved as is, it let the first
+        real LiDAR scan start steps its final forward then had no room for. Why the largest: real KITTI frames
+        differ in cost per unit too, and the last one alone let the engine overrun a 2 s budget by 11 %.
         """
-        return max(self._forward_rates, default=0.0) * voxels
+        return max(self._forward_rates, default=0.0) * size
+
+    def _pass_size(self, prepared: PreparedScan) -> float:
+        """The work of one pass over ``prepared`` (``TTTKDNet.pass_size``; its voxels for a model that has none)."""
+        size = getattr(self.model, "pass_size", None)
+        return float(size(prepared) if size is not None else prepared.num_voxels)
 
     def _note_forward(self, seconds: float, prepared: PreparedScan) -> None:
-        """Remember a whole-scan forward's cost per voxel for the budget of the scans that follow."""
+        """Remember a whole-scan forward's cost per unit of size for the budget of the scans that follow."""
         if self._rates_from_warm_up:  # a small synthetic scan's cost per voxel is 3x a LiDAR scan's: plan scan 1
             self._forward_rates.clear()  # with it (safe), then forget it
             self._rates_from_warm_up = False
-        self._forward_rates.append(seconds / max(1, prepared.num_voxels))
+        self._forward_rates.append(seconds / max(1.0, self._pass_size(prepared)))
 
     def _unlabelled(self, n: int, timings: dict[str, float], reason: str) -> Prediction:
         """Every point IGNORE_LABEL, confidence 0: the scan could not be labelled at all."""
@@ -717,7 +723,7 @@ class Segmenter:
 
 
 FORWARD_HISTORY = 3
-"""Whole-scan forwards whose cost per voxel the time budget remembers (Segmenter._forward_estimate)."""
+"""Whole-scan forwards whose cost per unit of size the time budget remembers (Segmenter._forward_estimate)."""
 GUARD_REJECTED = "adaptation rejected: its KD loss fell too little"
 """skip_reason of a scan whose adaptation the guard rejected (AdaptConfig.guard_kd_ratio): a fixed name, so logs and
 diagnostics count it under one key; the losses are in the Prediction's kd_loss_before / kd_loss_after."""

@@ -26,6 +26,7 @@ weight's dtype.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -65,7 +66,7 @@ def policy_for(device: torch.device) -> ConvPolicy:
 
 
 class Workspace:
-    """Scratch buffers kept for the life of one scan's geometry and reused by every conv of every pass.
+    """Scratch buffers reused by every conv of every pass: of one thread's scans, crops included (thread_workspace).
 
     The gathered rows and per-pair products are the largest temporaries of a
     pass (tens of MB); fresh allocations of that size come from mmap and pay
@@ -73,7 +74,8 @@ class Workspace:
     itself on CPU. Each slot is consumed before the conv call that filled it
     returns (nothing in it is saved for backward), so reuse is safe. Small
     read-only constants (the sentinel zero row, a reversed offset index) are
-    kept here too, made once instead of once per conv.
+    kept here too, made once instead of once per conv; they depend on shapes,
+    never on a scan.
     """
 
     def __init__(self) -> None:
@@ -110,6 +112,24 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 def _sum_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype weight gradients are summed in: float32 at least (bfloat16 / float16 under autocast), else x's."""
     return torch.promote_types(x.dtype, torch.float32)
+
+
+_THREAD_STATE = threading.local()
+
+
+def thread_workspace() -> Workspace:
+    """The calling thread's Workspace, shared by every geometry built in it.
+
+    Why shared: a Workspace per scan started each scan's first pass with fresh buffers; on a 90k-voxel KITTI
+    frame those page faults cost 0.08 s of a 0.96 s pass (the same pass again on the same buffers: 0.88 s). Why
+    per thread: the passes of one thread never overlap, so a slot is always consumed before it is filled again;
+    two threads (the node's worker and a test's main thread) must not share one. The buffers stay at the largest
+    size a pass needed, which every scan of that size needs anyway.
+    """
+    workspace = getattr(_THREAD_STATE, "workspace", None)
+    if workspace is None:
+        workspace = _THREAD_STATE.workspace = Workspace()
+    return workspace
 
 
 # ----------------------------------------------------------------------------- pairs
@@ -412,7 +432,11 @@ class TorchGeometry:
         self.policy = policy or policy_for(maps.coords[0].device)
         self._up = [kmap.transposed() for kmap in maps.down]
         self._tables: dict[tuple[str, int], NeighbourTable] = {}
-        self.workspace = Workspace()
+
+    @property
+    def workspace(self) -> Workspace:
+        """The scratch buffers of the thread running the pass (thread_workspace), whichever thread built this."""
+        return thread_workspace()
 
     @property
     def num_levels(self) -> int:
@@ -420,6 +444,11 @@ class TorchGeometry:
 
     def num_voxels(self, level: int) -> int:
         return int(self.maps.coords[level].shape[0])
+
+    def neighbour_pairs(self, level: int) -> int:
+        """The submanifold map's (input, output) pairs at ``level``, the centre excluded: what a conv there
+        gathers, multiplies and scatters besides its voxels' own rows."""
+        return int(self.maps.subm[level].in_idx.numel())
 
     def coords(self, level: int) -> torch.Tensor:
         return self.maps.coords[level]

@@ -250,7 +250,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="append one JSON line per row (settings, stage medians, totals) to this file")
     parser.add_argument("--kd-points", type=int, default=AdaptConfig().kd_points_per_step,
                         help="visible points sampled per step (0 = all)")
-    parser.add_argument("--params", default="all", help="backbone parameters updated (all, norm, norm_decoder, decoder, decoder_last)")
+    parser.add_argument("--params", default="all",
+                        help="backbone parameters updated (all, norm, norm_decoder, decoder, decoder_last)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:<i>")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args(argv)
