@@ -471,3 +471,17 @@ def test_geometries_of_one_thread_share_its_workspace_and_another_thread_gets_it
     assert seen["workspace"] is not geo_a.workspace
     geo_b.subm_conv(torch.randn(coords_b.shape[0], 4), weight, 0)  # another scan's pass in between
     assert torch.equal(seen["out"], here) and torch.equal(geo_a.subm_conv(x, weight, 0), here)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_scatter_matrix_adds_each_pairs_product_into_its_output_row(dtype: torch.dtype) -> None:
+    """The CPU scatter (a sparse matmul) gives index_add_'s sums, for the map and its transpose (made once)."""
+    coords = torch.unique(torch.randint(0, 10, (300, 3)), dim=0)
+    kmap = submanifold_map(coords)
+    for m in (kmap, kmap.transposed()):
+        products = torch.randn(m.in_idx.numel(), 6, dtype=dtype)
+        expected = torch.zeros(m.num_out, 6, dtype=dtype).index_add_(0, m.out_idx, products)
+        got = torch.sparse.mm(m.scatter_matrix(dtype), products)
+        torch.testing.assert_close(got, expected)
+    assert kmap.transposed() is kmap.transposed() and kmap.transposed().transposed() is kmap
+    assert kmap.scatter_matrix(torch.float32) is kmap.scatter_matrix(torch.float32)

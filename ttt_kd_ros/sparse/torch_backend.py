@@ -157,8 +157,15 @@ def _apply_map(
     for k in range(kmap.kernel_volume):
         if ptr[k + 1] > ptr[k]:
             torch.mm(gathered[ptr[k] : ptr[k + 1]], weight[k], out=products[ptr[k] : ptr[k + 1]])
+    if products.device.type == "cpu" and products.dtype in _CSR_DTYPES:
+        return torch.addmm(out, kmap.scatter_matrix(products.dtype), products)
     out.index_add_(0, kmap.out_idx, products)
     return out
+
+
+_CSR_DTYPES = (torch.float32, torch.float64)
+"""Products scattered as a sparse matmul on a CPU (KernelMap.scatter_matrix); others (bfloat16 under autocast,
+an accelerator) keep ``index_add_``."""
 
 
 def _weight_grad(
