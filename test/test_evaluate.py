@@ -355,10 +355,10 @@ def test_checkpoint_builtin_names_resolve_as_in_the_node(tmp_path: Path) -> None
     assert Path(evaluation.args.checkpoint) == default_checkpoint("lidar")
     assert [r.name for r in evaluation.rows] == ["fusion_only", "default"]
     # what the shipped LiDAR model carries (session 8: a share that falls as the teacher's features collapse;
-    # session 9: the decoder alone adapts, on a frozen encoder)
+    # session 10: the decoder's last stage alone adapts, on a frozen prefix)
     assert evaluation.rows[1].fusion == FusionConfig("geometric", 0.4, shift_slope_2d=0.75, shift_ref_2d=0.4766)
     assert evaluation.rows[1].config.guard_kd_max == pytest.approx(0.68)
-    assert evaluation.rows[1].config.params == "decoder" and evaluation.rows[1].config.guard_kd_ratio == 0.7
+    assert evaluation.rows[1].config.params == "decoder_last" and evaluation.rows[1].config.guard_kd_ratio == 0.8
     assert evaluation.rows[1].config.crop_voxels == 2000
 
 

@@ -147,7 +147,7 @@ def test_given_parameters_override_the_checkpoints_validated_settings_one_by_one
     checkpoint = resolve_builtin(config.checkpoint)
     adapt, fusion = checkpoint_settings(checkpoint).apply(config.adapt, config.fusion, config.given)
     assert adapt.lr == 0.002 and fusion.weight_2d == 0.2  # what the user gave
-    assert adapt.bn_train is False and adapt.guard_kd_ratio == 0.7 and adapt.params == "decoder"  # the checkpoint's
+    assert adapt.bn_train is False and adapt.guard_kd_ratio == 0.8 and adapt.params == "decoder_last"  # checkpoint's
     assert fusion.mode == "geometric"
     off = segmenter_config(read_parameters(make_node("--params-file", str(path), "-p", "use_validated:=false")))
     assert off.given is None  # the declared values as they are
