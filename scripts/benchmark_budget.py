@@ -43,6 +43,7 @@ def run_budget(source, budget_s: float, passes: int, checkpoint: str, teacher: s
     config = SegmenterConfig(checkpoint=checkpoint, teacher=teacher, device="cpu", given=given, adapt=adapt)
     segmenter = Segmenter.from_config(config)
     latencies, steps_run, stages, step_s = [], [], [], []
+    by_scan: dict[str, list[int]] = {}  # steps of each scan over the passes: frames differ, a median hides which
     for p in range(passes):
         for i in range(len(source)):
             scan = source[i]
@@ -53,6 +54,7 @@ def run_budget(source, budget_s: float, passes: int, checkpoint: str, teacher: s
                 continue
             latencies.append(wall)
             steps_run.append(pred.steps_run)
+            by_scan.setdefault(f"{i} ({scan.num_points} points)", []).append(pred.steps_run)
             if pred.steps_run:
                 step_s.append(pred.timings_s.get("ttt_step", 0.0) / pred.steps_run)
             stages.append(pred.timings_s)
@@ -61,7 +63,7 @@ def run_budget(source, budget_s: float, passes: int, checkpoint: str, teacher: s
             "latency_median_s": statistics.median(latencies),
             "step_median_s": statistics.median(step_s) if step_s else 0.0, "latency_max_s": max(latencies),
             "over_budget": sum(t > budget_s for t in latencies), "steps_median": statistics.median(steps_run),
-            "steps_min": min(steps_run), "steps_max": max(steps_run),
+            "steps_min": min(steps_run), "steps_max": max(steps_run), "steps_by_scan": by_scan,
             "crop_voxels": segmenter.strategy.config.crop_voxels, "params": segmenter.strategy.config.params,
             "stage_median_s": {k: statistics.median(s.get(k, 0.0) for s in stages) for k in names}}
 
