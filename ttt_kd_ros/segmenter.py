@@ -435,7 +435,7 @@ class Segmenter:
         step = None if estimate is None or left is None else estimate(prepared, targets)
         if step is None:
             return ""
-        if self._guard_on_crop(prepared, targets):  # the guard region's two passes, at the forward's cost per voxel
+        if self._guard_on_crop(prepared, targets):  # the guard region's two passes, its share of the forward
             share = self.strategy.guard_voxels(prepared, targets) / max(1, prepared.num_voxels)
             passes = 2.0 * self._forward_estimate(self._pass_size(prepared) * share)
         else:  # a whole-scan reference: a forward before the steps (with no step it would be the output instead)
