@@ -226,3 +226,26 @@ def test_safety_settings_are_checked() -> None:
         AdaptConfig(guard_kd_max=-0.1)
     with pytest.raises(ValueError, match="unadapted_weight"):
         AdaptConfig(unadapted_weight=1.0)
+
+
+def test_the_budget_holds_back_the_guards_second_pass_not_the_regions_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the steps the guard repeats its region's pass on the region already cut: the budget reserves the
+    pass's measured time, not the cut's (a slow cut here), so the cut does not take room from the steps twice."""
+    import time as clock
+
+    segmenter = _segmenter(guard_kd_ratio=0.9, fitted=True, bn_train=False, crop_voxels=CROP, guard_voxels=2 * CROP)
+    strategy = segmenter.strategy
+    real_cut, real_reference = strategy.guard_crop, segmenter._reference
+    references = []
+
+    def slow_cut(prepared: object, targets: object) -> object:
+        clock.sleep(0.3)
+        return real_cut(prepared, targets)
+
+    monkeypatch.setattr(strategy, "guard_crop", slow_cut)
+    monkeypatch.setattr(segmenter, "_reference",
+                        lambda *args: references.append(real_reference(*args)) or references[-1])
+    pred = segmenter.segment(_scan())
+    assert pred.steps_run > 0 and "guard" in pred.timings_s
+    assert pred.timings_s["reference"] >= 0.3  # the stage still counts the cut
+    assert references[0].crop is not None and references[0].crop_forward_s < 0.3
