@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ttt_kd_ros.adapt import AdaptConfig
+from ttt_kd_ros.adapt.config import FROZEN_PREFIX_PARAM_SETS
 from ttt_kd_ros.adapt.crops import nearest_voxels
 from ttt_kd_ros.checkpoint_format import load_checkpoint
 from ttt_kd_ros.data.sources import open_source
@@ -43,8 +44,7 @@ def step_times(scans: list[Scan], checkpoint: str, crop_voxels: int, steps: int,
     """
     config = SegmenterConfig(checkpoint=checkpoint, teacher="builtin", device="cpu",
                              adapt=AdaptConfig(strategy="ttt_kd", steps=steps, crop_voxels=crop_voxels,
-                                               params=params,
-                                               bn_train=params not in ("decoder", "decoder_last")))
+                                               params=params, bn_train=params not in FROZEN_PREFIX_PARAM_SETS))
     segmenter = Segmenter.from_config(config)
     times, voxels = [], []
     for i, scan in enumerate(scans):

@@ -44,11 +44,16 @@ def _segmenter(params: str = "decoder", crop_voxels: int = 0, bn_train: bool = F
     return Segmenter(model, tiny_teacher(resolution=56), build_strategy(model, config))
 
 
-def _encoder_runs(seg: Segmenter) -> list[int]:
-    """One entry per run of the encoder's first stage (the stem), recorded as the scan is segmented."""
+def _runs(module: torch.nn.Module) -> list[int]:
+    """One entry per run of ``module``, recorded as a scan is segmented."""
     runs: list[int] = []
-    seg.model.backbone.encoder[0].entry.register_forward_hook(lambda *_: runs.append(1))
+    module.register_forward_hook(lambda *_: runs.append(1))
     return runs
+
+
+def _encoder_runs(seg: Segmenter) -> list[int]:
+    """One entry per run of the encoder's first stage (the stem)."""
+    return _runs(seg.model.backbone.encoder[0].entry)
 
 
 def test_rows_of_finds_each_query_voxel_and_refuses_a_missing_one() -> None:
@@ -80,7 +85,9 @@ def test_a_crop_reads_the_scans_encoder_output_at_its_own_voxels_on_every_level(
 
 
 @pytest.mark.parametrize("backend", ["torch", "minkowski"])
-def test_the_decoder_on_a_frozen_encoder_gives_the_whole_backbones_features(backend: str) -> None:
+def test_every_frozen_prefix_gives_the_whole_backbones_features(backend: str) -> None:
+    """The encoder alone, or with any number of decoder stages, computed once: the rest gives the whole backbone's
+    features; a crop of the encoder's output reads features with the whole scan around it."""
     _need(backend)
     model = _model(backend).eval()
     prepared = model.prepare(_scan())
@@ -92,6 +99,10 @@ def test_the_decoder_on_a_frozen_encoder_gives_the_whole_backbones_features(back
         crop_frozen = model.crop(model.with_frozen_encoder(prepared), rows)
         crop_whole = model.voxel_features(crop)
         crop_decoder = model.voxel_features(crop_frozen)
+        for stages in range(len(model.backbone.decoder)):
+            prefix = model.with_frozen_encoder(prepared, stages)
+            assert prefix.decoder_start == stages and (prefix.decoded is None) == (stages == 0)
+            assert torch.equal(model.voxel_features(prefix), whole)
     assert torch.equal(whole, frozen)
     # a crop's decoder reads encoder features computed with the whole scan around it: unlike the crop's own
     # encoder at its borders, yet the same network on the same rows
@@ -166,32 +177,12 @@ def test_spconv_whose_crops_know_no_pyramid_before_a_pass_runs_the_whole_backbon
 # ----------------------------------------------------------------------------- a prefix into the decoder
 
 
-def _stage_runs(seg: Segmenter, stage: int) -> list[int]:
-    """One entry per run of decoder stage ``stage``'s entry conv, recorded as the scan is segmented."""
-    runs: list[int] = []
-    seg.model.backbone.decoder[stage].entry.register_forward_hook(lambda *_: runs.append(1))
-    return runs
-
-
 def test_the_decoder_last_set_is_the_full_resolution_stage_alone() -> None:
     model = _model()
     params, names = collect_params(model, "decoder_last")
     last = model.backbone.decoder[-1]
     assert names and all(n.startswith(f"backbone.decoder.{len(model.backbone.decoder) - 1}.") for n in names)
     assert {id(p) for p in params} == {id(p) for p in last.parameters()}
-
-
-@pytest.mark.parametrize("backend", ["torch", "minkowski"])
-def test_a_prefix_through_decoder_stages_gives_the_whole_backbones_features(backend: str) -> None:
-    _need(backend)
-    model = _model(backend).eval()
-    prepared = model.prepare(_scan())
-    with torch.no_grad():
-        whole = model.voxel_features(prepared)
-        for stages in range(len(model.backbone.decoder)):
-            frozen = model.with_frozen_encoder(prepared, stages)
-            assert frozen.decoder_start == stages and (frozen.decoded is None) == (stages == 0)
-            assert torch.equal(model.voxel_features(frozen), whole)
 
 
 def test_a_crop_reads_the_scans_decoded_output_at_its_own_voxels() -> None:
@@ -220,7 +211,7 @@ def test_with_the_last_stage_alone_moving_earlier_stages_run_once_per_scan(monke
     frozen_seg, whole_seg = _segmenter(params="decoder_last"), _segmenter(params="decoder_last")
     monkeypatch.setattr(whole_seg, "_frozen_encoder", lambda: False)  # the same strategy, every pass whole
     assert frozen_seg.strategy.frozen_decoder_stages() == len(frozen_seg.model.backbone.decoder) - 1
-    first, last = _stage_runs(frozen_seg, 0), _stage_runs(frozen_seg, -1)
+    first, last = _runs(frozen_seg.model.backbone.decoder[0].entry), _runs(frozen_seg.model.backbone.decoder[-1].entry)
     before = [p.detach().clone() for p in frozen_seg.model.backbone.decoder[:-1].parameters()]
     scan = _scan()
     frozen, whole = frozen_seg.segment(scan), whole_seg.segment(scan)

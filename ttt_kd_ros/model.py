@@ -474,11 +474,10 @@ class TTTKDNet(nn.Module):
         if prepared.encoder_skips is not None:  # the crop's rows of the scan's frozen outputs, level by level
             level_rows = [rows] + [rows_of(prepared.geometry.coords(level), geometry.coords(level))
                                    for level in range(1, levels)]
-            if prepared.decoded is None:
-                skips = [skip.index_select(0, r) for skip, r in zip(prepared.encoder_skips, level_rows, strict=True)]
-            else:  # the skips of the levels the passes run at; the decoded output at the level above them
-                skips = [prepared.encoder_skips[level].index_select(0, level_rows[level])
-                         for level in range(levels - 1)]
+            # the skips of the levels the passes run at (every level, or those below the decoded output's)
+            skip_levels = levels if prepared.decoded is None else levels - 1
+            skips = [prepared.encoder_skips[level].index_select(0, level_rows[level]) for level in range(skip_levels)]
+            if prepared.decoded is not None:
                 decoded = prepared.decoded.index_select(0, level_rows[-1])
         return PreparedScan(prepared.features.index_select(0, rows), voxels, geometry, prepared.device, skips,
                             prepared.decoder_start, decoded)

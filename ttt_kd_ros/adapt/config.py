@@ -25,6 +25,9 @@ from torch import nn
 from ttt_kd_ros.losses import KD_LOSS_KINDS
 
 PARAM_SETS = ("all", "norm", "norm_decoder", "decoder", "decoder_last")
+FROZEN_PREFIX_PARAM_SETS = ("decoder", "decoder_last")
+"""Parameter sets that leave the encoder (and, for decoder_last, the earlier decoder stages) untouched: with running
+statistics their output of a scan is computed once (GradientStrategy.frozen_encoder)."""
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ttt_kd_ros.adapt.base import BaseStrategy
-from ttt_kd_ros.adapt.config import AdaptConfig, AdaptResult, Targets
+from ttt_kd_ros.adapt.config import FROZEN_PREFIX_PARAM_SETS, AdaptConfig, AdaptResult, Targets
 from ttt_kd_ros.adapt.verbs import (
     SourceState,
     _next_step_overruns,
@@ -65,7 +65,7 @@ class GradientStrategy(BaseStrategy):
     def frozen_encoder(self) -> bool:
         """The decoder alone moves and every pass normalises with running statistics: the encoder's output of a
         scan is the same before, during and after the steps."""
-        return (self.param_set(self.config) in ("decoder", "decoder_last") and not self.bn_train(self.config)
+        return (self.param_set(self.config) in FROZEN_PREFIX_PARAM_SETS and not self.bn_train(self.config)
                 and not self.predict_bn_train)
 
     def frozen_decoder_stages(self) -> int:

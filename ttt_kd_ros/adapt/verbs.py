@@ -53,9 +53,8 @@ def _last_decoder_stage_params(backbone: nn.Module) -> dict[str, nn.Parameter]:
     the last one in the backbone's parameter order.
     """
     decoder = _decoder_params(backbone)
-    stages = [".".join(n.split(".")[:2]) for n in decoder]
-    last = stages[-1]
-    return {n: p for n, p in decoder.items() if ".".join(n.split(".")[:2]) == last}
+    last = next(reversed(decoder)).split(".")[:2]
+    return {n: p for n, p in decoder.items() if n.split(".")[:2] == last}
 
 
 def collect_params(model: nn.Module, which: str = "all") -> tuple[list[nn.Parameter], list[str]]:
