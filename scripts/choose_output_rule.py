@@ -12,7 +12,9 @@ on the same scans (each scan then holds both dumps' variants). The grids are fla
 ``--ceilings`` are multiples of the in-distribution median unadapted KD loss, stored as the absolute
 ``guard_kd_max`` the Segmenter reads. ``--shifts`` reads each scan's shift measures (scripts/validation_shifts.py)
 and adds the shift-adaptive teacher share's slopes to the fusion grid (``--slopes-3d``, ``--slopes-2d``); their
-refs are the file's in-distribution means.
+refs are the file's in-distribution means. ``--prior-strengths`` / ``--prior-iterations`` add the label-shift
+correction of the output (ttt_kd_ros/adapt/class_prior.py) to every rule; the fusion column then ends in
+``:prior<strength>x<iterations>``.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from ttt_kd_ros.adapt.class_prior import reweight, scan_class_weights
 from ttt_kd_ros.fusion import FusionConfig, fuse_scan
 from ttt_kd_ros.metrics import ConfusionMatrix
 from ttt_kd_ros.scan import IGNORE_LABEL
@@ -100,12 +104,39 @@ def mixed(inner: Rule, other: str, weight: float) -> Rule:
     return lambda scan, stat: (1 - weight) * inner(scan, stat) + weight * scan[other].astype(np.float32)
 
 
-def score(splits: dict, rule: Rule, fusion: FusionConfig, classes: int) -> dict[str, float]:
+class Prior(NamedTuple):
+    """The label-shift correction (ttt_kd_ros/adapt/class_prior.py) a rule's output gets: strength 0 = none."""
+
+    strength: float = 0.0
+    iterations: int = 2
+    source: tuple[float, ...] = ()
+
+    def apply(self, probs: np.ndarray) -> np.ndarray:
+        if self.strength == 0.0:
+            return probs
+        p = torch.from_numpy(probs)
+        weights = scan_class_weights(p, torch.tensor(self.source, dtype=torch.float64), self.strength,
+                                     self.iterations)
+        return reweight(p, weights).numpy()
+
+
+def source_prior(splits: dict) -> tuple[float, ...]:
+    """The unadapted joint model's mean class probabilities on the in-distribution scans (what
+    scripts/validation_shifts.py stores as the model's class prior, here from the dumped float16 copies)."""
+    probs = np.concatenate([scan["joint"].astype(np.float64) for scan in splits["in_dist"][0]])
+    prior = np.maximum(probs.mean(axis=0), 1e-4)
+    return tuple(float(v) for v in prior / prior.sum())
+
+
+NO_PRIOR = Prior()
+
+
+def score(splits: dict, rule: Rule, fusion: FusionConfig, classes: int, prior: Prior = NO_PRIOR) -> dict[str, float]:
     out = {}
     for name, (scans, stats) in splits.items():
         cm = ConfusionMatrix(classes)
         for scan, stat in zip(scans, stats, strict=True):
-            labels = fused(rule(scan, stat), scan, fusion).argmax(axis=1)
+            labels = prior.apply(fused(rule(scan, stat), scan, fusion)).argmax(axis=1)
             truth = scan["labels"]
             keep = truth != IGNORE_LABEL
             cm.update(truth[keep], labels[keep])
@@ -153,6 +184,9 @@ def main() -> int:
     p.add_argument("--shifts", type=Path, default=None, help="per-scan shift values (scripts/validation_shifts.py)")
     p.add_argument("--slopes-3d", default="0", help="fusion shift_slope_3d values (with --shifts)")
     p.add_argument("--slopes-2d", default="0", help="fusion shift_slope_2d values (with --shifts)")
+    p.add_argument("--prior-strengths", default="0", help="adapt.prior_strength values (0 = no label-shift "
+                   "correction; the source prior is the in-distribution scans' mean unadapted probabilities)")
+    p.add_argument("--prior-iterations", default="2", help="adapt.prior_iterations values (with a strength > 0)")
     args = p.parse_args()
     splits: dict[str, tuple[list[Scan], list[dict]]] = {}
     for folder in args.folders:
@@ -184,18 +218,26 @@ def main() -> int:
         for m in args.modes.split(",") for w in floats(args.weights) for d in floats(args.disagreements)
         for s3, s2 in slopes]
     src = score(splits, variant("src"), FusionConfig("off"), classes)
+    prior = source_prior(splits)
+    priors = [NO_PRIOR] + [Prior(strength, int(k), prior) for strength in floats(args.prior_strengths) if strength > 0
+                          for k in floats(args.prior_iterations)]
+    if len(priors) > 1:
+        print(f"source prior (in-distribution mean unadapted probabilities): {[round(v, 4) for v in prior]}")
     rows = []
     print(f"{len(splits) - 1} shifts; source-only: id {src['in_dist']:.1f}, ood "
           f"{np.mean([v for k, v in src.items() if k != 'in_dist']):.1f}")
-    for (name, rule), fusion in itertools.product(rules.items(), fusions):
-        s = summary(score(splits, rule, fusion, classes), src)
+    for (name, rule), fusion, correction in itertools.product(rules.items(), fusions, priors):
+        s = summary(score(splits, rule, fusion, classes, correction), src)
         label = f"{fusion.mode}:{fusion.weight_2d}:{fusion.max_disagreement}"
         if fusion.shift_adaptive:
             label += f":+{fusion.shift_slope_3d}x3d-{fusion.shift_slope_2d}x2d"
+        if correction.strength:
+            label += f":prior{correction.strength}x{correction.iterations}"
         rows.append({"rule": name, "fusion": label, **s})
     rows.append({"rule": "src", "fusion": "off:0.5", **summary(src, src)})
     rows.sort(key=lambda r: (r["losses"], -r["ood"]))
-    print(f"{'rule':40s} {'fusion':28s} {'id':>6s} {'ood':>6s} {'worst':>7s} losses worst_split")
+    print(f"{'rule':40s} {'fusion (:prior strength x rounds)':28s} {'id':>6s} {'ood':>6s} {'worst':>7s} losses "
+          "worst_split")
     for r in rows[:60]:
         print(f"{r['rule']:40s} {r['fusion']:28s} {r['id']:6.1f} {r['ood']:6.1f} {r['worst']:7.1f} {r['losses']:6d} "
               f"{r['worst_split']}")

@@ -6,11 +6,15 @@ choice and the command); this stores them where the node, the evaluator and the 
     python scripts/set_validated_settings.py --checkpoint IN.safetensors --out OUT.safetensors \
         --adapt strategy=ttt_kd,steps=20,lr=1e-4,bn_train=false,guard_kd_ratio=0.6,unadapted_weight=0.3 \
         --fusion mode=mean,weight_2d=0.3 --how "validation suite lidar, seed 777, 4 scans x 20 shifts"
+
+``--class-prior`` stores the model's source class prior (NetConfig.class_prior: the ``source_prior`` line of
+scripts/validation_shifts.py) that ``adapt.prior_strength`` needs; without it the checkpoint's prior is kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from ttt_kd_ros.adapt import AdaptConfig
@@ -33,6 +37,7 @@ def main() -> int:
     p.add_argument("--adapt", default="", help="AdaptConfig fields, f=v,...")
     p.add_argument("--fusion", default="", help="FusionConfig fields, f=v,...")
     p.add_argument("--how", required=True, help="where the settings were chosen (stored with them)")
+    p.add_argument("--class-prior", default="", help="the model's source class prior, comma-separated shares")
     args = p.parse_args()
     meta = read_checkpoint_metadata(args.checkpoint)
     settings = ValidatedSettings(changed_fields(args.adapt, AdaptConfig(), "--adapt"),
@@ -41,6 +46,11 @@ def main() -> int:
     model = load_checkpoint(args.checkpoint)
     if settings.fusion.get("mode", "off") != "off" and model.fusion_head is None:
         raise SystemExit(f"{args.checkpoint}: fusion settings need a fusion head (ttt_kd_fit_fusion_head)")
+    if args.class_prior:
+        model.config = dataclasses.replace(model.config, class_prior=tuple(
+            float(v) for v in args.class_prior.split(",") if v.strip()))  # NetConfig checks the shares
+    if settings.adapt.get("prior_strength", 0) and not model.config.class_prior:
+        raise SystemExit(f"{args.checkpoint}: adapt.prior_strength needs the model's class prior (--class-prior)")
     save_checkpoint(model, args.out, extra=meta.get("extra"), validated=settings.to_meta())
     print(f"{args.out}: validated {settings.to_meta()}")
     return 0

@@ -35,12 +35,21 @@ from ttt_kd_ros.teachers.resolve import BUILTIN, resolve
 from ttt_kd_ros.teachers.teacher import Teacher
 
 
-def scan_shifts(net: TTTKDNet, teacher: Teacher, scan: Scan) -> dict[str, float | None]:
-    """The scan's 3D shift (an unadapted eval forward) and teacher shift (None when no camera sees a point)."""
+def scan_shifts(net: TTTKDNet, teacher: Teacher, scan: Scan) -> dict[str, float | list[float] | None]:
+    """The scan's 3D shift (an unadapted eval forward), teacher shift (None when no camera sees a point) and the
+    forward's mean class probabilities (what the model's source class prior is averaged from)."""
     with torch.no_grad(), BatchNormShift(net.backbone) as shift:
-        net(net.prepare(scan), with_kd=False)
+        output = net(net.prepare(scan), with_kd=False)
     targets = distillation_targets(scan, teacher, center=net.config.kd_target_center)
-    return {"shift_3d": shift.value, "shift_2d": teacher_shift(targets.features)}
+    mix = torch.softmax(output.logits.float(), dim=1).mean(dim=0)
+    return {"shift_3d": shift.value, "shift_2d": teacher_shift(targets.features), "class_mix": mix.tolist()}
+
+
+def source_prior(mixes: list[list[float]]) -> list[float]:
+    """The in-distribution scans' mean class mix, rounded: the ``adapt.source_prior`` a model stores
+    (adapt/class_prior.py). Every value stays above 0 so a class the source scans lack is not ruled out."""
+    prior = torch.tensor(mixes, dtype=torch.float64).mean(dim=0).clamp_min(1e-4)
+    return [round(float(v), 4) for v in prior / prior.sum()]
 
 
 def main() -> int:
@@ -52,6 +61,7 @@ def main() -> int:
     p.add_argument("--scans", type=int, default=4)
     p.add_argument("--out", type=Path, default=None, help="per-scan values as JSON {split: [{shift_3d, shift_2d}]}")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=VALIDATION_SEED, help="the suite's scans (validation_candidates')")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     net = load_checkpoint(shipped_path(args.checkpoint), "cpu").eval()
@@ -64,7 +74,7 @@ def main() -> int:
         spec = parse_split(text)
         if wanted and spec.name not in wanted:
             continue
-        split = generate_split(spec, args.scans, VALIDATION_SEED, 16000, "crop")
+        split = generate_split(spec, args.scans, args.seed, 16000, "crop")
         values[spec.name] = [scan_shifts(net, teacher, scan) for scan in split.scans]
         print(f"{spec.name}: {len(split.scans)} scans", file=sys.stderr, flush=True)
     if args.out:
@@ -73,7 +83,8 @@ def main() -> int:
     ref_2d = [v["shift_2d"] for v in own if v["shift_2d"] is not None]
     print(json.dumps({"checkpoint": args.checkpoint, "teacher": args.teacher, "suite": args.suite,
                       "shift_ref_3d": round(statistics.mean(v["shift_3d"] for v in own), 4) if own else None,
-                      "shift_ref_2d": round(statistics.mean(ref_2d), 4) if ref_2d else None}))
+                      "shift_ref_2d": round(statistics.mean(ref_2d), 4) if ref_2d else None,
+                      "source_prior": source_prior([v["class_mix"] for v in own]) if own else None}))
     return 0
 
 

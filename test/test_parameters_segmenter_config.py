@@ -83,3 +83,16 @@ def test_tools_read_integers_for_double_parameters_as_doubles() -> None:
     assert (changed.lr, changed.time_budget_s) == (1.0, 2.0)
     assert isinstance(changed.lr, float) and isinstance(changed.time_budget_s, float)
     assert isinstance(retune(segmenter, {"adapt.steps": 3}).steps, int)  # integers stay integers
+
+
+def test_prior_parameters_reach_the_engine_and_a_model_without_a_prior_refuses_them() -> None:
+    from ttt_kd_ros.parameters.segmenter_config import retune
+
+    config = segmenter_config_from_parameters({"adapt.prior_strength": 0.4, "adapt.prior_iterations": 3})
+    assert (config.adapt.prior_strength, config.adapt.prior_iterations) == (0.4, 3)
+    with pytest.raises(ParameterError, match=r"prior_iterations >= 1"):
+        segmenter_config_from_parameters({"adapt.prior_iterations": 0})
+    segmenter = segmenter_from_parameters(None, "tiny", "cpu", {"teacher_resolution": 56, "adapt.strategy": "none"})
+    with pytest.raises(ParameterError, match="no class prior"):  # the untrained net has none
+        retune(segmenter, {"adapt.prior_strength": 0.4})
+    assert retune(segmenter, {"adapt.prior_iterations": 5}).prior_iterations == 5  # at strength 0: nothing to check

@@ -59,7 +59,7 @@ def save_checkpoint(model: TTTKDNet, path: str | os.PathLike, extra: dict | None
     return path
 
 
-_OPTIONAL_CONFIG_FIELDS = {"kd_target_center": [], "fusion_head": False}
+_OPTIONAL_CONFIG_FIELDS = {"kd_target_center": [], "fusion_head": False, "class_prior": []}
 """NetConfig fields added after checkpoints were shipped, with the value that reproduces the older behaviour."""
 
 _REQUIRED_META = ("format_version", "config", "class_names", "voxel_size_m", "teacher_id", "teacher_resolution")

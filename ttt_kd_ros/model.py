@@ -12,6 +12,7 @@ checkpoint_format.py.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -71,10 +72,14 @@ class NetConfig:
     """Whether the net carries rho_F, a linear head on teacher features (fusion.py) fitted on labelled source
     scans: the teacher's own class prediction, fused with the 3D one on visible points. False in checkpoints
     older than the field and in nets trained without images."""
+    class_prior: tuple[float, ...] = ()
+    """The unadapted model's mean class probabilities on its in-distribution validation scans
+    (scripts/validation_shifts.py): the source prior the label-shift correction divides out
+    (adapt/class_prior.py, ``AdaptConfig.prior_strength``). Empty: not measured, and the correction cannot run."""
 
     def __post_init__(self) -> None:
         for name in ("input_features", "encoder_planes", "encoder_blocks", "decoder_planes", "decoder_blocks",
-                     "kd_target_center"):
+                     "kd_target_center", "class_prior"):
             setattr(self, name, tuple(getattr(self, name)))
         self.teacher_resolution = resolution_value(self.teacher_resolution, "teacher_resolution")
         unknown = [f for f in self.input_features if f not in FEATURE_WIDTHS]
@@ -101,6 +106,11 @@ class NetConfig:
         if self.kd_target_center and len(self.kd_target_center) != self.teacher_dim:
             raise ValueError(f"kd_target_center: expected {self.teacher_dim} values (teacher_dim) or none, got "
                              f"{len(self.kd_target_center)}")
+        self.class_prior = tuple(float(v) for v in self.class_prior)
+        if self.class_prior and (len(self.class_prior) != self.num_classes or abs(sum(self.class_prior) - 1) > 1e-3
+                                 or not all(math.isfinite(v) and v > 0 for v in self.class_prior)):
+            raise ValueError(f"class_prior: expected {self.num_classes} finite class shares above 0 summing to 1 "
+                             f"(num_classes) or none, got {self.class_prior}")
 
     @property
     def in_channels(self) -> int:

@@ -137,6 +137,8 @@ class Prediction:
     fused: np.ndarray | None = None  # (N,) bool: the label fuses the teacher's prediction (None: fusion off)
     fusion_withheld: bool = False  # the teacher was not fused on this scan: its class mix too unlike the 3D one
     fusion_weight: float | None = None  # the teacher's share fused on this scan (fusion.scan_weight_2d; None: none)
+    class_weights: np.ndarray | None = None  # (K,) the label-shift correction's class weights (adapt/class_prior.py;
+    # None: not applied)
 
     @property
     def total_s(self) -> float:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ttt_kd_ros.adapt import AdaptConfig, AdaptResult, Strategy, build_strategy
+from ttt_kd_ros.adapt.class_prior import reweight, scan_class_weights
 from ttt_kd_ros.adapt.crops import Crop
 from ttt_kd_ros.checkpoint_format import load_checkpoint, validated_settings
 from ttt_kd_ros.checkpoints import shipped_path
@@ -195,6 +196,7 @@ class Segmenter:
         if teacher is not None and teacher.feature_dim != model.config.teacher_dim:
             raise ValueError(f"Segmenter: teacher {teacher.teacher_id} gives {teacher.feature_dim}-dim features but "
                              f"the model's kd head outputs NetConfig.teacher_dim = {model.config.teacher_dim}")
+        self._check_prior(strategy.config)
         self.amp = bool(amp) and bfloat16_supported(self.device)
         if amp and not self.amp:
             LOG.warning("amp asked for on %s, but this GPU has no bfloat16 support: running float32 (float16 "
@@ -264,8 +266,17 @@ class Segmenter:
         AdaptConfig ValueError, and the running config is then left unchanged.
         """
         config = dataclasses.replace(self.strategy.config, **changes)
+        self._check_prior(config)
         self.strategy.retune(config)
         return config
+
+    def _check_prior(self, config: AdaptConfig) -> None:
+        """ValueError when ``config`` asks for the label-shift correction of a model that stores no source prior."""
+        if config.prior_strength > 0 and not self.model.config.class_prior:
+            raise ValueError(f"Segmenter: adapt.prior_strength {config.prior_strength} asks for the label-shift "
+                             "correction (adapt/class_prior.py), but the checkpoint stores no class prior (NetConfig."
+                             "class_prior; scripts/set_validated_settings.py --class-prior adds one); set "
+                             "adapt.prior_strength 0 to run without it")
 
     # ------------------------------------------------------------------------------------------------ hot path
 
@@ -635,6 +646,7 @@ class Segmenter:
                 probs, pred.fusion_withheld, pred.fusion_weight = self._fuse(probs, targets, shift_3d)
                 work_fused[targets.point_index.cpu().numpy()] = not pred.fusion_withheld
             pred.timings_s["fusion"] = time.perf_counter() - t
+        probs = self._correct_prior(pred, probs)
         conf_t, label_t = probs.max(dim=1)
         work_labels = label_t.cpu().numpy()
         work_conf = conf_t.cpu().numpy().astype(np.float32)
@@ -649,6 +661,20 @@ class Segmenter:
             # only the points the network saw carry a camera's view; upsampled neighbours keep the 3D label
             pred.fused[work_index] = work_fused
         pred.timings_s["upsample"] = time.perf_counter() - t
+
+    def _correct_prior(self, pred: Prediction, probs: torch.Tensor) -> torch.Tensor:
+        """The scan's output with the label-shift correction (adapt/class_prior.py) when ``adapt.prior_strength``
+        asks for it, its class weights kept in ``pred.class_weights``; ``probs`` unchanged otherwise."""
+        config = self.strategy.config
+        if config.prior_strength == 0.0:
+            return probs
+        t = time.perf_counter()
+        prior = torch.tensor(self.model.config.class_prior, dtype=torch.float64)
+        weights = scan_class_weights(probs, prior, config.prior_strength, config.prior_iterations)
+        pred.class_weights = weights.cpu().numpy().astype(np.float32)
+        probs = reweight(probs, weights)
+        pred.timings_s["prior"] = time.perf_counter() - t
+        return probs
 
     def _fuse(self, probs: torch.Tensor, targets: DistillTargets, shift_3d: float | None
               ) -> tuple[torch.Tensor, bool, float | None]:

@@ -20,6 +20,8 @@ serves every caller; each piece lives in its own module:
 ``ttt_kd_online``  TTTKDOnline (updates carry over, drift guard)
 ``tent``           Tent (entropy on the normalisation parameters)
 ``strategies``     STRATEGIES (name -> class) and build_strategy
+``class_prior``    the label-shift correction of a scan's output (scan_class_weights, reweight), which the
+                   Segmenter applies after fusion when AdaptConfig.prior_strength asks for it
 """
 
 from ttt_kd_ros.adapt.base import BaseStrategy

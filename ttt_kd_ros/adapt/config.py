@@ -16,6 +16,7 @@ maps built once per scan are reused by every step. Targets need
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -86,6 +87,10 @@ class AdaptConfig:
     # this (0 = no ceiling). Far above the model's own level the teacher's features are not ones the network learnt
     # to predict (blurred or blocky images): on validation such adaptations passed the ratio guard and cost 10-15
     # points, because smooth targets are easy to fit. A rejected scan runs no step at all.
+    prior_strength: float = 0.0  # label-shift correction of the output (adapt/class_prior.py, applied by the
+    # Segmenter after fusion): class probabilities x (the scan's labelled share / the model's source share) ** this;
+    # 0 = off. Needs the checkpoint's NetConfig.class_prior.
+    prior_iterations: int = 2  # fixed-point rounds of that estimate (each relabels the scan with the last weights)
 
     def __post_init__(self) -> None:
         # The strategy names are the keys of the one table (adapt/strategies.py), which lives with the classes
@@ -122,6 +127,10 @@ class AdaptConfig:
             raise ValueError(f"AdaptConfig.unadapted_weight: expected in [0, 1), got {self.unadapted_weight}")
         if not self.guard_kd_max >= 0.0:
             raise ValueError(f"AdaptConfig.guard_kd_max: expected >= 0 (0 = no ceiling), got {self.guard_kd_max}")
+        if not (math.isfinite(self.prior_strength) and 0.0 <= self.prior_strength <= 1.0) \
+                or self.prior_iterations < 1:
+            raise ValueError(f"AdaptConfig: prior_strength must be in [0, 1] (0 = off) and prior_iterations >= 1, "
+                             f"got {self.prior_strength} and {self.prior_iterations}")
         if self.time_budget_s is not None and not (isinstance(self.time_budget_s, (int, float))
                                                    and self.time_budget_s > 0):
             raise ValueError(f"AdaptConfig.time_budget_s: expected seconds > 0 or None, got {self.time_budget_s!r}")

@@ -70,6 +70,8 @@ def segmenter_config_from_parameters(values: Mapping[str, Any], given: Iterable[
             guard_kd_ratio=guard if guard > 0 else None,
             unadapted_weight=float(params["adapt.unadapted_weight"]),
             guard_kd_max=float(params["adapt.guard_kd_max"]),
+            prior_strength=float(params["adapt.prior_strength"]),
+            prior_iterations=int(params["adapt.prior_iterations"]),
         )
         fusion = FusionConfig(params["fusion.mode"], float(params["fusion.weight_2d"]),
                               float(params["fusion.max_disagreement"]),
@@ -135,6 +137,8 @@ RUNTIME_ADAPT_FIELDS: dict[str, str] = {
     "adapt.kd_points_per_step": "kd_points_per_step",
     "adapt.loss": "loss",
     "adapt.time_budget_s": "time_budget_s",
+    "adapt.prior_strength": "prior_strength",
+    "adapt.prior_iterations": "prior_iterations",
 }
 """Node parameters that retune a built Segmenter's strategy between scans: none of them changes which parameters
 move or how the optimizer was built, so no rebuild (and no reload of the checkpoint) is needed."""

@@ -124,6 +124,12 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("adapt.guard_kd_max", 0.0, "Run no step on a scan whose unadapted KD loss over the visible points is "
               "above this (its targets are unlike any the network learnt: blurred or blocky images); 0: no "
               "ceiling.", minimum=0.0, maximum=2.0),
+    ParamSpec("adapt.prior_strength", _ADAPT.prior_strength, "Label-shift correction of the output: each class's "
+              "probability times (the scan's share of points labelled that class / the model's source share) to "
+              "this power, so classes the scan lacks stop collecting its uncertain points (adapt/class_prior.py; "
+              "needs the checkpoint's class prior); 0: off.", minimum=0.0, maximum=1.0, runtime=True),
+    ParamSpec("adapt.prior_iterations", _ADAPT.prior_iterations, "Rounds of the scan's class-share estimate, each "
+              "relabelling the scan with the last round's weights.", minimum=1, maximum=20, runtime=True),
     ParamSpec("fusion.mode", "off", "On points a camera sees, combine the 3D prediction with the teacher's "
               "(the checkpoint's fusion head): off, mean, entropy or geometric (docs/ADAPTATION.md).",
               choices=FUSION_MODES),

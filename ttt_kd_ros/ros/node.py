@@ -329,7 +329,8 @@ class SegmenterNode(LifecycleNode):
         settings = (f"strategy={adapt.strategy} steps={adapt.steps} lr={adapt.lr:g} optimizer={adapt.optimizer} "
                     f"params={adapt.params} bn_train={adapt.bn_train} kd_points_per_step={adapt.kd_points_per_step} "
                     f"loss={adapt.loss} time_budget_s={adapt.time_budget_s} guard_kd_ratio={adapt.guard_kd_ratio} "
-                    f"unadapted_weight={adapt.unadapted_weight} guard_kd_max={adapt.guard_kd_max:g}") \
+                    f"unadapted_weight={adapt.unadapted_weight} guard_kd_max={adapt.guard_kd_max:g} "
+                    f"prior_strength={adapt.prior_strength:g} prior_iterations={adapt.prior_iterations}") \
             if adapt is not None else "none"
         fusion = getattr(seg, "fusion", None)
         settings += (f"; fusion: {fusion.mode} weight_2d={fusion.weight_2d:g} max_disagreement="
