@@ -187,6 +187,10 @@ def main() -> int:
     p.add_argument("--prior-strengths", default="0", help="adapt.prior_strength values (0 = no label-shift "
                    "correction; the source prior is the in-distribution scans' mean unadapted probabilities)")
     p.add_argument("--prior-iterations", default="2", help="adapt.prior_iterations values (with a strength > 0)")
+    p.add_argument("--shift-refs", default="", help="3D,teacher shift refs the model stores (default: the --shifts "
+                   "file's in-distribution means)")
+    p.add_argument("--source-prior", default="", help="the model's class prior, comma-separated (default: from the "
+                   "dumped in-distribution scans)")
     args = p.parse_args()
     splits: dict[str, tuple[list[Scan], list[dict]]] = {}
     for folder in args.folders:
@@ -194,7 +198,9 @@ def main() -> int:
     ref_3d = ref_2d = 0.0
     if args.shifts:
         ref_3d, ref_2d = attach_shifts(splits, args.shifts)
-        print(f"shift refs (in-distribution means): 3D {ref_3d:.4f}, teacher {ref_2d:.4f}")
+        if args.shift_refs:
+            ref_3d, ref_2d = floats(args.shift_refs)
+        print(f"shift refs: 3D {ref_3d:.4f}, teacher {ref_2d:.4f}")
     first = next(iter(splits.values()))[0][0]
     classes = first["joint"].shape[1]
     variants = [v for v in ("joint", "bn", "kd_bn", "kd_run", "kd_run3", "kd_run_dec", "kd_run3_dec", "kd_run_dl",
@@ -218,7 +224,7 @@ def main() -> int:
         for m in args.modes.split(",") for w in floats(args.weights) for d in floats(args.disagreements)
         for s3, s2 in slopes]
     src = score(splits, variant("src"), FusionConfig("off"), classes)
-    prior = source_prior(splits)
+    prior = tuple(floats(args.source_prior)) if args.source_prior else source_prior(splits)
     priors = [NO_PRIOR] + [Prior(strength, int(k), prior) for strength in floats(args.prior_strengths) if strength > 0
                           for k in floats(args.prior_iterations)]
     if len(priors) > 1:
