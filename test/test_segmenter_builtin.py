@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ttt_kd_ros.adapt import AdaptConfig
+from ttt_kd_ros.checkpoint_format import load_checkpoint
 from ttt_kd_ros.checkpoints import default_checkpoint, default_teacher
 from ttt_kd_ros.data.synthetic import generate_scan
 from ttt_kd_ros.ros.params import PARAMETERS
@@ -53,7 +54,7 @@ def test_resolve_builtin_unknown_sensor_lists_the_shipped_models() -> None:
 
 def test_every_checkpoint_reader_takes_the_nodes_builtin_spelling() -> None:
     """ttt_kd_replay and ttt_kd_evaluate once read ``--checkpoint builtin:lidar`` as a missing file."""
-    from ttt_kd_ros.checkpoint_format import load_checkpoint, read_checkpoint_metadata
+    from ttt_kd_ros.checkpoint_format import read_checkpoint_metadata
 
     lidar = read_checkpoint_metadata("builtin:lidar")
     assert lidar == read_checkpoint_metadata(default_checkpoint("lidar"))
@@ -98,3 +99,22 @@ def test_builtin_lidar_model_loaded_as_the_node_loads_it_labels_lidar_scans() ->
         scan = generate_scan("lidar", seed=seed)
         matrix.update(scan.labels, segmenter.segment(scan).labels)
     assert matrix.miou() > 0.30, f"shipped LiDAR model: pooled mIoU {matrix.miou():.3f} on unseen LiDAR rooms"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [BUILTIN, BUILTIN + ":lidar"])
+def test_each_shipped_model_runs_its_label_shift_correction_as_the_node_loads_it(name: str) -> None:
+    """Both models store a class prior and a validated strength (docs/EVALUATION.md, "Session 11"); the node's
+    mapping runs it unless the user sets adapt.prior_strength, and the published labels are the corrected ones."""
+    from ttt_kd_ros.parameters import segmenter_config
+
+    model = load_checkpoint(name)
+    assert len(model.config.class_prior) == model.config.num_classes
+    corrected = segmenter_config.segmenter_from_parameters(name, BUILTIN, "cpu", {"adapt.steps": 0})
+    plain = segmenter_config.segmenter_from_parameters(name, BUILTIN, "cpu", {"adapt.steps": 0,
+                                                                               "adapt.prior_strength": 0.0})
+    assert corrected.strategy.config.prior_strength > 0 and plain.strategy.config.prior_strength == 0
+    scan = generate_scan("lidar" if name.endswith("lidar") else "source", seed=424245)
+    with_prior, without = corrected.segment(scan), plain.segment(scan)
+    assert with_prior.class_weights is not None and without.class_weights is None
+    assert not np.array_equal(with_prior.labels, without.labels)
