@@ -31,21 +31,23 @@ RATIO_FLOOR = 0.01
 
 def scan_class_weights(probs: torch.Tensor, source_prior: torch.Tensor, strength: float, iterations: int
                        ) -> torch.Tensor:
-    """(N, K) probabilities of one scan -> (K,) weights max(pi_scan / pi_source, RATIO_FLOOR) ** strength, with
-    pi_scan the share of the scan's points labelled each class under the previous iteration's weights (the first
-    iteration: unweighted). ``source_prior``: (K,) shares above 0."""
-    weights = torch.ones(probs.shape[1], dtype=torch.float64, device=probs.device)
+    """(N, K) probabilities of one scan -> (K,) float32 weights max(pi_scan / pi_source, RATIO_FLOOR) ** strength,
+    with pi_scan the share of the scan's points labelled each class under the previous iteration's weights (the
+    first iteration: unweighted). ``source_prior``: (K,) shares above 0. Each round is one (N, K) product and an
+    argmax in the probabilities' own precision (a 120k-point scan: a few ms a round)."""
+    k = probs.shape[1]
+    weights = torch.ones(k, dtype=probs.dtype, device=probs.device)
     if probs.shape[0] == 0 or strength == 0.0:
         return weights
     prior = source_prior.to(device=probs.device, dtype=torch.float64)
     for _ in range(iterations):
-        labels = (probs.double() * weights).argmax(dim=1)
-        share = torch.bincount(labels, minlength=probs.shape[1]).double() / probs.shape[0]
-        weights = (share / prior).clamp_min(RATIO_FLOOR) ** strength
+        labels = (probs * weights).argmax(dim=1)
+        share = torch.bincount(labels, minlength=k).double() / probs.shape[0]
+        weights = ((share / prior).clamp_min(RATIO_FLOOR) ** strength).to(probs.dtype)
     return weights
 
 
 def reweight(probs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """(N, K) probabilities times (K,) class weights, renormalised per point."""
-    out = probs.double() * weights.to(probs.device)
-    return (out / out.sum(dim=1, keepdim=True).clamp_min(1e-30)).to(probs.dtype)
+    out = probs * weights.to(device=probs.device, dtype=probs.dtype)
+    return out / out.sum(dim=1, keepdim=True).clamp_min(torch.finfo(probs.dtype).tiny)
