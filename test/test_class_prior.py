@@ -112,3 +112,24 @@ def test_set_validated_settings_stores_the_class_prior_a_strength_needs(tmp_path
     assert done.value.code == 0
     assert load_checkpoint(out).config.class_prior == (0.5,) + (0.05,) * 10
     assert read_checkpoint_metadata(out)["validated"]["adapt"] == {"prior_strength": 0.4}
+
+
+def test_the_budget_holds_back_the_correction_at_its_last_cost_per_point() -> None:
+    """The correction runs after the final forward: the steps' budget reserves its last measured time per point
+    times the scan's points, and nothing once it is turned off."""
+    import time
+
+    segmenter = _prior_segmenter(0.4, (0.5,) + (0.05,) * 10)
+    segmenter.retune(time_budget_s=1000.0)
+    scan = _scan()
+    segmenter.segment(scan)
+    (measured,) = segmenter._prior_rates
+    assert measured > 0
+    segmenter._prior_rates.append(0.01)  # a slower correction since: the largest recent rate is reserved
+    rate = 0.01
+    prepared = segmenter.model.prepare(scan)
+    start = time.perf_counter() + 100.0  # elapsed time negative and far from the budget's floor at 0
+    with_prior = segmenter._adapt_budget(start, prepared, None)
+    segmenter.retune(prior_strength=0.0)
+    without = segmenter._adapt_budget(start, prepared, None)
+    assert without - with_prior == pytest.approx(rate * prepared.num_points, abs=1e-3)

@@ -204,6 +204,8 @@ class Segmenter:
         self.max_points = int(max_points)
         # seconds per voxel of the last whole-scan forwards: the budget reserves the next one's from them
         self._forward_rates: collections.deque[float] = collections.deque(maxlen=FORWARD_HISTORY)
+        # seconds per point of the last label-shift corrections: the budget reserves the next one's too
+        self._prior_rates: collections.deque[float] = collections.deque(maxlen=FORWARD_HISTORY)
         self._rates_from_warm_up = False  # the rates are the warm-up scan's: the first real forward replaces them
         self._rng = np.random.default_rng(seed)
         self._warned: set[str] = set()
@@ -425,12 +427,15 @@ class Segmenter:
     def _adapt_budget(self, scan_start: float, prepared: PreparedScan, reference: Reference | None) -> float | None:
         """What is left of the scan's time budget for the steps: the budget minus the time this scan has taken so
         far (checks, voxels, teacher, targets, reference) minus what must still run after the steps: the final
-        forward (the last one's time scaled to this scan's voxels) and a crop guard's second crop pass.
-        None when the strategy has no budget."""
+        forward (the last one's time scaled to this scan's voxels), a crop guard's second crop pass and the
+        label-shift correction (the last ones' time per point times this scan's points). None when the strategy
+        has no budget."""
         budget = self.strategy.config.time_budget_s
         if budget is None:
             return None
         after = self._forward_estimate(self._pass_size(prepared))
+        if self.strategy.config.prior_strength > 0:
+            after += max(self._prior_rates, default=0.0) * prepared.num_points
         if reference is not None and reference.crop is not None:
             after += reference.crop_forward_s
         return max(0.0, budget - (time.perf_counter() - scan_start) - after)
@@ -674,6 +679,7 @@ class Segmenter:
         pred.class_weights = weights.cpu().numpy().astype(np.float32)
         probs = reweight(probs, weights)
         pred.timings_s["prior"] = time.perf_counter() - t
+        self._prior_rates.append(pred.timings_s["prior"] / max(1, probs.shape[0]))
         return probs
 
     def _fuse(self, probs: torch.Tensor, targets: DistillTargets, shift_3d: float | None
