@@ -228,7 +228,7 @@ def main() -> int:
     priors = [NO_PRIOR] + [Prior(strength, int(k), prior) for strength in floats(args.prior_strengths) if strength > 0
                           for k in floats(args.prior_iterations)]
     if len(priors) > 1:
-        print(f"source prior (in-distribution mean unadapted probabilities): {[round(v, 4) for v in prior]}")
+        print(f"source prior: {[round(v, 4) for v in prior]}")
     rows = []
     print(f"{len(splits) - 1} shifts; source-only: id {src['in_dist']:.1f}, ood "
           f"{np.mean([v for k, v in src.items() if k != 'in_dist']):.1f}")

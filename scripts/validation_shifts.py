@@ -46,8 +46,8 @@ def scan_shifts(net: TTTKDNet, teacher: Teacher, scan: Scan) -> dict[str, float 
 
 
 def source_prior(mixes: list[list[float]]) -> list[float]:
-    """The in-distribution scans' mean class mix, rounded: the ``adapt.source_prior`` a model stores
-    (adapt/class_prior.py). Every value stays above 0 so a class the source scans lack is not ruled out."""
+    """The in-distribution scans' mean class mix, rounded: the class prior a model stores (``NetConfig.class_prior``,
+    read by adapt/class_prior.py). Every value stays above 0 so a class the source scans lack is not ruled out."""
     prior = torch.tensor(mixes, dtype=torch.float64).mean(dim=0).clamp_min(1e-4)
     return [round(float(v), 4) for v in prior / prior.sum()]
 

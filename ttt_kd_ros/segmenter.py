@@ -287,7 +287,7 @@ class Segmenter:
 
         timings_s stages: validate, prepare (voxels + neighbour maps), teacher
         (feature maps), targets (projection + sampling), ttt_step (sum of the
-        steps; their count is steps_run), forward, restore, upsample.
+        steps; their count is steps_run), forward, fusion, prior (the label-shift correction), restore, upsample.
         """
         with torch.inference_mode(False):
             return self._segment(scan, None)[0]

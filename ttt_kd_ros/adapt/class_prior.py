@@ -10,12 +10,12 @@ the teacher or its classes: only the output probabilities and the model's source
 the unadapted model's mean class probabilities on its in-distribution validation scans, scripts/validation_shifts.py).
 
 Two choices were measured on the RGB-D validation suite (docs/EVALUATION.md, "Session 11"):
-- the scan's prior is the share of points *labelled* each class (hard counts), not the mean probability (the
-  EM of the paper): the mean of flat posteriors stays near the source prior, and at its best the soft estimate
-  gained +1.6 OOD against +3.2;
+- the scan's prior is the share of points *labelled* each class (hard counts), not the mean probability
+  (Saerens et al.'s EM): the mean of flat posteriors stays near the source prior, and at its best the soft
+  estimate gained +1.6 OOD against +3.2;
 - the correction is tempered, (pi_scan / pi_source) ** strength with strength < 1, over a few fixed-point
   iterations: the full correction (strength 1, 10 iterations) removed classes a scan does hold and lost up to
-  15 points on a blurred-image shift; strength 0.5 already lost 1.5 there.
+  15 points on a blurred-image shift; strength 0.5 already lost 1.4 there.
 A class no point is labelled keeps ``RATIO_FLOOR`` of its source share, so a confident prediction of a class
 the rest of the scan lacks (one small object) survives: a point at 0.9 against 0.1 spread over the others stays.
 """
