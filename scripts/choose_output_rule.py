@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ttt_kd_ros.adapt.class_prior import reweight, scan_class_weights
+from ttt_kd_ros.adapt.class_prior import correct, source_prior
 from ttt_kd_ros.fusion import FusionConfig, fuse_scan
 from ttt_kd_ros.metrics import ConfusionMatrix
 from ttt_kd_ros.scan import IGNORE_LABEL
@@ -114,18 +114,14 @@ class Prior(NamedTuple):
     def apply(self, probs: np.ndarray) -> np.ndarray:
         if self.strength == 0.0:
             return probs
-        p = torch.from_numpy(probs)
-        weights = scan_class_weights(p, torch.tensor(self.source, dtype=torch.float64), self.strength,
-                                     self.iterations)
-        return reweight(p, weights).numpy()
+        return correct(torch.from_numpy(probs), self.source, self.strength, self.iterations)[0].numpy()
 
 
-def source_prior(splits: dict) -> tuple[float, ...]:
+def dumped_source_prior(splits: dict) -> tuple[float, ...]:
     """The unadapted joint model's mean class probabilities on the in-distribution scans (what
     scripts/validation_shifts.py stores as the model's class prior, here from the dumped float16 copies)."""
     probs = np.concatenate([scan["joint"].astype(np.float64) for scan in splits["in_dist"][0]])
-    prior = np.maximum(probs.mean(axis=0), 1e-4)
-    return tuple(float(v) for v in prior / prior.sum())
+    return source_prior(torch.from_numpy(probs.mean(axis=0)))
 
 
 NO_PRIOR = Prior()
@@ -224,7 +220,7 @@ def main() -> int:
         for m in args.modes.split(",") for w in floats(args.weights) for d in floats(args.disagreements)
         for s3, s2 in slopes]
     src = score(splits, variant("src"), FusionConfig("off"), classes)
-    prior = tuple(floats(args.source_prior)) if args.source_prior else source_prior(splits)
+    prior = tuple(floats(args.source_prior)) if args.source_prior else dumped_source_prior(splits)
     priors = [NO_PRIOR] + [Prior(strength, int(k), prior) for strength in floats(args.prior_strengths) if strength > 0
                           for k in floats(args.prior_iterations)]
     if len(priors) > 1:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ttt_kd_ros.adapt.class_prior import source_prior
 from ttt_kd_ros.checkpoint_format import load_checkpoint
 from ttt_kd_ros.checkpoints import shipped_path
 from ttt_kd_ros.evaluation.splits import generate_split, parse_split
@@ -45,11 +46,10 @@ def scan_shifts(net: TTTKDNet, teacher: Teacher, scan: Scan) -> dict[str, float 
     return {"shift_3d": shift.value, "shift_2d": teacher_shift(targets.features), "class_mix": mix.tolist()}
 
 
-def source_prior(mixes: list[list[float]]) -> list[float]:
-    """The in-distribution scans' mean class mix, rounded: the class prior a model stores (``NetConfig.class_prior``,
-    read by adapt/class_prior.py). Every value stays above 0 so a class the source scans lack is not ruled out."""
-    prior = torch.tensor(mixes, dtype=torch.float64).mean(dim=0).clamp_min(1e-4)
-    return [round(float(v), 4) for v in prior / prior.sum()]
+def rounded_source_prior(mixes: list[list[float]]) -> list[float]:
+    """The in-distribution scans' mean class mix as the class prior a model stores (``NetConfig.class_prior``,
+    adapt/class_prior.source_prior), rounded for the command line of set_validated_settings.py."""
+    return [round(v, 4) for v in source_prior(torch.tensor(mixes, dtype=torch.float64).mean(dim=0))]
 
 
 def main() -> int:
@@ -84,7 +84,7 @@ def main() -> int:
     print(json.dumps({"checkpoint": args.checkpoint, "teacher": args.teacher, "suite": args.suite,
                       "shift_ref_3d": round(statistics.mean(v["shift_3d"] for v in own), 4) if own else None,
                       "shift_ref_2d": round(statistics.mean(ref_2d), 4) if ref_2d else None,
-                      "source_prior": source_prior([v["class_mix"] for v in own]) if own else None}))
+                      "source_prior": rounded_source_prior([v["class_mix"] for v in own]) if own else None}))
     return 0
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ttt_kd_ros.adapt import AdaptConfig, AdaptResult, Strategy, build_strategy
-from ttt_kd_ros.adapt.class_prior import reweight, scan_class_weights
+from ttt_kd_ros.adapt.class_prior import correct
 from ttt_kd_ros.adapt.crops import Crop
 from ttt_kd_ros.checkpoint_format import load_checkpoint, validated_settings
 from ttt_kd_ros.checkpoints import shipped_path
@@ -674,10 +674,8 @@ class Segmenter:
         if config.prior_strength == 0.0:
             return probs
         t = time.perf_counter()
-        prior = torch.tensor(self.model.config.class_prior, dtype=torch.float64)
-        weights = scan_class_weights(probs, prior, config.prior_strength, config.prior_iterations)
+        probs, weights = correct(probs, self.model.config.class_prior, config.prior_strength, config.prior_iterations)
         pred.class_weights = weights.cpu().numpy().astype(np.float32)
-        probs = reweight(probs, weights)
         pred.timings_s["prior"] = time.perf_counter() - t
         self._prior_rates.append(pred.timings_s["prior"] / max(1, probs.shape[0]))
         return probs

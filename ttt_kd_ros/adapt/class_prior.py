@@ -28,6 +28,17 @@ RATIO_FLOOR = 0.01
 """The smallest scan-to-source share ratio a class is given: the strongest correction is RATIO_FLOOR ** strength
 (0.16 at strength 0.4), never a veto."""
 
+SOURCE_SHARE_FLOOR = 1e-4
+"""The smallest share a source prior gives a class, so a class the source scans lack is not ruled out (its
+ratio would divide by zero)."""
+
+
+def source_prior(mean_probs: torch.Tensor) -> tuple[float, ...]:
+    """(K,) mean class probabilities of a model's unadapted output on its in-distribution scans -> the source prior
+    it stores (``NetConfig.class_prior``): floored at SOURCE_SHARE_FLOOR and renormalised."""
+    prior = mean_probs.double().clamp_min(SOURCE_SHARE_FLOOR)
+    return tuple(float(v) for v in prior / prior.sum())
+
 
 def scan_class_weights(probs: torch.Tensor, source_prior: torch.Tensor, strength: float, iterations: int
                        ) -> torch.Tensor:
@@ -45,6 +56,14 @@ def scan_class_weights(probs: torch.Tensor, source_prior: torch.Tensor, strength
         share = torch.bincount(labels, minlength=k).double() / probs.shape[0]
         weights = ((share / prior).clamp_min(RATIO_FLOOR) ** strength).to(probs.dtype)
     return weights
+
+
+def correct(probs: torch.Tensor, source_prior: tuple[float, ...], strength: float, iterations: int
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One scan's (N, K) probabilities -> (corrected (N, K) probabilities, (K,) class weights): what the Segmenter
+    publishes and what scripts/choose_output_rule.py scores."""
+    weights = scan_class_weights(probs, torch.tensor(source_prior, dtype=torch.float64), strength, iterations)
+    return reweight(probs, weights), weights
 
 
 def reweight(probs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
