@@ -123,9 +123,9 @@ def test_the_budget_holds_back_the_correction_at_its_last_cost_per_point() -> No
     segmenter.retune(time_budget_s=1000.0)
     scan = _scan()
     segmenter.segment(scan)
-    (measured,) = segmenter._prior_rates
+    (measured,) = segmenter._prior_rates.rates
     assert measured > 0
-    segmenter._prior_rates.append(0.01)  # a slower correction since: the largest recent rate is reserved
+    segmenter._prior_rates.rates.append(0.01)  # a slower correction since: the largest recent rate is reserved
     rate = 0.01
     prepared = segmenter.model.prepare(scan)
     start = time.perf_counter() + 100.0  # elapsed time negative and far from the budget's floor at 0

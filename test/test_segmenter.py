@@ -346,7 +346,7 @@ def test_the_warm_ups_forward_cost_plans_only_the_first_real_scan() -> None:
     which is safe, and is then forgotten, so it does not hold back the steps of the scans after it."""
     seg = _segmenter(steps=2, time_budget_s=30.0)
     seg.warm_up(_scan(n=40))
-    seg._forward_rates.append(1.0)  # as if the warm-up forward cost 1 s per voxel: no room on the next scan
+    seg._forward_rates.rates.append(1.0)  # as if the warm-up forward cost 1 s per voxel: no room on the next scan
     assert seg.segment(_scan()).steps_run == 0
     assert seg.segment(_scan()).steps_run == 2  # its rate was replaced by the first real forward's
 

@@ -203,10 +203,9 @@ class Segmenter:
                         "would need loss scaling that test-time steps do not have)", self.device)
         self.max_points = int(max_points)
         # seconds per voxel of the last whole-scan forwards: the budget reserves the next one's from them
-        self._forward_rates: collections.deque[float] = collections.deque(maxlen=FORWARD_HISTORY)
+        self._forward_rates = CostRates()
         # seconds per point of the last label-shift corrections: the budget reserves the next one's too
-        self._prior_rates: collections.deque[float] = collections.deque(maxlen=FORWARD_HISTORY)
-        self._rates_from_warm_up = False  # the rates are the warm-up scan's: the first real forward replaces them
+        self._prior_rates = CostRates()
         self._rng = np.random.default_rng(seed)
         self._warned: set[str] = set()
 
@@ -321,7 +320,7 @@ class Segmenter:
         finally:
             self.strategy.retune(config)
             self.reset()
-            self._rates_from_warm_up = True
+            self._forward_rates.from_warm_up = True
 
     def bind_thread(self) -> None:
         """Make the Segmenter's GPU the calling thread's current CUDA device (a no-op on a CPU).
@@ -435,7 +434,7 @@ class Segmenter:
             return None
         after = self._forward_estimate(self._pass_size(prepared))
         if self.strategy.config.prior_strength > 0:
-            after += max(self._prior_rates, default=0.0) * prepared.num_points
+            after += self._prior_rates.estimate(prepared.num_points)
         if reference is not None and reference.crop is not None:
             after += reference.crop_forward_s
         return max(0.0, budget - (time.perf_counter() - scan_start) - after)
@@ -468,7 +467,7 @@ class Segmenter:
         real LiDAR scan start steps its final forward then had no room for. Why the largest: real KITTI frames
         differ in cost per unit too, and the last one alone let the engine overrun a 2 s budget by 11 %.
         """
-        return max(self._forward_rates, default=0.0) * size
+        return self._forward_rates.estimate(size)
 
     def _pass_size(self, prepared: PreparedScan) -> float:
         """The work of one pass over ``prepared`` (``TTTKDNet.pass_size``; its voxels for a model that has none)."""
@@ -477,10 +476,7 @@ class Segmenter:
 
     def _note_forward(self, seconds: float, prepared: PreparedScan) -> None:
         """Remember a whole-scan forward's cost per unit of size for the budget of the scans that follow."""
-        if self._rates_from_warm_up:  # a small synthetic scan's cost per voxel is 3x a LiDAR scan's: plan scan 1
-            self._forward_rates.clear()  # with it (safe), then forget it
-            self._rates_from_warm_up = False
-        self._forward_rates.append(seconds / max(1.0, self._pass_size(prepared)))
+        self._forward_rates.note(seconds, self._pass_size(prepared))
 
     def _unlabelled(self, n: int, timings: dict[str, float], reason: str) -> Prediction:
         """Every point IGNORE_LABEL, confidence 0: the scan could not be labelled at all."""
@@ -677,7 +673,7 @@ class Segmenter:
         probs, weights = correct(probs, self.model.config.class_prior, config.prior_strength, config.prior_iterations)
         pred.class_weights = weights.cpu().numpy().astype(np.float32)
         pred.timings_s["prior"] = time.perf_counter() - t
-        self._prior_rates.append(pred.timings_s["prior"] / max(1, probs.shape[0]))
+        self._prior_rates.note(pred.timings_s["prior"], probs.shape[0])
         return probs
 
     def _fuse(self, probs: torch.Tensor, targets: DistillTargets, shift_3d: float | None
@@ -753,6 +749,29 @@ class Segmenter:
 
 
 FORWARD_HISTORY = 3
+
+
+class CostRates:
+    """The cost per unit of size (seconds per pass-size unit, per point) of a stage's last FORWARD_HISTORY runs:
+    what the time budget reserves for that stage on the next scan (the largest, times its size).
+
+    ``from_warm_up``: the rates are the node's synthetic warm-up scan's; the next real run replaces them (a small
+    scan's cost per unit is about 3x a LiDAR scan's: scan 1 is planned with it, safely, then it is forgotten).
+    """
+
+    def __init__(self) -> None:
+        self.rates: collections.deque[float] = collections.deque(maxlen=FORWARD_HISTORY)
+        self.from_warm_up = False
+
+    def note(self, seconds: float, size: float) -> None:
+        if self.from_warm_up:
+            self.rates.clear()
+            self.from_warm_up = False
+        self.rates.append(seconds / max(1.0, float(size)))
+
+    def estimate(self, size: float) -> float:
+        """The expected seconds of a run of ``size``: the largest recent cost per unit times it (0 before any)."""
+        return max(self.rates, default=0.0) * size
 """Whole-scan forwards whose cost per unit of size the time budget remembers (Segmenter._forward_estimate)."""
 GUARD_REJECTED = "adaptation rejected: its KD loss fell too little"
 """skip_reason of a scan whose adaptation the guard rejected (AdaptConfig.guard_kd_ratio): a fixed name, so logs and
