@@ -133,3 +133,14 @@ def test_the_budget_holds_back_the_correction_at_its_last_cost_per_point() -> No
     segmenter.retune(prior_strength=0.0)
     without = segmenter._adapt_budget(start, prepared, None)
     assert without - with_prior == pytest.approx(rate * prepared.num_points, abs=1e-3)
+
+
+def test_the_warm_ups_correction_cost_plans_only_the_first_real_scan() -> None:
+    """The warm-up scan's correction cost per point (a small scan's: fixed costs over few points) is forgotten at
+    the first real correction, as the warm-up's forward cost is, so it does not shrink the steps' budget after."""
+    segmenter = _prior_segmenter(0.4, (0.5,) + (0.05,) * 10)
+    segmenter.warm_up(_scan(seed=1))
+    segmenter._prior_rates.rates.append(1.0)  # as if the warm-up's correction cost 1 s per point
+    segmenter.segment(_scan())
+    (real,) = segmenter._prior_rates.rates
+    assert real < 1.0

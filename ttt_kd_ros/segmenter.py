@@ -320,7 +320,8 @@ class Segmenter:
         finally:
             self.strategy.retune(config)
             self.reset()
-            self._forward_rates.from_warm_up = True
+            for rates in (self._forward_rates, self._prior_rates):  # a small scan's costs per unit: plan scan 1 only
+                rates.from_warm_up = True
 
     def bind_thread(self) -> None:
         """Make the Segmenter's GPU the calling thread's current CUDA device (a no-op on a CPU).
