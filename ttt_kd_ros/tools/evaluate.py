@@ -200,8 +200,10 @@ def parse_int_list(text: str, what: str) -> list[int]:
     return values
 
 
-def adapt_configs(args: argparse.Namespace) -> dict[str, AdaptConfig]:
-    """One AdaptConfig per adapt.STRATEGIES name: the shared flags, then the --adapt overrides."""
+def adapt_configs(args: argparse.Namespace) -> tuple[dict[str, AdaptConfig], dict[str, set[str]]]:
+    """One AdaptConfig per adapt.STRATEGIES name (the shared flags, then the --adapt overrides), and the fields
+    each strategy's --adapt flags name: on the default row those win over the joint checkpoint's validated
+    values, as a node parameter the user set does (validated_settings.py)."""
     configs = {
         "none": AdaptConfig(strategy="none", steps=0),
         "bn_stats": AdaptConfig(strategy="bn_stats", steps=args.steps),
@@ -209,6 +211,7 @@ def adapt_configs(args: argparse.Namespace) -> dict[str, AdaptConfig]:
         "ttt_kd": AdaptConfig(strategy="ttt_kd", steps=args.steps, lr=args.lr),
         "ttt_kd_online": AdaptConfig(strategy="ttt_kd_online", steps=args.online_steps, lr=args.lr),
     }
+    given: dict[str, set[str]] = {}
     for text in args.adapt:
         name, colon, fields = text.partition(":")
         if not colon or name not in configs:
@@ -218,17 +221,8 @@ def adapt_configs(args: argparse.Namespace) -> dict[str, AdaptConfig]:
         if updated.strategy != name:
             raise ValueError(f"--adapt {text!r}: the strategy field cannot be changed")
         configs[name] = updated
-    return configs
-
-
-def adapt_given(args: argparse.Namespace) -> dict[str, set[str]]:
-    """The AdaptConfig fields each strategy's --adapt flags name: on the default row they win over the joint
-    checkpoint's validated values, as a node parameter the user set does (validated_settings.py)."""
-    given: dict[str, set[str]] = {}
-    for text in args.adapt:
-        name, _, fields = text.partition(":")
         given.setdefault(name, set()).update(key for key, _ in pairs(fields, f"--adapt {text!r}"))
-    return given
+    return configs, given
 
 
 VALIDATED_ROWS = {
@@ -371,13 +365,13 @@ class Evaluation:
         self.args = args
         self.out: Path = args.out
         self.command = "ttt_kd_evaluate " + " ".join(shlex.quote(a) for a in argv)
-        self.adapt = adapt_configs(args)
+        self.adapt, adapt_given = adapt_configs(args)
         sensor = suite_sensor(args.suite) if args.suite and suite_sensor(args.suite) in SENSORS else DEFAULT_SENSOR
         # ``builtin:lidar`` as the node spells it: the rows are chosen from the shipped file's metadata
         args.checkpoint = Path(shipped_path(str(args.checkpoint))) if args.checkpoint else default_checkpoint(sensor)
         args.source_only_checkpoint = args.source_only_checkpoint or source_only_checkpoint(sensor)
         joint_meta = _check_checkpoint(args.checkpoint, "--checkpoint") if args.checkpoint.is_file() else None
-        self.rows = rows_for_checkpoint(args.strategies, joint_meta, args.checkpoint, self.adapt, adapt_given(args))
+        self.rows = rows_for_checkpoint(args.strategies, joint_meta, args.checkpoint, self.adapt, adapt_given)
         self.rows += named_rows(args.row, self.adapt, [r.name for r in self.rows])
         self.id_split, self.shifts = columns(args)
         names = [self.id_split.name] + [s.name for s in self.shifts]
