@@ -114,8 +114,8 @@ def test_set_validated_settings_stores_the_class_prior_a_strength_needs(tmp_path
     assert read_checkpoint_metadata(out)["validated"]["adapt"] == {"prior_strength": 0.4}
 
 
-def test_the_budget_holds_back_the_correction_at_its_last_cost_per_point() -> None:
-    """The correction runs after the final forward: the steps' budget reserves its last measured time per point
+def test_the_budget_holds_back_the_correction_at_its_largest_recent_cost_per_point() -> None:
+    """The correction runs after the final forward: the steps' budget reserves its largest recent time per point
     times the scan's points, and nothing once it is turned off."""
     import time
 
